@@ -1,0 +1,356 @@
+"""Typed, frozen records handed from one pipeline stage to the next.
+
+Stages never pass dicts or database rows to each other: a ``Source`` goes into
+fetch, a ``FetchResult`` into a parser, ``RawEntry`` objects into normalize, an
+``Item`` into the store, and ``StoredItem`` objects come back out for publish and
+the digest. Freezing them means no stage can quietly change what another saw.
+All datetimes here are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Literal
+
+SourceType = Literal["feed", "html"]
+
+
+def utcnow() -> datetime:
+    """The current time as an aware UTC datetime (never naive)."""
+    return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True, slots=True)
+class Selectors:
+    """CSS selectors that turn an HTML listing page into entries.
+
+    ``item`` selects one node per entry; the others are looked up inside it.
+    A selector may end in ``@attr`` to read an attribute instead of the text
+    (``a@href``); ``link`` defaults to the ``href`` of the matched node.
+    """
+
+    item: str
+    title: str
+    link: str
+    summary: str | None = None
+    date: str | None = None
+    image: str | None = None
+    author: str | None = None
+    next_page: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """The public face of the aggregator: used by the feed, the email and the web pages."""
+
+    title: str = "Korean Film Digest"
+    url: str = "http://127.0.0.1:8080/"
+    description: str = "Ko-pick columns, film previews and Korean film industry news."
+    language: str = "en"
+    timezone: str = "Asia/Seoul"
+    postal_address: str = ""
+    author_name: str = "Korean Film Digest"
+    author_email: str | None = None
+    sender_email: str = "digest@localhost"
+    sender_name: str | None = None
+    hub_url: str | None = None  # WebSub hub announced in the feed and pinged on change
+    feed_size: int = 100
+    output_dir: str = "public"
+
+
+@dataclass(frozen=True, slots=True)
+class DigestSettings:
+    """How and when the weekly digest is composed."""
+
+    schedule_day: str = "mon"
+    schedule_time: str = "09:00"
+    subject: str = "{site_title}: week of {period_start:%b %d, %Y}"
+    sections: tuple[str, ...] = ("ko-pick", "previews")
+    other_section_title: str | None = "More Korean film news"
+    max_items_per_section: int = 10
+    when_empty: Literal["skip", "note"] = "skip"
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    """SMTP relay; credentials come from the environment variables named here."""
+
+    host: str = "localhost"
+    port: int = 25
+    starttls: bool = False
+    ssl: bool = False
+    username_env: str | None = None
+    password_env: str | None = None
+    timeout: float = 30.0
+    rate_per_second: float = 0.0  # 0 means unlimited
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class SectionRule:
+    """A digest/feed section and the rule that puts an item into it."""
+
+    id: str
+    title: str
+    title_pattern: str | None = None
+    text_pattern: str | None = None
+    source_ids: tuple[str, ...] = ()
+    category_pattern: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One entry of ``sources:`` in feeds.yaml, validated."""
+
+    id: str
+    url: str
+    type: SourceType = "feed"
+    title: str | None = None
+    interval: timedelta = timedelta(hours=1)
+    timeout: float = 20.0
+    select: Selectors | None = None
+    # Query parameters that identify an item on this site; None keeps them all
+    # (minus tracking parameters). ``drop_params`` removes more on top.
+    identity_params: tuple[str, ...] | None = None
+    drop_params: tuple[str, ...] = ()
+    timezone: str = "Asia/Seoul"
+    date_format: str | None = None
+    max_pages: int = 1
+    full_text: bool = False
+    section: str | None = None
+    enabled: bool = True
+    encoding: str | None = None
+    line: int | None = None  # line in feeds.yaml, for error messages
+
+    @property
+    def display_name(self) -> str:
+        return self.title or self.id
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    """What the store remembers about a source between fetches."""
+
+    id: str
+    url: str
+    etag: str | None = None
+    last_modified: str | None = None
+    content_hash: str | None = None
+    last_fetched_at: datetime | None = None
+    last_success_at: datetime | None = None
+    next_fetch_at: datetime | None = None
+    error_count: int = 0
+    last_error: str | None = None
+    broken_reason: str | None = None
+    disabled_at: datetime | None = None
+
+
+# ---------------------------------------------------------------------------- fetch
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """The outcome of one HTTP fetch of a source.
+
+    ``content`` is None when the server answered 304 Not Modified. ``url`` is the
+    final URL after redirects; ``permanent_url`` is set when a 301/308 chain
+    means the stored URL should change.
+    """
+
+    source_id: str
+    url: str
+    status: int
+    content: bytes | None
+    content_type: str | None = None
+    charset: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    permanent_url: str | None = None
+    fetched_at: datetime = field(default_factory=utcnow)
+    elapsed: float = 0.0
+
+    @property
+    def not_modified(self) -> bool:
+        return self.content is None
+
+
+# ---------------------------------------------------------------------------- parse
+
+
+@dataclass(frozen=True, slots=True)
+class RawEntry:
+    """One entry as a parser found it: unsanitized, possibly relative URLs.
+
+    HTML fields are still third-party HTML; normalize sanitizes them. Dates are
+    aware datetimes when the parser could read them, else None (``date_text``
+    keeps the original string for error messages and per-source formats).
+    """
+
+    guid: str | None
+    link: str | None
+    title: str | None
+    summary_html: str | None = None
+    content_html: str | None = None
+    published: datetime | None = None
+    updated: datetime | None = None
+    date_text: str | None = None
+    author: str | None = None
+    categories: tuple[str, ...] = ()
+    image_url: str | None = None
+    base_url: str | None = None
+    language: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFeed:
+    """A parsed feed or listing page: its metadata and entries."""
+
+    title: str | None
+    link: str | None
+    entries: tuple[RawEntry, ...]
+    language: str | None = None
+    # Why the parser had to guess (feedparser's bozo exception, a selector that
+    # matched nothing); the entries are still usable when this is set.
+    warning: str | None = None
+    next_page_url: str | None = None
+
+
+# ------------------------------------------------------------------------ normalize
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A normalized entry ready to store: sanitized HTML, absolute URLs, UTC dates.
+
+    ``guid`` is the identity within the source (the feed's id, else the
+    canonical link). ``fingerprint`` identifies the same story across sources.
+    ``content_hash`` changes whenever anything a reader sees changes.
+    """
+
+    source_id: str
+    guid: str
+    url: str
+    canonical_url: str
+    title: str
+    summary_html: str
+    content_html: str
+    text: str
+    excerpt: str
+    fingerprint: str
+    content_hash: str
+    published_at: datetime
+    updated_at: datetime
+    image_url: str | None = None
+    author: str | None = None
+    categories: tuple[str, ...] = ()
+    section: str | None = None
+    language: str | None = None
+    date_missing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoredItem:
+    """An item read back from the store, with its storage identity."""
+
+    id: int
+    source_id: str
+    source_title: str
+    source_url: str
+    guid: str
+    url: str
+    canonical_url: str
+    title: str
+    summary_html: str
+    content_html: str
+    text: str
+    excerpt: str
+    published_at: datetime
+    updated_at: datetime
+    first_seen_at: datetime
+    image_url: str | None = None
+    author: str | None = None
+    categories: tuple[str, ...] = ()
+    section: str | None = None
+    language: str | None = None
+    duplicate_of: int | None = None
+
+
+class IngestOutcome(StrEnum):
+    """How one source's ingest pass ended."""
+
+    OK = "ok"
+    NOT_MODIFIED = "not_modified"
+    ERROR = "error"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestStats:
+    """Counts for one source's ingest pass, shown in ``aggregator fetch``."""
+
+    source_id: str
+    outcome: IngestOutcome
+    new: int = 0
+    updated: int = 0
+    duplicates: int = 0
+    unchanged: int = 0
+    error: str | None = None
+    elapsed: float = 0.0
+
+
+# --------------------------------------------------------------------------- digest
+
+
+@dataclass(frozen=True, slots=True)
+class DigestSection:
+    id: str
+    title: str
+    items: tuple[StoredItem, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """One issue of the newsletter. Frozen once composed and stored."""
+
+    period_start: datetime
+    period_end: datetime
+    subject: str
+    sections: tuple[DigestSection, ...]
+    preheader: str = ""
+    id: int | None = None
+    html: str = ""
+    text: str = ""
+    created_at: datetime | None = None
+
+    @property
+    def item_count(self) -> int:
+        return sum(len(s.items) for s in self.sections)
+
+
+class SubscriberStatus(StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    id: int
+    email: str
+    status: SubscriberStatus
+    created_at: datetime
+    name: str | None = None
+    confirmed_at: datetime | None = None
+    unsubscribed_at: datetime | None = None
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"

@@ -1,0 +1,5 @@
+"""Shared fixtures live in tests/support/ as pytest plugins, one file per real server."""
+
+pytest_plugins = [
+    "tests.support.http",
+]
