@@ -2,4 +2,5 @@
 
 pytest_plugins = [
     "tests.support.http",
+    "tests.support.db",
 ]

@@ -1,0 +1,582 @@
+"""Load and validate ``feeds.yaml``.
+
+Admins edit this file by hand, so every error must point at the place to fix:
+``feeds.yaml:14: sources[2].interval: "fortnightly" is not a duration``. We
+compose the YAML node tree ourselves to remember the line of every key, let
+pydantic validate the plain data (unknown keys are errors), and map each
+pydantic error location back to a line. The result is a frozen :class:`Config`
+built from the dataclasses in :mod:`aggregator.models`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError, ConfigErrors
+from .models import (
+    DigestSettings,
+    SectionRule,
+    Selectors,
+    Site,
+    SmtpSettings,
+    Source,
+)
+
+DEFAULT_CONFIG = "feeds.yaml"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_SITE = Site()
+_DIGEST = DigestSettings()
+_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def parse_duration(value: object) -> timedelta:
+    """``"90s"``, ``"1h30m"``, ``"2d"`` or a number of seconds → timedelta."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, int | float):
+        if value <= 0:
+            raise ValueError(f"{value!r} is not a positive duration")
+        return timedelta(seconds=value)
+    if isinstance(value, timedelta):
+        return value
+    text = str(value).strip().lower().replace(" ", "")
+    pos = 0
+    total = 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if not text or pos != len(text) or total <= 0:
+        raise ValueError(f'"{value}" is not a duration (use e.g. 30m, 1h, 1h30m, 2d)')
+    return timedelta(seconds=total)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f'"{value}" is not a known time zone (e.g. Asia/Seoul)') from None
+    return value
+
+
+def _check_regex(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    return value
+
+
+def _check_url(value: str) -> str:
+    if not re.match(r"^https?://[^\s/]+", value):
+        raise ValueError(f'"{value}" is not an http(s) URL')
+    return value
+
+
+class SiteModel(_Strict):
+    title: str = _SITE.title
+    url: str = _SITE.url
+    description: str = _SITE.description
+    language: str = _SITE.language
+    timezone: str = _SITE.timezone
+    postal_address: str = ""
+    author_name: str | None = None
+    author_email: str | None = None
+    sender_email: str = _SITE.sender_email
+    sender_name: str | None = None
+    hub: str | None = None
+    feed_size: int = Field(default=_SITE.feed_size, ge=1, le=10000)
+    output_dir: str = _SITE.output_dir
+
+    _tz = field_validator("timezone")(_check_timezone)
+    _url = field_validator("url")(_check_url)
+
+
+class DefaultsModel(_Strict):
+    interval: Duration = timedelta(hours=1)
+    timeout: Duration = timedelta(seconds=20)
+    timezone: str = "Asia/Seoul"
+
+    _tz = field_validator("timezone")(_check_timezone)
+
+
+class MatchModel(_Strict):
+    title: str | None = None
+    text: str | None = None
+    sources: list[str] = []
+    category: str | None = None
+
+    _re = field_validator("title", "text", "category")(_check_regex)
+
+
+class SectionModel(_Strict):
+    id: str
+    title: str
+    match: MatchModel = MatchModel()
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _ID.match(value):
+            raise ValueError(f'"{value}" is not a valid id (lowercase letters, digits, - _ .)')
+        return value
+
+
+class SelectModel(_Strict):
+    item: str
+    title: str
+    link: str = "a@href"
+    summary: str | None = None
+    date: str | None = None
+    image: str | None = None
+    author: str | None = None
+    next_page: str | None = None
+
+
+class SourceModel(_Strict):
+    id: str
+    url: str
+    type: Literal["feed", "html"] = "feed"
+    title: str | None = None
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    select: SelectModel | None = None
+    identity_params: list[str] | None = None
+    drop_params: list[str] = []
+    timezone: str | None = None
+    date_format: str | None = None
+    max_pages: int = Field(default=1, ge=1, le=50)
+    full_text: bool = False
+    section: str | None = None
+    enabled: bool = True
+    encoding: str | None = None
+
+    _url = field_validator("url")(_check_url)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _ID.match(value):
+            raise ValueError(f'"{value}" is not a valid id (lowercase letters, digits, - _ .)')
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str | None) -> str | None:
+        return None if value is None else _check_timezone(value)
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f'"{value}" is not a known text encoding') from None
+        return value
+
+    @model_validator(mode="after")
+    def _select_matches_type(self) -> SourceModel:
+        if self.type == "html" and self.select is None:
+            raise ValueError('type "html" needs a "select" block (item, title, link selectors)')
+        if self.type == "feed" and self.select is not None:
+            raise ValueError('"select" only applies to type "html"')
+        return self
+
+
+class DigestModel(_Strict):
+    schedule: str = "mon 09:00"
+    subject: str = _DIGEST.subject
+    sections: list[str] = list(_DIGEST.sections)
+    other_section_title: str | None = _DIGEST.other_section_title
+    max_items_per_section: int = Field(default=10, ge=1, le=100)
+    when_empty: Literal["skip", "note"] = "skip"
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        parse_schedule(value)
+        return value
+
+
+class SmtpModel(_Strict):
+    host: str = "localhost"
+    port: int = Field(default=25, ge=1, le=65535)
+    starttls: bool = False
+    ssl: bool = False
+    username_env: str | None = None
+    password_env: str | None = None
+    timeout: Duration = timedelta(seconds=30)
+    rate: float = Field(default=0.0, ge=0)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _tls(self) -> SmtpModel:
+        if self.ssl and self.starttls:
+            raise ValueError("choose ssl (implicit TLS, port 465) or starttls, not both")
+        return self
+
+
+class StorageModel(_Strict):
+    url: str | None = None
+    queue: Literal["none", "procrastinate"] = "none"
+
+
+class ConfigModel(_Strict):
+    site: SiteModel = SiteModel()
+    defaults: DefaultsModel = DefaultsModel()
+    storage: StorageModel = StorageModel()
+    sections: list[SectionModel] = []
+    sources: list[SourceModel] = []
+    digest: DigestModel = DigestModel()
+    smtp: SmtpModel = SmtpModel()
+
+
+def parse_schedule(value: str) -> tuple[str, int, int]:
+    """``"mon 09:00"`` → ``("mon", 9, 0)``; day names, never cron weekday numbers.
+
+    APScheduler 3 numbers weekdays from Monday=0 unlike cron, so accepting only
+    names avoids a digest silently moving to Tuesday.
+    """
+    match = re.fullmatch(r"\s*([a-zA-Z]{3})[a-z]*\s+(\d{1,2}):(\d{2})\s*", value)
+    if not match or match.group(1).lower() not in _WEEKDAYS:
+        raise ValueError(f'"{value}" is not a schedule (use a day and a time, e.g. "mon 09:00")')
+    hour, minute = int(match.group(2)), int(match.group(3))
+    if hour > 23 or minute > 59:
+        raise ValueError(f'"{value}" has an impossible time')
+    return match.group(1).lower(), hour, minute
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The validated configuration the rest of the program runs on."""
+
+    path: Path | None
+    site: Site
+    sources: tuple[Source, ...]
+    sections: tuple[SectionRule, ...]
+    digest: DigestSettings
+    smtp: SmtpSettings
+    database_url: str
+    queue: str = "none"
+
+    def source(self, source_id: str) -> Source:
+        for source in self.sources:
+            if source.id == source_id:
+                return source
+        known = ", ".join(s.id for s in self.sources) or "none"
+        raise ConfigError(f'no source with id "{source_id}" (known: {known})')
+
+    def section_title(self, section_id: str) -> str:
+        for section in self.sections:
+            if section.id == section_id:
+                return section.title
+        return section_id
+
+    @property
+    def output_dir(self) -> Path:
+        out = Path(self.site.output_dir)
+        if not out.is_absolute() and self.path is not None:
+            out = self.path.parent / out
+        return out
+
+
+# ------------------------------------------------------------------ YAML with lines
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A safe loader; lines are read from the composed node tree instead."""
+
+
+def _construct(node: yaml.Node, path: tuple[str | int, ...], lines: dict[Any, int]) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ConfigError(
+                    "mapping keys must be plain names", line=key_node.start_mark.line + 1
+                )
+            key = key_node.value
+            if key in result:
+                raise ConfigError(
+                    f'key "{key}" appears twice in the same block',
+                    line=key_node.start_mark.line + 1,
+                    key=_dotted((*path, key)),
+                )
+            result[key] = _construct(value_node, (*path, key), lines)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(child, (*path, i), lines) for i, child in enumerate(node.value)]
+    loader = _LineLoader("")
+    return loader.construct_object(node, deep=True)
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _line_for(path: tuple[str | int, ...], lines: Mapping[Any, int]) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return lines.get(())
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see README for the allowed keys)"
+    if kind == "missing":
+        return "required key is missing"
+    msg = str(err["msg"])
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return msg
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
+    # pydantic inserts the union branch or a function name into some locations.
+    return tuple(p for p in loc if isinstance(p, int) or not str(p).startswith("function-"))
+
+
+# ------------------------------------------------------------------------ loading
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read, validate and convert a feeds.yaml file.
+
+    Raises :class:`ConfigError` (or :class:`ConfigErrors` for several problems)
+    whose text names the file, the line and the key.
+    """
+    file = Path(path or os.environ.get("AGGREGATOR_CONFIG") or DEFAULT_CONFIG)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            "file not found (create it, or pass --config PATH)", path=str(file)
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", path=str(file)) from None
+    return parse_config(text, path=file)
+
+
+def parse_config(text: str, *, path: Path | None = None) -> Config:
+    """Validate feeds.yaml text; ``path`` is used in messages and for relative paths."""
+    name = str(path) if path else "<config>"
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError(f"YAML syntax error: {problem}", path=name, line=line) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"YAML error: {exc}", path=name) from None
+    lines: dict[Any, int] = {}
+    try:
+        data = _construct(node, (), lines) if node is not None else {}
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, path=name, line=exc.line, key=exc.key) from None
+    if not isinstance(data, dict):
+        raise ConfigError("the top level must be a mapping (site:, sources:, ...)", path=name)
+
+    try:
+        model = ConfigModel.model_validate(data)
+    except ValidationError as exc:
+        errors = []
+        for err in exc.errors():
+            loc = _clean_loc(tuple(err["loc"]))
+            errors.append(
+                ConfigError(
+                    _message(err), path=name, line=_line_for(loc, lines), key=_dotted(loc)
+                )
+            )
+        errors.sort(key=lambda e: e.line or 0)
+        raise ConfigErrors(errors) if len(errors) > 1 else errors[0] from None
+
+    problems = _cross_checks(model, name, lines)
+    if problems:
+        raise ConfigErrors(problems) if len(problems) > 1 else problems[0]
+    return _to_config(model, path)
+
+
+def _cross_checks(model: ConfigModel, name: str, lines: Mapping[Any, int]) -> list[ConfigError]:
+    problems: list[ConfigError] = []
+    seen: dict[str, int] = {}
+    for i, source in enumerate(model.sources):
+        if source.id in seen:
+            problems.append(
+                ConfigError(
+                    f'duplicate source id "{source.id}" (first used in sources[{seen[source.id]}])',
+                    path=name,
+                    line=_line_for(("sources", i, "id"), lines),
+                    key=f"sources[{i}].id",
+                )
+            )
+        seen.setdefault(source.id, i)
+    section_ids = {s.id for s in model.sections}
+    for i, sid in enumerate(model.digest.sections):
+        if sid not in section_ids:
+            problems.append(
+                ConfigError(
+                    f'unknown section "{sid}" (defined: {", ".join(sorted(section_ids)) or "none"})',
+                    path=name,
+                    line=_line_for(("digest", "sections", i), lines),
+                    key=f"digest.sections[{i}]",
+                )
+            )
+    for i, source in enumerate(model.sources):
+        if source.section and source.section not in section_ids:
+            problems.append(
+                ConfigError(
+                    f'unknown section "{source.section}"',
+                    path=name,
+                    line=_line_for(("sources", i, "section"), lines),
+                    key=f"sources[{i}].section",
+                )
+            )
+    return problems
+
+
+def _to_config(model: ConfigModel, path: Path | None) -> Config:
+    d = model.defaults
+    site_model = model.site
+    site = Site(
+        title=site_model.title,
+        url=site_model.url if site_model.url.endswith("/") else site_model.url + "/",
+        description=site_model.description,
+        language=site_model.language,
+        timezone=site_model.timezone,
+        postal_address=site_model.postal_address,
+        author_name=site_model.author_name or site_model.title,
+        author_email=site_model.author_email,
+        sender_email=site_model.sender_email,
+        sender_name=site_model.sender_name or site_model.title,
+        hub_url=site_model.hub,
+        feed_size=site_model.feed_size,
+        output_dir=site_model.output_dir,
+    )
+    sources = tuple(
+        Source(
+            id=s.id,
+            url=s.url,
+            type=s.type,
+            title=s.title,
+            interval=s.interval or d.interval,
+            timeout=(s.timeout or d.timeout).total_seconds(),
+            select=Selectors(**s.select.model_dump()) if s.select else None,
+            identity_params=tuple(s.identity_params) if s.identity_params is not None else None,
+            drop_params=tuple(s.drop_params),
+            timezone=s.timezone or d.timezone,
+            date_format=s.date_format,
+            max_pages=s.max_pages,
+            full_text=s.full_text,
+            section=s.section,
+            enabled=s.enabled,
+            encoding=s.encoding,
+        )
+        for s in model.sources
+    )
+    sections = tuple(
+        SectionRule(
+            id=s.id,
+            title=s.title,
+            title_pattern=s.match.title,
+            text_pattern=s.match.text,
+            source_ids=tuple(s.match.sources),
+            category_pattern=s.match.category,
+        )
+        for s in model.sections
+    )
+    day, hour, minute = parse_schedule(model.digest.schedule)
+    digest = DigestSettings(
+        schedule_day=day,
+        schedule_time=f"{hour:02d}:{minute:02d}",
+        subject=model.digest.subject,
+        sections=tuple(model.digest.sections),
+        other_section_title=model.digest.other_section_title,
+        max_items_per_section=model.digest.max_items_per_section,
+        when_empty=model.digest.when_empty,
+    )
+    m = model.smtp
+    smtp = SmtpSettings(
+        host=m.host,
+        port=m.port,
+        starttls=m.starttls,
+        ssl=m.ssl,
+        username_env=m.username_env,
+        password_env=m.password_env,
+        timeout=m.timeout.total_seconds(),
+        rate_per_second=m.rate,
+        max_attempts=m.max_attempts,
+    )
+    return Config(
+        path=path,
+        site=site,
+        sources=sources,
+        sections=sections,
+        digest=digest,
+        smtp=smtp,
+        database_url=resolve_database_url(model.storage.url, path),
+        queue=model.storage.queue,
+    )
+
+
+def resolve_database_url(configured: str | None, config_path: Path | None) -> str:
+    """``DATABASE_URL`` wins, then ``storage.url``, then ``data/aggregator.db`` beside the config.
+
+    Relative SQLite paths are taken relative to the config file, so the same
+    command works from any working directory.
+    """
+    url = os.environ.get("DATABASE_URL") or configured
+    base = config_path.parent if config_path else Path.cwd()
+    if not url:
+        return f"sqlite:///{(base / 'data' / 'aggregator.db').resolve()}"
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        rel = url[len("sqlite:///") :]
+        if rel and rel != ":memory:" and not Path(rel).is_absolute():
+            return f"sqlite:///{(base / rel).resolve()}"
+    return url

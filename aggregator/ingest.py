@@ -1,0 +1,388 @@
+"""One ingest pass: sources → fetch → parse → normalize → dedupe → store.
+
+Each source is handled in isolation: whatever goes wrong with one (network,
+HTTP status, unreadable bytes, a scrape whose selectors no longer match) is
+recorded on that source with a backoff and never stops the others. Fetching is
+concurrent over one HTTP client; parsing and normalizing are CPU-bound pure
+Python, so they run in a process pool sized to the cores; each source's items
+and fetch state are written in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from .config import Config
+from .dedupe import listing_hash
+from .errors import AggregatorError, FetchError, ScrapeError, StoreError
+from .fetch import Fetcher, next_fetch_delay
+from .models import (
+    FetchResult,
+    IngestOutcome,
+    IngestStats,
+    Item,
+    ParsedFeed,
+    RawEntry,
+    SectionRule,
+    Source,
+    SourceState,
+    utcnow,
+)
+from .normalize import normalize
+from .sources import parse
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+# Below this many sources a process pool costs more to start than it saves.
+POOL_THRESHOLD = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Extracted:
+    """What the CPU-bound half of a source's ingest produced (picklable)."""
+
+    items: tuple[Item, ...] = ()
+    listing_hash: str | None = None
+    warning: str | None = None
+    next_page_url: str | None = None
+    error: str | None = None
+    broken: bool = False
+
+
+def extract(
+    source: Source, result: FetchResult, sections: Sequence[SectionRule], now: datetime
+) -> Extracted:
+    """Parse one response and normalize its entries (runs in a worker process).
+
+    Errors come back as text rather than exceptions so nothing unpicklable
+    crosses the process boundary.
+    """
+    try:
+        parsed: ParsedFeed = parse(source, result)
+    except ScrapeError as exc:
+        return Extracted(error=str(exc), broken=True)
+    except AggregatorError as exc:
+        return Extracted(error=str(exc))
+    items = normalize_entries(source, parsed.entries, sections, now, result.url)
+    return Extracted(
+        items=tuple(items),
+        listing_hash=listing_hash(parsed.entries),
+        warning=parsed.warning,
+        next_page_url=parsed.next_page_url,
+    )
+
+
+def normalize_entries(
+    source: Source,
+    entries: Sequence[RawEntry],
+    sections: Sequence[SectionRule],
+    now: datetime,
+    base_url: str,
+) -> list[Item]:
+    """Normalize entries, dropping (and logging) any single entry that fails."""
+    items = []
+    for entry in entries:
+        try:
+            items.append(normalize(source, entry, sections=sections, now=now, fallback_base=base_url))
+        except (ValueError, AggregatorError) as exc:
+            log.warning("%s: skipped an entry (%s): %s", source.id, entry.link or entry.guid, exc)
+    return items
+
+
+def make_pool(workers: int | None = None) -> ProcessPoolExecutor:
+    """A process pool for parsing; forkserver so workers never inherit our threads."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["aggregator.ingest"])
+    return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 2, mp_context=ctx)
+
+
+class Ingestor:
+    """Runs ingest passes for a config against one store.
+
+    Store writes go through a single-thread lock: SQLite has one writer, and
+    serializing them keeps PostgreSQL transactions short too.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        fetcher: Fetcher | None = None,
+        pool: Executor | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self._fetcher = fetcher
+        self._pool = pool
+        self._write_lock = asyncio.Lock()
+
+    async def run(
+        self,
+        source_ids: Sequence[str] | None = None,
+        *,
+        only_due: bool = False,
+        on_done: Callable[[IngestStats], None] | None = None,
+    ) -> list[IngestStats]:
+        """Ingest the chosen (default: all enabled) sources concurrently."""
+        if source_ids:
+            sources = [self.config.source(sid) for sid in source_ids]
+        else:
+            sources = [s for s in self.config.sources if s.enabled]
+        await asyncio.to_thread(self.store.sync_sources, self.config.sources)
+        states = {s.id: s for s in await asyncio.to_thread(self.store.source_states)}
+        now = utcnow()
+        if only_due:
+            sources = [
+                s
+                for s in sources
+                if states.get(s.id) is None
+                or states[s.id].next_fetch_at is None
+                or states[s.id].next_fetch_at <= now  # type: ignore[operator]
+            ]
+        own_pool = None
+        pool = self._pool
+        if pool is None and len(sources) >= POOL_THRESHOLD:
+            pool = own_pool = make_pool()
+        fetcher = self._fetcher
+        try:
+            if fetcher is None:
+                async with Fetcher() as fetcher:
+                    return await self._run_all(sources, states, fetcher, pool, on_done)
+            return await self._run_all(sources, states, fetcher, pool, on_done)
+        finally:
+            if own_pool is not None:
+                own_pool.shutdown(wait=True, cancel_futures=True)
+
+    async def _run_all(
+        self,
+        sources: Sequence[Source],
+        states: dict[str, SourceState],
+        fetcher: Fetcher,
+        pool: Executor | None,
+        on_done: Callable[[IngestStats], None] | None,
+    ) -> list[IngestStats]:
+        async def one(source: Source) -> IngestStats:
+            stats = await self.ingest_source(source, states.get(source.id), fetcher, pool)
+            if on_done:
+                on_done(stats)
+            return stats
+
+        return list(await asyncio.gather(*(one(s) for s in sources)))
+
+    async def ingest_source(
+        self,
+        source: Source,
+        state: SourceState | None,
+        fetcher: Fetcher,
+        pool: Executor | None,
+    ) -> IngestStats:
+        """Fetch, extract and store one source; never raises for source problems."""
+        started = time.perf_counter()
+        try:
+            return await self._ingest_source(source, state, fetcher, pool, started)
+        except FetchError as exc:
+            await self._fail(source, state, str(exc), retry_after=exc.retry_after)
+            return IngestStats(
+                source.id, IngestOutcome.ERROR, error=str(exc), elapsed=time.perf_counter() - started
+            )
+        except StoreError:
+            raise  # the database itself is in trouble: not one source's problem
+        except Exception as exc:  # noqa: BLE001 - isolation: a bug in one source must not stop others
+            log.exception("%s: unexpected error while ingesting %s", source.id, source.url)
+            message = f"{source.id}: unexpected {type(exc).__name__}: {exc} ({source.url})"
+            await self._fail(source, state, message)
+            return IngestStats(
+                source.id, IngestOutcome.ERROR, error=message, elapsed=time.perf_counter() - started
+            )
+
+    async def _ingest_source(
+        self,
+        source: Source,
+        state: SourceState | None,
+        fetcher: Fetcher,
+        pool: Executor | None,
+        started: float,
+    ) -> IngestStats:
+        result = await fetcher.fetch(source, state)
+        error_count = 0
+        next_at = result.fetched_at + next_fetch_delay(source.interval, error_count)
+        if result.not_modified:
+            async with self._write_lock:
+                await asyncio.to_thread(
+                    self.store.record_not_modified,
+                    source.id,
+                    fetched_at=result.fetched_at,
+                    next_fetch_at=next_at,
+                    etag=result.etag,
+                    last_modified=result.last_modified,
+                )
+            log.info("%s: not modified", source.id)
+            return IngestStats(
+                source.id, IngestOutcome.NOT_MODIFIED, elapsed=time.perf_counter() - started
+            )
+
+        extracted = await self._extract(pool, source, result)
+        if extracted.error:
+            await self._fail(source, state, extracted.error, broken=extracted.broken)
+            return IngestStats(
+                source.id,
+                IngestOutcome.ERROR,
+                error=extracted.error,
+                elapsed=time.perf_counter() - started,
+            )
+        if extracted.warning:
+            log.warning("%s: feed is malformed but readable: %s", source.id, extracted.warning)
+
+        # A listing page without validators that extracts exactly what it did
+        # last time is "not modified": write nothing but the fetch time.
+        if (
+            source.type == "html"
+            and state is not None
+            and state.content_hash is not None
+            and extracted.listing_hash == state.content_hash
+        ):
+            async with self._write_lock:
+                await asyncio.to_thread(
+                    self.store.record_not_modified,
+                    source.id,
+                    fetched_at=result.fetched_at,
+                    next_fetch_at=next_at,
+                    etag=result.etag,
+                    last_modified=result.last_modified,
+                )
+            return IngestStats(
+                source.id, IngestOutcome.NOT_MODIFIED, elapsed=time.perf_counter() - started
+            )
+
+        items = list(extracted.items)
+        if source.type == "html" and source.max_pages > 1 and extracted.next_page_url:
+            items += await self._older_pages(source, fetcher, pool, extracted, items)
+
+        async with self._write_lock:
+            counts = await asyncio.to_thread(
+                self.store.save_items,
+                source.id,
+                items,
+                fetched_at=result.fetched_at,
+                next_fetch_at=next_at,
+                etag=result.etag,
+                last_modified=result.last_modified,
+                content_hash=extracted.listing_hash,
+                new_url=result.permanent_url,
+            )
+        if result.permanent_url:
+            log.info("%s: moved permanently to %s; stored URL updated", source.id, result.permanent_url)
+        log.info(
+            "%s: %d new, %d updated, %d duplicates",
+            source.id,
+            counts.new,
+            counts.updated,
+            counts.duplicates,
+        )
+        return IngestStats(
+            source.id,
+            IngestOutcome.OK,
+            new=counts.new,
+            updated=counts.updated,
+            duplicates=counts.duplicates,
+            unchanged=counts.unchanged,
+            elapsed=time.perf_counter() - started,
+        )
+
+    async def _extract(self, pool: Executor | None, source: Source, result: FetchResult) -> Extracted:
+        now = utcnow()
+        sections = self.config.sections
+        if pool is None:
+            return await asyncio.to_thread(extract, source, result, sections, now)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(pool, extract, source, result, sections, now)
+
+    async def _older_pages(
+        self,
+        source: Source,
+        fetcher: Fetcher,
+        pool: Executor | None,
+        first: Extracted,
+        seen: list[Item],
+    ) -> list[Item]:
+        """Follow "next page" links until known items appear or ``max_pages`` is reached.
+
+        Runs on every fetch of a paged listing, but stops at the first page
+        that holds an item we already have, so in steady state it costs one
+        lookup and no extra request.
+        """
+        found: list[Item] = []
+        guids = [i.guid for i in seen]
+        known = await asyncio.to_thread(self.store.known_guids, source.id, guids)
+        if known:
+            return found
+        url = first.next_page_url
+        pages = 1
+        visited = {source.url}
+        while url and pages < source.max_pages and url not in visited:
+            visited.add(url)
+            pages += 1
+            try:
+                result = await fetcher.fetch_url(url, source_id=source.id, timeout=source.timeout)
+            except FetchError as exc:
+                log.warning("%s: stopped paging at %s: %s", source.id, url, exc)
+                break
+            if result.content is None:
+                break
+            extracted = await self._extract(pool, replace(source, url=url), result)
+            if extracted.error or not extracted.items:
+                if extracted.error:
+                    log.warning("%s: stopped paging at %s: %s", source.id, url, extracted.error)
+                break
+            found.extend(extracted.items)
+            known = await asyncio.to_thread(
+                self.store.known_guids, source.id, [i.guid for i in extracted.items]
+            )
+            if known:
+                break
+            url = extracted.next_page_url
+        return found
+
+    async def _fail(
+        self,
+        source: Source,
+        state: SourceState | None,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        broken: bool = False,
+    ) -> None:
+        errors = (state.error_count if state else 0) + 1
+        now = utcnow()
+        next_at = now + next_fetch_delay(source.interval, errors, retry_after=retry_after)
+        log.error("%s", message)
+        async with self._write_lock:
+            await asyncio.to_thread(
+                self.store.record_failure,
+                source.id,
+                message,
+                fetched_at=now,
+                next_fetch_at=next_at,
+                broken=broken,
+            )
+
+
+async def ingest(
+    config: Config,
+    store: Store,
+    source_ids: Sequence[str] | None = None,
+    *,
+    on_done: Callable[[IngestStats], None] | None = None,
+) -> list[IngestStats]:
+    """Convenience wrapper: one pass over the configured sources."""
+    return await Ingestor(config, store).run(source_ids, on_done=on_done)

@@ -1,0 +1,141 @@
+"""The tables, as SQLAlchemy Core metadata.
+
+Constraint names are explicit (naming convention) so Alembic's batch mode can
+alter them on SQLite. The migrations in ``migrations/versions`` are the source
+of truth for existing databases; this module must describe the same schema.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from .types import UTCDateTime
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+sources = Table(
+    "sources",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("config_url", Text, nullable=False),
+    Column("url", Text, nullable=False),  # may differ after a permanent redirect
+    Column("title", Text),
+    Column("etag", Text),
+    Column("last_modified", Text),
+    Column("content_hash", String(64)),
+    Column("last_fetched_at", UTCDateTime),
+    Column("last_success_at", UTCDateTime),
+    Column("next_fetch_at", UTCDateTime),
+    Column("error_count", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("broken_reason", Text),
+    Column("disabled_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+items = Table(
+    "items",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source_id", String(64), ForeignKey("sources.id"), nullable=False),
+    Column("guid", Text, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("canonical_url", Text, nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("title", Text, nullable=False),
+    Column("summary_html", Text, nullable=False, default=""),
+    Column("content_html", Text, nullable=False, default=""),
+    Column("text", Text, nullable=False, default=""),
+    Column("excerpt", Text, nullable=False, default=""),
+    Column("image_url", Text),
+    Column("author", Text),
+    Column("categories", JSON, nullable=False, default=list),
+    Column("section", String(64)),
+    Column("language", String(16)),
+    Column("published_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("first_seen_at", UTCDateTime, nullable=False),
+    Column("date_missing", Boolean, nullable=False, default=False),
+    Column("duplicate_of", Integer, ForeignKey("items.id")),
+    UniqueConstraint("source_id", "guid"),
+    Index("ix_items_canonical_url", "canonical_url"),
+    Index("ix_items_fingerprint", "fingerprint"),
+    Index("ix_items_published_at", "published_at"),
+    Index("ix_items_first_seen_at", "first_seen_at"),
+)
+
+subscribers = Table(
+    "subscribers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("name", Text),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("confirmed_at", UTCDateTime),
+    Column("unsubscribed_at", UTCDateTime),
+)
+
+digests = Table(
+    "digests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("period_start", UTCDateTime, nullable=False),
+    Column("period_end", UTCDateTime, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("preheader", Text, nullable=False, default=""),
+    Column("html", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("item_count", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("period_start", "period_end"),
+)
+
+digest_items = Table(
+    "digest_items",
+    metadata,
+    Column("digest_id", Integer, ForeignKey("digests.id"), primary_key=True),
+    Column("item_id", Integer, ForeignKey("items.id"), primary_key=True),
+    Column("section", String(64), nullable=False),
+    Column("section_title", Text, nullable=False),
+    Column("position", Integer, nullable=False),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("digest_id", Integer, ForeignKey("digests.id"), nullable=False),
+    Column("subscriber_id", Integer, ForeignKey("subscribers.id"), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("message_id", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("lease_owner", Text),
+    Column("lease_until", UTCDateTime),
+    Column("sent_at", UTCDateTime),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("digest_id", "subscriber_id"),
+    Index("ix_deliveries_digest_id_status", "digest_id", "status"),
+)
