@@ -115,3 +115,22 @@ class SubscriberError(AggregatorError):
 
 class TokenError(AggregatorError):
     """A confirm or unsubscribe token is forged, expired or for another purpose."""
+
+
+class PublishError(AggregatorError):
+    """The published feed could not be written, or the WebSub hub could not be pinged.
+
+    ``path`` names the feed file, ``url`` the hub. A failed write always leaves
+    the previously published file intact; a failed ping is never fatal (the
+    caller logs it and pings again after the next change).
+    """
+
+    def __init__(
+        self, message: str, *, path: str = "", url: str = "", status: int | None = None
+    ) -> None:
+        self.path = path
+        self.url = url
+        self.status = status
+        self.reason = message
+        where = path or url
+        super().__init__(f"{where}: {message}" if where else message)
