@@ -458,7 +458,8 @@ def _cross_checks(model: ConfigModel, name: str, lines: Mapping[Any, int]) -> li
             )
         seen.setdefault(source.id, i)
     section_ids = {s.id for s in model.sections}
-    for i, sid in enumerate(model.digest.sections):
+    explicit = "sections" in model.digest.model_fields_set
+    for i, sid in enumerate(model.digest.sections if explicit else ()):
         if sid not in section_ids:
             problems.append(
                 ConfigError(
@@ -536,7 +537,12 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
         schedule_day=day,
         schedule_time=f"{hour:02d}:{minute:02d}",
         subject=model.digest.subject,
-        sections=tuple(model.digest.sections),
+        # The default section list only names sections that exist.
+        sections=tuple(
+            sid
+            for sid in model.digest.sections
+            if "sections" in model.digest.model_fields_set or sid in {s.id for s in model.sections}
+        ),
         other_section_title=model.digest.other_section_title,
         max_items_per_section=model.digest.max_items_per_section,
         when_empty=model.digest.when_empty,

@@ -23,6 +23,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from ..errors import StoreError
 from ..models import Item, Source, SourceState, StoredItem, utcnow
 from . import schema
+from .digests import DigestsMixin
 from .engine import make_engine, migrate, safe_url
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def _state(row: Any) -> SourceState:
     )
 
 
-class Store:
+class Store(DigestsMixin):
     """One database, opened and migrated; safe to share across threads."""
 
     def __init__(self, engine: Engine) -> None:

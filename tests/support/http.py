@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 
@@ -140,7 +139,11 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like real feed servers
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def setup(self) -> None:
+        super().setup()
+        self.server.fixture._connection_opened()
+
+    def log_message(self, format: str, *args: Any) -> None:
         """Quiet: tests assert on ``FixtureServer.requests`` instead."""
 
     def do_GET(self) -> None:
@@ -289,6 +292,7 @@ class FixtureServer:
         self._in_flight_total = 0
         self._max_in_flight: dict[str, int] = {}
         self._max_in_flight_total = 0
+        self._connections = 0
         self.requests = []
         self._server = _Server((host, port), _Handler)
         self._server.fixture = self
@@ -447,10 +451,16 @@ class FixtureServer:
                 return self._max_in_flight_total
             return self._max_in_flight.get(path.split("?", 1)[0], 0)
 
+    def connection_count(self) -> int:
+        """How many TCP connections clients opened (keep-alive reuses one for many requests)."""
+        with self._lock:
+            return self._connections
+
     def reset(self) -> None:
         """Forget recorded requests and concurrency peaks (routes stay)."""
         with self._lock:
             self.requests.clear()
+            self._connections = 0
             self._max_in_flight.clear()
             self._max_in_flight_total = self._in_flight_total
 
@@ -466,6 +476,10 @@ class FixtureServer:
             self._max_in_flight_total = max(self._max_in_flight_total, self._in_flight_total)
             route = self._routes.get(request.path) or self._routes.get(bare)
             return route.take() if route is not None else None
+
+    def _connection_opened(self) -> None:
+        with self._lock:
+            self._connections += 1
 
     def _finish(self, path: str) -> None:
         bare = path.split("?", 1)[0]

@@ -1,0 +1,199 @@
+"""Identity and duplicate keys: canonical links, story fingerprints, hashes.
+
+Three questions, three keys. *Is this the same entry of the same source?* The
+guid, else the canonical link (tracking and paging parameters removed, so
+``pageIndex=1`` and ``pageIndex=2`` of KoBiz name the same column). *Is this
+the same story from another source?* The fingerprint of its title and opening
+text, insensitive to case, spacing, punctuation and ``[단독]``-style labels.
+*Did anything a reader sees change?* The content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
+
+from .models import Item, RawEntry
+
+# Parameters that only say how a reader got to a page, never which page it is.
+TRACKING_PARAMS = frozenset(
+    {
+        "fbclid",
+        "gclid",
+        "dclid",
+        "gbraid",
+        "wbraid",
+        "msclkid",
+        "yclid",
+        "igshid",
+        "mc_cid",
+        "mc_eid",
+        "ref",
+        "ref_src",
+        "ref_url",
+        "cmpid",
+        "_ga",
+        "_gl",
+        "_hsenc",
+        "_hsmi",
+        "mkt_tok",
+        "vero_id",
+        "oly_anon_id",
+        "oly_enc_id",
+        "s_cid",
+        "sr_share",
+        "ncid",
+    }
+)
+_TRACKING_PREFIXES = ("utm_", "pk_", "__twitter")
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_QUERY_SAFE = "-._~!$'()*,;:@/?"
+_ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
+# Leading labels that news sites put before the same headline: [단독], [포토], (종합), 【속보】.
+_TITLE_LABEL = re.compile(r"^\s*(?:[\[［【(（<〈][^\]］】)）>〉]{1,12}[\]］】)）>〉]\s*)+")
+_FINGERPRINT_TEXT_CHARS = 200
+
+
+def _is_tracking(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in TRACKING_PARAMS or lowered.startswith(_TRACKING_PREFIXES)
+
+
+def _encode(part: str) -> str:
+    return quote(unquote_plus(part), safe=_QUERY_SAFE)
+
+
+def canonical_url(url: str, *, keep: Sequence[str] | None = None, drop: Sequence[str] = ()) -> str:
+    """The stable form of a link, for recognising the same page.
+
+    Lowercases scheme and host, drops the default port, the fragment, tracking
+    parameters (``utm_*``, ``fbclid`` ...), parameters with an empty value and
+    those in ``drop``; when ``keep`` is given, only those parameters survive.
+    The remaining parameters are sorted. ``canonical_url`` of its own output
+    returns it unchanged.
+    """
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        return url
+    netloc = parts.netloc.lower()
+    default_port = _DEFAULT_PORTS[scheme]
+    if netloc.endswith(default_port):
+        netloc = netloc[: -len(default_port)]
+    netloc = netloc.rstrip(":")
+    path = quote(parts.path, safe=_PATH_SAFE) or "/"
+    path = _ESCAPE.sub(lambda m: m.group(0).upper(), path)
+    keep_set = set(keep) if keep is not None else None
+    drop_set = set(drop)
+    params: list[tuple[str, str | None]] = []
+    for piece in parts.query.split("&"):
+        if not piece:
+            continue
+        raw_name, sep, raw_value = piece.partition("=")
+        name = _encode(raw_name)
+        decoded_name = unquote_plus(raw_name)
+        if keep_set is not None and decoded_name not in keep_set:
+            continue
+        if decoded_name in drop_set or _is_tracking(decoded_name):
+            continue
+        if sep and not raw_value:
+            continue  # "returnUrl=" says nothing about which page this is
+        params.append((name, _encode(raw_value) if sep else None))
+    params.sort(key=lambda p: (p[0], p[1] or ""))
+    query = "&".join(name if value is None else f"{name}={value}" for name, value in params)
+    return urlunsplit((scheme, netloc, path, query, ""))
+
+
+def _key_text(text: str) -> str:
+    """Lowercase letters and digits only (Hangul syllables count as letters)."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(ch for ch in text if ch.isalnum())
+
+
+def fingerprint(title: str, text: str) -> str:
+    """A key shared by copies of the same story, however they are dressed.
+
+    Built from the title without leading labels such as ``[단독]`` and the
+    first ~200 letters of the text, ignoring case, spaces and punctuation; NFKC
+    folds full-width letters and compatibility jamo.
+    """
+    title_key = _key_text(_TITLE_LABEL.sub("", title))
+    text_key = _key_text(text)[:_FINGERPRINT_TEXT_CHARS]
+    digest = hashlib.sha256(f"{title_key}\x1f{text_key}".encode())
+    return digest.hexdigest()[:32]
+
+
+def content_hash(
+    *,
+    title: str,
+    url: str,
+    summary_html: str,
+    content_html: str,
+    image_url: str | None,
+    author: str | None,
+    categories: Sequence[str],
+    published_at: datetime,
+) -> str:
+    """A hash of everything a reader sees of an item; it changes when any of it does."""
+    payload = json.dumps(
+        [
+            title,
+            url,
+            summary_html,
+            content_html,
+            image_url,
+            author,
+            list(categories),
+            published_at.isoformat(),
+        ],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def listing_hash(entries: Sequence[RawEntry]) -> str:
+    """A hash of a parsed page's entries, to skip normalizing an unchanged listing.
+
+    Computed from what the parser extracted, not the raw bytes, so rotating
+    ads, CSRF tokens or timestamps elsewhere on the page do not count as change.
+    """
+    rows = [
+        [
+            e.guid,
+            e.link,
+            e.title,
+            e.summary_html,
+            e.content_html,
+            e.date_text,
+            e.published.isoformat() if e.published else None,
+            e.updated.isoformat() if e.updated else None,
+            e.image_url,
+        ]
+        for e in entries
+    ]
+    payload = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def dedupe_batch(items: Iterable[Item]) -> list[Item]:
+    """Drop in-batch repeats of the same (source, guid), keeping the last copy.
+
+    A feed that lists an entry twice would otherwise make a multi-row upsert
+    fail (PostgreSQL) or depend on row order (SQLite). The surviving copy takes
+    the place of the first occurrence.
+    """
+    by_key: dict[tuple[str, str], Item] = {}
+    for item in items:
+        by_key[(item.source_id, item.guid)] = item
+    return list(by_key.values())

@@ -1,0 +1,728 @@
+"""Download sources over HTTP, politely and within hard limits.
+
+One :class:`Fetcher` owns one ``httpx.AsyncClient`` (keep-alive connections are
+reused across sources) and enforces, per request:
+
+* conditional GET: ``If-None-Match`` / ``If-Modified-Since`` from the stored
+  state; a 304 comes back as a :class:`FetchResult` whose ``content`` is None;
+* concurrency: at most ``max_per_host`` requests to one host and
+  ``max_connections`` overall;
+* redirects, followed by hand so every hop is seen: at most ``max_redirects``,
+  loops detected, and ``permanent_url`` set when every hop was a 301/308;
+* size: an honest ``Content-Length`` over ``max_bytes`` is refused before
+  reading, and the body is decompressed here in bounded pieces, so a gzip or
+  brotli bomb is stopped after about ``max_bytes`` of output, not after it has
+  been inflated in memory;
+* time: connect and read timeouts, plus a total deadline per request
+  (``asyncio.timeout``) that also stops a server trickling a byte a second.
+
+Failures raise :mod:`aggregator.errors` classes whose message names the source
+id and URL: :class:`FetchTimeout`, :class:`ResponseTooLarge`, or
+:class:`FetchError` with ``status`` and, for 429/503, ``retry_after`` seconds.
+:func:`next_fetch_delay` turns an outcome into the wait before the next fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import random
+import socket
+import time
+import zlib
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Protocol
+
+import httpx
+
+from aggregator.errors import FetchError, FetchTimeout, ResponseTooLarge
+from aggregator.models import FetchResult, Source, SourceState
+
+
+def _import_brotli() -> Any:
+    """The brotli module httpx[brotli] installs (no type stubs), or None without it."""
+    for name in ("brotli", "brotlicffi"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None  # pragma: no cover - depends on the environment
+
+
+_brotli: Any = _import_brotli()
+
+__all__ = [
+    "DEFAULT_USER_AGENT",
+    "MAX_BACKOFF",
+    "Fetcher",
+    "next_fetch_delay",
+    "parse_retry_after",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_USER_AGENT = (
+    "aggregator/0.1 (+https://github.com/korean-film-digest/aggregator; "
+    "Korean film news aggregator)"
+)
+ACCEPT = (
+    "application/atom+xml, application/rss+xml, application/rdf+xml, application/feed+json, "
+    "application/xml;q=0.9, text/xml;q=0.9, text/html;q=0.8, */*;q=0.5"
+)
+ACCEPT_ENCODING = "gzip, deflate, br" if _brotli is not None else "gzip, deflate"
+
+MAX_BACKOFF = timedelta(hours=24)
+# A Retry-After beyond this is treated as a typo or hostility, not an instruction.
+MAX_RETRY_AFTER = timedelta(days=7)
+JITTER = 0.10
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_PERMANENT_REDIRECTS = frozenset({301, 308})
+_RETRYABLE = frozenset({429, 503})
+# Decompressed output is produced in pieces of at most about this size, so the
+# size cap is checked long before a compressed bomb can fill memory.
+_DECODE_CHUNK = 64 * 1024
+
+
+# ------------------------------------------------------------------- decoding
+
+
+class _Decoder(Protocol):
+    def feed(self, data: bytes) -> Iterator[bytes]: ...
+
+    def finish(self) -> Iterator[bytes]: ...
+
+
+class _IdentityDecoder:
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if data:
+            yield data
+
+    def finish(self) -> Iterator[bytes]:
+        return iter(())
+
+
+class _ZlibDecoder:
+    """gzip (also several members) or deflate (zlib-wrapped, or raw as some servers send)."""
+
+    def __init__(self, encoding: str) -> None:
+        self._gzip = encoding == "gzip"
+        self._wbits = zlib.MAX_WBITS | 16 if self._gzip else zlib.MAX_WBITS
+        self._obj = zlib.decompressobj(self._wbits)
+        self._started = False
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if not self._started and data and not self._gzip:
+            self._started = True
+            try:  # Probe: "deflate" should be zlib-wrapped, but raw deflate is common.
+                zlib.decompressobj(zlib.MAX_WBITS).decompress(data[:64], 1)
+            except zlib.error:
+                self._obj = zlib.decompressobj(-zlib.MAX_WBITS)
+        pending = data
+        while True:
+            if self._obj.eof:
+                rest = (self._obj.unused_data + pending).lstrip(b"\0")
+                if not (self._gzip and rest.startswith(b"\x1f\x8b")):
+                    return  # padding or garbage after the stream: ignore, as browsers do
+                self._obj = zlib.decompressobj(self._wbits)  # the next gzip member
+                pending = rest
+            out = self._obj.decompress(pending, _DECODE_CHUNK)
+            pending = self._obj.unconsumed_tail
+            if out:
+                yield out
+            if self._obj.eof:
+                continue
+            if not pending and len(out) < _DECODE_CHUNK:
+                return
+
+    def finish(self) -> Iterator[bytes]:
+        tail = self._obj.flush()
+        if tail:
+            yield tail
+
+
+class _BrotliDecoder:
+    def __init__(self) -> None:
+        assert _brotli is not None
+        self._obj: Any = _brotli.Decompressor()
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        out: bytes = self._obj.process(data, output_buffer_limit=_DECODE_CHUNK)
+        while out:
+            yield out
+            if self._obj.is_finished():
+                return
+            out = self._obj.process(b"", output_buffer_limit=_DECODE_CHUNK)
+
+    def finish(self) -> Iterator[bytes]:
+        return iter(())
+
+
+class _ChainDecoder:
+    """``Content-Encoding: gzip, br`` was applied left to right; undo it right to left."""
+
+    def __init__(self, decoders: list[_Decoder]) -> None:
+        self._decoders = decoders
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        return self._through(0, self._decoders[0].feed(data))
+
+    def finish(self) -> Iterator[bytes]:
+        return self._finish_from(0)
+
+    def _through(self, index: int, pieces: Iterator[bytes]) -> Iterator[bytes]:
+        if index == len(self._decoders) - 1:
+            yield from pieces
+            return
+        for piece in pieces:
+            yield from self._through(index + 1, self._decoders[index + 1].feed(piece))
+
+    def _finish_from(self, index: int) -> Iterator[bytes]:
+        yield from self._through(index, self._decoders[index].finish())
+        if index + 1 < len(self._decoders):
+            yield from self._finish_from(index + 1)
+
+
+def _decoder_for(content_encoding: str) -> _Decoder:
+    """A decoder for a Content-Encoding header; raises ValueError for unknown codings."""
+    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
+    decoders: list[_Decoder] = []
+    for coding in reversed(codings):
+        if coding in ("gzip", "x-gzip"):
+            decoders.append(_ZlibDecoder("gzip"))
+        elif coding == "deflate":
+            decoders.append(_ZlibDecoder("deflate"))
+        elif coding == "br" and _brotli is not None:
+            decoders.append(_BrotliDecoder())
+        elif coding != "identity":
+            raise ValueError(f"unsupported Content-Encoding {coding!r}")
+    if not decoders:
+        return _IdentityDecoder()
+    return decoders[0] if len(decoders) == 1 else _ChainDecoder(decoders)
+
+
+_DECODE_ERRORS: tuple[type[Exception], ...] = (zlib.error,)
+if _brotli is not None:
+    _DECODE_ERRORS += (_brotli.error,)
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP-date.
+
+    Returns None when the header is missing or unreadable; a date in the past
+    gives 0.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(int(value))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" dates come back naive; HTTP-dates are GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def _charset(content_type: str | None) -> str | None:
+    if not content_type:
+        return None
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip("'\"").lower() or None
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and what caused it, outermost first (anyio wraps the real OSError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _host_key(url: httpx.URL) -> str:
+    return url.host.lower()
+
+
+# -------------------------------------------------------------------- Fetcher
+
+
+class Fetcher:
+    """Fetch sources with one shared ``httpx.AsyncClient``; use as ``async with Fetcher() as f``.
+
+    ``timeout`` is the default total deadline of one request (redirects and body
+    included); :meth:`fetch` uses the source's own ``timeout`` instead.
+    ``transport`` is for tests and special setups (e.g. ``httpx.MockTransport``).
+    """
+
+    def __init__(
+        self,
+        *,
+        user_agent: str = DEFAULT_USER_AGENT,
+        max_connections: int = 32,
+        max_per_host: int = 4,
+        max_bytes: int = 10 * 1024 * 1024,
+        max_redirects: int = 5,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 30.0,
+        timeout: float = 60.0,
+        trust_env: bool = True,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if max_connections < 1 or max_per_host < 1:
+            raise ValueError("max_connections and max_per_host must be at least 1")
+        self.user_agent = user_agent
+        self.max_connections = max_connections
+        self.max_per_host = max_per_host
+        self.max_bytes = max_bytes
+        self.max_redirects = max_redirects
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.timeout = timeout
+        self._client = httpx.AsyncClient(
+            headers={
+                "User-Agent": user_agent,
+                "Accept": ACCEPT,
+                "Accept-Encoding": ACCEPT_ENCODING,
+            },
+            follow_redirects=False,
+            # Waiting for a free slot happens on our semaphores, outside the deadline.
+            timeout=httpx.Timeout(connect_timeout, read=read_timeout, pool=None),
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                keepalive_expiry=30.0,
+            ),
+            trust_env=trust_env,
+            transport=transport,
+        )
+        self._total_slots = asyncio.Semaphore(max_connections)
+        self._host_slots: dict[str, asyncio.Semaphore] = {}
+
+    async def __aenter__(self) -> Fetcher:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._client.aclose()
+
+    def _slot_for(self, url: httpx.URL) -> asyncio.Semaphore:
+        key = _host_key(url)
+        slot = self._host_slots.get(key)
+        if slot is None:
+            slot = self._host_slots[key] = asyncio.Semaphore(self.max_per_host)
+        return slot
+
+    async def fetch(self, source: Source, state: SourceState | None) -> FetchResult:
+        """Fetch a source's main URL, conditionally when ``state`` holds validators.
+
+        The URL is ``state.url`` when the store knows one (it follows permanent
+        redirects), else ``source.url``; the deadline is ``source.timeout``.
+        """
+        url = state.url if state is not None and state.url else source.url
+        return await self.fetch_url(
+            url,
+            source_id=source.id,
+            etag=state.etag if state is not None else None,
+            last_modified=state.last_modified if state is not None else None,
+            timeout=source.timeout,
+        )
+
+    async def fetch_url(
+        self,
+        url: str,
+        *,
+        source_id: str,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        timeout: float | None = None,
+    ) -> FetchResult:
+        """GET ``url`` for ``source_id`` (paging, full-text articles, a source's feed).
+
+        ``timeout`` is the total deadline in seconds (default: the Fetcher's).
+        Raises :class:`FetchError` (and its subclasses) on any failure.
+        """
+        deadline = self.timeout if timeout is None else timeout
+        started = time.monotonic()
+        try:
+            return await self._fetch(url, source_id, etag, last_modified, deadline, started)
+        except FetchError as exc:
+            logger.debug("fetch failed: %s", exc)
+            raise
+
+    async def _fetch(
+        self,
+        url: str,
+        source_id: str,
+        etag: str | None,
+        last_modified: str | None,
+        deadline: float,
+        started: float,
+    ) -> FetchResult:
+        try:
+            current = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise FetchError(
+                f"invalid URL: {_describe(exc)}", source_id=source_id, url=url
+            ) from exc
+        if current.scheme not in ("http", "https"):
+            raise FetchError(
+                f"unsupported URL scheme {current.scheme!r}", source_id=source_id, url=url
+            )
+        headers: dict[str, str] = {}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        per_phase = httpx.Timeout(
+            min(self.connect_timeout, deadline),
+            read=min(self.read_timeout, deadline),
+            pool=None,
+        )
+
+        chain: list[str] = [str(current)]
+        all_permanent = True
+        loop = asyncio.get_running_loop()
+        ends_at: float | None = None
+        while True:
+            # Host slot first: queueing for a busy host must not hold an overall slot.
+            async with self._slot_for(current), self._total_slots:
+                if ends_at is None:  # the deadline starts once we hold a slot
+                    ends_at = loop.time() + deadline
+                try:
+                    async with asyncio.timeout_at(ends_at):
+                        outcome = await self._one_hop(
+                            current, headers, per_phase, source_id, etag, last_modified
+                        )
+                except TimeoutError as exc:
+                    raise FetchTimeout(
+                        f"no complete response within the {deadline:g} s deadline",
+                        source_id=source_id,
+                        url=str(current),
+                    ) from exc
+            if isinstance(outcome, _Hop):
+                target = outcome.location
+                if outcome.status not in _PERMANENT_REDIRECTS:
+                    all_permanent = False
+                if str(target) in chain:
+                    raise FetchError(
+                        "redirect loop: " + " -> ".join([*chain, str(target)]),
+                        source_id=source_id,
+                        url=url,
+                        status=outcome.status,
+                    )
+                if len(chain) > self.max_redirects:
+                    raise FetchError(
+                        f"too many redirects (more than {self.max_redirects}): "
+                        + " -> ".join(chain),
+                        source_id=source_id,
+                        url=url,
+                        status=outcome.status,
+                    )
+                logger.debug("%s: %s redirects to %s", source_id, current, target)
+                chain.append(str(target))
+                current = target
+                continue
+
+            permanent_url = None
+            if len(chain) > 1 and all_permanent:
+                permanent_url = str(current)
+                logger.info("%s: %s moved permanently to %s", source_id, url, permanent_url)
+            elapsed = time.monotonic() - started
+            result = FetchResult(
+                source_id=source_id,
+                url=str(current),
+                status=outcome.status,
+                content=outcome.content,
+                content_type=outcome.content_type,
+                charset=_charset(outcome.content_type),
+                # A 304 may omit the validators: keep the ones that still hold.
+                etag=outcome.etag or (etag if outcome.content is None else None),
+                last_modified=outcome.last_modified
+                or (last_modified if outcome.content is None else None),
+                permanent_url=permanent_url,
+                elapsed=elapsed,
+            )
+            logger.debug(
+                "%s: %s %s, %s bytes in %.2f s",
+                source_id,
+                result.url,
+                result.status,
+                "no new" if result.content is None else len(result.content),
+                elapsed,
+            )
+            return result
+
+    async def _one_hop(
+        self,
+        url: httpx.URL,
+        headers: dict[str, str],
+        timeout: httpx.Timeout,
+        source_id: str,
+        etag: str | None,
+        last_modified: str | None,
+    ) -> _Hop | _Body:
+        """One request: a redirect to follow, or a final body (None for 304)."""
+        where = str(url)
+        try:
+            request = self._client.build_request("GET", url, headers=headers, timeout=timeout)
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise _translate(exc, source_id, where) from exc
+        try:
+            status = response.status_code
+            if status in _REDIRECTS:
+                return _Hop(status, self._location(response, source_id))
+            if status == 304:
+                return _Body(
+                    status,
+                    None,
+                    response.headers.get("Content-Type"),
+                    response.headers.get("ETag"),
+                    response.headers.get("Last-Modified"),
+                )
+            if not 200 <= status < 300:
+                raise _status_error(response, source_id)
+            content = await self._read_body(response, source_id)
+            return _Body(
+                status,
+                content,
+                response.headers.get("Content-Type"),
+                response.headers.get("ETag"),
+                response.headers.get("Last-Modified"),
+            )
+        except httpx.HTTPError as exc:
+            raise _translate(exc, source_id, where) from exc
+        finally:
+            await response.aclose()
+
+    def _location(self, response: httpx.Response, source_id: str) -> httpx.URL:
+        location = response.headers.get("Location")
+        status = response.status_code
+        if not location:
+            raise FetchError(
+                f"HTTP {status} redirect without a Location header",
+                source_id=source_id,
+                url=str(response.url),
+                status=status,
+            )
+        try:
+            target = response.url.join(location.strip())
+        except httpx.InvalidURL as exc:
+            raise FetchError(
+                f"HTTP {status} redirect to an invalid URL {location!r}",
+                source_id=source_id,
+                url=str(response.url),
+                status=status,
+            ) from exc
+        if target.scheme not in ("http", "https"):
+            raise FetchError(
+                f"HTTP {status} redirect to unsupported URL {location!r}",
+                source_id=source_id,
+                url=str(response.url),
+                status=status,
+            )
+        return target.copy_with(fragment=None)
+
+    async def _read_body(self, response: httpx.Response, source_id: str) -> bytes:
+        """The decoded body, stopped as soon as it (or the raw stream) exceeds ``max_bytes``."""
+        url = str(response.url)
+        cap = self.max_bytes
+        encoding = response.headers.get("Content-Encoding", "")
+        declared = response.headers.get("Content-Length", "")
+        if declared.strip().isdigit() and int(declared) > cap:
+            # Compressed bodies expand, so a compressed length over the cap is over it too.
+            raise ResponseTooLarge(
+                f"response too large: Content-Length {int(declared)} bytes exceeds "
+                f"the {cap}-byte limit",
+                source_id=source_id,
+                url=url,
+                status=response.status_code,
+            )
+        try:
+            decoder = _decoder_for(encoding)
+        except ValueError as exc:
+            raise FetchError(
+                str(exc), source_id=source_id, url=url, status=response.status_code
+            ) from exc
+
+        parts: list[bytes] = []
+        size = 0
+        raw_size = 0
+
+        def take(pieces: Iterator[bytes]) -> None:
+            nonlocal size
+            for piece in pieces:
+                size += len(piece)
+                if size > cap:
+                    raise ResponseTooLarge(
+                        f"response too large: more than {cap} bytes"
+                        + (f" after {encoding} decoding" if encoding else "")
+                        + "; stopped reading",
+                        source_id=source_id,
+                        url=url,
+                        status=response.status_code,
+                    )
+                parts.append(piece)
+
+        try:
+            async for chunk in response.aiter_raw():
+                raw_size += len(chunk)
+                if raw_size > cap:
+                    raise ResponseTooLarge(
+                        f"response too large: more than {cap} bytes on the wire; stopped reading",
+                        source_id=source_id,
+                        url=url,
+                        status=response.status_code,
+                    )
+                take(decoder.feed(chunk))
+            take(decoder.finish())
+        except _DECODE_ERRORS as exc:
+            raise FetchError(
+                f"could not decode the {encoding} body: {_describe(exc)}",
+                source_id=source_id,
+                url=url,
+                status=response.status_code,
+            ) from exc
+        return b"".join(parts)
+
+
+class _Hop:
+    __slots__ = ("location", "status")
+
+    def __init__(self, status: int, location: httpx.URL) -> None:
+        self.status = status
+        self.location = location
+
+
+class _Body:
+    __slots__ = ("content", "content_type", "etag", "last_modified", "status")
+
+    def __init__(
+        self,
+        status: int,
+        content: bytes | None,
+        content_type: str | None,
+        etag: str | None,
+        last_modified: str | None,
+    ) -> None:
+        self.status = status
+        self.content = content
+        self.content_type = content_type
+        self.etag = etag
+        self.last_modified = last_modified
+
+
+def _status_error(response: httpx.Response, source_id: str) -> FetchError:
+    status = response.status_code
+    reason = response.reason_phrase or ""
+    message = f"HTTP {status} {reason}".rstrip()
+    retry_after = None
+    if status in _RETRYABLE:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if retry_after is not None:
+            message += f" (retry after {retry_after:g} s)"
+    return FetchError(
+        message,
+        source_id=source_id,
+        url=str(response.url),
+        status=status,
+        retry_after=retry_after,
+    )
+
+
+def _translate(exc: httpx.HTTPError, source_id: str, url: str) -> FetchError:
+    """An httpx exception as a FetchError a person can act on."""
+    detail = _describe(exc)
+    parsed = httpx.URL(url)
+    parsed_host = parsed.host
+    host = f"{parsed_host}:{parsed.port}" if parsed.port else parsed_host
+    if isinstance(exc, httpx.ConnectTimeout):
+        return FetchTimeout(f"connect timed out ({host})", source_id=source_id, url=url)
+    if isinstance(exc, httpx.TimeoutException):
+        return FetchTimeout(f"timed out: {detail}", source_id=source_id, url=url)
+    if isinstance(exc, httpx.ConnectError):
+        causes = list(_causes(exc))
+        if any(isinstance(c, ConnectionRefusedError) for c in causes) or "refused" in detail:
+            message = f"connection refused by {host}"
+        elif resolve_error := next((c for c in causes if isinstance(c, socket.gaierror)), None):
+            message = f"could not resolve host {parsed_host}: {_describe(resolve_error)}"
+        else:
+            message = f"could not connect to {host}: {detail}"
+    elif isinstance(exc, httpx.RemoteProtocolError):
+        message = f"the server broke the HTTP protocol: {detail}"
+    elif isinstance(exc, httpx.ReadError | httpx.WriteError):
+        message = f"connection lost: {detail}"
+    elif isinstance(exc, httpx.UnsupportedProtocol):
+        message = f"unsupported URL: {detail}"
+    elif isinstance(exc, httpx.DecodingError):
+        message = f"could not decode the body: {detail}"
+    else:
+        message = f"HTTP request failed: {detail}"
+    return FetchError(message, source_id=source_id, url=url)
+
+
+# --------------------------------------------------------------------- timing
+
+
+_rng = random.Random()
+
+
+def next_fetch_delay(
+    interval: timedelta,
+    error_count: int,
+    *,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> timedelta:
+    """How long to wait before fetching a source again.
+
+    After a success (``error_count == 0``) the source's ``interval`` with ±10%
+    jitter, so sources with the same interval drift apart. After ``n``
+    consecutive failures, ``interval * 2**(n-1)`` (also jittered), capped at 24
+    hours (or at ``interval`` when that is longer): the cap is never exceeded.
+    A server's ``retry_after`` (seconds) wins when it is longer, up to 7 days.
+    """
+    random_source = rng if rng is not None else _rng
+    if interval <= timedelta(0):
+        raise ValueError(f"interval must be positive, not {interval}")
+    if error_count <= 0:
+        delay = interval * random_source.uniform(1 - JITTER, 1 + JITTER)
+    else:
+        cap = max(MAX_BACKOFF, interval)
+        # Compare exponents instead of multiplying, so a huge error_count cannot overflow.
+        doublings = error_count - 1
+        limit = cap / interval
+        base = cap if doublings >= 64 or 2**doublings >= limit else interval * 2**doublings
+        low = base * (1 - JITTER)
+        high = min(base * (1 + JITTER), cap)
+        delay = low + (high - low) * random_source.random()
+    if retry_after is not None and retry_after > 0:
+        wait = min(timedelta(seconds=retry_after), MAX_RETRY_AFTER)
+        delay = max(delay, wait)
+    return delay

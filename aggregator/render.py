@@ -1,0 +1,493 @@
+"""Render the weekly digest (MJML email + plain text) and the public HTML pages.
+
+The digest goes Jinja2 → MJML → HTML through mjml-python, and Jinja2 → plain
+text for the ``text/plain`` part. Jinja2 autoescaping is on for every markup
+template, and everything that came from a feed is handed to the templates as
+plain text (titles, excerpts, source names), never as HTML: mjml-python passes
+raw HTML straight through, so an unescaped ``</mj-text>`` in a title would
+break the layout and a ``<script>`` would reach the mailbox.
+
+Templates live in the repository's ``templates/`` directory; set
+``AGGREGATOR_TEMPLATES`` to use another directory (an installed copy, a
+customised theme).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import string
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import jinja2
+import mjml
+
+from .errors import RenderError
+from .models import Digest, DigestSection, DigestSettings, Site, StoredItem
+
+__all__ = [
+    "HTML_BUDGET_BYTES",
+    "TEMPLATES_ENV_VAR",
+    "UNSUBSCRIBE_PLACEHOLDER",
+    "RenderedDigest",
+    "format_subject",
+    "render_archive_index",
+    "render_digest",
+    "render_home",
+    "templates_dir",
+]
+
+UNSUBSCRIBE_PLACEHOLDER = "%%UNSUBSCRIBE_URL%%"
+"""Stands in for the subscriber's unsubscribe URL; delivery replaces it per recipient."""
+
+TEMPLATES_ENV_VAR = "AGGREGATOR_TEMPLATES"
+
+HTML_BUDGET_BYTES = 98_000
+"""Largest digest HTML we emit, in UTF-8 bytes.
+
+Gmail clips messages whose HTML exceeds about 102 KB. We stay under 100 KB
+and keep 2 KB spare for delivery swapping the placeholder for a real
+unsubscribe URL (it occurs a handful of times).
+"""
+
+FONT_STACK = (
+    "-apple-system, 'Segoe UI', Roboto, 'Apple SD Gothic Neo', 'Malgun Gothic', "
+    "'Noto Sans KR', sans-serif"
+)
+
+DIGEST_MJML_TEMPLATE = "digest.mjml.j2"
+DIGEST_TEXT_TEMPLATE = "digest.txt.j2"
+ARCHIVE_TEMPLATE = "archive.html.j2"
+HOME_TEMPLATE = "home.html.j2"
+
+FEED_TYPES = {"atom": "application/atom+xml", "json": "application/feed+json"}
+"""Keys accepted in ``render_home(feed_urls=...)`` and the MIME type announced for each."""
+
+_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*$")
+_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
+
+
+@dataclass(frozen=True)
+class RenderedDigest:
+    """The two MIME parts of a digest plus its subject and preheader.
+
+    Both ``html`` and ``text`` contain ``unsubscribe_url`` verbatim (by default
+    :data:`UNSUBSCRIBE_PLACEHOLDER`), for delivery to fill in per subscriber.
+    """
+
+    html: str
+    text: str
+    subject: str
+    preheader: str
+
+
+# ------------------------------------------------------------------------ templates
+
+
+def templates_dir() -> Path:
+    """The template directory: ``$AGGREGATOR_TEMPLATES`` if set, else the repository's."""
+    override = os.environ.get(TEMPLATES_ENV_VAR)
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+@lru_cache(maxsize=8)
+def _environment(directory: str) -> jinja2.Environment:
+    def autoescape(name: str | None) -> bool:
+        # Only the plain-text part is unescaped; its values are plain text anyway.
+        return not (name or "").endswith(".txt.j2")
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(directory),
+        autoescape=autoescape,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    return env
+
+
+def _render_template(name: str, context: Mapping[str, Any]) -> str:
+    directory = templates_dir()
+    env = _environment(str(directory))
+    try:
+        return env.get_template(name).render(context)
+    except jinja2.TemplateNotFound as error:
+        raise RenderError(f"template {name} not found in {directory}") from error
+    except jinja2.TemplateSyntaxError as error:
+        raise RenderError(
+            f"{directory / name}:{error.lineno}: template syntax error: {error.message}"
+        ) from error
+    except jinja2.TemplateError as error:
+        raise RenderError(f"{directory / name}: template error: {error}") from error
+
+
+def _mjml_to_html(source: str) -> str:
+    try:
+        return mjml.mjml2html(source, fonts={}, disable_comments=True)
+    except Exception as error:  # mjml-python raises ValueError; be safe with the Rust layer
+        path = templates_dir() / DIGEST_MJML_TEMPLATE
+        raise RenderError(f"{path}: MJML could not be rendered: {error}") from error
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _zone(site: Site) -> ZoneInfo:
+    try:
+        return ZoneInfo(site.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as error:
+        raise RenderError(f"site.timezone: unknown time zone {site.timezone!r}") from error
+
+
+def _long_date(moment: datetime) -> str:
+    return f"{moment:%B} {moment.day}, {moment.year}"
+
+
+def _short_date(moment: datetime) -> str:
+    return f"{moment:%b} {moment.day}, {moment.year}"
+
+
+def _defuse(text: str) -> str:
+    """Keep feed text from smuggling in the per-subscriber placeholder."""
+    if UNSUBSCRIBE_PLACEHOLDER in text:
+        # A zero-width space between the closing percent signs: delivery no longer
+        # matches it, a reader sees the same characters.
+        return text.replace(UNSUBSCRIBE_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER[:-1] + "\u200b%")
+    return text
+
+
+def _safe_url(url: str | None) -> str | None:
+    """``url`` if it is an absolute http(s) URL we can put in href/src, else None.
+
+    Rejects other schemes (``javascript:``, ``data:``), whitespace and control
+    characters, and URLs carrying the unsubscribe placeholder (delivery would
+    otherwise hand a subscriber's unsubscribe link to a third-party site).
+    """
+    if not url:
+        return None
+    url = url.strip()
+    if _CONTROL_OR_SPACE.search(url) or UNSUBSCRIBE_PLACEHOLDER in url:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return None
+    return url
+
+
+def _language(tag: str | None) -> str | None:
+    return tag if tag and _LANGUAGE_TAG.match(tag) else None
+
+
+def _plural(count: int, noun: str) -> str:
+    """``3 Ko-pick columns`` / ``1 Ko-pick column`` for an English section title."""
+    words = noun.split()
+    if count == 1 and words:
+        last = words[-1]
+        if last.endswith("ies") and len(last) > 3:
+            words[-1] = last[:-3] + "y"
+        elif last.endswith("s") and not last.endswith(("ss", "us", "news")):
+            words[-1] = last[:-1]
+    return f"{count} {' '.join(words)}"
+
+
+def _mid_sentence(title: str) -> str:
+    """Lower-case a leading capital that only marks the start of a title ("Film previews")."""
+    first, _, rest = title.partition(" ")
+    if first.isascii() and first.isalpha() and first[:1].isupper() and first[1:].islower():
+        return first.lower() + (" " + rest if rest else "")
+    return title
+
+
+def build_preheader(digest: Digest) -> str:
+    """Summarise an issue: ``3 Ko-pick columns, 2 film previews and 4 more stories``.
+
+    The first two non-empty sections are named; the rest are counted together.
+    """
+    sections = [s for s in digest.sections if s.items]
+    if not sections:
+        return "No new stories this week"
+    named = sections[:2]
+    parts = [_plural(len(s.items), _mid_sentence(s.title)) for s in named]
+    rest = sum(len(s.items) for s in sections[2:])
+    if rest:
+        parts.append(f"{rest} more {'story' if rest == 1 else 'stories'}")
+    if len(parts) == 1:
+        return parts[0]
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+@dataclass(frozen=True)
+class _ItemView:
+    title: str
+    url: str | None
+    source: str
+    author: str | None
+    date: str
+    excerpt: str
+    image_url: str | None
+    language: str | None
+
+
+@dataclass(frozen=True)
+class _SectionView:
+    id: str
+    title: str
+    items: tuple[_ItemView, ...]
+    more: int = 0  # items left out to keep the email under Gmail's clipping size
+
+
+def _item_view(item: StoredItem, zone: ZoneInfo, site_language: str) -> _ItemView:
+    language = _language(item.language)
+    return _ItemView(
+        title=_defuse(item.title.strip()) or "(untitled)",
+        url=_safe_url(item.url),
+        source=_defuse(item.source_title.strip()),
+        author=_defuse(item.author.strip()) if item.author else None,
+        date=_short_date(item.published_at.astimezone(zone)),
+        excerpt=_defuse(item.excerpt.strip()),
+        image_url=_safe_url(item.image_url),
+        language=language if language and language != site_language else None,
+    )
+
+
+def _section_views(digest: Digest, zone: ZoneInfo, site_language: str) -> list[_SectionView]:
+    return [
+        _SectionView(
+            id=section.id,
+            title=_defuse(section.title),
+            items=tuple(_item_view(item, zone, site_language) for item in section.items),
+        )
+        for section in digest.sections
+        if section.items
+    ]
+
+
+def _drop_from_largest(sections: list[_SectionView], count: int) -> list[_SectionView]:
+    """Remove ``count`` items, one at a time from the end of the currently largest section."""
+    result = list(sections)
+    for _ in range(count):
+        index = max(range(len(result)), key=lambda i: (len(result[i].items), -i))
+        section = result[index]
+        if not section.items:
+            break
+        result[index] = replace(section, items=section.items[:-1], more=section.more + 1)
+    return result
+
+
+# --------------------------------------------------------------------------- digest
+
+
+def format_subject(
+    settings: DigestSettings, site: Site, period_start: datetime, period_end: datetime
+) -> str:
+    """Fill ``settings.subject`` with ``site_title``, ``period_start`` and ``period_end``.
+
+    The dates are converted to the site's time zone first, so
+    ``{period_start:%b %d}`` shows the local date. An unknown placeholder (or a
+    malformed format string) raises :class:`RenderError` naming it.
+    """
+    zone = _zone(site)
+    values: dict[str, Any] = {
+        "site_title": site.title,
+        "period_start": period_start.astimezone(zone),
+        "period_end": period_end.astimezone(zone),
+    }
+    known = ", ".join("{" + name + "}" for name in values)
+    fmt = settings.subject
+    try:
+        for _, field_name, _, _ in string.Formatter().parse(fmt):
+            if field_name is None:
+                continue
+            root = re.split(r"[.\[]", field_name, maxsplit=1)[0]
+            if root not in values:
+                shown = "{" + field_name + "}" if field_name else "{}"
+                raise RenderError(
+                    f"digest.subject: unknown placeholder {shown} in {fmt!r}; use {known}"
+                )
+        subject = fmt.format(**values)
+    except RenderError:
+        raise
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as error:
+        raise RenderError(f"digest.subject: cannot format {fmt!r}: {error}") from error
+    # A subject is one header line: no CR/LF, no runs of whitespace.
+    return " ".join(subject.split())
+
+
+def render_digest(
+    digest: Digest,
+    site: Site,
+    *,
+    view_url: str,
+    unsubscribe_url: str = UNSUBSCRIBE_PLACEHOLDER,
+) -> RenderedDigest:
+    """Render one issue as an HTML email (via MJML) and its plain-text alternative.
+
+    Every item shows its title (linked), source, date, excerpt, image (http(s)
+    only) and a "Read more" button. The footer carries the postal address, the
+    ``view_url`` ("View in browser") and ``unsubscribe_url`` links. If the HTML
+    would exceed :data:`HTML_BUDGET_BYTES`, items are dropped from the end of the
+    largest section and a "N more on the website" line takes their place; the
+    text part always lists every item. Raises :class:`RenderError` when a
+    template or its MJML is broken.
+    """
+    safe_view_url = _safe_url(view_url)
+    if safe_view_url is None:
+        raise RenderError(f"view_url must be an absolute http(s) URL, got {view_url!r}")
+    if unsubscribe_url != UNSUBSCRIBE_PLACEHOLDER and _safe_url(unsubscribe_url) is None:
+        raise RenderError(
+            f"unsubscribe_url must be an absolute http(s) URL or {UNSUBSCRIBE_PLACEHOLDER}, "
+            f"got {unsubscribe_url!r}"
+        )
+    site_url = _safe_url(site.url)
+    zone = _zone(site)
+    language = _language(site.language) or "en"
+    sections = _section_views(digest, zone, language)
+    preheader = " ".join((digest.preheader or build_preheader(digest)).split())
+    subject = " ".join(digest.subject.split())
+    issue_date = _long_date(digest.period_end.astimezone(zone))
+    period = (
+        f"{_short_date(digest.period_start.astimezone(zone))} – "
+        f"{_short_date(digest.period_end.astimezone(zone))}"
+    )
+    context: dict[str, Any] = {
+        "site_title": site.title,
+        "site_url": site_url,
+        "site_description": site.description,
+        "postal_address": site.postal_address,
+        "language": language,
+        "subject": subject,
+        "preheader": preheader,
+        "issue_date": issue_date,
+        "period": period,
+        "item_count": digest.item_count,
+        "view_url": safe_view_url,
+        "unsubscribe_url": unsubscribe_url,
+        "font_stack": FONT_STACK,
+    }
+
+    def render_html(views: list[_SectionView]) -> str:
+        source = _render_template(DIGEST_MJML_TEMPLATE, {**context, "sections": views})
+        return _mjml_to_html(source)
+
+    html = render_html(sections)
+    size = len(html.encode())
+    shown = sum(len(s.items) for s in sections)
+    while size > HTML_BUDGET_BYTES and shown > 0:
+        # Guess how many items to drop from the average item size, then re-check;
+        # dropping one at a time would re-render dozens of times for a big issue.
+        per_item = max(1, size // max(shown, 1))
+        drop = max(1, min(shown, math.ceil((size - HTML_BUDGET_BYTES) / per_item)))
+        sections = _drop_from_largest(sections, drop)
+        shown -= drop
+        html = render_html(sections)
+        size = len(html.encode())
+    if size > HTML_BUDGET_BYTES:
+        raise RenderError(
+            f"{templates_dir() / DIGEST_MJML_TEMPLATE}: the email is {size} bytes even "
+            f"without items (limit {HTML_BUDGET_BYTES})"
+        )
+
+    full_sections = _section_views(digest, zone, language)
+    text = _render_template(DIGEST_TEXT_TEMPLATE, {**context, "sections": full_sections})
+    return RenderedDigest(html=html, text=text, subject=subject, preheader=preheader)
+
+
+# ---------------------------------------------------------------------------- pages
+
+
+def _page_context(site: Site) -> dict[str, Any]:
+    return {
+        "site_title": site.title,
+        "site_url": _safe_url(site.url),
+        "site_description": site.description,
+        "postal_address": site.postal_address,
+        "language": _language(site.language) or "en",
+        "font_stack": FONT_STACK,
+    }
+
+
+def _default_issue_url(site: Site) -> Callable[[Digest], str | None]:
+    def issue_url(digest: Digest) -> str | None:
+        if digest.id is None:
+            return None
+        return urljoin(site.url, f"archive/{digest.id}/")
+
+    return issue_url
+
+
+def render_archive_index(
+    digests: Sequence[Digest],
+    site: Site,
+    *,
+    issue_url: Callable[[Digest], str | None] | None = None,
+) -> str:
+    """An HTML5 page listing past issues, newest first, each linked to its web copy.
+
+    ``issue_url`` maps a digest to its page; by default ``<site.url>archive/<id>/``
+    (digests without an id are listed without a link).
+    """
+    zone = _zone(site)
+    link_for = issue_url or _default_issue_url(site)
+    issues = [
+        {
+            "subject": digest.subject,
+            "url": _safe_url(link_for(digest)),
+            "date": _long_date(digest.period_end.astimezone(zone)),
+            "iso_date": digest.period_end.astimezone(zone).date().isoformat(),
+            "item_count": digest.item_count,
+            "summary": digest.preheader or build_preheader(digest),
+        }
+        for digest in sorted(digests, key=lambda d: d.period_end, reverse=True)
+    ]
+    return _render_template(ARCHIVE_TEMPLATE, {**_page_context(site), "issues": issues})
+
+
+def render_home(
+    items: Sequence[StoredItem],
+    site: Site,
+    *,
+    feed_urls: Mapping[str, str],
+    archive_url: str | None = None,
+) -> str:
+    """The public home page: recent items plus feed autodiscovery links.
+
+    ``feed_urls`` maps ``"atom"`` and/or ``"json"`` to the published feed URLs;
+    each becomes a ``<link rel="alternate">`` in the head and a visible link.
+    """
+    unknown = sorted(set(feed_urls) - set(FEED_TYPES))
+    if unknown:
+        raise RenderError(
+            f"feed_urls: unknown feed type {unknown[0]!r}; use {', '.join(FEED_TYPES)}"
+        )
+    feeds = []
+    for kind, url in feed_urls.items():
+        safe = _safe_url(url)
+        if safe is None:
+            raise RenderError(f"feed_urls[{kind!r}]: not an absolute http(s) URL: {url!r}")
+        feeds.append({"kind": kind, "type": FEED_TYPES[kind], "url": safe})
+    zone = _zone(site)
+    context = _page_context(site)
+    views = [_item_view(item, zone, context["language"]) for item in items]
+    return _render_template(
+        HOME_TEMPLATE,
+        {
+            **context,
+            "items": views,
+            "feeds": feeds,
+            "archive_url": _safe_url(archive_url) if archive_url else None,
+        },
+    )
