@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -54,9 +53,12 @@ def _options(
         Path,
         typer.Option("--config", "-c", envvar="AGGREGATOR_CONFIG", help="Path to feeds.yaml."),
     ] = Path("feeds.yaml"),
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v info, -vv debug.")] = 0,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="-v info, -vv debug.")
+    ] = 0,
     log_json: Annotated[
-        bool | None, typer.Option("--log-json/--log-text", help="Log format (default: JSON when not a TTY).")
+        bool | None,
+        typer.Option("--log-json/--log-text", help="Log format (default: JSON when not a TTY)."),
     ] = None,
 ) -> None:
     _state.config_path = config
@@ -110,7 +112,9 @@ def fetch(
     source: Annotated[
         list[str] | None, typer.Option("--source", "-s", help="Only this source id (repeatable).")
     ] = None,
-    due: Annotated[bool, typer.Option("--due", help="Only sources whose next fetch time has come.")] = False,
+    due: Annotated[
+        bool, typer.Option("--due", help="Only sources whose next fetch time has come.")
+    ] = False,
 ) -> None:
     """Run one ingest pass: fetch, parse, normalize, deduplicate and store."""
     from .ingest import Ingestor
@@ -147,7 +151,9 @@ def fetch(
 def _fetch_table(results: list[IngestStats]) -> None:
     table = Table(title="Ingest", show_lines=False)
     for name in ("source", "result", "new", "updated", "duplicates", "time"):
-        table.add_column(name, justify="right" if name in {"new", "updated", "duplicates", "time"} else "left")
+        table.add_column(
+            name, justify="right" if name in {"new", "updated", "duplicates", "time"} else "left"
+        )
     totals = [0, 0, 0]
     for r in sorted(results, key=lambda r: r.source_id):
         style = {"ok": "green", "not_modified": "dim", "error": "red"}.get(r.outcome.value, "")
@@ -185,7 +191,16 @@ def status() -> None:
         store.close()
     now = datetime.now(UTC)
     table = Table(title=f"Sources ({config.path})")
-    for name in ("source", "type", "items", "last fetch", "last success", "next fetch", "errors", "last error"):
+    for name in (
+        "source",
+        "type",
+        "items",
+        "last fetch",
+        "last success",
+        "next fetch",
+        "errors",
+        "last error",
+    ):
         table.add_column(name, overflow="fold")
     for source in config.sources:
         st = states.get(source.id)
@@ -214,7 +229,9 @@ def _since(value: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(f'"{value}" is neither a duration (7d, 12h) nor a date (2026-11-01)') from None
+        raise typer.BadParameter(
+            f'"{value}" is neither a duration (7d, 12h) nor a date (2026-11-01)'
+        ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
@@ -222,7 +239,9 @@ def _since(value: str) -> datetime:
 def items(
     since: Annotated[str, typer.Option(help="A duration (7d, 12h) or an ISO date.")] = "7d",
     limit: Annotated[int, typer.Option(help="At most this many rows.")] = 200,
-    duplicates: Annotated[bool, typer.Option("--duplicates/--no-duplicates", help="Include duplicates.")] = False,
+    duplicates: Annotated[
+        bool, typer.Option("--duplicates/--no-duplicates", help="Include duplicates.")
+    ] = False,
     section: Annotated[str | None, typer.Option(help="Only this section id.")] = None,
 ) -> None:
     """List stored items published since a time, newest first."""
@@ -239,7 +258,9 @@ def items(
     for name in ("published", "source", "section", "title", "link"):
         table.add_column(name, overflow="fold")
     for r in rows:
-        title = r.title + (f" [dim](duplicate of #{r.duplicate_of})[/dim]" if r.duplicate_of else "")
+        title = r.title + (
+            f" [dim](duplicate of #{r.duplicate_of})[/dim]" if r.duplicate_of else ""
+        )
         table.add_row(f"{r.published_at:%Y-%m-%d}", r.source_id, r.section or "", title, r.url)
     console.print(table)
 
@@ -263,7 +284,9 @@ def opml_import(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False
 
 @opml_app.command("export")
 def opml_export(
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")
+    ] = None,
 ) -> None:
     """Print (or write) the feed sources of feeds.yaml as OPML 2.0."""
     from .opml import export_opml
@@ -300,4 +323,3 @@ def main() -> None:
         sys.exit(result)
 
 
-_ = (re, timedelta)

@@ -430,9 +430,7 @@ def parse_config(text: str, *, path: Path | None = None) -> Config:
         for err in exc.errors():
             loc = _clean_loc(tuple(err["loc"]))
             errors.append(
-                ConfigError(
-                    _message(err), path=name, line=_line_for(loc, lines), key=_dotted(loc)
-                )
+                ConfigError(_message(err), path=name, line=_line_for(loc, lines), key=_dotted(loc))
             )
         errors.sort(key=lambda e: e.line or 0)
         raise ConfigErrors(errors) if len(errors) > 1 else errors[0] from None
@@ -459,11 +457,12 @@ def _cross_checks(model: ConfigModel, name: str, lines: Mapping[Any, int]) -> li
         seen.setdefault(source.id, i)
     section_ids = {s.id for s in model.sections}
     explicit = "sections" in model.digest.model_fields_set
+    defined = ", ".join(sorted(section_ids)) or "none"
     for i, sid in enumerate(model.digest.sections if explicit else ()):
         if sid not in section_ids:
             problems.append(
                 ConfigError(
-                    f'unknown section "{sid}" (defined: {", ".join(sorted(section_ids)) or "none"})',
+                    f'unknown section "{sid}" (defined: {defined})',
                     path=name,
                     line=_line_for(("digest", "sections", i), lines),
                     key=f"digest.sections[{i}]",

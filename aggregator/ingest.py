@@ -92,7 +92,9 @@ def normalize_entries(
     items = []
     for entry in entries:
         try:
-            items.append(normalize(source, entry, sections=sections, now=now, fallback_base=base_url))
+            items.append(
+                normalize(source, entry, sections=sections, now=now, fallback_base=base_url)
+            )
         except (ValueError, AggregatorError) as exc:
             log.warning("%s: skipped an entry (%s): %s", source.id, entry.link or entry.guid, exc)
     return items
@@ -193,11 +195,14 @@ class Ingestor:
         except FetchError as exc:
             await self._fail(source, state, str(exc), retry_after=exc.retry_after)
             return IngestStats(
-                source.id, IngestOutcome.ERROR, error=str(exc), elapsed=time.perf_counter() - started
+                source.id,
+                IngestOutcome.ERROR,
+                error=str(exc),
+                elapsed=time.perf_counter() - started,
             )
         except StoreError:
             raise  # the database itself is in trouble: not one source's problem
-        except Exception as exc:  # noqa: BLE001 - isolation: a bug in one source must not stop others
+        except Exception as exc:
             log.exception("%s: unexpected error while ingesting %s", source.id, source.url)
             message = f"{source.id}: unexpected {type(exc).__name__}: {exc} ({source.url})"
             await self._fail(source, state, message)
@@ -281,7 +286,9 @@ class Ingestor:
                 new_url=result.permanent_url,
             )
         if result.permanent_url:
-            log.info("%s: moved permanently to %s; stored URL updated", source.id, result.permanent_url)
+            log.info(
+                "%s: moved permanently to %s; stored URL updated", source.id, result.permanent_url
+            )
         log.info(
             "%s: %d new, %d updated, %d duplicates",
             source.id,
@@ -299,7 +306,9 @@ class Ingestor:
             elapsed=time.perf_counter() - started,
         )
 
-    async def _extract(self, pool: Executor | None, source: Source, result: FetchResult) -> Extracted:
+    async def _extract(
+        self, pool: Executor | None, source: Source, result: FetchResult
+    ) -> Extracted:
         now = utcnow()
         sections = self.config.sections
         if pool is None:

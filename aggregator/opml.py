@@ -98,14 +98,20 @@ def add_sources_text(text: str, feeds: Sequence[OpmlFeed], config: Config) -> tu
                 out.append(f"{indent}  title: {_quote(feed.title)}\n")
         return out
 
-    if isinstance(sources_node, yaml.SequenceNode) and sources_node.value and not sources_node.flow_style:
+    if (
+        isinstance(sources_node, yaml.SequenceNode)
+        and sources_node.value
+        and not sources_node.flow_style
+    ):
         indent = " " * sources_node.value[0].start_mark.column
         insert_at = sources_node.end_mark.line
         # end_mark sits on the line after the last item unless the file ends there.
         if sources_node.end_mark.column != 0:
             insert_at += 1
         lines[insert_at:insert_at] = block(indent)
-    elif sources_node is None or (isinstance(sources_node, yaml.ScalarNode) and not sources_node.value):
+    elif sources_node is None or (
+        isinstance(sources_node, yaml.ScalarNode) and not sources_node.value
+    ):
         if sources_node is not None:  # an empty "sources:" line: replace it
             lines = [ln for ln in lines if not re.match(r"^sources:\s*(#.*)?$", ln)]
         lines += ["sources:\n", *block("  ")]
@@ -154,4 +160,8 @@ def export_opml(config: Config) -> str:
             xmlUrl=source.url,
         )
     ElementTree.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ElementTree.tostring(root, encoding="unicode") + "\n"
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        + ElementTree.tostring(root, encoding="unicode")
+        + "\n"
+    )

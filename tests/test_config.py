@@ -101,7 +101,7 @@ def test_duplicate_key_in_a_block(tmp_path: Path) -> None:
     path = write(tmp_path, "site:\n  title: A\n  title: B\n")
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert f"{path}:3: site.title: key \"title\" appears twice" in str(info.value)
+    assert f'{path}:3: site.title: key "title" appears twice' in str(info.value)
 
 
 def test_missing_file_says_what_to_do(tmp_path: Path) -> None:
@@ -163,7 +163,8 @@ def test_schedule_uses_day_names_not_cron_numbers() -> None:
 def test_bad_regex_and_timezone(tmp_path: Path) -> None:
     with pytest.raises(ConfigErrors) as info:
         parse_config(
-            "site: {timezone: Mars/Olympus}\nsections:\n  - {id: x, title: X, match: {title: '('}}\n",
+            "site: {timezone: Mars/Olympus}\n"
+            "sections:\n  - {id: x, title: X, match: {title: '('}}\n",
             path=tmp_path / "f.yaml",
         )
     text = str(info.value)

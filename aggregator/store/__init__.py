@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy import Connection, and_, func, or_, select, update
 
-from ..errors import StoreError
 from ..models import Item, Source, SourceState, StoredItem, utcnow
 from . import schema
+from .base import StoreBase
 from .digests import DigestsMixin
-from .engine import make_engine, migrate, safe_url
+from .types import UTCDateTime
 
 log = logging.getLogger(__name__)
 
@@ -142,58 +139,8 @@ def _state(row: Any) -> SourceState:
     )
 
 
-class Store(DigestsMixin):
-    """One database, opened and migrated; safe to share across threads."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    @classmethod
-    def open(cls, url: str, *, migrate_schema: bool = True) -> Store:
-        """Open (and by default migrate) the database at ``url``."""
-        engine = make_engine(url)
-        try:
-            with engine.connect() as conn:
-                conn.exec_driver_sql("SELECT 1")
-        except SQLAlchemyError as exc:
-            engine.dispose()
-            first = str(exc).splitlines()[0]
-            raise StoreError(f"cannot connect to database {safe_url(url)}: {first}") from None
-        if migrate_schema:
-            migrate(engine)
-        return cls(engine)
-
-    @property
-    def dialect(self) -> str:
-        return self.engine.dialect.name
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """A write transaction; database errors become :class:`StoreError`."""
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except OperationalError as exc:
-            first = str(exc.orig or exc).splitlines()[0]
-            raise StoreError(f"database error ({safe_url(str(self.engine.url))}): {first}") from exc
-
-    def ping(self) -> bool:
-        """True when the database answers a trivial query."""
-        try:
-            with self.engine.connect() as conn:
-                conn.exec_driver_sql("SELECT 1")
-            return True
-        except SQLAlchemyError:
-            return False
-
-    def _insert(self, table: Any) -> Any:
-        """A dialect-specific INSERT that supports ``on_conflict_do_*``."""
-        if self.dialect == "postgresql":
-            return postgresql.insert(table)
-        return sqlite.insert(table)
+class Store(DigestsMixin, StoreBase):
+    """The project's one storage object: items and sources here, the rest mixed in."""
 
     # ------------------------------------------------------------------ sources
 
@@ -440,15 +387,15 @@ class Store(DigestsMixin):
             first_round.append(self._row(source_id, item, now, original))
         self._insert_rows(conn, first_round)
         if later:
-            for row in conn.execute(
+            for again in conn.execute(
                 select(t.c.id, t.c.canonical_url, t.c.fingerprint).where(
                     t.c.source_id == source_id,
                     t.c.guid.in_([r["guid"] for r in first_round]),
                     t.c.duplicate_of.is_(None),
                 )
             ):
-                by_canon.setdefault(row.canonical_url, row.id)
-                by_print.setdefault(row.fingerprint, row.id)
+                by_canon.setdefault(again.canonical_url, again.id)
+                by_print.setdefault(again.fingerprint, again.id)
             rows = []
             for item in later:
                 original = by_canon.get(item.canonical_url) or by_print.get(item.fingerprint)
@@ -502,9 +449,9 @@ class Store(DigestsMixin):
         query = self._item_query()
         if not include_duplicates:
             query = query.where(schema.items.c.duplicate_of.is_(None))
-        query = query.order_by(
-            schema.items.c.published_at.desc(), schema.items.c.id.desc()
-        ).limit(limit)
+        query = query.order_by(schema.items.c.published_at.desc(), schema.items.c.id.desc()).limit(
+            limit
+        )
         with self.engine.connect() as conn:
             return [_stored_item(r) for r in conn.execute(query)]
 
@@ -539,7 +486,9 @@ class Store(DigestsMixin):
                     found[item.id] = item
         return [found[i] for i in ids if i in found]
 
-    def find_items(self, *, canonical_url: str | None = None, title: str | None = None) -> list[StoredItem]:
+    def find_items(
+        self, *, canonical_url: str | None = None, title: str | None = None
+    ) -> list[StoredItem]:
         """Items matching a canonical link or an exact title (for admins and tests)."""
         conds = []
         if canonical_url is not None:
@@ -566,4 +515,4 @@ class Store(DigestsMixin):
         if value is None:
             return None
         # func.max bypasses the column type on SQLite; normalize to aware UTC.
-        return schema.sources.c.last_success_at.type.process_result_value(value, self.engine.dialect)  # type: ignore[no-any-return]
+        return UTCDateTime().process_result_value(value, self.engine.dialect)

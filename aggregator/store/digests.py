@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..models import Digest, DigestSection, StoredItem
 from . import schema
-
-if TYPE_CHECKING:
-    from . import Store
+from .base import StoreBase
 
 RenderFn = Callable[[Digest], tuple[str, str]]
 
@@ -33,10 +31,14 @@ def _digest(row: Any, sections: tuple[DigestSection, ...] = ()) -> Digest:
     )
 
 
-class DigestsMixin:
+class DigestsMixin(StoreBase):
     """Digest operations of :class:`aggregator.store.Store`."""
 
-    def save_digest(self: Store, digest: Digest, render: RenderFn, *, now: datetime) -> Digest:
+    def get_items(self, ids: Sequence[int]) -> list[StoredItem]:
+        """Provided by :class:`~aggregator.store.Store` (items live there)."""
+        raise NotImplementedError
+
+    def save_digest(self, digest: Digest, render: RenderFn, *, now: datetime) -> Digest:
         """Freeze a composed digest: row, item list and rendered parts in one transaction.
 
         ``render`` receives the digest with its new id (the web view URL needs
@@ -99,7 +101,7 @@ class DigestsMixin:
         assert stored is not None
         return stored
 
-    def digest_for_period(self: Store, start: datetime, end: datetime) -> Digest | None:
+    def digest_for_period(self, start: datetime, end: datetime) -> Digest | None:
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(schema.digests.c.id).where(
@@ -108,7 +110,7 @@ class DigestsMixin:
             ).first()
         return self.get_digest(row.id) if row else None
 
-    def get_digest(self: Store, digest_id: int) -> Digest | None:
+    def get_digest(self, digest_id: int) -> Digest | None:
         """A stored issue with its sections and items exactly as frozen."""
         with self.engine.connect() as conn:
             row = conn.execute(
@@ -123,7 +125,7 @@ class DigestsMixin:
             ).all()
         return _digest(row, self._sections(links))
 
-    def _sections(self: Store, links: Sequence[Any]) -> tuple[DigestSection, ...]:
+    def _sections(self, links: Sequence[Any]) -> tuple[DigestSection, ...]:
         items = {i.id: i for i in self.get_items([link.item_id for link in links])}
         order: list[tuple[str, str]] = []
         grouped: dict[str, list[StoredItem]] = {}
@@ -135,7 +137,7 @@ class DigestsMixin:
                 grouped[link.section].append(items[link.item_id])
         return tuple(DigestSection(sid, title, tuple(grouped[sid])) for sid, title in order)
 
-    def list_digests(self: Store, limit: int = 100) -> list[Digest]:
+    def list_digests(self, limit: int = 100) -> list[Digest]:
         """Issues newest first, without their item lists (for the archive index)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -143,12 +145,10 @@ class DigestsMixin:
             ).all()
         return [_digest(r) for r in rows]
 
-    def last_digest(self: Store) -> Digest | None:
+    def last_digest(self) -> Digest | None:
         """The issue with the latest period end: where the next period starts."""
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(schema.digests.c.id).order_by(schema.digests.c.period_end.desc()).limit(1)
             ).first()
         return self.get_digest(row.id) if row else None
-
-

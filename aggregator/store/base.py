@@ -1,0 +1,72 @@
+"""The part of :class:`~aggregator.store.Store` every operation mixin builds on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Self
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from ..errors import StoreError
+from .engine import make_engine, migrate, safe_url
+
+
+class StoreBase:
+    """One database, opened and migrated; safe to share across threads.
+
+    Operation groups (items, digests, subscribers, deliveries) are mixins that
+    subclass this, so each sees ``engine``/``transaction`` with full typing.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str, *, migrate_schema: bool = True) -> Self:
+        """Open (and by default migrate) the database at ``url``."""
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            first = str(exc).splitlines()[0]
+            raise StoreError(f"cannot connect to database {safe_url(url)}: {first}") from None
+        if migrate_schema:
+            migrate(engine)
+        return cls(engine)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction; database errors become :class:`StoreError`."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            first = str(exc.orig or exc).splitlines()[0]
+            raise StoreError(f"database error ({safe_url(str(self.engine.url))}): {first}") from exc
+
+    def ping(self) -> bool:
+        """True when the database answers a trivial query."""
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            return True
+        except SQLAlchemyError:
+            return False
+
+    def _insert(self, table: Any) -> Any:
+        """A dialect-specific INSERT that supports ``on_conflict_do_*``."""
+        if self.dialect == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
