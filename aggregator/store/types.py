@@ -26,10 +26,10 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if not isinstance(value, datetime) or value.tzinfo is None:
             raise ValueError(f"naive or invalid datetime {value!r} cannot be stored")
-        value = value.astimezone(UTC)
+        moment = value.astimezone(UTC)
         if dialect.name == "sqlite":
-            return value.replace(tzinfo=None)
-        return value
+            return moment.replace(tzinfo=None)
+        return moment
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
