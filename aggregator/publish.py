@@ -7,15 +7,24 @@ reader's conditional GET) alone. Entry ids are derived from ``(source_id,
 guid)``, the store's identity of an item, so an entry keeps its id when its
 title, text or date changes and when the site moves to another address.
 
-HTML handed in here was sanitized by normalize before it was stored; this
-module only escapes it (Atom ``type="html"``, JSON strings), never parses or
-unescapes it.
+HTML handed in here was sanitized by normalize before it was stored. It is
+cleaned once more on the way out (:func:`defend_html`, nh3 with a narrow allow
+list), because a feed reader renders whatever we publish and a gap in one
+stage must not let ``<script>`` or ``<iframe>`` through; then it is escaped
+(Atom ``type="html"``, JSON strings), never unescaped.
+
+A changed feed is announced to the WebSub hub. :func:`publish` only marks the
+announcement as due in a small state file next to the feeds
+(:data:`PING_STATE_FILENAME`); :func:`ping_pending` sends it and clears the
+mark on success, so a hub that is down, or a process that dies in between, is
+pinged again on the next run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -25,35 +34,48 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+import nh3
 from feedgen.feed import FeedGenerator
 
 from aggregator.errors import PublishError
 from aggregator.feedgen_ext import entry_extension, register
-from aggregator.models import Site, StoredItem
+from aggregator.models import Site, StoredItem, utcnow
+
+if TYPE_CHECKING:
+    from aggregator.store import Store
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ATOM_FILENAME",
     "EMPTY_FEED_UPDATED",
     "JSON_FEED_VERSION",
     "JSON_FILENAME",
+    "PING_STATE_FILENAME",
+    "HubPing",
     "PublishResult",
     "build_atom",
     "build_json_feed",
     "clean_text",
+    "defend_html",
     "entry_id",
     "feed_urls",
     "ping_hub",
+    "ping_pending",
     "publish",
+    "publish_from_store",
     "select_items",
     "source_id_uri",
     "write_if_changed",
 ]
 
-ATOM_FILENAME = "feed.xml"
+ATOM_FILENAME = "feed.atom"
 JSON_FILENAME = "feed.json"
+# Hidden (a static file server does not list it) and next to the feeds it is about.
+PING_STATE_FILENAME = ".hub-ping.json"
 JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
 # An empty feed still needs an ``updated``; a constant keeps its bytes stable.
 EMPTY_FEED_UPDATED = datetime(1970, 1, 1, tzinfo=UTC)
@@ -70,6 +92,14 @@ _XML_ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff
 
 _GENERATOR_NAME = "aggregator"
 
+# What may reach a reader: nh3's default tags and attributes (no script, style,
+# iframe, object, embed, form or event handler), plus a few harmless attributes.
+# The content of these tags is dropped too, not shown as text.
+_DROPPED_WITH_CONTENT = frozenset(
+    {"script", "style", "iframe", "object", "embed", "noscript", "template", "svg", "math"}
+)
+_GENERIC_ATTRIBUTES = frozenset({"lang", "dir", "title"})
+
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
@@ -79,6 +109,19 @@ class PublishResult:
     atom_path: Path
     json_path: Path
     item_count: int
+    # A hub ping is due (this publish changed the feed, or an earlier ping failed).
+    ping_pending: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HubPing:
+    """The outcome of one attempt to announce the feeds to the WebSub hub."""
+
+    hub_url: str
+    topics: tuple[str, ...]
+    ok: bool
+    attempts: int
+    error: str | None = None
 
 
 # --------------------------------------------------------------------- identities
@@ -164,8 +207,28 @@ def _source_title(item: StoredItem) -> str:
     return clean_text(item.source_title).strip() or clean_text(item.source_id)
 
 
+def defend_html(html: str) -> str:
+    """``html`` with nothing that could run or embed: no script, iframe, style, handlers.
+
+    Idempotent and deterministic, so republishing the same items gives the same bytes.
+    """
+    if not html:
+        return ""
+    cleaned: str = nh3.clean(
+        clean_text(html),
+        clean_content_tags=set(_DROPPED_WITH_CONTENT),
+        generic_attribute_prefixes=None,
+        attributes={
+            **{tag: set(names) for tag, names in nh3.ALLOWED_ATTRIBUTES.items()},
+            "*": set(_GENERIC_ATTRIBUTES),
+        },
+        url_schemes={"http", "https", "mailto"},
+    )
+    return cleaned
+
+
 def _body_html(item: StoredItem) -> str:
-    return clean_text(item.content_html or item.summary_html)
+    return defend_html(item.content_html or item.summary_html)
 
 
 def _tags(item: StoredItem) -> list[str]:
@@ -424,11 +487,13 @@ def publish(
     sections: Mapping[str, str] | None = None,
     source_updated: Mapping[str, datetime] | None = None,
 ) -> PublishResult:
-    """Write ``feed.xml`` (Atom) and ``feed.json`` (JSON Feed) into ``out_dir``.
+    """Write ``feed.atom`` (Atom) and ``feed.json`` (JSON Feed) into ``out_dir``.
 
     ``items`` come newest first; duplicates of other items are left out and at
     most ``site.feed_size`` are published. Unchanged files are not touched.
-    Ping the hub (:func:`ping_hub` with :func:`feed_urls`) when ``changed``.
+    When a file changed and ``site.hub_url`` is set, a hub ping is marked as
+    due (see :func:`ping_pending`); ``ping_pending`` in the result says whether
+    one is due now (also when an earlier ping failed).
     """
     selected = select_items(items, site.feed_size)
     atom_url, json_url = feed_urls(site)
@@ -444,12 +509,34 @@ def publish(
     json_path = out_dir / JSON_FILENAME
     json_changed = write_if_changed(json_path, json_feed)
     atom_changed = write_if_changed(atom_path, atom)
+    changed = atom_changed or json_changed
+    pending = False
+    if site.hub_url:
+        if changed:
+            _save_ping_state(out_dir, {"hub_url": site.hub_url, "attempts": 0, "since": None})
+        pending = _load_ping_state(out_dir) is not None
     return PublishResult(
-        changed=atom_changed or json_changed,
+        changed=changed,
         atom_path=atom_path,
         json_path=json_path,
         item_count=len(selected),
+        ping_pending=pending,
     )
+
+
+def publish_from_store(
+    store: Store,
+    site: Site,
+    out_dir: Path,
+    *,
+    sections: Mapping[str, str] | None = None,
+) -> PublishResult:
+    """:func:`publish` the newest ``site.feed_size`` originals of ``store``.
+
+    Reads only those rows (an index on ``published_at``), never the whole table.
+    """
+    items = store.recent_items(max(site.feed_size, 0), include_duplicates=False)
+    return publish(items, site, out_dir, sections=sections)
 
 
 # ------------------------------------------------------------------------- WebSub
@@ -476,3 +563,77 @@ async def ping_hub(hub_url: str, topic_urls: Sequence[str], client: httpx.AsyncC
             url=hub_url,
             status=response.status_code,
         )
+
+
+async def ping_pending(
+    site: Site,
+    out_dir: Path,
+    *,
+    client: httpx.AsyncClient | None = None,
+    timeout: float = 10.0,
+) -> HubPing | None:
+    """Send the hub ping :func:`publish` marked as due; None when none is due.
+
+    On success the mark is removed. On failure it stays (with the attempt
+    count and the error) so the next call, typically the scheduler's next
+    publish run, tries again; the failure is logged and returned, never
+    raised. With no hub configured any stale mark is dropped.
+    """
+    state = _load_ping_state(out_dir)
+    if state is None:
+        return None
+    if not site.hub_url:
+        _clear_ping_state(out_dir)
+        return None
+    hub_url = site.hub_url
+    topics = feed_urls(site)
+    attempts = int(state.get("attempts") or 0) + 1
+    try:
+        if client is None:
+            async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as own:
+                await ping_hub(hub_url, topics, own)
+        else:
+            await ping_hub(hub_url, topics, client)
+    except PublishError as error:
+        log.warning(
+            "WebSub ping failed (attempt %d); will retry on the next publish: %s",
+            attempts,
+            error,
+            extra={"hub_url": hub_url, "attempts": attempts},
+        )
+        state.update(
+            hub_url=hub_url,
+            attempts=attempts,
+            since=state.get("since") or _rfc3339(utcnow()),
+            last_error=str(error),
+        )
+        try:
+            _save_ping_state(out_dir, state)
+        except PublishError as save_error:
+            log.warning("could not remember the pending hub ping: %s", save_error)
+        return HubPing(hub_url, topics, ok=False, attempts=attempts, error=str(error))
+    _clear_ping_state(out_dir)
+    log.info("WebSub hub %s pinged for %s", hub_url, ", ".join(topics))
+    return HubPing(hub_url, topics, ok=True, attempts=attempts)
+
+
+def _load_ping_state(out_dir: Path) -> dict[str, Any] | None:
+    path = out_dir / PING_STATE_FILENAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        # Unreadable or garbled: a ping too many is harmless, one too few is not.
+        return {"attempts": 0}
+    return data if isinstance(data, dict) else {"attempts": 0}
+
+
+def _save_ping_state(out_dir: Path, state: Mapping[str, Any]) -> None:
+    data = json.dumps(dict(state), sort_keys=True).encode("utf-8") + b"\n"
+    write_if_changed(out_dir / PING_STATE_FILENAME, data)
+
+
+def _clear_ping_state(out_dir: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (out_dir / PING_STATE_FILENAME).unlink()
