@@ -170,3 +170,18 @@ def test_bad_regex_and_timezone(tmp_path: Path) -> None:
     text = str(info.value)
     assert "site.timezone" in text and "not a known time zone" in text
     assert "sections[0].match.title" in text and "invalid regular expression" in text
+
+
+def test_the_readme_example_is_a_valid_config(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+    config = parse_config(example, path=tmp_path / "feeds.yaml")
+
+    assert [s.id for s in config.sources] == ["kobiz-kopick", "yonhap-culture"]
+    assert config.source("kobiz-kopick").select is not None
+
+
+def test_the_shipped_feeds_yaml_is_valid() -> None:
+    config = load_config(Path(__file__).parent.parent / "feeds.yaml")
+    assert {"kobiz-kopick", "kobiz-news"} <= {s.id for s in config.sources}
