@@ -1,4 +1,9 @@
-"""App assembly and the shared context handed to every route module."""
+"""App assembly and the shared context handed to every route module.
+
+Route modules (``feeds``, ``pages``, and ``archive``, ``subscribe``, ``health``
+once they exist) each expose ``routes(ctx) -> list[BaseRoute]``;
+:func:`create_app` joins them behind one gzip middleware.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import BaseRoute
+from starlette.types import Message, Receive, Scope, Send
 
 from ..config import Config
 from ..errors import ConfigError
 from ..store import Store
 
 SECRET_ENV = "AGGREGATOR_SECRET"
+# Bodies smaller than this are sent as they are: gzip would save next to nothing.
+GZIP_MINIMUM_SIZE = 500
 
 
 def load_secret(*, required: bool = True) -> str:
@@ -52,8 +61,45 @@ class WebContext:
     metrics_text: Callable[[], str] | None = None
 
 
+class ValidatorGZipMiddleware(GZipMiddleware):
+    """Starlette's gzip, keeping ``ETag`` honest about the bytes it changed.
+
+    A strong ETag promises byte-identical bodies, which a compressed body is
+    not; like nginx, this turns it into a weak one (``W/"..."``) whenever the
+    body is gzipped, and on a 304 to a client that accepts gzip (it would
+    have been sent the compressed body). Weak comparison, which
+    ``If-None-Match`` uses, still matches the two forms, so a reader's
+    conditional GET gets its 304 either way. ``Vary`` is kept free of repeats.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        accepts_gzip = "gzip" in Headers(scope=scope).get("accept-encoding", "")
+
+        async def send_with_validators(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                etag = headers.get("etag")
+                compressed = headers.get("content-encoding") == "gzip"
+                if (
+                    etag
+                    and not etag.startswith("W/")
+                    and (compressed or (message["status"] == 304 and accepts_gzip))
+                ):
+                    headers["etag"] = "W/" + etag
+                vary = headers.get("vary")
+                if vary:
+                    names = list(dict.fromkeys(v.strip() for v in vary.split(",") if v.strip()))
+                    headers["vary"] = ", ".join(names)
+            await send(message)
+
+        await super().__call__(scope, receive, send_with_validators)
+
+
 def create_app(ctx: WebContext) -> Starlette:
-    """Build the ASGI app from every route module."""
+    """Build the ASGI app from every route module (optional ones when present)."""
     from . import feeds, pages
 
     routes: list[BaseRoute] = []
@@ -63,12 +109,16 @@ def create_app(ctx: WebContext) -> Starlette:
         module = _optional(name)
         if module is not None:
             routes += module.routes(ctx)
-    app = Starlette(routes=routes, middleware=[Middleware(GZipMiddleware, minimum_size=500)])
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(ValidatorGZipMiddleware, minimum_size=GZIP_MINIMUM_SIZE)],
+    )
     app.state.ctx = ctx
     return app
 
 
 def _optional(name: str) -> Any:
+    """The route module ``name`` if it exists yet, else None (its own import errors raise)."""
     import importlib
 
     try:
