@@ -1,54 +1,125 @@
 """Choose the week's new items and group them into the digest's sections.
 
-The period is decided by the store, not by a scheduler's memory: it starts
-where the last composed issue ended (or a week before its end for the very
-first issue) and ends now. So a digest missed during downtime covers the whole
-gap once, and two composes for the same period return the same frozen issue.
+The period is decided by the store and the schedule, not by a scheduler's
+memory. An issue ends at the latest scheduled slot (``digest.schedule``, e.g.
+Monday 09:00 in the site's time zone) that is not in the future, and starts
+where the last composed issue ended (or one week before its end for the very
+first issue). So:
+
+- composing twice in the same week finds the same period and returns the issue
+  already frozen for it;
+- a digest missed during downtime covers the whole gap, once;
+- an issue, once frozen, never changes: items that arrive later belong to the
+  next period.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from .config import Config
-from .models import Digest, DigestSection, StoredItem, utcnow
+from .errors import AggregatorError
+from .models import Digest, DigestSection, DigestSettings, Site, StoredItem, utcnow
+from .render import build_preheader, format_subject, render_digest
 from .store import Store
+
+__all__ = [
+    "DEFAULT_PERIOD",
+    "OTHER_SECTION",
+    "Period",
+    "build_digest",
+    "compose",
+    "group_items",
+    "latest_slot",
+    "next_period",
+    "render_parts",
+    "view_url",
+]
 
 log = logging.getLogger(__name__)
 
 OTHER_SECTION = "more"
+"""Section id of the catch-all "More Korean film news" section."""
+
 DEFAULT_PERIOD = timedelta(days=7)
+
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 @dataclass(frozen=True, slots=True)
 class Period:
+    """A half-open interval ``[start, end)`` of first-seen times, both aware UTC."""
+
     start: datetime
     end: datetime
 
+    def __post_init__(self) -> None:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise AggregatorError("a digest period needs time-zone aware datetimes")
+        if self.end <= self.start:
+            raise AggregatorError(
+                f"a digest period must end after it starts: {self.start.isoformat()} .. "
+                f"{self.end.isoformat()}"
+            )
 
-def next_period(store: Store, *, now: datetime | None = None) -> Period:
-    """From the end of the last composed issue (or one week back) to ``now``."""
-    end = now or utcnow()
+
+def latest_slot(settings: DigestSettings, site: Site, now: datetime) -> datetime:
+    """The latest scheduled digest time at or before ``now``, as aware UTC.
+
+    ``settings.schedule_day``/``schedule_time`` are read in ``site.timezone``,
+    so "mon 09:00" means Monday 09:00 in Seoul however the machine is set up.
+    """
+    zone = ZoneInfo(site.timezone)
+    local_now = now.astimezone(zone)
+    weekday = _WEEKDAYS.index(settings.schedule_day[:3].lower())
+    hour, minute = (int(part) for part in settings.schedule_time.split(":"))
+    days_back = (local_now.weekday() - weekday) % 7
+    day = local_now.date() - timedelta(days=days_back)
+    slot = datetime.combine(day, time(hour, minute), tzinfo=zone)
+    if slot > local_now:
+        slot -= timedelta(days=7)
+    return slot.astimezone(now.tzinfo)
+
+
+def next_period(config: Config, store: Store, *, now: datetime | None = None) -> Period:
+    """The period of the issue due at ``now``.
+
+    It ends at :func:`latest_slot` and starts at the end of the last composed
+    issue, or one week earlier when there is none. When the last issue already
+    reaches that slot, its own period is returned: the due issue exists.
+    """
+    end = latest_slot(config.digest, config.site, now or utcnow())
     last = store.last_digest()
-    start = last.period_end if last else end - DEFAULT_PERIOD
-    return Period(start=min(start, end), end=end)
+    if last is None:
+        return Period(start=end - DEFAULT_PERIOD, end=end)
+    if last.period_end >= end:
+        return Period(start=last.period_start, end=last.period_end)
+    return Period(start=last.period_end, end=end)
 
 
 def group_items(
     items: Sequence[StoredItem], config: Config, *, max_per_section: int | None = None
 ) -> tuple[DigestSection, ...]:
-    """Sections in the configured order, then "More Korean film news", newest first, capped."""
+    """Sections in the configured order, then the "other" section; newest first, capped.
+
+    An item goes to its own section when that section is one of
+    ``digest.sections``, else to the "other" section (``digest.other_section_title``;
+    when that is unset such items are left out). Duplicates of an earlier item
+    are never included; neither is the same link twice.
+    """
     cap = max_per_section or config.digest.max_items_per_section
-    wanted = list(config.digest.sections)
+    wanted = list(dict.fromkeys(config.digest.sections))
     buckets: dict[str, list[StoredItem]] = {sid: [] for sid in wanted}
     other: list[StoredItem] = []
+    seen_links: set[str] = set()
     for item in sorted(items, key=lambda i: (i.published_at, i.id), reverse=True):
-        if item.duplicate_of is not None:
+        if item.duplicate_of is not None or item.canonical_url in seen_links:
             continue
+        seen_links.add(item.canonical_url)
         if item.section in buckets:
             buckets[item.section].append(item)
         else:
@@ -65,65 +136,63 @@ def group_items(
     return tuple(sections)
 
 
-def preheader(sections: Sequence[DigestSection]) -> str:
-    """One line for the inbox preview: what this issue holds."""
-    parts = []
-    for section in sections:
-        n = len(section.items)
-        parts.append(f"{n} {section.title.lower() if n != 1 else _singular(section.title.lower())}")
-    if not parts:
-        return "No new stories this week."
-    if len(parts) == 1:
-        return f"This week: {parts[0]}."
-    return "This week: " + ", ".join(parts[:-1]) + f" and {parts[-1]}."
-
-
-def _singular(title: str) -> str:
-    words = title.split(" ")
-    if words and words[-1].endswith("s") and not words[-1].endswith("ss"):
-        words[-1] = words[-1][:-1]
-    elif words and words[0].endswith("s"):
-        words[0] = words[0][:-1]
-    return " ".join(words)
-
-
 def build_digest(
     config: Config, store: Store, period: Period, *, max_per_section: int | None = None
 ) -> Digest | None:
-    """The digest for a period, not yet stored; None when there is nothing new and
-    ``when_empty`` is ``skip``."""
-    from .render import format_subject
+    """The digest for ``period``, not stored and not rendered.
 
+    None when no new item was first seen in the period and ``digest.when_empty``
+    is ``skip``; with ``note`` an issue without sections is returned (the email
+    then says there was no news).
+    """
     items = store.items_first_seen_between(period.start, period.end)
     sections = group_items(items, config, max_per_section=max_per_section)
     if not sections and config.digest.when_empty == "skip":
         return None
-    subject = format_subject(config.digest, config.site, period.start, period.end)
-    return Digest(
+    digest = Digest(
         period_start=period.start,
         period_end=period.end,
-        subject=subject,
+        subject=format_subject(config.digest, config.site, period.start, period.end),
         sections=sections,
-        preheader=preheader(sections),
     )
+    return replace(digest, preheader=build_preheader(digest))
 
 
 def view_url(config: Config, digest_id: int | None) -> str:
-    """Where the web archive shows an issue (the email's "view in browser" link)."""
-    return f"{config.site.url}digests/{digest_id}" if digest_id else f"{config.site.url}digests/"
+    """Where the web archive shows an issue: the email's "View in browser" link.
+
+    ``<site.url>/digests/<id>``; the archive index when the issue has no id yet
+    (a preview).
+    """
+    base = config.site.url.rstrip("/") + "/digests/"
+    return f"{base}{digest_id}" if digest_id is not None else base
 
 
 def render_parts(config: Config, digest: Digest) -> tuple[str, str]:
-    """Render a digest's HTML and text, keeping the unsubscribe placeholder."""
-    from .render import render_digest
-
+    """Render a digest's HTML and text, keeping the unsubscribe placeholder for delivery."""
     rendered = render_digest(digest, config.site, view_url=view_url(config, digest.id))
     return rendered.html, rendered.text
 
 
-def compose(config: Config, store: Store, *, now: datetime | None = None) -> Digest | None:
-    """Compose and freeze the next issue (idempotent for one period)."""
-    period = next_period(store, now=now)
+def compose(
+    config: Config,
+    store: Store,
+    *,
+    now: datetime | None = None,
+    period: Period | None = None,
+) -> Digest | None:
+    """Compose and freeze the issue due at ``now`` (or for ``period``).
+
+    Returns the stored issue, with its id, HTML and text. If an issue for that
+    period is already frozen it is returned unchanged, whatever arrived since.
+    None when there is nothing new and ``digest.when_empty`` is ``skip``.
+    """
+    now = now or utcnow()
+    period = period or next_period(config, store, now=now)
+    existing = store.digest_for_period(period.start, period.end)
+    if existing is not None:
+        log.info("digest #%s already covers this period: %s", existing.id, existing.subject)
+        return existing
     digest = build_digest(config, store, period)
     if digest is None:
         log.info(
@@ -132,11 +201,6 @@ def compose(config: Config, store: Store, *, now: datetime | None = None) -> Dig
             period.end.isoformat(),
         )
         return None
-    stored = store.save_digest(digest, lambda d: render_parts(config, d), now=now or utcnow())
+    stored = store.save_digest(digest, lambda d: render_parts(config, d), now=now)
     log.info("composed digest #%s (%d items): %s", stored.id, stored.item_count, stored.subject)
     return stored
-
-
-def local_date(config: Config, when: datetime) -> str:
-    """A date as readers in the site's time zone see it."""
-    return when.astimezone(ZoneInfo(config.site.timezone)).strftime("%Y-%m-%d")

@@ -22,23 +22,27 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
 import mjml
 
 from .errors import RenderError
-from .models import Digest, DigestSection, DigestSettings, Site, StoredItem
+from .models import Digest, DigestSettings, Site, StoredItem
 
 __all__ = [
     "HTML_BUDGET_BYTES",
     "TEMPLATES_ENV_VAR",
     "UNSUBSCRIBE_PLACEHOLDER",
     "RenderedDigest",
+    "build_preheader",
+    "default_feed_urls",
     "format_subject",
+    "public_issue_html",
     "render_archive_index",
     "render_digest",
     "render_home",
@@ -406,6 +410,30 @@ def render_digest(
     return RenderedDigest(html=html, text=text, subject=subject, preheader=preheader)
 
 
+_UNSUBSCRIBE_ANCHOR = re.compile(
+    r"<a\b[^>]*\bhref=\"" + re.escape(UNSUBSCRIBE_PLACEHOLDER) + r"\"[^>]*>(?P<label>.*?)</a>",
+    re.DOTALL,
+)
+
+
+def public_issue_html(html: str, *, subscribe_url: str | None) -> str:
+    """The web-archive copy of a frozen issue: no unsubscribe placeholder left in it.
+
+    Each unsubscribe link becomes a "Subscribe" link to ``subscribe_url`` (or
+    is dropped, keeping nothing, when ``subscribe_url`` is None); any other
+    occurrence of :data:`UNSUBSCRIBE_PLACEHOLDER` is replaced the same way, so
+    the page never carries a token-shaped hole that something could fill.
+    """
+    safe = _safe_url(subscribe_url) if subscribe_url else None
+    if safe is None:
+        replacement = ""
+    else:
+        href = html_escape(safe, quote=True)
+        replacement = f'<a href="{href}" style="color:#4a4a4a;">Subscribe</a>'
+    html = _UNSUBSCRIBE_ANCHOR.sub(replacement, html)
+    return html.replace(UNSUBSCRIBE_PLACEHOLDER, html_escape(safe or "", quote=True))
+
+
 # ---------------------------------------------------------------------------- pages
 
 
@@ -424,7 +452,7 @@ def _default_issue_url(site: Site) -> Callable[[Digest], str | None]:
     def issue_url(digest: Digest) -> str | None:
         if digest.id is None:
             return None
-        return urljoin(site.url, f"archive/{digest.id}/")
+        return site.url.rstrip("/") + f"/digests/{digest.id}"
 
     return issue_url
 
@@ -434,11 +462,13 @@ def render_archive_index(
     site: Site,
     *,
     issue_url: Callable[[Digest], str | None] | None = None,
+    subscribe_url: str | None = None,
 ) -> str:
     """An HTML5 page listing past issues, newest first, each linked to its web copy.
 
-    ``issue_url`` maps a digest to its page; by default ``<site.url>archive/<id>/``
-    (digests without an id are listed without a link).
+    ``issue_url`` maps a digest to its page; by default ``<site.url>/digests/<id>``
+    (digests without an id are listed without a link). ``subscribe_url`` adds a
+    link to the subscribe form.
     """
     zone = _zone(site)
     link_for = issue_url or _default_issue_url(site)
@@ -453,21 +483,41 @@ def render_archive_index(
         }
         for digest in sorted(digests, key=lambda d: d.period_end, reverse=True)
     ]
-    return _render_template(ARCHIVE_TEMPLATE, {**_page_context(site), "issues": issues})
+    context = {
+        **_page_context(site),
+        "issues": issues,
+        "subscribe_url": _safe_url(subscribe_url) if subscribe_url else None,
+    }
+    return _render_template(ARCHIVE_TEMPLATE, context)
+
+
+FEED_FILENAMES = {"atom": "feed.atom", "json": "feed.json"}
+"""The published feed files, relative to ``site.url``."""
+
+
+def default_feed_urls(site: Site) -> dict[str, str]:
+    """``{"atom": <site.url>/feed.atom, "json": <site.url>/feed.json}``."""
+    base = site.url.rstrip("/") + "/"
+    return {kind: base + name for kind, name in FEED_FILENAMES.items()}
 
 
 def render_home(
     items: Sequence[StoredItem],
     site: Site,
     *,
-    feed_urls: Mapping[str, str],
+    feed_urls: Mapping[str, str] | None = None,
     archive_url: str | None = None,
+    subscribe_url: str | None = None,
 ) -> str:
     """The public home page: recent items plus feed autodiscovery links.
 
-    ``feed_urls`` maps ``"atom"`` and/or ``"json"`` to the published feed URLs;
-    each becomes a ``<link rel="alternate">`` in the head and a visible link.
+    ``feed_urls`` maps ``"atom"`` and/or ``"json"`` to the published feed URLs
+    (default: :func:`default_feed_urls`); each becomes a ``<link rel="alternate">``
+    in the head and a visible link. ``archive_url`` and ``subscribe_url`` add
+    links to the digest archive and the subscribe form.
     """
+    if feed_urls is None:
+        feed_urls = default_feed_urls(site)
     unknown = sorted(set(feed_urls) - set(FEED_TYPES))
     if unknown:
         raise RenderError(
@@ -489,5 +539,6 @@ def render_home(
             "items": views,
             "feeds": feeds,
             "archive_url": _safe_url(archive_url) if archive_url else None,
+            "subscribe_url": _safe_url(subscribe_url) if subscribe_url else None,
         },
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -25,8 +25,8 @@ def _digest(row: Any, sections: tuple[DigestSection, ...] = ()) -> Digest:
         subject=m["subject"],
         preheader=m["preheader"],
         sections=sections,
-        html=m["html"],
-        text=m["text"],
+        html=m.get("html", ""),
+        text=m.get("text", ""),
         created_at=m["created_at"],
     )
 
@@ -102,6 +102,7 @@ class DigestsMixin(StoreBase):
         return stored
 
     def digest_for_period(self, start: datetime, end: datetime) -> Digest | None:
+        """The issue frozen for exactly ``[start, end)``, if any."""
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(schema.digests.c.id).where(
@@ -111,7 +112,11 @@ class DigestsMixin(StoreBase):
         return self.get_digest(row.id) if row else None
 
     def get_digest(self, digest_id: int) -> Digest | None:
-        """A stored issue with its sections and items exactly as frozen."""
+        """A stored issue with its frozen HTML, text and item list (None if unknown).
+
+        The sections hold the items as they are stored now; the HTML and text
+        are exactly what was composed.
+        """
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(schema.digests).where(schema.digests.c.id == digest_id)
@@ -123,32 +128,52 @@ class DigestsMixin(StoreBase):
                 .where(schema.digest_items.c.digest_id == digest_id)
                 .order_by(schema.digest_items.c.position)
             ).all()
-        return _digest(row, self._sections(links))
-
-    def _sections(self, links: Sequence[Any]) -> tuple[DigestSection, ...]:
         items = {i.id: i for i in self.get_items([link.item_id for link in links])}
-        order: list[tuple[str, str]] = []
-        grouped: dict[str, list[StoredItem]] = {}
-        for link in links:
-            if link.section not in grouped:
-                order.append((link.section, link.section_title))
-                grouped[link.section] = []
-            if link.item_id in items:
-                grouped[link.section].append(items[link.item_id])
-        return tuple(DigestSection(sid, title, tuple(grouped[sid])) for sid, title in order)
+        return _digest(row, _sections(links, items))
 
     def list_digests(self, limit: int = 100) -> list[Digest]:
-        """Issues newest first, without their item lists (for the archive index)."""
+        """Issues newest first with their item lists but without HTML and text.
+
+        For the archive index and ``aggregator digest list``: ``html`` and
+        ``text`` are left empty (use :meth:`get_digest` for one issue's content).
+        """
+        d = schema.digests
+        summary_columns = [c for c in d.c if c.name not in ("html", "text")]
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(schema.digests).order_by(schema.digests.c.period_end.desc()).limit(limit)
+                select(*summary_columns).order_by(d.c.period_end.desc(), d.c.id.desc()).limit(limit)
             ).all()
-        return [_digest(r) for r in rows]
+            links: dict[int, list[Any]] = {r.id: [] for r in rows}
+            if links:
+                for link in conn.execute(
+                    select(schema.digest_items)
+                    .where(schema.digest_items.c.digest_id.in_(list(links)))
+                    .order_by(schema.digest_items.c.digest_id, schema.digest_items.c.position)
+                ):
+                    links[link.digest_id].append(link)
+        item_ids = sorted({link.item_id for group in links.values() for link in group})
+        items = {i.id: i for i in self.get_items(item_ids)}
+        return [_digest(r, _sections(links[r.id], items)) for r in rows]
 
     def last_digest(self) -> Digest | None:
         """The issue with the latest period end: where the next period starts."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(schema.digests.c.id).order_by(schema.digests.c.period_end.desc()).limit(1)
+                select(schema.digests.c.id)
+                .order_by(schema.digests.c.period_end.desc(), schema.digests.c.id.desc())
+                .limit(1)
             ).first()
         return self.get_digest(row.id) if row else None
+
+
+def _sections(links: Sequence[Any], items: Mapping[int, StoredItem]) -> tuple[DigestSection, ...]:
+    """Rebuild an issue's sections from its ``digest_items`` rows, in frozen order."""
+    order: list[tuple[str, str]] = []
+    grouped: dict[str, list[StoredItem]] = {}
+    for link in links:
+        if link.section not in grouped:
+            order.append((link.section, link.section_title))
+            grouped[link.section] = []
+        if link.item_id in items:
+            grouped[link.section].append(items[link.item_id])
+    return tuple(DigestSection(sid, title, tuple(grouped[sid])) for sid, title in order)
