@@ -1,0 +1,505 @@
+"""Mail a frozen digest to every active subscriber exactly once (aiosmtplib).
+
+How "exactly once" holds up:
+
+1. :meth:`Store.create_deliveries` writes one ``pending`` ledger row per
+   (digest, active subscriber) with a Message-ID fixed for that pair.
+2. The sender claims a small batch (``sending``, its owner id, a lease) in one
+   atomic statement, sends each message over one reused SMTP connection and
+   marks each row ``sent`` in its own commit right after the server's 250.
+3. A sender killed at any point leaves ``sent`` rows (never resent), ``pending``
+   rows (sent by the next run) and its claimed ``sending`` rows, which become
+   claimable again when the lease expires. Of those, only the message that was
+   on the wire at the kill can have reached the server; it goes out again with
+   the same Message-ID, so mail clients show it once.
+4. Two senders never share a row: claims are atomic (``FOR UPDATE SKIP LOCKED``
+   on PostgreSQL, the write lock on SQLite) and every later write checks the
+   owner; a sender that is slower than its lease extends it, and drops any row
+   it no longer holds before sending it.
+
+Failures: a 4xx reply or a dropped connection puts the row back to ``pending``
+(attempt counted) and the sender reconnects; such rows are retried in a later
+pass of the same run after ``retry_delay`` (at most ``max_attempts`` passes),
+otherwise by the next run. A 5xx reply counts an attempt too, and after
+``smtp.max_attempts`` of them the row is ``failed`` for good. A server that
+cannot be reached raises :class:`DeliveryError` naming ``host:port`` and leaves
+the rows pending.
+
+Messages are assembled by hand from parts prepared once per digest (the
+``email`` package would cost more than SMTP itself per message): encoded
+headers, a fixed MIME boundary, and the two bodies as quoted-printable (never
+8bit: MJML output has very long lines) with the subscriber's unsubscribe URL
+filled in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.header import Header
+from email.utils import format_datetime, formataddr, make_msgid
+from urllib.parse import urlsplit
+
+import aiosmtplib
+
+from .errors import DeliveryError
+from .models import DeliveryStatus, Digest, Site, SmtpSettings, utcnow
+from .render import UNSUBSCRIBE_PLACEHOLDER
+from .store import Store
+from .store.deliveries import ClaimedDelivery
+from .subscribers import clean_name
+from .tokens import Tokens
+
+__all__ = [
+    "DeliveryReport",
+    "MessageBuilder",
+    "SmtpConnection",
+    "deliver_digest",
+    "message_id_domain",
+    "message_id_tag",
+    "send_message",
+    "send_test_copy",
+    "unsubscribe_url",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 50
+_RECONNECT_TRIES = 3
+
+
+# ------------------------------------------------------------------------ identity
+
+
+def unsubscribe_url(site: Site, tokens: Tokens, subscriber_id: int, email: str) -> str:
+    """The subscriber's one-click unsubscribe URL (``site.url`` + ``unsubscribe/<token>``)."""
+    base = site.url if site.url.endswith("/") else site.url + "/"
+    return f"{base}unsubscribe/{tokens.unsubscribe_token(subscriber_id, email)}"
+
+
+def message_id_tag(secret: str) -> str:
+    """A per-installation tag in every Message-ID, so two sites never mint the same one."""
+    return hmac.new(secret.encode(), b"message-id", hashlib.sha256).hexdigest()[:12]
+
+
+def message_id_domain(site: Site) -> str:
+    """The right-hand side of our Message-IDs: the sender's domain, else the site's host."""
+    if "@" in site.sender_email:
+        return site.sender_email.rsplit("@", 1)[1]
+    return urlsplit(site.url).hostname or "localhost"
+
+
+# ------------------------------------------------------------------------- message
+
+
+def _encode_header(value: str, name: str) -> str:
+    """A header value as RFC 2047 encoded words when it is not plain ASCII."""
+    value = " ".join(value.split())  # no CR/LF can ever reach the header block
+    if value.isascii():
+        return value
+    return str(Header(value, "utf-8", header_name=name).encode(linesep="\r\n"))
+
+
+def _address(name: str | None, email: str) -> str:
+    return formataddr((clean_name(name) or "", email), charset="utf-8")
+
+
+def _qp(text: str) -> bytes:
+    return binascii.b2a_qp(text.encode("utf-8"), istext=True)
+
+
+class MessageBuilder:
+    """Builds the per-subscriber message bytes of one digest cheaply.
+
+    Everything that is the same for every recipient (From, Subject, boundary,
+    the split bodies) is prepared in ``__init__``; :meth:`build` only fills in
+    the recipient, the date, the Message-ID and the unsubscribe URL.
+    """
+
+    def __init__(self, digest: Digest, site: Site) -> None:
+        self.digest = digest
+        self.sender = site.sender_email
+        from_header = _address(site.sender_name or site.title, site.sender_email)
+        subject = _encode_header(digest.subject, "Subject")
+        self._boundary = (
+            "=_kfd_" + hashlib.sha256(f"{digest.id}:{digest.subject}".encode()).hexdigest()[:24]
+        )
+        # "=" cannot occur in quoted-printable output unescaped, so the boundary
+        # can never collide with a body line.
+        self._head = f"From: {from_header}\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n"
+        self._mailto = f"mailto:{site.sender_email}?subject=unsubscribe"
+        self._text = digest.text
+        self._html = digest.html
+
+    def build(
+        self,
+        *,
+        email: str,
+        name: str | None,
+        message_id: str,
+        unsubscribe: str,
+        date: datetime | None = None,
+    ) -> bytes:
+        """The complete message for one recipient, ready for ``sendmail``."""
+        b = self._boundary
+        text = _qp(self._text.replace(UNSUBSCRIBE_PLACEHOLDER, unsubscribe))
+        html = _qp(self._html.replace(UNSUBSCRIBE_PLACEHOLDER, unsubscribe))
+        head = (
+            f"{self._head}"
+            f"To: {_address(name, email)}\r\n"
+            f"Date: {format_datetime(date or utcnow())}\r\n"
+            f"Message-ID: {message_id}\r\n"
+            f"List-Unsubscribe: <{unsubscribe}>,\r\n <{self._mailto}>\r\n"
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+            f'Content-Type: multipart/alternative; boundary="{b}"\r\n'
+            "\r\n"
+            f"--{b}\r\n"
+            'Content-Type: text/plain; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        ).encode("ascii")
+        middle = (
+            f"\r\n--{b}\r\n"
+            'Content-Type: text/html; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        ).encode("ascii")
+        return b"".join((head, text, middle, html, f"\r\n--{b}--\r\n".encode("ascii")))
+
+
+# ---------------------------------------------------------------------------- SMTP
+
+
+class _ConnectionLost(Exception):
+    """The server went away mid-conversation; reconnect and carry on."""
+
+
+class SmtpConnection:
+    """One SMTP session reused for many messages, with TLS and login from settings."""
+
+    def __init__(self, settings: SmtpSettings, *, environ: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        env = os.environ if environ is None else environ
+        self._username = env.get(settings.username_env, "") if settings.username_env else ""
+        self._password = env.get(settings.password_env, "") if settings.password_env else ""
+        if settings.username_env and not self._username:
+            raise DeliveryError(
+                f"smtp.username_env names {settings.username_env}, which is not set"
+            )
+        self._client: aiosmtplib.SMTP | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.settings.host}:{self.settings.port}"
+
+    async def connect(self) -> None:
+        """Open the session; :class:`DeliveryError` naming host:port when that fails."""
+        s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            timeout=s.timeout,
+            use_tls=s.ssl,
+            start_tls=s.starttls,
+        )
+        try:
+            await client.connect()
+            if self._username:
+                await client.login(self._username, self._password)
+        except aiosmtplib.SMTPAuthenticationError as error:
+            raise DeliveryError(
+                f"SMTP server {self.where} refused the login of {self._username!r}: "
+                f"{error.code} {error.message}"
+            ) from None
+        except (aiosmtplib.SMTPException, OSError) as error:
+            raise DeliveryError(f"cannot connect to SMTP server {self.where}: {error}") from None
+        self._client = client
+
+    async def reconnect(self) -> None:
+        """Drop the session and open a new one, a few times with a short backoff."""
+        await self.close()
+        delay = 0.2
+        for attempt in range(1, _RECONNECT_TRIES + 1):
+            try:
+                await self.connect()
+                return
+            except DeliveryError:
+                if attempt == _RECONNECT_TRIES:
+                    raise
+                await asyncio.sleep(delay)
+                delay *= 4
+
+    async def send(self, sender: str, recipient: str, message: bytes) -> None:
+        """Hand one message over; :class:`DeliveryError` (``permanent`` for 5xx) on a refusal.
+
+        A lost connection raises ``_ConnectionLost``; the caller reconnects.
+        """
+        if self._client is None or not self._client.is_connected:
+            raise _ConnectionLost("not connected")
+        try:
+            await self._client.sendmail(sender, [recipient], message)
+        except aiosmtplib.SMTPRecipientsRefused as error:
+            refusal = error.recipients[0] if error.recipients else None
+            code = refusal.code if refusal else 450
+            text = refusal.message if refusal else str(error)
+            raise DeliveryError(f"{code} {text}", email=recipient, permanent=code >= 500) from None
+        except aiosmtplib.SMTPServerDisconnected as error:
+            raise _ConnectionLost(str(error)) from None
+        except aiosmtplib.SMTPResponseException as error:
+            if error.code == 421:  # "service closing": the connection is gone
+                raise _ConnectionLost(f"{error.code} {error.message}") from None
+            raise DeliveryError(
+                f"{error.code} {error.message}", email=recipient, permanent=error.code >= 500
+            ) from None
+        except (aiosmtplib.SMTPException, OSError) as error:
+            raise _ConnectionLost(str(error) or error.__class__.__name__) from None
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            if client.is_connected:
+                await client.quit()
+        except (aiosmtplib.SMTPException, OSError):
+            client.close()
+
+
+async def send_message(settings: SmtpSettings, sender: str, recipient: str, message: bytes) -> None:
+    """Send one message over its own connection (confirmation mails, test copies)."""
+    connection = SmtpConnection(settings)
+    await connection.connect()
+    try:
+        try:
+            await connection.send(sender, recipient, message)
+        except _ConnectionLost as error:
+            raise DeliveryError(
+                f"SMTP server {connection.where} dropped the connection: {error}", email=recipient
+            ) from None
+    finally:
+        await connection.close()
+
+
+class _Pacer:
+    """At most ``rate`` messages per second (0: no limit), evenly spaced."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self._next = time.monotonic()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        now = time.monotonic()
+        if self._next > now:
+            await asyncio.sleep(self._next - now)
+        self._next = max(self._next, now) + self.interval
+
+
+# -------------------------------------------------------------------------- ledger
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """What one run did, and what the ledger holds for the digest afterwards."""
+
+    digest_id: int
+    owner: str
+    sent: int
+    failed: int
+    retried: int
+    elapsed: float
+    counts: dict[DeliveryStatus, int]
+
+    @property
+    def pending(self) -> int:
+        """Rows still to send (temporary failures, or held by a sender that died)."""
+        return self.counts[DeliveryStatus.PENDING] + self.counts[DeliveryStatus.SENDING]
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.elapsed if self.elapsed > 0 else 0.0
+
+
+def default_owner() -> str:
+    """A lease owner id unique to this process: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+async def deliver_digest(
+    store: Store,
+    digest: Digest,
+    *,
+    site: Site,
+    smtp: SmtpSettings,
+    secret: str,
+    owner: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    lease: timedelta | None = None,
+    retry_delay: float = 30.0,
+    on_sent: Callable[[ClaimedDelivery], None] | None = None,
+) -> DeliveryReport:
+    """Send ``digest`` to every active subscriber who has not had it yet.
+
+    Safe to run again at any time and in several processes at once; see the
+    module docstring for the guarantees. ``lease`` is how long a claimed batch
+    stays reserved for this sender if it dies (default: long enough for a
+    batch at the configured rate, at least a minute).
+    """
+    if digest.id is None:
+        raise DeliveryError("the digest is not stored yet: compose it before sending")
+    started = time.monotonic()
+    owner = owner or default_owner()
+    tokens = Tokens(secret)
+    if lease is None:
+        per_batch = batch_size / smtp.rate_per_second if smtp.rate_per_second > 0 else 0.0
+        lease = timedelta(seconds=max(60.0, 3 * smtp.timeout + 2 * per_batch))
+    margin = timedelta(seconds=min(smtp.timeout + 5, lease.total_seconds() / 2))
+
+    connection = SmtpConnection(smtp)
+    await connection.connect()  # before touching the ledger: a dead server changes nothing
+    store.create_deliveries(
+        digest.id,
+        message_id_tag=message_id_tag(secret),
+        message_id_domain=message_id_domain(site),
+        now=utcnow(),
+    )
+    builder = MessageBuilder(digest, site)
+    pacer = _Pacer(smtp.rate_per_second)
+    sent = failed = retried = 0
+    held: set[int] = set()
+    retried_in_pass = 0
+    try:
+        for pass_number in range(1, smtp.max_attempts + 1):
+            if pass_number > 1:
+                log.info("retrying %d deliveries in %.1fs", retried_in_pass, retry_delay)
+                await asyncio.sleep(retry_delay)
+            retried_in_pass = 0
+            pass_started = utcnow()
+            while True:
+                now = utcnow()
+                lease_end = now + lease
+                batch = store.claim_deliveries(
+                    digest.id,
+                    owner=owner,
+                    limit=batch_size,
+                    lease_until=lease_end,
+                    now=now,
+                    pass_started=pass_started,
+                )
+                if not batch:
+                    break
+                held = {d.id for d in batch}
+                for delivery in batch:
+                    if lease_end - utcnow() < margin:
+                        now = utcnow()
+                        lease_end = now + lease
+                        held = store.extend_lease(owner, held, lease_until=lease_end, now=now)
+                    if delivery.id not in held:
+                        log.warning("lost the lease of delivery %d; not sending it", delivery.id)
+                        continue
+                    await pacer.wait()
+                    message = builder.build(
+                        email=delivery.email,
+                        name=delivery.name,
+                        message_id=delivery.message_id,
+                        unsubscribe=unsubscribe_url(
+                            site, tokens, delivery.subscriber_id, delivery.email
+                        ),
+                    )
+                    try:
+                        await connection.send(builder.sender, delivery.email, message)
+                    except DeliveryError as error:
+                        status = store.record_delivery_failure(
+                            delivery,
+                            owner=owner,
+                            error=str(error),
+                            permanent=error.permanent,
+                            max_attempts=smtp.max_attempts,
+                            now=utcnow(),
+                        )
+                        held.discard(delivery.id)
+                        if status is DeliveryStatus.FAILED:
+                            failed += 1
+                            log.warning("giving up on %s", error)
+                        else:
+                            retried += 1
+                            retried_in_pass += 1
+                            log.info("will retry: %s", error)
+                        continue
+                    except _ConnectionLost as error:
+                        store.record_delivery_failure(
+                            delivery,
+                            owner=owner,
+                            error=f"connection lost: {error}",
+                            permanent=False,
+                            max_attempts=smtp.max_attempts,
+                            now=utcnow(),
+                        )
+                        held.discard(delivery.id)
+                        retried += 1
+                        retried_in_pass += 1
+                        log.warning(
+                            "SMTP server %s dropped the connection (%s); reconnecting",
+                            connection.where,
+                            error,
+                        )
+                        await connection.reconnect()
+                        continue
+                    store.mark_sent(delivery.id, owner=owner, now=utcnow())
+                    held.discard(delivery.id)
+                    sent += 1
+                    if on_sent is not None:
+                        on_sent(delivery)
+            if not retried_in_pass:
+                break
+    finally:
+        if held:
+            store.release_claims(owner, held)
+        await connection.close()
+    counts = store.delivery_counts(digest.id)
+    report = DeliveryReport(
+        digest_id=digest.id,
+        owner=owner,
+        sent=sent,
+        failed=failed,
+        retried=retried,
+        elapsed=time.monotonic() - started,
+        counts=counts,
+    )
+    log.info(
+        "digest #%d: sent %d, failed %d, still pending %d (%.1f msg/s)",
+        digest.id,
+        sent,
+        failed,
+        report.pending,
+        report.rate,
+    )
+    return report
+
+
+async def send_test_copy(
+    digest: Digest, recipient: str, *, site: Site, smtp: SmtpSettings, secret: str
+) -> str:
+    """Send one copy of ``digest`` to ``recipient`` without touching the ledger.
+
+    The unsubscribe link points at a subscriber id that does not exist, so
+    clicking it in the test copy unsubscribes nobody. Returns the Message-ID.
+    """
+    message_id = make_msgid("test", domain=message_id_domain(site))
+    message = MessageBuilder(digest, site).build(
+        email=recipient,
+        name=None,
+        message_id=message_id,
+        unsubscribe=unsubscribe_url(site, Tokens(secret), 0, recipient),
+    )
+    await send_message(smtp, site.sender_email, recipient, message)
+    return message_id

@@ -1,0 +1,312 @@
+"""The delivery ledger: one row per (digest, subscriber), the record behind "exactly once".
+
+A row moves ``pending`` → ``sending`` (claimed with a lease) → ``sent``, or
+back to ``pending`` after a temporary failure, or to ``failed``. Claiming is
+one atomic ``UPDATE ... RETURNING`` over a sub-select of claimable rows:
+
+- on PostgreSQL the sub-select takes ``FOR UPDATE SKIP LOCKED``, so concurrent
+  senders (processes or machines) each get disjoint rows without waiting;
+- on SQLite the ``UPDATE`` holds the database write lock while it re-reads the
+  candidates, so a second sender sees rows already taken as ``sending``.
+
+A row is claimable when it is ``pending`` and was last touched before the
+caller's pass began (a row released during a pass waits for the next one, so a
+temporary failure is not retried in a tight loop), or when it is ``sending``
+and its lease has expired (its sender died). Every later write names the lease
+owner, so a sender whose lease was taken over can never mark the row again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import String, and_, cast, func, literal, or_, select, update
+
+from ..models import DeliveryStatus, SubscriberStatus
+from . import schema
+from .base import StoreBase
+
+__all__ = ["ClaimedDelivery", "DeliveriesMixin", "DeliveryRecord"]
+
+_d = schema.deliveries
+_s = schema.subscribers
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedDelivery:
+    """A ledger row a sender holds under its lease, with the recipient's address."""
+
+    id: int
+    digest_id: int
+    subscriber_id: int
+    email: str
+    name: str | None
+    message_id: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """A ledger row as stored (for reports and tests)."""
+
+    id: int
+    digest_id: int
+    subscriber_id: int
+    status: DeliveryStatus
+    message_id: str
+    attempts: int
+    last_error: str | None
+    lease_owner: str | None
+    lease_until: datetime | None
+    sent_at: datetime | None
+
+
+def _record(row: Any) -> DeliveryRecord:
+    m = row._mapping
+    return DeliveryRecord(
+        id=m["id"],
+        digest_id=m["digest_id"],
+        subscriber_id=m["subscriber_id"],
+        status=DeliveryStatus(m["status"]),
+        message_id=m["message_id"],
+        attempts=m["attempts"],
+        last_error=m["last_error"],
+        lease_owner=m["lease_owner"],
+        lease_until=m["lease_until"],
+        sent_at=m["sent_at"],
+    )
+
+
+class DeliveriesMixin(StoreBase):
+    """Ledger operations of :class:`aggregator.store.Store`."""
+
+    def create_deliveries(
+        self, digest_id: int, *, message_id_tag: str, message_id_domain: str, now: datetime
+    ) -> int:
+        """Add a pending row for every active subscriber that has none for this digest.
+
+        One ``INSERT ... SELECT`` whatever the number of subscribers; rows that
+        exist already (an earlier run, another sender) are left untouched, so
+        calling this again is harmless. The Message-ID is fixed here, per
+        (digest, subscriber): ``<tag.DIGEST.SUBSCRIBER@domain>``. Returns the
+        number of rows added.
+        """
+        message_id = (
+            literal(f"<{message_id_tag}.{digest_id}.", String)
+            + cast(_s.c.id, String)
+            + literal(f"@{message_id_domain}>", String)
+        )
+        source = select(
+            literal(digest_id).label("digest_id"),
+            _s.c.id,
+            literal(DeliveryStatus.PENDING.value, String),
+            message_id,
+            literal(0),
+            literal(now, _d.c.updated_at.type),
+        ).where(_s.c.status == SubscriberStatus.ACTIVE.value)
+        statement = (
+            self._insert(_d)
+            .from_select(
+                ["digest_id", "subscriber_id", "status", "message_id", "attempts", "updated_at"],
+                source,
+            )
+            .on_conflict_do_nothing(index_elements=["digest_id", "subscriber_id"])
+        )
+        with self.transaction() as conn:
+            result = conn.execute(statement)
+        return max(int(result.rowcount), 0)
+
+    def claim_deliveries(
+        self,
+        digest_id: int,
+        *,
+        owner: str,
+        limit: int,
+        lease_until: datetime,
+        now: datetime,
+        pass_started: datetime,
+    ) -> list[ClaimedDelivery]:
+        """Atomically take up to ``limit`` claimable rows for ``owner`` until ``lease_until``.
+
+        Only rows of subscribers who are active right now are taken. The rows
+        come back ordered by id.
+        """
+        claimable = and_(
+            _d.c.digest_id == digest_id,
+            or_(
+                and_(
+                    _d.c.status == DeliveryStatus.PENDING.value,
+                    _d.c.updated_at < pass_started,
+                ),
+                and_(_d.c.status == DeliveryStatus.SENDING.value, _d.c.lease_until < now),
+            ),
+        )
+        candidates = (
+            select(_d.c.id)
+            .where(
+                claimable,
+                _d.c.subscriber_id.in_(
+                    select(_s.c.id).where(_s.c.status == SubscriberStatus.ACTIVE.value)
+                ),
+            )
+            .order_by(_d.c.id)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            candidates = candidates.with_for_update(skip_locked=True)
+        statement = (
+            update(_d)
+            .where(_d.c.id.in_(candidates), claimable)
+            .values(
+                status=DeliveryStatus.SENDING.value,
+                lease_owner=owner,
+                lease_until=lease_until,
+                updated_at=now,
+            )
+            .returning(_d.c.id)
+        )
+        with self.transaction() as conn:
+            ids = list(conn.execute(statement).scalars())
+            if not ids:
+                return []
+            rows = conn.execute(
+                select(
+                    _d.c.id,
+                    _d.c.digest_id,
+                    _d.c.subscriber_id,
+                    _d.c.message_id,
+                    _d.c.attempts,
+                    _s.c.email,
+                    _s.c.name,
+                )
+                .join_from(_d, _s, _d.c.subscriber_id == _s.c.id)
+                .where(_d.c.id.in_(ids))
+                .order_by(_d.c.id)
+            ).all()
+        return [
+            ClaimedDelivery(
+                id=r.id,
+                digest_id=r.digest_id,
+                subscriber_id=r.subscriber_id,
+                email=r.email,
+                name=r.name,
+                message_id=r.message_id,
+                attempts=r.attempts,
+            )
+            for r in rows
+        ]
+
+    def extend_lease(
+        self, owner: str, ids: Collection[int], *, lease_until: datetime, now: datetime
+    ) -> set[int]:
+        """Push the lease of rows still held by ``owner``; returns the ids it still holds."""
+        if not ids:
+            return set()
+        with self.transaction() as conn:
+            held = conn.execute(
+                update(_d)
+                .where(
+                    _d.c.id.in_(list(ids)),
+                    _d.c.lease_owner == owner,
+                    _d.c.status == DeliveryStatus.SENDING.value,
+                )
+                .values(lease_until=lease_until, updated_at=now)
+                .returning(_d.c.id)
+            ).scalars()
+            return set(held)
+
+    def mark_sent(self, delivery_id: int, *, owner: str, now: datetime) -> bool:
+        """Record a message the server accepted; False if ``owner`` no longer held the row."""
+        with self.transaction() as conn:
+            result = conn.execute(
+                update(_d)
+                .where(
+                    _d.c.id == delivery_id,
+                    _d.c.lease_owner == owner,
+                    _d.c.status == DeliveryStatus.SENDING.value,
+                )
+                .values(
+                    status=DeliveryStatus.SENT.value,
+                    sent_at=now,
+                    lease_until=None,
+                    last_error=None,
+                    updated_at=now,
+                )
+            )
+        return int(result.rowcount) == 1
+
+    def record_delivery_failure(
+        self,
+        delivery: ClaimedDelivery,
+        *,
+        owner: str,
+        error: str,
+        permanent: bool,
+        max_attempts: int,
+        now: datetime,
+    ) -> DeliveryStatus:
+        """Count one failed attempt: back to ``pending``, or ``failed`` once a
+        permanent refusal has happened ``max_attempts`` times. Returns the new status."""
+        attempts = delivery.attempts + 1
+        status = (
+            DeliveryStatus.FAILED
+            if permanent and attempts >= max_attempts
+            else DeliveryStatus.PENDING
+        )
+        with self.transaction() as conn:
+            conn.execute(
+                update(_d)
+                .where(
+                    _d.c.id == delivery.id,
+                    _d.c.lease_owner == owner,
+                    _d.c.status == DeliveryStatus.SENDING.value,
+                )
+                .values(
+                    status=status.value,
+                    attempts=attempts,
+                    last_error=error[:1000],
+                    lease_until=None,
+                    updated_at=now,
+                )
+            )
+        return status
+
+    def release_claims(self, owner: str, ids: Collection[int]) -> int:
+        """Hand back rows never attempted (the sender is stopping): pending, no attempt counted."""
+        if not ids:
+            return 0
+        with self.transaction() as conn:
+            result = conn.execute(
+                update(_d)
+                .where(
+                    _d.c.id.in_(list(ids)),
+                    _d.c.lease_owner == owner,
+                    _d.c.status == DeliveryStatus.SENDING.value,
+                )
+                .values(status=DeliveryStatus.PENDING.value, lease_owner=None, lease_until=None)
+            )
+        return int(result.rowcount)
+
+    def delivery_counts(self, digest_id: int) -> dict[DeliveryStatus, int]:
+        """How many ledger rows of this digest are in each status."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(_d.c.status, func.count())
+                .where(_d.c.digest_id == digest_id)
+                .group_by(_d.c.status)
+            ).all()
+        counts = dict.fromkeys(DeliveryStatus, 0)
+        for status, count in rows:
+            counts[DeliveryStatus(status)] = count
+        return counts
+
+    def deliveries(self, digest_id: int) -> list[DeliveryRecord]:
+        """Every ledger row of a digest, by id."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(_d).where(_d.c.digest_id == digest_id).order_by(_d.c.id)
+            ).all()
+        return [_record(r) for r in rows]

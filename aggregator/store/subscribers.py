@@ -1,0 +1,270 @@
+"""Subscriber rows: add, confirm, unsubscribe, list, forget.
+
+The one rule enforced here rather than in callers: an address that
+unsubscribed stays unsubscribed until it confirms again through a signed link
+(:meth:`SubscribersMixin.confirm_subscriber`). Adding or importing it again
+never reactivates it, so nobody is mailed again against their wish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, select, update
+
+from ..errors import SubscriberError
+from ..models import DeliveryStatus, Subscriber, SubscriberStatus
+from . import schema
+from .base import StoreBase
+
+_t = schema.subscribers
+
+
+def _subscriber(row: Any) -> Subscriber:
+    m = row._mapping
+    return Subscriber(
+        id=m["id"],
+        email=m["email"],
+        status=SubscriberStatus(m["status"]),
+        created_at=m["created_at"],
+        name=m["name"],
+        confirmed_at=m["confirmed_at"],
+        unsubscribed_at=m["unsubscribed_at"],
+    )
+
+
+class SubscribersMixin(StoreBase):
+    """Subscriber operations of :class:`aggregator.store.Store`.
+
+    Emails arrive here already validated and normalized
+    (:func:`aggregator.subscribers.normalize_email`); the store compares them
+    exactly.
+    """
+
+    def add_subscriber(
+        self,
+        email: str,
+        *,
+        now: datetime,
+        name: str | None = None,
+        active: bool = False,
+    ) -> tuple[Subscriber, bool]:
+        """Add an address, or return the existing row; the flag says whether it was new.
+
+        ``active=True`` (an administrator vouching for the address) activates a
+        new or pending subscriber, but never one who unsubscribed.
+        """
+        status = SubscriberStatus.ACTIVE if active else SubscriberStatus.PENDING
+        with self.transaction() as conn:
+            inserted = conn.execute(
+                self._insert(_t)
+                .values(
+                    email=email,
+                    name=name,
+                    status=status.value,
+                    created_at=now,
+                    confirmed_at=now if active else None,
+                )
+                .on_conflict_do_nothing(index_elements=["email"])
+                .returning(_t.c.id)
+            ).first()
+            if inserted is None and active:
+                conn.execute(
+                    update(_t)
+                    .where(_t.c.email == email, _t.c.status == SubscriberStatus.PENDING.value)
+                    .values(status=SubscriberStatus.ACTIVE.value, confirmed_at=now)
+                )
+            if inserted is None and name:
+                conn.execute(
+                    update(_t).where(_t.c.email == email, _t.c.name.is_(None)).values(name=name)
+                )
+            row = conn.execute(select(_t).where(_t.c.email == email)).one()
+        return _subscriber(row), inserted is not None
+
+    def add_subscribers(
+        self,
+        people: Iterable[tuple[str, str | None]],
+        *,
+        now: datetime,
+        status: SubscriberStatus = SubscriberStatus.PENDING,
+    ) -> int:
+        """Add many ``(email, name)`` pairs in few statements; returns how many were new.
+
+        Same rules as :meth:`add_subscriber`: existing rows keep their status,
+        except that ``ACTIVE`` activates pending ones. ``UNSUBSCRIBED`` (an
+        import of someone else's suppression list) adds the addresses as
+        unsubscribed and unsubscribes those already here: the safe direction.
+        """
+        unique = list(dict(people).items())
+        added = 0
+        with self.transaction() as conn:
+            for start in range(0, len(unique), 500):
+                chunk = unique[start : start + 500]
+                emails = [email for email, _ in chunk]
+                before = conn.execute(select(func.count()).select_from(_t)).scalar_one()
+                conn.execute(
+                    self._insert(_t)
+                    .values(
+                        [
+                            {
+                                "email": email,
+                                "name": name,
+                                "status": status.value,
+                                "created_at": now,
+                                "confirmed_at": now if status is SubscriberStatus.ACTIVE else None,
+                                "unsubscribed_at": (
+                                    now if status is SubscriberStatus.UNSUBSCRIBED else None
+                                ),
+                            }
+                            for email, name in chunk
+                        ]
+                    )
+                    .on_conflict_do_nothing(index_elements=["email"])
+                )
+                added += conn.execute(select(func.count()).select_from(_t)).scalar_one() - before
+                if status is SubscriberStatus.ACTIVE:
+                    conn.execute(
+                        update(_t)
+                        .where(_t.c.email.in_(emails), _t.c.status == SubscriberStatus.PENDING)
+                        .values(status=SubscriberStatus.ACTIVE.value, confirmed_at=now)
+                    )
+                elif status is SubscriberStatus.UNSUBSCRIBED:
+                    ids = list(
+                        conn.execute(
+                            update(_t)
+                            .where(
+                                _t.c.email.in_(emails),
+                                _t.c.status != SubscriberStatus.UNSUBSCRIBED,
+                            )
+                            .values(status=SubscriberStatus.UNSUBSCRIBED.value, unsubscribed_at=now)
+                            .returning(_t.c.id)
+                        ).scalars()
+                    )
+                    if ids:
+                        self._cancel_pending(conn, ids, now)
+        return int(added)
+
+    @staticmethod
+    def _cancel_pending(conn: Connection, subscriber_ids: list[int], now: datetime) -> None:
+        # A row a sender holds right now ("sending") is left alone: the sender
+        # owns it, and the claim query re-checks the status before each batch.
+        d = schema.deliveries
+        conn.execute(
+            update(d)
+            .where(d.c.subscriber_id.in_(subscriber_ids), d.c.status == DeliveryStatus.PENDING)
+            .values(
+                status=DeliveryStatus.FAILED.value,
+                last_error="unsubscribed before sending",
+                updated_at=now,
+            )
+        )
+
+    def get_subscriber(self, subscriber_id: int) -> Subscriber | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(_t).where(_t.c.id == subscriber_id)).first()
+        return _subscriber(row) if row else None
+
+    def subscriber_by_email(self, email: str) -> Subscriber | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(_t).where(_t.c.email == email)).first()
+        return _subscriber(row) if row else None
+
+    def list_subscribers(self, status: SubscriberStatus | None = None) -> list[Subscriber]:
+        """Subscribers in the order they signed up, optionally only one status."""
+        query = select(_t).order_by(_t.c.id)
+        if status is not None:
+            query = query.where(_t.c.status == status.value)
+        with self.engine.connect() as conn:
+            return [_subscriber(r) for r in conn.execute(query)]
+
+    def count_subscribers(self) -> dict[SubscriberStatus, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(_t.c.status, func.count()).group_by(_t.c.status)).all()
+        counts = dict.fromkeys(SubscriberStatus, 0)
+        for status, count in rows:
+            counts[SubscriberStatus(status)] = count
+        return counts
+
+    def confirm_subscriber(self, subscriber_id: int, email: str, *, now: datetime) -> Subscriber:
+        """Activate a subscriber after a valid confirm link (also one who unsubscribed before).
+
+        Raises :class:`SubscriberError` when no subscriber has this id *and*
+        email, so a token can only ever act on the row it was made for.
+        """
+        with self.transaction() as conn:
+            row = conn.execute(
+                select(_t).where(_t.c.id == subscriber_id, _t.c.email == email)
+            ).first()
+            if row is None:
+                raise SubscriberError("no such subscription")
+            if row.status != SubscriberStatus.ACTIVE.value:
+                conn.execute(
+                    update(_t)
+                    .where(_t.c.id == subscriber_id)
+                    .values(
+                        status=SubscriberStatus.ACTIVE.value,
+                        confirmed_at=now,
+                        unsubscribed_at=None,
+                    )
+                )
+            row = conn.execute(select(_t).where(_t.c.id == subscriber_id)).one()
+        return _subscriber(row)
+
+    def unsubscribe_subscriber(
+        self, subscriber_id: int, email: str, *, now: datetime
+    ) -> Subscriber:
+        """Unsubscribe at once; unsent ledger rows for this subscriber are cancelled.
+
+        Idempotent: unsubscribing twice keeps the first time. Raises
+        :class:`SubscriberError` when no subscriber has this id and email.
+        """
+        with self.transaction() as conn:
+            row = conn.execute(
+                select(_t).where(_t.c.id == subscriber_id, _t.c.email == email)
+            ).first()
+            if row is None:
+                raise SubscriberError("no such subscription")
+            if row.status != SubscriberStatus.UNSUBSCRIBED.value:
+                conn.execute(
+                    update(_t)
+                    .where(_t.c.id == subscriber_id)
+                    .values(status=SubscriberStatus.UNSUBSCRIBED.value, unsubscribed_at=now)
+                )
+            self._cancel_pending(conn, [subscriber_id], now)
+            row = conn.execute(select(_t).where(_t.c.id == subscriber_id)).one()
+        return _subscriber(row)
+
+    def unsubscribe_email(self, email: str, *, now: datetime) -> Subscriber | None:
+        """Unsubscribe by address (the CLI's ``remove``); None if the address is unknown."""
+        found = self.subscriber_by_email(email)
+        if found is None:
+            return None
+        return self.unsubscribe_subscriber(found.id, found.email, now=now)
+
+    def forget_subscriber(self, email: str) -> bool:
+        """Delete an address and its delivery history (erasure on request).
+
+        Unlike unsubscribing this leaves no trace, so a later import can add
+        the address again. Returns False when the address is unknown.
+        """
+        with self.transaction() as conn:
+            sid = conn.execute(select(_t.c.id).where(_t.c.email == email)).scalar()
+            if sid is None:
+                return False
+            conn.execute(delete(schema.deliveries).where(schema.deliveries.c.subscriber_id == sid))
+            conn.execute(delete(_t).where(_t.c.id == sid))
+        return True
+
+    def existing_emails(self, emails: Iterable[str]) -> set[str]:
+        """Which of these addresses are already stored (any status)."""
+        wanted = list(dict.fromkeys(emails))
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                found.update(
+                    conn.execute(select(_t.c.email).where(_t.c.email.in_(chunk))).scalars()
+                )
+        return found
