@@ -298,6 +298,19 @@ def opml_export(
         sys.stdout.write(text)
 
 
+# ---------------------------------------------------------------------- other commands
+
+
+def _register_commands() -> None:
+    """Commands living in their own modules (kept small, imported lazily at run time)."""
+    from . import cli_publish, cli_service
+
+    cli_publish.register(app)
+    cli_service.register(app)
+
+
+_register_commands()
+
 # ---------------------------------------------------------------------- entry point
 
 
@@ -321,5 +334,3 @@ def main() -> None:
         sys.exit(130)
     if isinstance(result, int) and result:
         sys.exit(result)
-
-

@@ -1,0 +1,535 @@
+"""The running service: one asyncio process with the scheduler and the web app.
+
+``aggregator run`` builds a :class:`Service`. Its APScheduler 3
+``AsyncIOScheduler`` holds
+
+* one ingest job per source, at the source's interval with jitter (memory job
+  store: rebuilt from feeds.yaml at every start, and the store's
+  ``next_fetch_at`` keeps the backoff of failing sources across restarts);
+* a debounced publish job, scheduled a few seconds after any ingest that
+  stored something, so a burst of sources produces one publish;
+* the weekly digest on a cron trigger in the site's time zone, in a
+  *persistent* job store (a table in the same database), with a misfire grace
+  of days and ``coalesce=True``: after downtime the missed issue is composed
+  and sent once. Which period an issue covers and who still needs it are
+  decided by the store (frozen digests, the delivery ledger), never by the
+  scheduler's memory, so a duplicate firing sends nobody anything twice.
+
+feeds.yaml is watched (watchfiles) and re-read on SIGHUP: a valid edit is
+applied in place, an invalid one is logged with file:line and ignored.
+SIGTERM/SIGINT stop accepting work, give running fetches a grace period to
+finish, then cancel them; every store write is one transaction, so a cancel
+leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from .config import Config, load_config
+from .errors import AggregatorError, ConfigError, ConfigErrors
+from .fetch import Fetcher
+from .ingest import Ingestor, make_pool
+from .metrics import Metrics
+from .models import IngestOutcome, IngestStats, Source, utcnow
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+DIGEST_JOB = "weekly-digest"
+PUBLISH_JOB = "publish"
+PERSISTENT = "persistent"
+# A weekly issue missed by less than this is still sent after a restart.
+DIGEST_MISFIRE_GRACE = timedelta(days=6)
+PUBLISH_DEBOUNCE = timedelta(seconds=3)
+SHUTDOWN_GRACE = 10.0
+JITTER_FRACTION = 0.1
+MAX_JITTER = 600
+PID_FILE_ENV = "AGGREGATOR_PID_FILE"
+
+_current: Service | None = None
+
+
+async def weekly_digest_job() -> None:
+    """Entry point of the persistent digest job (referenced by name, so it pickles)."""
+    if _current is None:
+        log.warning("weekly digest fired with no running service; ignored")
+        return
+    service = _current
+    await service._track(service.digest_now())
+
+
+def pid_file(config: Config) -> Path:
+    """Where ``aggregator run`` writes its pid, for ``aggregator reload``."""
+    override = os.environ.get(PID_FILE_ENV)
+    if override:
+        return Path(override)
+    base = config.path.parent if config.path else Path.cwd()
+    return base / "data" / "aggregator.pid"
+
+
+def digest_trigger(config: Config) -> CronTrigger:
+    """Cron trigger for the digest, with explicit day names and the site's zone.
+
+    Day names, never numbers (APScheduler 3 counts Monday as 0), and an
+    explicit ``timezone`` (a trigger without one uses the machine's zone).
+    """
+    hour, minute = (int(part) for part in config.digest.schedule_time.split(":"))
+    return CronTrigger(
+        day_of_week=config.digest.schedule_day[:3].lower(),
+        hour=hour,
+        minute=minute,
+        timezone=ZoneInfo(config.site.timezone),
+    )
+
+
+def source_trigger(source: Source) -> IntervalTrigger:
+    seconds = max(1, int(source.interval.total_seconds()))
+    jitter = min(MAX_JITTER, int(seconds * JITTER_FRACTION)) or None
+    return IntervalTrigger(seconds=seconds, jitter=jitter)
+
+
+class Service:
+    """Scheduler + web app over one config and one store.
+
+    ``role`` is ``all`` (default), ``web`` (no scheduler) or ``worker``
+    (scheduler only); the distributed mode replaces the scheduler with
+    procrastinate workers (see :mod:`aggregator.queue`).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store | None = None,
+        role: str = "all",
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        secret: str | None = None,
+        fetcher_factory: Callable[[], Fetcher] = Fetcher,
+        watch: bool = True,
+        send_digest: Callable[[Service], Awaitable[Any]] | None = None,
+    ) -> None:
+        if role not in ("all", "web", "worker"):
+            raise ConfigError(f'unknown role "{role}" (use all, web or worker)')
+        self.config = config
+        self.store = store or Store.open(config.database_url)
+        self._own_store = store is None
+        self.role = role
+        self.host = host
+        self.port = port
+        self.secret = secret
+        self.watch = watch
+        self.metrics = Metrics()
+        self.scheduler = AsyncIOScheduler(
+            jobstores={
+                "default": MemoryJobStore(),
+                PERSISTENT: SQLAlchemyJobStore(
+                    engine=self.store.engine, tablename="apscheduler_jobs"
+                ),
+            },
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300},
+            timezone=ZoneInfo(config.site.timezone),
+        )
+        self._fetcher_factory = fetcher_factory
+        self._fetcher: Fetcher | None = None
+        self._pool: Any = None
+        self._ingestor: Ingestor | None = None
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._stopping = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self._digest_lock = asyncio.Lock()
+        self._publish_lock = asyncio.Lock()
+        self._send_digest = send_digest
+        self._server: Any = None
+        self.web_ctx: Any = None
+        self.ready = asyncio.Event()
+        self.reloads = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Run until :meth:`stop` (or SIGTERM/SIGINT); returns after a clean shutdown."""
+        global _current
+        _current = self
+        loop = asyncio.get_running_loop()
+        handlers = self._install_signals(loop)
+        pidfile = self._write_pid()
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            if self.role in ("all", "worker"):
+                await self._start_scheduler()
+            if self.role in ("all", "web"):
+                tasks.append(asyncio.create_task(self._serve_web(), name="web"))
+            if self.watch:
+                tasks.append(asyncio.create_task(self._watch_config(), name="watch"))
+            tasks.append(asyncio.create_task(self._reload_loop(), name="reload"))
+            if self.role in ("all", "web"):
+                await self._wait_web_started()
+            self.ready.set()
+            log.info(
+                "aggregator running (role %s, %d sources, web %s)",
+                self.role,
+                len(self.config.sources),
+                f"http://{self.host}:{self.port}/" if self.role != "worker" else "off",
+            )
+            await self._stopping.wait()
+        finally:
+            await self._shutdown(tasks)
+            for sig in handlers:
+                loop.remove_signal_handler(sig)
+            if pidfile is not None:
+                with contextlib.suppress(OSError):
+                    pidfile.unlink()
+            if _current is self:
+                _current = None
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested.set()
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        installed: list[int] = []
+        for sig, callback in (
+            (signal.SIGTERM, self.stop),
+            (signal.SIGINT, self.stop),
+            (signal.SIGHUP, self.request_reload),
+        ):
+            try:
+                loop.add_signal_handler(sig, callback)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread (tests run services in threads)
+        return installed
+
+    def _write_pid(self) -> Path | None:
+        path = pid_file(self.config)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{os.getpid()}\n", encoding="ascii")
+        except OSError as exc:
+            log.warning("cannot write pid file %s (aggregator reload will not work): %s", path, exc)
+            return None
+        return path
+
+    async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
+        log.info("shutting down")
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._in_flight:
+            log.info(
+                "waiting up to %.0fs for %d running jobs", SHUTDOWN_GRACE, len(self._in_flight)
+            )
+            _, pending = await asyncio.wait(self._in_flight, timeout=SHUTDOWN_GRACE)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        for task in tasks:
+            if task.get_name() == "web":
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(task), timeout=5)
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._fetcher is not None:
+            await self._fetcher.aclose()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._own_store:
+            self.store.close()
+        log.info("stopped")
+
+    # ------------------------------------------------------------------ scheduler
+
+    async def _start_scheduler(self) -> None:
+        await asyncio.to_thread(self.store.sync_sources, self.config.sources)
+        self._fetcher = self._fetcher_factory()
+        if sum(1 for s in self.config.sources if s.enabled) >= 8:
+            self._pool = make_pool()
+        self._ingestor = Ingestor(self.config, self.store, fetcher=self._fetcher, pool=self._pool)
+        self.metrics.gauge(
+            "aggregator_scheduler_running",
+            "1 while the scheduler runs.",
+            lambda: 1.0 if self.scheduler.running else 0.0,
+        )
+        self.metrics.gauge(
+            "aggregator_last_ingest_age_seconds",
+            "Seconds since any source was last fetched successfully.",
+            self._last_ingest_age,
+        )
+        # Paused start: the persistent job store is readable, nothing fires yet.
+        self.scheduler.start(paused=True)
+        await self._sync_source_jobs()
+        self._sync_digest_job()
+        self.scheduler.resume()
+
+    def _last_ingest_age(self) -> float | None:
+        last = self.store.latest_success()
+        return None if last is None else (utcnow() - last).total_seconds()
+
+    async def _sync_source_jobs(self) -> None:
+        states = {s.id: s for s in await asyncio.to_thread(self.store.source_states)}
+        wanted = {f"ingest:{s.id}": s for s in self.config.sources if s.enabled}
+        for job in self.scheduler.get_jobs(jobstore="default"):
+            if job.id.startswith("ingest:") and job.id not in wanted:
+                job.remove()
+                log.info("source %s removed from the schedule", job.id.removeprefix("ingest:"))
+        now = utcnow()
+        for job_id, source in wanted.items():
+            trigger = source_trigger(source)
+            job = self.scheduler.get_job(job_id, jobstore="default")
+            if job is None:
+                state = states.get(source.id)
+                first = now
+                if state is not None and state.next_fetch_at is not None:
+                    first = max(now, state.next_fetch_at)
+                self.scheduler.add_job(
+                    self._ingest_job,
+                    trigger,
+                    args=[source.id],
+                    id=job_id,
+                    name=f"ingest {source.id}",
+                    jobstore="default",
+                    next_run_time=first,
+                )
+            elif str(job.trigger) != str(trigger):
+                job.reschedule(trigger)
+                log.info("source %s rescheduled every %s", source.id, source.interval)
+
+    def _sync_digest_job(self) -> None:
+        trigger = digest_trigger(self.config)
+        job = self.scheduler.get_job(DIGEST_JOB, jobstore=PERSISTENT)
+        if job is None:
+            self.scheduler.add_job(
+                weekly_digest_job,
+                trigger,
+                id=DIGEST_JOB,
+                name="weekly digest",
+                jobstore=PERSISTENT,
+                misfire_grace_time=int(DIGEST_MISFIRE_GRACE.total_seconds()),
+                coalesce=True,
+                replace_existing=True,
+            )
+            log.info("weekly digest scheduled: %s", trigger)
+        elif str(job.trigger) != str(trigger):
+            # A new schedule starts from now; an unchanged one keeps its stored
+            # next run time, so a digest missed during downtime still fires.
+            job.reschedule(trigger)
+            log.info("weekly digest rescheduled: %s", trigger)
+
+    # ------------------------------------------------------------------ jobs
+
+    def _track(self, coro: Awaitable[Any]) -> Awaitable[Any]:
+        task = asyncio.ensure_future(coro)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        return task
+
+    async def _ingest_job(self, source_id: str) -> None:
+        if self._stopping.is_set() or self._ingestor is None or self._fetcher is None:
+            return
+        await self._track(self.ingest_source(source_id))
+
+    async def ingest_source(self, source_id: str) -> IngestStats | None:
+        """One ingest of one source, honouring its backoff; publishes when it stored something."""
+        ingestor = self._ingestor
+        if ingestor is None or self._fetcher is None:
+            return None
+        try:
+            source = self.config.source(source_id)
+        except (KeyError, AggregatorError):
+            return None  # removed from feeds.yaml while the job was queued
+        state = await asyncio.to_thread(self.store.source_state, source_id)
+        if state is not None and state.next_fetch_at and state.next_fetch_at > utcnow():
+            return None  # backing off after failures
+        stats = await ingestor.ingest_source(source, state, self._fetcher, self._pool)
+        self.metrics.record_ingest(stats)
+        if stats.outcome is IngestOutcome.OK and (stats.new or stats.updated):
+            self.schedule_publish()
+        return stats
+
+    def schedule_publish(self) -> None:
+        if not self.scheduler.running:
+            return
+        self.scheduler.add_job(
+            self._publish_job,
+            "date",
+            run_date=utcnow() + PUBLISH_DEBOUNCE,
+            id=PUBLISH_JOB,
+            jobstore="default",
+            replace_existing=True,
+        )
+
+    async def _publish_job(self) -> None:
+        await self._track(self.publish_now())
+
+    async def publish_now(self) -> bool:
+        """Write the feeds if they changed, then ping the hub; never raises."""
+        from .publish import ping_pending, publish_from_store
+
+        async with self._publish_lock:
+            config = self.config
+            sections = {s.id: s.title for s in config.sections}
+            try:
+                result = await asyncio.to_thread(
+                    publish_from_store,
+                    self.store,
+                    config.site,
+                    config.output_dir,
+                    sections=sections,
+                )
+            except AggregatorError as exc:
+                log.error("publish failed: %s", exc)
+                self.metrics.record_publish("error")
+                return False
+            self.metrics.record_publish("changed" if result.changed else "unchanged")
+            if result.ping_pending:
+                ping = await ping_pending(config.site, config.output_dir)
+                if ping is not None and not ping.ok:
+                    log.warning("%s (will retry after the next publish)", ping.error)
+            return bool(result.changed)
+
+    async def digest_now(self) -> Any:
+        """Compose the due issue (or find it frozen) and deliver it to whoever still needs it."""
+        from .digest import compose
+
+        async with self._digest_lock:
+            digest = await asyncio.to_thread(compose, self.config, self.store)
+            if digest is None:
+                log.info("weekly digest: nothing new, nothing sent")
+                return None
+            if self._send_digest is not None:
+                return await self._send_digest(self)
+            return await self._deliver(digest.id)
+
+    async def _deliver(self, digest_id: int | None) -> Any:
+        from .deliver import send_digest
+
+        report = await send_digest(self.config, self.store, digest_id=digest_id)
+        for result, amount in (("sent", report.sent), ("failed", report.failed)):
+            if amount:
+                self.metrics.record_send(result, amount)
+        return report
+
+    # ------------------------------------------------------------------ web
+
+    async def _serve_web(self) -> None:
+        import uvicorn
+
+        from .web.app import WebContext, create_app, load_secret
+
+        secret = self.secret or load_secret(required=False)
+        self.web_ctx = WebContext(
+            config=self.config,
+            store=self.store,
+            secret=secret,
+            health_checks={"scheduler": self._scheduler_health} if self.role != "web" else {},
+            metrics_text=self.metrics.render,
+        )
+        app = create_app(self.web_ctx)
+        config = uvicorn.Config(
+            app,
+            host=self.host,
+            port=self.port,
+            log_config=None,
+            lifespan="off",
+            proxy_headers=True,
+        )
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None
+        await self._server.serve()
+        if not self._stopping.is_set():
+            log.error("web server stopped unexpectedly (port %d in use?)", self.port)
+            self.stop()
+
+    async def _wait_web_started(self) -> None:
+        for _ in range(200):
+            if self._server is not None and self._server.started:
+                return
+            if self._stopping.is_set():
+                return
+            await asyncio.sleep(0.05)
+
+    def _scheduler_health(self) -> str:
+        return "running" if self.scheduler.running else "stopped"
+
+    # ------------------------------------------------------------------ reload
+
+    async def _watch_config(self) -> None:
+        from watchfiles import awatch
+
+        if self.config.path is None:
+            return
+        path = self.config.path.resolve()
+        async for changes in awatch(path.parent, stop_event=self._stopping, debounce=300):
+            if any(Path(p).resolve() == path for _, p in changes):
+                self.request_reload()
+
+    async def _reload_loop(self) -> None:
+        while not self._stopping.is_set():
+            waiter = asyncio.create_task(self._reload_requested.wait())
+            stopper = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+            if self._reload_requested.is_set() and not self._stopping.is_set():
+                self._reload_requested.clear()
+                await self.reload()
+
+    async def reload(self) -> bool:
+        """Re-read feeds.yaml; apply it if valid, else log the errors and keep running."""
+        if self.config.path is None:
+            log.error("this service was not started from a file: nothing to reload")
+            return False
+        try:
+            new = await asyncio.to_thread(load_config, self.config.path)
+        except (ConfigError, ConfigErrors) as exc:
+            log.error("feeds.yaml not reloaded, keeping the running config: %s", exc)
+            return False
+        except OSError as exc:
+            log.error("feeds.yaml not reloaded (%s), keeping the running config", exc)
+            return False
+        if new.database_url != self.config.database_url:
+            log.warning("storage.url changed: that needs a restart; other changes applied")
+            new = replace(new, database_url=self.config.database_url)
+        self.config = new
+        if self.web_ctx is not None:
+            self.web_ctx.config = new
+        if self.scheduler.running and self._ingestor is not None:
+            self._ingestor.config = new
+            await asyncio.to_thread(self.store.sync_sources, new.sources)
+            await self._sync_source_jobs()
+            self._sync_digest_job()
+        self.reloads += 1
+        log.info("feeds.yaml reloaded: %d sources", len(new.sources))
+        return True
+
+    # ------------------------------------------------------------------ introspection
+
+    def next_run(self, job_id: str) -> datetime | None:
+        try:
+            job = self.scheduler.get_job(job_id)
+        except JobLookupError:
+            return None
+        return None if job is None else job.next_run_time
