@@ -99,6 +99,7 @@ _DROPPED_WITH_CONTENT = frozenset(
     {"script", "style", "iframe", "object", "embed", "noscript", "template", "svg", "math"}
 )
 _GENERIC_ATTRIBUTES = frozenset({"lang", "dir", "title"})
+_JSON_HTML_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,7 +373,10 @@ def build_json_feed(
         feed["hubs"] = [{"type": "WebSub", "url": clean_text(site.hub_url)}]
     feed["items"] = [_json_item(item) for item in _unique(items)]
     text = json.dumps(feed, ensure_ascii=False, indent=2) + "\n"
-    return text.encode("utf-8")
+    # ``<``, ``>`` and ``&`` only ever occur inside JSON strings; as \u escapes they
+    # read the same to any JSON parser, and the file stays inert if something
+    # ever serves or embeds it as HTML.
+    return text.translate(_JSON_HTML_ESCAPES).encode("utf-8")
 
 
 def _json_item(item: StoredItem) -> dict[str, Any]:
