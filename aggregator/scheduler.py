@@ -162,6 +162,7 @@ class Service:
         self.web_ctx: Any = None
         self.ready = asyncio.Event()
         self.reloads = 0
+        self.publish_delay = PUBLISH_DEBOUNCE
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -375,7 +376,7 @@ class Service:
         self.scheduler.add_job(
             self._publish_job,
             "date",
-            run_date=utcnow() + PUBLISH_DEBOUNCE,
+            run_date=utcnow() + self.publish_delay,
             id=PUBLISH_JOB,
             jobstore="default",
             replace_existing=True,
@@ -421,16 +422,41 @@ class Service:
                 return None
             if self._send_digest is not None:
                 return await self._send_digest(self)
-            return await self._deliver(digest.id)
+            return await self._deliver(digest)
 
-    async def _deliver(self, digest_id: int | None) -> Any:
-        from .deliver import send_digest
+    async def _deliver(self, digest: Any) -> Any:
+        from .deliver import deliver_digest
+        from .web.app import load_secret
 
-        report = await send_digest(self.config, self.store, digest_id=digest_id)
+        if self.secret is None:
+            self.secret = load_secret(required=False)
+        report = await deliver_digest(
+            self.store, digest, site=self.config.site, smtp=self.config.smtp, secret=self.secret
+        )
         for result, amount in (("sent", report.sent), ("failed", report.failed)):
             if amount:
                 self.metrics.record_send(result, amount)
+        if report.pending:
+            log.warning(
+                "digest #%s: %d deliveries still pending (will retry)", digest.id, report.pending
+            )
+            self.schedule_digest_retry()
         return report
+
+    def schedule_digest_retry(self, delay: timedelta = timedelta(minutes=10)) -> None:
+        """Temporary failures are retried soon, not next week: the ledger knows who is left."""
+        if self.scheduler.running:
+            self.scheduler.add_job(
+                self._digest_retry_job,
+                "date",
+                run_date=utcnow() + delay,
+                id="digest-retry",
+                jobstore="default",
+                replace_existing=True,
+            )
+
+    async def _digest_retry_job(self) -> None:
+        await self._track(self.digest_now())
 
     # ------------------------------------------------------------------ web
 

@@ -1,0 +1,364 @@
+"""The running service: scheduler jobs, missed digests, hot reload, shutdown, health.
+
+Each test runs a real :class:`Service` (APScheduler, uvicorn, the store) in an
+event loop, against the fixture HTTP server; intervals are seconds, not hours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from aggregator.config import load_config
+from aggregator.digest import latest_slot
+from aggregator.models import Item, utcnow
+from aggregator.scheduler import DIGEST_JOB, DIGEST_MISFIRE_GRACE, Service, digest_trigger
+from aggregator.store import Store
+from tests.support.http import FixtureServer
+
+SECRET = "s" * 32
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rss(n_items: int, prefix: str = "story") -> str:
+    items = "".join(
+        f"<item><guid>{prefix}-{k}</guid><title>{prefix.title()} number {k}</title>"
+        f"<link>https://news.example.kr/{prefix}/{k}</link>"
+        f"<pubDate>{format_datetime(utcnow() - timedelta(hours=k + 1))}</pubDate>"
+        f"<description>Text of {prefix} {k}.</description></item>"
+        for k in range(n_items)
+    )
+    return (
+        '<?xml version="1.0"?><rss version="2.0"><channel><title>T</title>'
+        f"<link>https://news.example.kr/</link><description>d</description>{items}"
+        "</channel></rss>"
+    )
+
+
+def write_config(tmp_path: Path, sources: str, *, port: int, schedule: str = "mon 09:00") -> Path:
+    path = tmp_path / "feeds.yaml"
+    path.write_text(
+        f"site: {{title: Test Digest, url: 'http://127.0.0.1:{port}/',"
+        f" output_dir: '{tmp_path / 'public'}', sender_email: digest@example.org}}\n"
+        f"storage: {{url: 'sqlite:///{tmp_path / 'service.db'}'}}\n"
+        "defaults: {interval: 1h, timeout: 5s}\n"
+        f"digest: {{schedule: '{schedule}'}}\n"
+        "sources:\n" + sources,
+        encoding="utf-8",
+    )
+    return path
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool] | bool], *, timeout: float = 20.0, what: str = ""
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what or check}")
+
+
+async def running(service: Service) -> asyncio.Task[None]:
+    task = asyncio.create_task(service.run())
+    await asyncio.wait_for(service.ready.wait(), timeout=30)
+    return task
+
+
+def test_scheduler_ingests_each_source_and_publishes(
+    http_server: FixtureServer, tmp_path: Path
+) -> None:
+    http_server.add("/a.xml", rss(3, "alpha"))
+    http_server.add("/b.xml", rss(2, "beta"))
+    port = free_port()
+    path = write_config(
+        tmp_path,
+        f"  - {{id: a, url: '{http_server.url('/a.xml')}', interval: 1s}}\n"
+        f"  - {{id: b, url: '{http_server.url('/b.xml')}', interval: 1h}}\n",
+        port=port,
+    )
+
+    async def scenario() -> None:
+        service = Service(load_config(path), port=port, secret=SECRET, watch=False)
+        service.publish_delay = timedelta(milliseconds=200)
+        task = await running(service)
+        try:
+            await eventually(lambda: service.store.count_items() == 5, what="5 items stored")
+            await eventually(
+                lambda: (tmp_path / "public" / "feed.atom").exists(), what="feed published"
+            )
+            # The 1-second source is fetched again and again, the hourly one once.
+            await eventually(lambda: http_server.count("/a.xml") >= 3, what="a refetched")
+            assert http_server.count("/b.xml") == 1
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                feed = await client.get("/feed.atom")
+                assert feed.status_code == 200
+                assert "Alpha number 0" in feed.text
+                metrics = (await client.get("/metrics")).text
+                assert 'aggregator_fetches_total{result="ok"}' in metrics
+                assert 'aggregator_fetches_total{result="not_modified"}' in metrics
+                assert "aggregator_fetch_duration_seconds_bucket" in metrics
+                assert 'aggregator_items_stored_total{kind="new"} 5' in metrics
+                health = await client.get("/healthz")
+                assert health.status_code == 200
+                body = health.json()
+                assert body["checks"]["database"] == "ok"
+                assert body["checks"]["scheduler"] == "running"
+                assert body["checks"]["last_ingest_age_seconds"] is not None
+        finally:
+            service.stop()
+            await task
+
+    asyncio.run(scenario())
+
+
+def _insert_last_week_items(store: Store, slot: Any) -> None:
+    from aggregator.models import Source
+
+    store.sync_sources([Source(id="kobiz", url="https://kobiz.example/", type="feed")])
+    seen = slot - timedelta(days=1)
+    items = []
+    for n in range(3):
+        url = f"https://kobiz.example/ko-pick/{n}"
+        items.append(
+            Item(
+                source_id="kobiz",
+                guid=f"k{n}",
+                url=url,
+                canonical_url=url,
+                title=f"Ko-pick: column {n}",
+                summary_html="<p>Text.</p>",
+                content_html="<p>Text.</p>",
+                text="Text.",
+                excerpt="Text.",
+                fingerprint=f"fp{n}",
+                content_hash=f"h{n}",
+                published_at=seen,
+                updated_at=seen,
+            )
+        )
+    store.save_items("kobiz", items, fetched_at=seen, next_fetch_at=slot + timedelta(days=30))
+
+
+def _simulate_downtime(store: Store, path: Path, *, missed_by: timedelta) -> None:
+    """Leave the persistent digest job as a service that went down would: due in the past."""
+    from aggregator.scheduler import weekly_digest_job
+
+    config = load_config(path)
+    scheduler = BackgroundScheduler(
+        jobstores={"persistent": SQLAlchemyJobStore(engine=store.engine)}
+    )
+    scheduler.start(paused=True)
+    scheduler.add_job(
+        weekly_digest_job,
+        digest_trigger(config),
+        id=DIGEST_JOB,
+        jobstore="persistent",
+        misfire_grace_time=int(DIGEST_MISFIRE_GRACE.total_seconds()),
+        coalesce=True,
+        next_run_time=utcnow() - missed_by,
+    )
+    scheduler.shutdown(wait=False)
+
+
+def test_missed_digest_after_downtime_is_sent_exactly_once(
+    http_server: FixtureServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    path = write_config(tmp_path, "  - {id: kobiz, url: 'http://127.0.0.1:1/'}\n", port=port)
+    config = load_config(path)
+    store = Store.open(config.database_url)
+    slot = latest_slot(config.digest, config.site, utcnow())
+    _insert_last_week_items(store, slot)
+    _simulate_downtime(store, path, missed_by=timedelta(hours=30))
+    store.close()
+    sends: list[int | None] = []
+
+    async def record(service: Service) -> None:
+        last = service.store.last_digest()
+        sends.append(last.id if last else None)
+
+    async def one_run(extra_firing: bool = False) -> None:
+        service = Service(
+            load_config(path), port=free_port(), secret=SECRET, watch=False, send_digest=record
+        )
+        task = await running(service)
+        try:
+            await asyncio.sleep(1.5)  # let the scheduler process misfires
+            if extra_firing:
+                await service.digest_now()  # a duplicate firing changes nothing stored
+        finally:
+            service.stop()
+            await task
+
+    asyncio.run(one_run())
+    assert len(sends) == 1 and sends[0] is not None
+    asyncio.run(one_run())  # restart: the job's next run is next week now
+    assert len(sends) == 1
+
+    store = Store.open(config.database_url)
+    try:
+        digests = store.list_digests()
+        assert len(digests) == 1
+        assert digests[0].period_end == slot
+        assert digests[0].item_count == 3
+    finally:
+        store.close()
+
+
+def test_digest_missed_by_more_than_the_grace_is_skipped(tmp_path: Path) -> None:
+    port = free_port()
+    path = write_config(tmp_path, "  - {id: kobiz, url: 'http://127.0.0.1:1/'}\n", port=port)
+    config = load_config(path)
+    store = Store.open(config.database_url)
+    _simulate_downtime(store, path, missed_by=DIGEST_MISFIRE_GRACE + timedelta(hours=1))
+    store.close()
+    sends: list[int] = []
+
+    async def record(service: Service) -> None:
+        sends.append(1)
+
+    async def one_run() -> None:
+        service = Service(config, port=port, secret=SECRET, watch=False, send_digest=record)
+        task = await running(service)
+        await asyncio.sleep(1.0)
+        service.stop()
+        await task
+
+    asyncio.run(one_run())
+    assert sends == []
+
+
+def test_hot_reload_applies_valid_edits_and_keeps_config_on_invalid_ones(
+    http_server: FixtureServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    http_server.add("/a.xml", rss(1, "alpha"))
+    http_server.add("/b.xml", rss(1, "beta"))
+    port = free_port()
+    a_line = f"  - {{id: a, url: '{http_server.url('/a.xml')}'}}\n"
+    path = write_config(tmp_path, a_line, port=port)
+
+    async def scenario() -> None:
+        service = Service(load_config(path), port=port, secret=SECRET, watch=True)
+        task = await running(service)
+        try:
+            await eventually(lambda: service.store.count_items() == 1, what="a ingested")
+            assert service.next_run("ingest:a") is not None
+
+            # A valid edit: a new source appears and is fetched, no restart.
+            text = path.read_text(encoding="utf-8")
+            path.write_text(
+                text + f"  - {{id: b, url: '{http_server.url('/b.xml')}'}}\n", encoding="utf-8"
+            )
+            await eventually(lambda: service.reloads >= 1, what="reload after a valid edit")
+            await eventually(lambda: service.store.count_items() == 2, what="b ingested")
+            assert {s.id for s in service.config.sources} == {"a", "b"}
+
+            # An invalid edit is logged with file:line and the running config stays.
+            caplog.clear()
+            path.write_text(
+                path.read_text(encoding="utf-8").replace("interval: 1h", "interval: fortnightly"),
+                encoding="utf-8",
+            )
+            await eventually(
+                lambda: "not reloaded" in caplog.text, what="the invalid edit is reported"
+            )
+            assert f"{path}:3: defaults.interval" in caplog.text
+            assert {s.id for s in service.config.sources} == {"a", "b"}
+            assert service.reloads == 1
+
+            # Removing a source unschedules it but keeps its items.
+            path.write_text(text, encoding="utf-8")
+            await eventually(lambda: service.reloads >= 2, what="reload after removal")
+            assert service.next_run("ingest:b") is None
+            assert service.store.count_items() == 2
+        finally:
+            service.stop()
+            await task
+
+    with caplog.at_level(logging.INFO, logger="aggregator"):
+        asyncio.run(scenario())
+
+
+def test_sigterm_during_fetch_shuts_down_cleanly(
+    http_server: FixtureServer, tmp_path: Path
+) -> None:
+    http_server.add("/fast.xml", rss(4, "fast"))
+    http_server.add("/slow.xml", rss(4, "slow"), trickle=0.2)  # ~60 s to send
+    port = free_port()
+    path = write_config(
+        tmp_path,
+        f"  - {{id: fast, url: '{http_server.url('/fast.xml')}'}}\n"
+        f"  - {{id: slow, url: '{http_server.url('/slow.xml')}', timeout: 120s}}\n",
+        port=port,
+    )
+    env = dict(os.environ, AGGREGATOR_SECRET=SECRET)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aggregator",
+            "-c",
+            str(path),
+            "--log-text",
+            "run",
+            "--port",
+            str(port),
+            "--no-watch",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while http_server.count("/slow.xml") == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert http_server.count("/slow.xml") == 1, "the slow fetch never started"
+        time.sleep(0.5)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=40)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "stopped" in output
+    assert took < 30  # the grace period, then the trickling fetch is cancelled
+    db = sqlite3.connect(tmp_path / "service.db")
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        rows = dict(db.execute("SELECT source_id, count(*) FROM items GROUP BY source_id"))
+        assert rows.get("fast") == 4
+        assert rows.get("slow") in (None, 4)  # all of a source's items or none
+    finally:
+        db.close()
+    assert not (tmp_path / "data" / "aggregator.pid").exists()
