@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -72,6 +73,75 @@ def reload_command() -> None:
     console.print(f"asked process {pid} to reload {config.path}", highlight=False)
 
 
+def demo_command(
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Keep the demo's files here (default: a temp dir).")
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port for the demo web app (0: any free port).")] = 0,
+    serve: Annotated[
+        bool | None,
+        typer.Option(
+            "--serve/--no-serve",
+            help="Keep serving until Ctrl-C (default: when run in a terminal).",
+        ),
+    ] = None,
+) -> None:
+    """Run the whole pipeline offline on bundled sample sources, then show where to look."""
+    import sys
+
+    from rich.table import Table
+
+    from .cli import console
+    from .demo import DemoResult, run_demo
+
+    keep_serving = sys.stdout.isatty() if serve is None else serve
+
+    def ready(result: DemoResult) -> None:
+        table = Table(
+            title="aggregator demo: everything ran offline on 127.0.0.1", show_header=False
+        )
+        table.add_column(style="bold")
+        table.add_column(overflow="fold")
+        web = result.web_url
+        table.add_row("Feed (Atom)", f"{web}feed.atom")
+        table.add_row("Feed (JSON Feed)", f"{web}feed.json")
+        table.add_row("Feed file", str(result.feed_path))
+        table.add_row("Home page", web)
+        if result.digest_id is not None:
+            table.add_row("Digest in the archive", f"{web}digests/{result.digest_id}")
+        table.add_row("Digest preview", f"{result.preview_html}\n{result.preview_text}")
+        table.add_row(
+            "Emails received", "\n".join(str(p) for p in result.mails) or "none (see the log)"
+        )
+        table.add_row("Stored", f"{result.items} items (+{result.duplicates} duplicates found)")
+        table.add_row("Digest", f"{result.digest_items} items in issue #{result.digest_id}")
+        table.add_row("Config used", str(result.config_path))
+        table.add_row(
+            "Look around",
+            f"aggregator -c {result.config_path} status\naggregator -c {result.config_path} items",
+        )
+        console.print(table)
+        if keep_serving:
+            console.print(f"Serving {web} — press Ctrl-C to stop.", highlight=False)
+
+    def progress(text: str) -> None:
+        console.print(f"[dim]•[/dim] {text}", highlight=False)
+
+    try:
+        asyncio.run(
+            run_demo(
+                directory,
+                web_port=port,
+                serve_forever=keep_serving,
+                on_step=progress,
+                on_ready=ready,
+            )
+        )
+    except KeyboardInterrupt:
+        console.print("demo stopped")
+
+
 def register(app: typer.Typer) -> None:
+    app.command("demo")(demo_command)
     app.command("run")(run_command)
     app.command("reload")(reload_command)

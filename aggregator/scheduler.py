@@ -464,6 +464,7 @@ class Service:
         import uvicorn
 
         from .web.app import WebContext, create_app, load_secret
+        from .web.server import EmbeddedServer
 
         secret = self.secret or load_secret(required=False)
         self.web_ctx = WebContext(
@@ -482,8 +483,7 @@ class Service:
             lifespan="off",
             proxy_headers=True,
         )
-        self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None
+        self._server = EmbeddedServer(config)
         await self._server.serve()
         if not self._stopping.is_set():
             log.error("web server stopped unexpectedly (port %d in use?)", self.port)
