@@ -64,7 +64,7 @@ unsubscribe URL (it occurs a handful of times).
 
 FONT_STACK = (
     "-apple-system, 'Segoe UI', Roboto, 'Apple SD Gothic Neo', 'Malgun Gothic', "
-    "'Noto Sans KR', sans-serif"
+    "'Noto Sans KR', 'Nanum Gothic', sans-serif"
 )
 
 DIGEST_MJML_TEMPLATE = "digest.mjml.j2"
@@ -160,6 +160,15 @@ def _long_date(moment: datetime) -> str:
 
 def _short_date(moment: datetime) -> str:
     return f"{moment:%b} {moment.day}, {moment.year}"
+
+
+def _period_text(start: datetime, end: datetime) -> str:
+    """``Nov 2 – 9, 2026``, ``Oct 26 – Nov 2, 2026`` or ``Dec 28, 2026 – Jan 4, 2027``."""
+    if start.year != end.year:
+        return f"{_short_date(start)} – {_short_date(end)}"
+    if start.month != end.month:
+        return f"{start:%b} {start.day} – {end:%b} {end.day}, {end.year}"
+    return f"{start:%b} {start.day} – {end.day}, {end.year}"
 
 
 def _defuse(text: str) -> str:
@@ -363,10 +372,7 @@ def render_digest(
     preheader = " ".join((digest.preheader or build_preheader(digest)).split())
     subject = " ".join(digest.subject.split())
     issue_date = _long_date(digest.period_end.astimezone(zone))
-    period = (
-        f"{_short_date(digest.period_start.astimezone(zone))} – "
-        f"{_short_date(digest.period_end.astimezone(zone))}"
-    )
+    period = _period_text(digest.period_start.astimezone(zone), digest.period_end.astimezone(zone))
     context: dict[str, Any] = {
         "site_title": site.title,
         "site_url": site_url,

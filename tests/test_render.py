@@ -264,7 +264,7 @@ def test_hostile_item_fields_appear_as_text() -> None:
     assert "script" not in page.tags
     assert "svg" not in page.tags
     assert "<mj-" not in rendered.html and "<b>x</b>" not in rendered.html
-    assert not [img for img in page.images if "x" == img.get("src")]
+    assert not [img for img in page.images if img.get("src") == "x"]
     assert "javascript:" not in rendered.html
     assert "&lt;script&gt;alert(1)&lt;/script&gt; {{ config }}" in rendered.html
     assert "{% if true %}yes{% endif %}" in rendered.html
