@@ -1,0 +1,254 @@
+"""Subscribe, confirm and unsubscribe over real HTTP (uvicorn on 127.0.0.1) with real mail."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import httpx
+import itsdangerous.timed
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+
+from aggregator.config import Config
+from aggregator.deliver import deliver_digest
+from aggregator.models import DigestSettings, Site, SubscriberStatus
+from aggregator.store import Store
+from aggregator.tokens import Tokens
+from aggregator.web import subscribe
+from aggregator.web.app import WebContext
+from tests.support.http import unused_port
+from tests.test_deliver import make_digest
+
+if TYPE_CHECKING:
+    from tests.support.smtp import SmtpFixture
+
+pytest_plugins = ["tests.support.smtp"]
+
+SECRET = "web-test-secret-0123456789abcdef"
+
+
+@dataclass
+class Web:
+    url: str
+    ctx: WebContext
+    client: httpx.Client
+
+    def confirm_url(self, smtp: SmtpFixture, email: str) -> str:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for received in smtp.to(email):
+                body = received.message.get_body(("plain",))
+                assert body is not None
+                found = re.search(r"(http://\S+/confirm/\S+)", body.get_content())
+                if found:
+                    return found.group(1)
+            time.sleep(0.02)
+        pytest.fail(f"no confirmation mail reached {email}")
+
+
+@pytest.fixture
+def web(store: Store, smtp_server: SmtpFixture) -> Iterator[Web]:
+    port = unused_port()
+    base = f"http://127.0.0.1:{port}/"
+    config = Config(
+        path=None,
+        site=Site(title="Korean Film Digest", url=base, sender_email="digest@example.org"),
+        sources=(),
+        sections=(),
+        digest=DigestSettings(),
+        smtp=smtp_server.settings(),
+        database_url=str(store.engine.url),
+    )
+    ctx = WebContext(config=config, store=store, secret=SECRET)
+    app = Starlette(routes=subscribe.routes(ctx))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started, "uvicorn did not start"
+    with httpx.Client(base_url=base, timeout=10) as client:
+        yield Web(base, ctx, client)
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _subscribe(web: Web, email: str, name: str = "") -> httpx.Response:
+    return web.client.post("/subscribe", data={"email": email, "name": name})
+
+
+def test_double_opt_in_over_http(web: Web, store: Store, smtp_server: SmtpFixture) -> None:
+    form = web.client.get("/subscribe")
+    assert form.status_code == 200
+    assert 'name="email"' in form.text
+
+    answer = _subscribe(web, "Park.Chan-wook@Example.ORG", "박찬욱")
+    assert answer.status_code == 200
+    subscriber = store.subscriber_by_email("Park.Chan-wook@example.org")
+    assert subscriber is not None and subscriber.status is SubscriberStatus.PENDING
+    assert subscriber.name == "박찬욱"
+
+    url = web.confirm_url(smtp_server, "Park.Chan-wook@example.org")
+    mail = smtp_server.to("Park.Chan-wook@example.org")[0].message
+    assert mail["Subject"] == "Confirm your subscription to Korean Film Digest"
+    html = mail.get_body(("html",))
+    assert html is not None and url in html.get_content()
+    assert url.startswith(web.url + "confirm/")
+
+    confirmed = web.client.get(url)
+    assert confirmed.status_code == 200
+    assert "You are subscribed" in confirmed.text
+    assert confirmed.headers["referrer-policy"] == "no-referrer"
+    after = store.get_subscriber(subscriber.id)
+    assert after is not None and after.status is SubscriberStatus.ACTIVE
+
+
+def test_subscribe_answer_does_not_reveal_an_existing_subscription(
+    web: Web, store: Store, smtp_server: SmtpFixture
+) -> None:
+    now = datetime.now(UTC)
+    store.add_subscriber("active@example.org", now=now, active=True)
+    store.add_subscriber("pending@example.org", now=now)
+    gone, _ = store.add_subscriber("gone@example.org", now=now, active=True)
+    store.unsubscribe_subscriber(gone.id, gone.email, now=now)
+
+    bodies = set()
+    for email in ("new@example.org", "active@example.org", "pending@example.org", gone.email):
+        response = _subscribe(web, email)
+        assert response.status_code == 200
+        bodies.add(response.text.replace(email, "EMAIL"))
+    assert len(bodies) == 1
+
+    smtp_server.wait_for(3)
+    time.sleep(0.3)
+    assert sorted(r for m in smtp_server.messages for r in m.recipients) == [
+        "gone@example.org",
+        "new@example.org",
+        "pending@example.org",
+    ]
+    # Asking again does not resubscribe someone who left: only confirming does.
+    still_gone = store.get_subscriber(gone.id)
+    assert still_gone is not None and still_gone.status is SubscriberStatus.UNSUBSCRIBED
+
+
+def test_subscribe_is_rate_limited_per_client(web: Web) -> None:
+    for i in range(subscribe.SUBSCRIBE_LIMIT):
+        assert _subscribe(web, f"r{i}@example.org").status_code == 200
+    refused = _subscribe(web, "one-too-many@example.org")
+    assert refused.status_code == 429
+    assert 0 < int(refused.headers["retry-after"]) <= subscribe.SUBSCRIBE_WINDOW
+    assert web.client.get("/subscribe").status_code == 200  # the form itself stays available
+
+
+def test_invalid_address_is_refused_with_the_form(web: Web, store: Store) -> None:
+    response = _subscribe(web, "not an <script>address")
+    assert response.status_code == 400
+    assert "<script>" not in response.text
+    assert "&lt;script&gt;" in response.text
+    assert store.list_subscribers() == []
+
+
+def test_forged_and_misdirected_tokens_are_rejected(web: Web, store: Store) -> None:
+    now = datetime.now(UTC)
+    alice, _ = store.add_subscriber("alice@example.org", now=now, active=True)
+    bob, _ = store.add_subscriber("bob@example.org", now=now, active=True)
+    tokens = Tokens(SECRET)
+    good = tokens.unsubscribe_token(alice.id, alice.email)
+    tampered = good[:-2] + ("AA" if not good.endswith("AA") else "BB")
+    attempts = [
+        f"/unsubscribe/{tampered}",
+        f"/unsubscribe/{Tokens('another-secret-0123456789').unsubscribe_token(bob.id, bob.email)}",
+        f"/unsubscribe/{tokens.unsubscribe_token(bob.id, alice.email)}",  # Alice's mail, Bob's id
+        f"/unsubscribe/{tokens.confirm_token(bob.id, bob.email)}",  # a confirm token
+        f"/confirm/{tokens.unsubscribe_token(bob.id, bob.email)}",  # an unsubscribe token
+        "/unsubscribe/not-a-token",
+    ]
+    for path in attempts:
+        if path.startswith("/unsubscribe/"):
+            assert web.client.post(path).status_code == 400, path
+        assert web.client.get(path).status_code == 400, path
+    assert {s.status for s in store.list_subscribers()} == {SubscriberStatus.ACTIVE}
+
+
+def test_expired_confirm_link_is_refused(
+    web: Web, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pending, _ = store.add_subscriber("late@example.org", now=datetime.now(UTC))
+
+    class EightDaysAgo:
+        @staticmethod
+        def time() -> float:
+            return time.time() - timedelta(days=8).total_seconds()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(itsdangerous.timed, "time", EightDaysAgo)
+        token = Tokens(SECRET).confirm_token(pending.id, pending.email)
+
+    response = web.client.get(f"/confirm/{token}")
+    assert response.status_code == 400
+    assert "expired" in response.text
+    row = store.get_subscriber(pending.id)
+    assert row is not None and row.status is SubscriberStatus.PENDING
+
+
+def test_old_confirm_link_does_not_undo_an_unsubscribe(web: Web, store: Store) -> None:
+    subscriber, _ = store.add_subscriber("fickle@example.org", now=datetime.now(UTC))
+    token = Tokens(SECRET).confirm_token(subscriber.id, subscriber.email)
+    assert web.client.get(f"/confirm/{token}").status_code == 200
+    time.sleep(1.1)  # confirm tokens carry whole seconds
+    store.unsubscribe_subscriber(subscriber.id, subscriber.email, now=datetime.now(UTC))
+
+    assert web.client.get(f"/confirm/{token}").status_code == 400
+    row = store.get_subscriber(subscriber.id)
+    assert row is not None and row.status is SubscriberStatus.UNSUBSCRIBED
+
+
+def test_list_unsubscribe_from_a_delivered_digest_works_over_http(
+    web: Web, store: Store, smtp_server: SmtpFixture
+) -> None:
+    now = datetime.now(UTC)
+    store.add_subscriber("reader@example.org", now=now, active=True)
+    store.add_subscriber("clicker@example.org", now=now, active=True)
+    digest = make_digest(store)
+    config = web.ctx.config
+    asyncio.run(deliver_digest(store, digest, site=config.site, smtp=config.smtp, secret=SECRET))
+    headers = {m.recipients[0]: m.message["List-Unsubscribe"] for m in smtp_server.messages}
+    one_click = re.match(r"<(http[^>]+)>", str(headers["reader@example.org"]))
+    by_page = re.match(r"<(http[^>]+)>", str(headers["clicker@example.org"]))
+    assert one_click and by_page
+
+    # RFC 8058: the mail client POSTs the fixed body, no page, no cookies.
+    response = httpx.post(
+        one_click.group(1),
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200
+    # A person: GET shows a page with a form (GET alone must not unsubscribe), then POST.
+    page = httpx.get(by_page.group(1))
+    assert page.status_code == 200
+    assert f'action="{by_page.group(1)}"' in page.text
+    assert store.subscriber_by_email("clicker@example.org").status is SubscriberStatus.ACTIVE  # type: ignore[union-attr]
+    assert httpx.post(by_page.group(1)).status_code == 200
+
+    for email in ("reader@example.org", "clicker@example.org"):
+        row = store.subscriber_by_email(email)
+        assert row is not None and row.status is SubscriberStatus.UNSUBSCRIBED
+    # Unsubscribing twice is harmless, and nobody who left gets the next issue.
+    assert httpx.post(one_click.group(1)).status_code == 200
+    later = make_digest(store, subject="Next week")
+    later_report = asyncio.run(
+        deliver_digest(store, later, site=config.site, smtp=config.smtp, secret=SECRET)
+    )
+    assert later_report.sent == 0
