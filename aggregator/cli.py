@@ -206,8 +206,10 @@ def status() -> None:
         st = states.get(source.id)
         if st is None:
             continue
-        problem = st.broken_reason or st.last_error or ""
-        status_style = "red" if st.broken_reason else "yellow" if st.error_count else ""
+        problem = st.broken_reason or st.last_error or st.warning or ""
+        status_style = (
+            "red" if st.broken_reason else "yellow" if st.error_count or st.warning else ""
+        )
         table.add_row(
             source.id + ("" if source.enabled else " (disabled)"),
             source.type,

@@ -285,6 +285,12 @@ class Ingestor:
                 content_hash=extracted.listing_hash,
                 new_url=result.permanent_url,
             )
+        if counts.churned:
+            log.warning(
+                "%s: %d entries had a new guid for a link already stored (matched by link)",
+                source.id,
+                counts.churned,
+            )
         if result.permanent_url:
             log.info(
                 "%s: moved permanently to %s; stored URL updated", source.id, result.permanent_url

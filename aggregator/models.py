@@ -148,6 +148,7 @@ class SourceState:
     last_error: str | None = None
     broken_reason: str | None = None
     disabled_at: datetime | None = None
+    warning: str | None = None
 
 
 # ---------------------------------------------------------------------------- fetch

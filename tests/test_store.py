@@ -219,3 +219,20 @@ def test_password_never_appears_in_errors() -> None:
     with pytest.raises(StoreError) as info:
         Store.open("postgresql://user:hunter2@127.0.0.1:1/nothing")
     assert "hunter2" not in str(info.value)
+
+
+def test_feed_that_changes_every_guid_does_not_flood_the_store(store: Store) -> None:
+    store.sync_sources([make_source("churn")])
+    first = [make_item("churn", n) for n in range(4)]
+    save(store, "churn", first)
+
+    for fetch in range(1, 4):
+        renamed = [replace(i, guid=f"{i.guid}-fetch{fetch}") for i in first]
+        counts = save(store, "churn", renamed, at=T0 + timedelta(hours=fetch))
+        assert (counts.new, counts.churned) == (0, 4)
+
+    assert store.count_items() == 4
+    assert sorted(i.guid for i in store.recent_items(10)) == [i.guid for i in first]
+    state = store.source_state("churn")
+    assert state is not None and state.warning
+    assert "changes its guids on every fetch" in state.warning

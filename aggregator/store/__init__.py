@@ -20,7 +20,9 @@ from sqlalchemy import Connection, and_, func, or_, select, update
 from ..models import Item, Source, SourceState, StoredItem, utcnow
 from . import schema
 from .base import StoreBase
+from .deliveries import DeliveriesMixin
 from .digests import DigestsMixin
+from .subscribers import SubscribersMixin
 from .types import UTCDateTime
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,9 @@ class SaveCounts:
     updated: int = 0
     duplicates: int = 0
     unchanged: int = 0
+    # Entries whose guid was new but whose link was already stored for the
+    # source: matched by link instead of being stored again.
+    churned: int = 0
 
 
 _ITEM_COLUMNS = (
@@ -136,10 +141,11 @@ def _state(row: Any) -> SourceState:
         last_error=m["last_error"],
         broken_reason=m["broken_reason"],
         disabled_at=m["disabled_at"],
+        warning=m["warning"],
     )
 
 
-class Store(DigestsMixin, StoreBase):
+class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, StoreBase):
     """The project's one storage object: items and sources here, the rest mixed in."""
 
     # ------------------------------------------------------------------ sources
@@ -306,19 +312,45 @@ class Store(DigestsMixin, StoreBase):
                 ):
                     existing[row.guid] = (row.id, row.content_hash)
 
+            # A feed that invents a new guid for the same article on every
+            # fetch would flood the store: match such entries by their link.
+            churned = 0
+            unknown = {g: i for g, i in batch.items() if g not in existing}
+            if unknown:
+                by_link: dict[str, tuple[int, str, str]] = {}
+                links = sorted({i.canonical_url for i in unknown.values()})
+                for chunk in _chunks(links):
+                    for hit in conn.execute(
+                        select(t.c.id, t.c.guid, t.c.canonical_url, t.c.content_hash).where(
+                            t.c.source_id == source_id, t.c.canonical_url.in_(chunk)
+                        )
+                    ):
+                        by_link.setdefault(hit.canonical_url, (hit.id, hit.guid, hit.content_hash))
+                for guid, item in unknown.items():
+                    match = by_link.get(item.canonical_url)
+                    if match is not None and match[1] not in batch:
+                        churned += 1
+                        existing[guid] = (match[0], match[2])
             new_items = [i for g, i in batch.items() if g not in existing]
             changed = [
                 i for g, i in batch.items() if g in existing and existing[g][1] != i.content_hash
             ]
             unchanged = len(batch) - len(new_items) - len(changed)
+            warning = None
+            if churned and churned * 2 >= len(batch):
+                warning = (
+                    f"{churned} of {len(batch)} entries came with a new guid for a link "
+                    "already stored: this feed changes its guids on every fetch; "
+                    "entries are matched by link instead"
+                )
 
             duplicates = 0
             if new_items:
                 duplicates = self._insert_new(conn, source_id, new_items, fetched_at)
             for item in changed:
-                conn.execute(
-                    update(t).where(t.c.id == existing[item.guid][0]).values(**_item_values(item))
-                )
+                values = _item_values(item)
+                values.pop("guid", None)  # a churned guid never replaces the first one
+                conn.execute(update(t).where(t.c.id == existing[item.guid][0]).values(**values))
 
             state: dict[str, Any] = {
                 "last_fetched_at": fetched_at,
@@ -327,6 +359,7 @@ class Store(DigestsMixin, StoreBase):
                 "error_count": 0,
                 "last_error": None,
                 "broken_reason": None,
+                "warning": warning,
                 "etag": etag,
                 "last_modified": last_modified,
                 "content_hash": content_hash,
@@ -341,6 +374,7 @@ class Store(DigestsMixin, StoreBase):
             updated=len(changed),
             duplicates=duplicates,
             unchanged=unchanged,
+            churned=churned,
         )
 
     def _insert_new(

@@ -51,6 +51,7 @@ sources = Table(
     Column("broken_reason", Text),
     Column("disabled_at", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("warning", Text),  # non-fatal, e.g. guids that change on every fetch
 )
 
 items = Table(
