@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -422,6 +423,11 @@ def write_if_changed(path: Path, data: bytes) -> bool:
     the old file or the new one, never a part. On failure (disk full, no
     permission) the old file stays as it was, the temporary file is removed, and
     :class:`PublishError` names the path.
+
+    The new file's mtime is at least one whole second after the old one's:
+    ``Last-Modified`` has one-second precision, and a client that sends only
+    ``If-Modified-Since`` (or libcurl, which drops a 200 whose Last-Modified is
+    not newer than its condition) would miss a second publish within a second.
     """
     try:
         if path.stat().st_size == len(data) and path.read_bytes() == data:
@@ -432,9 +438,12 @@ def write_if_changed(path: Path, data: bytes) -> bool:
         pass  # unreadable: try to replace it; a real problem shows up below
 
     try:
-        mode = path.stat().st_mode & 0o7777
+        old = path.stat()
+        mode = old.st_mode & 0o7777
+        previous_second: int | None = int(old.st_mtime)
     except OSError:
         mode = 0o644  # mkstemp's 0600 would hide the feed from the web server
+        previous_second = None
 
     try:
         fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -448,6 +457,9 @@ def write_if_changed(path: Path, data: bytes) -> bool:
                 written = os.write(fd, view)
                 view = view[written:]
             os.fchmod(fd, mode)
+            if previous_second is not None and int(time.time()) <= previous_second:
+                later = previous_second + 1
+                os.utime(fd, (later, later))
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -446,3 +446,15 @@ def test_item_count_is_reported(store: Store, tmp_path: Path, count: int) -> Non
     if count:
         fill(store, count=count)
     assert run_publish(store, site_for(tmp_path)).item_count == 2 * count
+
+
+def test_a_rewrite_within_the_same_second_still_moves_last_modified(
+    store: Store, tmp_path: Path
+) -> None:
+    fill(store, count=1)
+    site = site_for(tmp_path / "public")
+    first = run_publish(store, site)
+    second_before = int(first.atom_path.stat().st_mtime)
+    save(store, "kofic", [make_item("kofic", 9)])
+    assert run_publish(store, site).changed
+    assert int(first.atom_path.stat().st_mtime) > second_before

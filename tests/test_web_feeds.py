@@ -216,6 +216,9 @@ def test_a_changed_feed_gets_a_new_etag_and_200(served: Served) -> None:
     response = served.client.get("/feed.atom", headers={"If-None-Match": old_etag})
     assert response.status_code == 200
     assert response.headers["etag"] != old_etag
+    assert parsedate_to_datetime(response.headers["last-modified"]) > parsedate_to_datetime(
+        first.headers["last-modified"]
+    )
     assert b"New: Cannes selection" in response.content
 
 
