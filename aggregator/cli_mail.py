@@ -1,0 +1,330 @@
+"""``aggregator subscribers ...`` and ``aggregator digest send``.
+
+Wired into the main command by :mod:`aggregator.cli`::
+
+    register(app)                    # adds the "subscribers" group
+    register_digest_send(digest_app) # adds "send" to the "digest" group
+
+Examples::
+
+    aggregator subscribers add reader@example.org --name "Kim Ji-woon" --active
+    aggregator subscribers import people.csv          # email[,name] rows, or a header row
+    aggregator subscribers list --status active
+    aggregator subscribers export > subscribers.csv
+    aggregator subscribers remove reader@example.org  # unsubscribes (kept as suppressed)
+    AGGREGATOR_SECRET=... aggregator digest send --test me@example.org
+    AGGREGATOR_SECRET=... aggregator digest send
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from .errors import SubscriberError
+from .models import DeliveryStatus, SubscriberStatus, utcnow
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .deliver import DeliveryReport
+    from .models import Digest
+    from .store import Store
+
+__all__ = ["register", "register_digest_send", "subscribers_app"]
+
+subscribers_app = typer.Typer(
+    no_args_is_help=True,
+    help="Manage newsletter subscribers (kept in the database, never in feeds.yaml).",
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``subscribers`` command group to the main app."""
+    app.add_typer(subscribers_app, name="subscribers")
+
+
+def _open() -> tuple[Config, Store]:
+    from .cli import _config, _store
+
+    config = _config()
+    return config, _store(config)
+
+
+def _print(text: str) -> None:
+    from .cli import console
+
+    console.print(text, highlight=False)
+
+
+def _warn(text: str) -> None:
+    from .cli import err_console
+
+    err_console.print(text, highlight=False)
+
+
+# --------------------------------------------------------------------- subscribers
+
+
+@subscribers_app.command("add")
+def add(
+    email: Annotated[str, typer.Argument(help="The address to add.")],
+    name: Annotated[str | None, typer.Option("--name", help="Display name for To:.")] = None,
+    active: Annotated[
+        bool,
+        typer.Option("--active", help="Skip double opt-in (you already have their consent)."),
+    ] = False,
+) -> None:
+    """Add one subscriber: pending (a confirm link is needed) unless --active.
+
+    An address that unsubscribed stays unsubscribed: only its owner can
+    subscribe again, through the web form and the confirmation link.
+    """
+    from .subscribers import clean_name, normalize_email
+
+    address = normalize_email(email)
+    _, store = _open()
+    try:
+        subscriber, created = store.add_subscriber(
+            address, name=clean_name(name), active=active, now=utcnow()
+        )
+    finally:
+        store.close()
+    if created:
+        _print(f"[green]added[/green] {subscriber.email} ({subscriber.status.value})")
+    elif subscriber.status is SubscriberStatus.UNSUBSCRIBED:
+        _warn(
+            f"[yellow]kept[/yellow] {subscriber.email} unsubscribed: they must subscribe again "
+            "through the web form to get mail"
+        )
+    else:
+        _print(f"[dim]already known[/dim] {subscriber.email} ({subscriber.status.value})")
+
+
+@subscribers_app.command("remove")
+def remove(
+    email: Annotated[str, typer.Argument(help="The address to remove.")],
+    forget: Annotated[
+        bool,
+        typer.Option(
+            "--forget",
+            help="Delete the address and its delivery history instead of unsubscribing it "
+            "(a later import could then add it again).",
+        ),
+    ] = False,
+) -> None:
+    """Unsubscribe an address now (it is kept as suppressed), or erase it with --forget."""
+    from .subscribers import normalize_email
+
+    address = normalize_email(email)
+    _, store = _open()
+    try:
+        if forget:
+            found = store.forget_subscriber(address)
+        else:
+            found = store.unsubscribe_email(address, now=utcnow()) is not None
+    finally:
+        store.close()
+    if not found:
+        raise SubscriberError(f"{address} is not a subscriber (see: aggregator subscribers list)")
+    _print(f"[green]{'forgotten' if forget else 'unsubscribed'}[/green] {address}")
+
+
+@subscribers_app.command("list")
+def list_(
+    status: Annotated[
+        SubscriberStatus | None, typer.Option("--status", help="Only this status.")
+    ] = None,
+) -> None:
+    """Show subscribers with status and dates."""
+    _, store = _open()
+    try:
+        rows = store.list_subscribers(status)
+    finally:
+        store.close()
+    table = Table(title=f"{len(rows)} subscribers" + (f" ({status.value})" if status else ""))
+    for column in ("email", "name", "status", "since", "confirmed", "unsubscribed"):
+        table.add_column(column, overflow="fold")
+    for s in rows:
+        table.add_row(
+            s.email,
+            s.name or "",
+            s.status.value,
+            f"{s.created_at:%Y-%m-%d}",
+            f"{s.confirmed_at:%Y-%m-%d}" if s.confirmed_at else "",
+            f"{s.unsubscribed_at:%Y-%m-%d}" if s.unsubscribed_at else "",
+        )
+    from .cli import console
+
+    console.print(table)
+
+
+@subscribers_app.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A CSV file.")],
+    active: Annotated[
+        bool, typer.Option("--active", help="Import as active (you already have their consent).")
+    ] = False,
+) -> None:
+    """Import a CSV: rows ``email[,name]``, or a header row naming ``email``, ``name``, ``status``.
+
+    Bad rows are reported with their line number and skipped. Rows with status
+    ``unsubscribed`` are imported as unsubscribed; nobody who unsubscribed is
+    reactivated.
+    """
+    from .subscribers import import_csv
+
+    _, store = _open()
+    try:
+        with file.open(encoding="utf-8-sig", newline="") as handle:
+            report = import_csv(store, handle, now=utcnow(), active=active)
+    finally:
+        store.close()
+    for line, message in report.errors:
+        _warn(f"[red]{file}:{line}[/red] {message}")
+    _print(
+        f"[green]imported[/green] {report.added} new, {report.already_known} already known, "
+        f"{len(report.errors)} rows skipped"
+    )
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@subscribers_app.command("export")
+def export(
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")
+    ] = None,
+    status: Annotated[
+        SubscriberStatus | None, typer.Option("--status", help="Only this status.")
+    ] = None,
+) -> None:
+    """Write all subscribers (or one status) as CSV, unsubscribed ones included."""
+    from .subscribers import export_csv
+
+    _, store = _open()
+    try:
+        rows = store.list_subscribers(status)
+    finally:
+        store.close()
+    if out is None:
+        export_csv(rows, sys.stdout)
+    else:
+        with out.open("w", encoding="utf-8", newline="") as handle:
+            export_csv(rows, handle)
+        _warn(f"[green]wrote[/green] {len(rows)} subscribers to {out}")
+
+
+# ---------------------------------------------------------------------- digest send
+
+
+def _unfinished(store: Store, digest: Digest) -> bool:
+    assert digest.id is not None
+    counts = store.delivery_counts(digest.id)
+    return counts[DeliveryStatus.PENDING] + counts[DeliveryStatus.SENDING] > 0
+
+
+def _summary(report: DeliveryReport) -> str:
+    c = report.counts
+    return (
+        f"digest #{report.digest_id}: sent {report.sent} now "
+        f"({c[DeliveryStatus.SENT]} in total), failed {c[DeliveryStatus.FAILED]}, "
+        f"pending {report.pending} ({report.rate:.1f} msg/s)"
+    )
+
+
+def register_digest_send(digest_app: typer.Typer) -> None:
+    """Add ``send`` to the ``digest`` command group."""
+
+    @digest_app.command("send")
+    def send(
+        test: Annotated[
+            str | None,
+            typer.Option(
+                "--test",
+                metavar="EMAIL",
+                help="Send one copy of the latest digest to this address; the ledger is "
+                "not touched.",
+            ),
+        ] = None,
+        lease: Annotated[
+            float | None,
+            typer.Option(
+                help="Seconds a claimed batch stays reserved if this sender dies "
+                "(default: at least 60).",
+                hidden=True,
+            ),
+        ] = None,
+        retry_delay: Annotated[
+            float, typer.Option(help="Seconds before retrying temporary failures.")
+        ] = 30.0,
+    ) -> None:
+        """Mail the digest to every active subscriber exactly once (resumes an interrupted run).
+
+        Finishes the latest issue if a run was interrupted, else composes the
+        issue that is due and sends it. Safe to run twice at once or again
+        after a crash: nobody gets an issue twice.
+        """
+        from datetime import timedelta
+
+        from .deliver import deliver_digest, send_test_copy
+        from .digest import compose
+        from .subscribers import normalize_email
+        from .web.app import load_secret
+
+        secret = load_secret()
+        config, store = _open()
+        try:
+            if test is not None:
+                address = normalize_email(test)
+                digest = store.last_digest() or compose(config, store)
+                if digest is None:
+                    _warn("no digest to send: nothing new since the last issue")
+                    raise typer.Exit(1)
+                message_id = asyncio.run(
+                    send_test_copy(
+                        digest, address, site=config.site, smtp=config.smtp, secret=secret
+                    )
+                )
+                _print(
+                    f"[green]sent[/green] test copy of digest #{digest.id} to {address} "
+                    f"({message_id})"
+                )
+                return
+            todo: list[Digest] = []
+            last = store.last_digest()
+            if last is not None and _unfinished(store, last):
+                todo.append(last)
+            composed = compose(config, store)
+            if composed is not None and all(d.id != composed.id for d in todo):
+                todo.append(composed)
+            if not todo:
+                _print("nothing to send: no new items since the last issue")
+                return
+            pending = 0
+            for digest in todo:
+                report = asyncio.run(
+                    deliver_digest(
+                        store,
+                        digest,
+                        site=config.site,
+                        smtp=config.smtp,
+                        secret=secret,
+                        lease=timedelta(seconds=lease) if lease else None,
+                        retry_delay=retry_delay,
+                    )
+                )
+                _print(_summary(report))
+                pending += report.pending
+        finally:
+            store.close()
+        if pending:
+            _warn(
+                f"[yellow]{pending} deliveries are still pending[/yellow] (temporary failures): "
+                "run `aggregator digest send` again later"
+            )
+            raise typer.Exit(1)
