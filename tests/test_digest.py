@@ -1,0 +1,351 @@
+"""Composing the weekly digest from a real SQLite store: periods, sections, freezing."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from aggregator import digest as digest_module
+from aggregator.config import Config, parse_config
+from aggregator.digest import (
+    OTHER_SECTION,
+    Period,
+    build_digest,
+    compose,
+    latest_slot,
+    next_period,
+    view_url,
+)
+from aggregator.models import Item, Source
+from aggregator.render import UNSUBSCRIBE_PLACEHOLDER
+from aggregator.store import Store
+
+CONFIG_YAML = """
+site:
+  title: Korean Film Digest
+  url: https://digest.example.org/
+  timezone: Asia/Seoul
+  postal_address: "130 Suyeonggangbyeon-daero, Busan 48058"
+sections:
+  - {id: ko-pick, title: Ko-pick columns, match: {title: "^Ko-pick"}}
+  - {id: previews, title: Film previews, match: {title: "(?i)preview|anticipated"}}
+sources:
+  - {id: kobiz, title: KoBiz, url: https://kobiz.example.org/feed.xml}
+  - {id: outlet, title: Film Outlet, url: https://outlet.example.org/feed.xml}
+digest:
+  schedule: "mon 09:00"
+  max_items_per_section: 3
+"""
+
+# Monday 2026-11-09 09:00 in Seoul is 00:00 UTC.
+SLOT = datetime(2026, 11, 9, 0, 0, tzinfo=UTC)
+WEEK = timedelta(days=7)
+
+
+@pytest.fixture
+def config() -> Config:
+    return parse_config(CONFIG_YAML)
+
+
+@pytest.fixture
+def sqlite_store(sqlite_url: str, config: Config) -> Iterator[Store]:
+    store = Store.open(sqlite_url)
+    store.sync_sources(
+        [Source(id=s.id, url=s.url, title=s.title) for s in config.sources], now=SLOT - 4 * WEEK
+    )
+    yield store
+    store.close()
+
+
+def make_item(
+    source_id: str, n: int, title: str, *, section: str | None, published: datetime
+) -> Item:
+    url = f"https://{source_id}.example.org/article/{n}"
+    text = f"About {title}."
+    return Item(
+        source_id=source_id,
+        guid=f"{source_id}-{n}",
+        url=url,
+        canonical_url=url,
+        title=title,
+        summary_html=f"<p>{text}</p>",
+        content_html=f"<p>{text}</p>",
+        text=text,
+        excerpt=text,
+        fingerprint=hashlib.sha1(title.encode()).hexdigest(),
+        content_hash=hashlib.sha1((title + text).encode()).hexdigest(),
+        published_at=published,
+        updated_at=published,
+        section=section,
+    )
+
+
+def arrive(store: Store, source_id: str, items: list[Item], at: datetime) -> None:
+    """Store ``items`` as first seen at ``at`` (one fetch of ``source_id``)."""
+    store.save_items(source_id, items, fetched_at=at, next_fetch_at=at + timedelta(hours=1))
+
+
+def week_of_news(store: Store, week_end: datetime = SLOT, start_n: int = 0) -> None:
+    """Two Ko-pick columns, one preview and two other stories first seen in the week."""
+    seen = week_end - timedelta(days=3)
+    tag = f" ({start_n})" if start_n else ""
+    arrive(
+        store,
+        "kobiz",
+        [
+            make_item(
+                "kobiz",
+                start_n + 1,
+                "Ko-pick: A" + tag,
+                section="ko-pick",
+                published=seen - timedelta(1),
+            ),
+            make_item("kobiz", start_n + 2, "Ko-pick: B" + tag, section="ko-pick", published=seen),
+            make_item(
+                "kobiz", start_n + 3, "Winter previews" + tag, section="previews", published=seen
+            ),
+        ],
+        seen,
+    )
+    arrive(
+        store,
+        "outlet",
+        [
+            make_item("outlet", start_n + 1, "Box office" + tag, section=None, published=seen),
+            make_item(
+                "outlet",
+                start_n + 2,
+                "Festival news" + tag,
+                section=None,
+                published=seen - timedelta(2),
+            ),
+        ],
+        seen + timedelta(hours=1),
+    )
+
+
+def titles(sections: tuple[object, ...]) -> list[tuple[str, list[str]]]:
+    return [(s.id, [i.title for i in s.items]) for s in sections]  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------ periods
+
+
+def test_latest_slot_is_monday_nine_in_seoul(config: Config) -> None:
+    wednesday = SLOT + timedelta(days=2)
+    assert latest_slot(config.digest, config.site, wednesday) == SLOT
+    assert latest_slot(config.digest, config.site, SLOT) == SLOT
+    assert latest_slot(config.digest, config.site, SLOT - timedelta(seconds=1)) == SLOT - WEEK
+
+
+def test_first_period_is_the_week_before_the_slot(config: Config, sqlite_store: Store) -> None:
+    period = next_period(config, sqlite_store, now=SLOT + timedelta(hours=5))
+
+    assert period == Period(SLOT - WEEK, SLOT)
+
+
+def test_period_must_end_after_it_starts() -> None:
+    with pytest.raises(Exception, match="must end after it starts"):
+        Period(SLOT, SLOT)
+
+
+# ---------------------------------------------------------------------- grouping
+
+
+def test_items_are_grouped_by_section_newest_first(config: Config, sqlite_store: Store) -> None:
+    week_of_news(sqlite_store)
+
+    digest = build_digest(config, sqlite_store, Period(SLOT - WEEK, SLOT))
+
+    assert digest is not None
+    assert titles(digest.sections) == [
+        ("ko-pick", ["Ko-pick: B", "Ko-pick: A"]),
+        ("previews", ["Winter previews"]),
+        (OTHER_SECTION, ["Box office", "Festival news"]),
+    ]
+    assert [s.title for s in digest.sections] == [
+        "Ko-pick columns",
+        "Film previews",
+        "More Korean film news",
+    ]
+    assert digest.subject == "Korean Film Digest: week of Nov 02, 2026"
+    assert digest.preheader == "2 Ko-pick columns, 1 film preview and 2 more stories"
+
+
+def test_only_items_first_seen_in_the_period_are_chosen(
+    config: Config, sqlite_store: Store
+) -> None:
+    week_of_news(sqlite_store, SLOT - WEEK)  # last week's news
+    arrive(
+        sqlite_store,
+        "kobiz",
+        [make_item("kobiz", 50, "Ko-pick: this week", section="ko-pick", published=SLOT - WEEK)],
+        SLOT - timedelta(hours=1),
+    )
+    arrive(
+        sqlite_store,
+        "kobiz",
+        [make_item("kobiz", 51, "Ko-pick: too late", section="ko-pick", published=SLOT)],
+        SLOT,  # the period is half-open: this belongs to the next issue
+    )
+
+    digest = build_digest(config, sqlite_store, Period(SLOT - WEEK, SLOT))
+
+    assert digest is not None
+    assert titles(digest.sections) == [("ko-pick", ["Ko-pick: this week"])]
+
+
+def test_duplicates_from_another_source_are_left_out(config: Config, sqlite_store: Store) -> None:
+    seen = SLOT - timedelta(days=2)
+    original = make_item("kobiz", 1, "Ko-pick: Original", section="ko-pick", published=seen)
+    copy = replace(
+        make_item("outlet", 1, "Ko-pick: Original", section="ko-pick", published=seen),
+        canonical_url=original.canonical_url,
+    )
+    arrive(sqlite_store, "kobiz", [original], seen)
+    arrive(sqlite_store, "outlet", [copy], seen + timedelta(hours=1))
+
+    digest = build_digest(config, sqlite_store, Period(SLOT - WEEK, SLOT))
+
+    assert digest is not None
+    assert [[i.source_id for i in s.items] for s in digest.sections] == [["kobiz"]]
+
+
+def test_each_section_is_capped(config: Config, sqlite_store: Store) -> None:
+    seen = SLOT - timedelta(days=1)
+    items = [
+        make_item("kobiz", n, f"Ko-pick: {n}", section="ko-pick", published=seen + timedelta(n))
+        for n in range(6)
+    ]
+    arrive(sqlite_store, "kobiz", items, seen)
+
+    digest = build_digest(config, sqlite_store, Period(SLOT - WEEK, SLOT))
+
+    assert digest is not None
+    assert titles(digest.sections) == [("ko-pick", ["Ko-pick: 5", "Ko-pick: 4", "Ko-pick: 3"])]
+
+
+def test_other_section_can_be_turned_off(config: Config, sqlite_store: Store) -> None:
+    week_of_news(sqlite_store)
+    config = replace(config, digest=replace(config.digest, other_section_title=None))
+
+    digest = build_digest(config, sqlite_store, Period(SLOT - WEEK, SLOT))
+
+    assert digest is not None
+    assert [s.id for s in digest.sections] == ["ko-pick", "previews"]
+
+
+def test_empty_week_is_skipped_or_noted(config: Config, sqlite_store: Store) -> None:
+    assert compose(config, sqlite_store, now=SLOT) is None
+    assert sqlite_store.list_digests() == []
+
+    noting = replace(config, digest=replace(config.digest, when_empty="note"))
+    issue = compose(noting, sqlite_store, now=SLOT)
+
+    assert issue is not None and issue.item_count == 0
+    assert "No new Ko-pick columns" in issue.html
+
+
+# ----------------------------------------------------------------------- freezing
+
+
+def test_compose_freezes_subject_items_html_and_text(config: Config, sqlite_store: Store) -> None:
+    week_of_news(sqlite_store)
+
+    issue = compose(config, sqlite_store, now=SLOT + timedelta(minutes=1))
+
+    assert issue is not None and issue.id is not None
+    assert (issue.period_start, issue.period_end) == (SLOT - WEEK, SLOT)
+    assert issue.item_count == 5
+    stored = sqlite_store.get_digest(issue.id)
+    assert stored is not None
+    assert stored.html == issue.html and stored.text == issue.text
+    assert titles(stored.sections) == titles(issue.sections)
+    for section in stored.sections:
+        for item in section.items:
+            assert item.url in issue.html and item.url in issue.text
+    assert view_url(config, issue.id) in issue.html
+    assert issue.html.count(UNSUBSCRIBE_PLACEHOLDER) == 1
+    assert f"https://digest.example.org/digests/{issue.id}" == view_url(config, issue.id)
+
+
+def test_second_compose_returns_the_frozen_issue(config: Config, sqlite_store: Store) -> None:
+    week_of_news(sqlite_store)
+    first = compose(config, sqlite_store, now=SLOT + timedelta(minutes=1))
+    assert first is not None
+
+    # News arrives after the issue was frozen, still before the next slot.
+    arrive(
+        sqlite_store,
+        "kobiz",
+        [make_item("kobiz", 99, "Ko-pick: late", section="ko-pick", published=SLOT)],
+        SLOT + timedelta(hours=2),
+    )
+    again = compose(config, sqlite_store, now=SLOT + timedelta(days=2))
+
+    assert again is not None
+    assert again.id == first.id
+    assert again.html == first.html and again.text == first.text
+    assert "Ko-pick: late" not in again.html
+    assert len(sqlite_store.list_digests()) == 1
+
+
+def test_frozen_issue_does_not_change_and_next_issue_starts_where_it_ended(
+    config: Config, sqlite_store: Store
+) -> None:
+    week_of_news(sqlite_store)
+    first = compose(config, sqlite_store, now=SLOT)
+    assert first is not None and first.id is not None
+    arrive(
+        sqlite_store,
+        "kobiz",
+        [make_item("kobiz", 99, "Ko-pick: next week", section="ko-pick", published=SLOT)],
+        SLOT + timedelta(days=1),
+    )
+
+    second = compose(config, sqlite_store, now=SLOT + WEEK)
+
+    assert second is not None and second.id != first.id
+    assert (second.period_start, second.period_end) == (SLOT, SLOT + WEEK)
+    assert titles(second.sections) == [("ko-pick", ["Ko-pick: next week"])]
+    unchanged = sqlite_store.get_digest(first.id)
+    assert unchanged is not None
+    assert unchanged.html == first.html
+    assert titles(unchanged.sections) == titles(first.sections)
+    assert [d.id for d in sqlite_store.list_digests()] == [second.id, first.id]
+    assert [d.item_count for d in sqlite_store.list_digests()] == [1, 5]
+
+
+def test_missed_weeks_are_covered_once(config: Config, sqlite_store: Store) -> None:
+    week_of_news(sqlite_store)
+    first = compose(config, sqlite_store, now=SLOT)
+    assert first is not None
+    week_of_news(sqlite_store, SLOT + WEEK, start_n=10)
+    week_of_news(sqlite_store, SLOT + 2 * WEEK, start_n=20)
+
+    late = compose(config, sqlite_store, now=SLOT + 2 * WEEK + timedelta(days=3))
+
+    assert late is not None
+    assert (late.period_start, late.period_end) == (SLOT, SLOT + 2 * WEEK)
+    assert late.item_count == 3 + 2 + 3  # ko-pick and other news capped at 3 each
+
+
+def test_a_render_failure_freezes_nothing(
+    config: Config, sqlite_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    week_of_news(sqlite_store)
+
+    def broken(config: Config, digest: object) -> tuple[str, str]:
+        raise RuntimeError("template exploded")
+
+    monkeypatch.setattr(digest_module, "render_parts", broken)
+    with pytest.raises(RuntimeError):
+        compose(config, sqlite_store, now=SLOT)
+
+    assert sqlite_store.list_digests() == []
+    monkeypatch.undo()
+    assert compose(config, sqlite_store, now=SLOT) is not None
