@@ -223,9 +223,12 @@ def export(
 
 
 def _unfinished(store: Store, digest: Digest) -> bool:
+    """Never sent, or sending was interrupted (rows pending or held by a dead sender)."""
     assert digest.id is not None
     counts = store.delivery_counts(digest.id)
-    return counts[DeliveryStatus.PENDING] + counts[DeliveryStatus.SENDING] > 0
+    return not any(counts.values()) or (
+        counts[DeliveryStatus.PENDING] + counts[DeliveryStatus.SENDING] > 0
+    )
 
 
 def _summary(report: DeliveryReport) -> str:
