@@ -40,7 +40,7 @@ def _archive_url(site: Site) -> str | None:
     # Link the digest archive only once its route module exists.
     if importlib.util.find_spec(f"{__package__}.archive") is None:
         return None
-    return site.url.rstrip("/") + "/archive/"
+    return site.url.rstrip("/") + "/digests/"
 
 
 def fallback_home(items: Sequence[StoredItem], site: Site, links: dict[str, str]) -> str:
