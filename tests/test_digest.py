@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import email
 import hashlib
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from email import policy
+from pathlib import Path
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from aggregator import digest as digest_module
 from aggregator.config import Config, parse_config
@@ -349,3 +354,84 @@ def test_a_render_failure_freezes_nothing(
     assert sqlite_store.list_digests() == []
     monkeypatch.undo()
     assert compose(config, sqlite_store, now=SLOT) is not None
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def cli_app(tmp_path: Path, sqlite_url: str) -> Iterator[tuple[typer.Typer, Path, Store]]:
+    """The ``aggregator`` app with the digest group, a feeds.yaml and a store with news."""
+    from aggregator import cli
+    from aggregator.cli_digest import digest_app, register
+
+    if not any(group.typer_instance is digest_app for group in cli.app.registered_groups):
+        register(cli.app)
+    config_path = tmp_path / "feeds.yaml"
+    config_path.write_text(
+        CONFIG_YAML.replace("site:\n", "site:\n  sender_name: 코리안 필름 다이제스트\n")
+        + f"storage:\n  url: {sqlite_url}\n",
+        encoding="utf-8",
+    )
+    store = Store.open(sqlite_url)
+    config = parse_config(config_path.read_text(encoding="utf-8"))
+    store.sync_sources([Source(id=s.id, url=s.url, title=s.title) for s in config.sources])
+    week_of_news(store, datetime.now(UTC))
+    yield cli.app, config_path, store
+    store.close()
+
+
+def test_cli_preview_writes_html_text_and_eml_without_freezing(
+    cli_app: tuple[typer.Typer, Path, Store], tmp_path: Path
+) -> None:
+    app, config_path, store = cli_app
+    out = tmp_path / "preview"
+
+    result = CliRunner().invoke(
+        app, ["--config", str(config_path), "digest", "preview", "--since", "7d", "--out", str(out)]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "5 items" in result.output
+    html = (out / "digest.html").read_text(encoding="utf-8")
+    text = (out / "digest.txt").read_text(encoding="utf-8")
+    assert "Ko-pick: A" in html and "https://outlet.example.org/article/2" in text
+    message = email.message_from_bytes((out / "digest.eml").read_bytes(), policy=policy.default)
+    assert message.get_content_type() == "multipart/alternative"
+    assert str(message["From"]) == "코리안 필름 다이제스트 <digest@localhost>"
+    assert "=?utf-8?" in (out / "digest.eml").read_text(encoding="ascii").lower()
+    parts = {part.get_content_type(): part for part in message.iter_parts()}
+    assert parts["text/html"]["Content-Transfer-Encoding"] == "quoted-printable"
+    assert parts["text/html"].get_content().rstrip("\n") == html.rstrip("\n")
+    assert parts["text/plain"].get_content().rstrip("\n") == text.rstrip("\n")
+    assert store.list_digests() == []
+
+
+def test_cli_preview_period_with_nothing_new_says_so(
+    cli_app: tuple[typer.Typer, Path, Store], tmp_path: Path
+) -> None:
+    app, config_path, _ = cli_app
+
+    result = CliRunner().invoke(
+        app,
+        ["--config", str(config_path), "digest", "preview", "--period", "2020-01-01..2020-01-08"],
+    )
+
+    assert result.exit_code == 1
+    assert "nothing new between 2020-01-01 00:00 and 2020-01-08 00:00" in result.output
+
+
+def test_cli_compose_then_list(cli_app: tuple[typer.Typer, Path, Store]) -> None:
+    app, config_path, store = cli_app
+    runner = CliRunner()
+
+    composed = runner.invoke(app, ["--config", str(config_path), "digest", "compose"])
+    again = runner.invoke(app, ["--config", str(config_path), "digest", "compose"])
+    listed = runner.invoke(app, ["--config", str(config_path), "digest", "list"])
+
+    assert composed.exit_code == 0, composed.output
+    digests = store.list_digests()
+    assert len(digests) == 1
+    assert composed.output.startswith(f"digest #{digests[0].id}: Korean Film Digest: week of")
+    assert again.output == composed.output
+    assert listed.exit_code == 0 and digests[0].subject[:20] in listed.output
