@@ -364,14 +364,14 @@ async def deliver_digest(
         lease = timedelta(seconds=max(60.0, 3 * smtp.timeout + 2 * per_batch))
     margin = timedelta(seconds=min(smtp.timeout + 5, lease.total_seconds() / 2))
 
-    connection = SmtpConnection(smtp)
-    await connection.connect()  # before touching the ledger: a dead server changes nothing
     store.create_deliveries(
         digest.id,
         message_id_tag=message_id_tag(secret),
         message_id_domain=message_id_domain(site),
         now=utcnow(),
     )
+    connection = SmtpConnection(smtp)
+    await connection.connect()  # nothing is claimed yet: a dead server leaves all rows pending
     builder = MessageBuilder(digest, site)
     pacer = _Pacer(smtp.rate_per_second)
     sent = failed = retried = 0

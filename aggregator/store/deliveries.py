@@ -139,7 +139,7 @@ class DeliveriesMixin(StoreBase):
             or_(
                 and_(
                     _d.c.status == DeliveryStatus.PENDING.value,
-                    _d.c.updated_at < pass_started,
+                    _d.c.updated_at <= pass_started,
                 ),
                 and_(_d.c.status == DeliveryStatus.SENDING.value, _d.c.lease_until < now),
             ),
