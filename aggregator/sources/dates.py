@@ -35,7 +35,10 @@ _MONTHS = {
     )
     for name in names
 }
-_MONTH = r"(?P<mon>jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?"
+_MONTH = (
+    r"(?P<mon>jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
+    r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?"
+)
 # An optional clock time after the date: "14:30", "14:30:05", "오후 2:30", "2:30 PM".
 _TIME = (
     r"(?:[\sT,]+(?P<ampm1>오전|오후|AM|PM|am|pm)?\s*"
@@ -54,7 +57,10 @@ _PATTERNS = (
         r"(?P<day>\d{1,2})(?!\d)\.?(?:\s*\([^)]{1,3}\))?" + _TIME
     ),
     # 27 Nov 2025
-    re.compile(r"(?<!\d)(?P<day>\d{1,2})(?:st|nd|rd|th)?\s+" + _MONTH + r",?\s+(?P<year>\d{4})" + _TIME, re.I),
+    re.compile(
+        r"(?<!\d)(?P<day>\d{1,2})(?:st|nd|rd|th)?\s+" + _MONTH + r",?\s+(?P<year>\d{4})" + _TIME,
+        re.I,
+    ),
     # Nov 27, 2025
     re.compile(
         r"\b" + _MONTH + r"\s+(?P<day>\d{1,2})(?:st|nd|rd|th)?,?\s+(?P<year>\d{4})" + _TIME, re.I
@@ -62,6 +68,12 @@ _PATTERNS = (
     # 11월 27일 (year inferred)
     re.compile(r"(?<!\d)(?P<month>\d{1,2})\s*월\s*(?P<day>\d{1,2})\s*일" + _TIME),
 )
+# How far ahead of "now" a date printed without a year may fall.
+YEARLESS_LEEWAY = timedelta(days=2)
+# Dates outside [EARLIEST, now + LATEST_AHEAD] are typos or placeholders
+# ("1900-01-01", "2099-12-31"), not publication dates.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_AHEAD = timedelta(days=366)
 _ISO_LIKE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 _HAS_ZONE = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$", re.I)
 
@@ -88,10 +100,8 @@ def _hour24(hour: int, ampm: str | None) -> int:
 
 def _from_match(match: re.Match[str], tz: str, now: datetime) -> datetime | None:
     parts = match.groupdict()
-    if parts.get("mon"):
-        month = _MONTHS[parts["mon"].lower().rstrip(".")]
-    else:
-        month = int(parts["month"])
+    mon = parts.get("mon")
+    month = _MONTHS[mon.lower().rstrip(".")] if mon else int(parts["month"])
     day = int(parts["day"])
     hour = minute = second = 0
     if parts.get("hour"):
@@ -102,8 +112,9 @@ def _from_match(match: re.Match[str], tz: str, now: datetime) -> datetime | None
         if parts.get("year"):
             local = datetime(int(parts["year"]), month, day, hour, minute, second)
             return _to_utc(local, tz)
-        # No year: the most recent such date that is not after tomorrow.
-        limit = now + timedelta(days=1)
+        # No year: the most recent such date at most two days ahead of now
+        # (a listing in Seoul may be a day ahead of a server elsewhere).
+        limit = now + YEARLESS_LEEWAY
         year = now.astimezone(_zone(tz)).year + 1
         for candidate_year in (year, year - 1, year - 2, year - 3, year - 4):
             try:
@@ -118,6 +129,11 @@ def _from_match(match: re.Match[str], tz: str, now: datetime) -> datetime | None
         return None
 
 
+def is_plausible(value: datetime, now: datetime) -> bool:
+    """True for dates from 1970 up to a year after ``now``; others are placeholders or typos."""
+    return EARLIEST <= value <= now + LATEST_AHEAD
+
+
 def parse_date(
     text: str | None,
     *,
@@ -127,10 +143,18 @@ def parse_date(
 ) -> datetime | None:
     """Read a date from ``text`` as an aware UTC datetime, or None.
 
-    ``fmt`` (a ``strptime`` format) wins when given and matching. Dates
-    without a zone are taken to be in ``tz``. A month and day without a year
-    (``11월 27일``) get the most recent year that does not put them more than
-    a day after ``now``.
+    Understands RFC 822 and ISO 8601 (as feeds print them), ``2025.11.27``,
+    ``2025-11-27``, ``2025/11/27``, ``2025년 11월 27일``, ``27 Nov 2025``,
+    ``Nov 27, 2025`` and ``11월 27일``, each with an optional time (``14:30``,
+    ``오후 2:30``, ``2:30 PM``). ``fmt`` (a ``strptime`` format) is tried first
+    when given. Dates without a zone are taken to be in ``tz``. A month and day
+    without a year get the most recent year that puts them at most two days
+    after ``now``.
+
+    Implausible results (before 1970, or more than a year after ``now``) are
+    returned as None rather than clamped: a clamped date would look real in
+    the digest, while None lets the caller fall back to another date field or
+    to the time the entry was first seen, and flag it.
     """
     if not text:
         return None
@@ -139,6 +163,13 @@ def parse_date(
         return None
     if now is None:
         now = datetime.now(UTC)
+    value = _parse(text, tz, fmt, now)
+    if value is None or not is_plausible(value, now):
+        return None
+    return value
+
+
+def _parse(text: str, tz: str, fmt: str | None, now: datetime) -> datetime | None:
     if fmt:
         try:
             return _to_utc(datetime.strptime(text, fmt), tz)

@@ -108,9 +108,9 @@ def decode_html(
     if as_korean is not None and _mostly_hangul(as_korean):
         # A Western single-byte label decodes anything; Hangul text says it lied.
         return as_korean
-    for codec in labels:
-        if codec and codec not in ("utf-8", "utf_8"):
-            text = _strict(content, codec)
+    for label_codec in labels:
+        if label_codec and label_codec not in ("utf-8", "utf_8"):
+            text = _strict(content, label_codec)
             if text is not None:
                 return text
     if as_korean is not None:

@@ -1,0 +1,357 @@
+"""``RawEntry`` → ``Item``: safe HTML, absolute URLs, clean text, UTC dates, a section.
+
+Everything that comes out of here may be shown to readers (web page, feed,
+email), so third-party HTML is sanitized with nh3 against an allow-list, and
+relative ``href``/``src`` values are resolved in the same pass through nh3's
+``attribute_filter`` (measured: ~5 % over a plain ``nh3.clean``, against ~40 %
+for a second parse with selectolax to rewrite the URLs).
+
+Normalizing is idempotent: an ``Item`` turned back into a ``RawEntry`` and
+normalized again comes out the same. Re-ingesting an unchanged entry therefore
+never looks like an update.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+import unicodedata
+from collections.abc import Sequence
+from datetime import datetime
+from functools import lru_cache, partial
+from urllib.parse import urljoin, urlsplit
+
+import nh3
+from selectolax.lexbor import LexborHTMLParser
+
+from .dedupe import canonical_url, content_hash, fingerprint
+from .errors import ParseError
+from .models import Item, RawEntry, SectionRule, Source
+from .sources.dates import is_plausible, parse_date
+
+log = logging.getLogger(__name__)
+
+ALLOWED_TAGS = frozenset(
+    {
+        "a", "abbr", "b", "blockquote", "br", "caption", "cite", "code", "dd", "del", "dl",
+        "dt", "em", "figcaption", "figure", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img",
+        "ins", "li", "ol", "p", "pre", "q", "s", "small", "strong", "sub", "sup", "table",
+        "tbody", "td", "tfoot", "th", "thead", "tr", "u", "ul",
+    }
+)  # fmt: skip
+ALLOWED_ATTRIBUTES: dict[str, set[str]] = {
+    "a": {"href", "title"},
+    "img": {"src", "alt", "width", "height", "title"},
+    "abbr": {"title"},
+    "td": {"colspan", "rowspan"},
+    "th": {"colspan", "rowspan", "scope"},
+    "ol": {"start"},
+}
+URL_SCHEMES = frozenset({"http", "https", "mailto"})
+LINK_REL = "noopener noreferrer nofollow"
+# Dropped with everything inside them: their content is code or chrome, not text.
+DROP_WITH_CONTENT = frozenset(
+    {
+        "script", "style", "iframe", "object", "embed", "noscript", "template", "svg", "math",
+        "textarea", "select", "button", "form", "frameset", "frame", "applet", "head", "title",
+    }
+)  # fmt: skip
+_URL_ATTRIBUTES = frozenset({"href", "src"})
+
+MAX_TITLE_CHARS = 1000
+EXCERPT_CHARS = 300
+# A sentence end shorter than this would make a stubby excerpt; cut at a word instead.
+_MIN_SENTENCE_EXCERPT = EXCERPT_CHARS // 3
+_SENTENCE_END = frozenset(".!?。！？…")
+_CLOSERS = frozenset("\"'”’)]」』》〉")
+_TRIM_BEFORE_ELLIPSIS = ",;:-–—·/([{\"'“‘「『《〈 "
+# Zero-width and bidi-control characters: invisible, used to defeat matching.
+_INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\u00ad]")
+# C0/C1 controls except tab, newline and carriage return (turned into spaces below).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Block-level boundaries that must separate words when HTML is turned into text.
+_BLOCK_BOUNDARY = re.compile(
+    r"<(?:/?(?:p|div|li|ul|ol|h[1-6]|blockquote|pre|table|tr|td|th|figure|figcaption|dt|dd|dl"
+    r"|caption|thead|tbody|tfoot)\b[^>]*|br\s*/?|hr\s*/?)>",
+    re.I,
+)
+
+
+# ------------------------------------------------------------------------- text
+
+
+def _clean_once(text: str) -> str:
+    text = html.unescape(text)
+    text = unicodedata.normalize("NFC", text)
+    text = _INVISIBLE.sub("", text)
+    text = _CONTROL.sub(" ", text)
+    return " ".join(text.split())
+
+
+def clean_text(text: str | None) -> str:
+    """Plain text for titles, authors and the like.
+
+    Entities are decoded (repeatedly: feeds often double-escape, ``&amp;quot;``),
+    the text is NFC-normalized, control and zero-width characters are removed
+    and whitespace runs become one space. Repeating until nothing changes makes
+    the result a fixed point, so cleaning clean text is a no-op.
+    """
+    if not text:
+        return ""
+    for _ in range(8):  # each changing round shortens the text; 8 is plenty
+        cleaned = _clean_once(text)
+        if cleaned == text:
+            break
+        text = cleaned
+    return text
+
+
+def html_text(markup: str) -> str:
+    """The readable text of (sanitized) HTML, block elements separated by spaces."""
+    if not markup:
+        return ""
+    spaced = _BLOCK_BOUNDARY.sub(lambda m: " " + m.group(0) + " ", markup)
+    body = LexborHTMLParser(f"<body>{spaced}</body>").body
+    return clean_text(body.text(deep=True) if body is not None else "")
+
+
+def cut_title(title: str, limit: int = MAX_TITLE_CHARS) -> str:
+    """``title`` shortened to ``limit`` characters at a word boundary, with "…"."""
+    if len(title) <= limit:
+        return title
+    head = title[: limit - 1]
+    space = head.rfind(" ")
+    if space > limit // 2:
+        head = head[:space]
+    return head.rstrip(_TRIM_BEFORE_ELLIPSIS) + "…"
+
+
+def _is_word_char(ch: str) -> bool:
+    # Letters, digits and combining marks belong to a word; Hangul syllables are letters.
+    return ch.isalnum() or unicodedata.category(ch).startswith("M") or ch in "_'’-"
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """The start of ``text``, at most ~``limit`` characters, ending cleanly.
+
+    Prefers the last sentence end (``.``, ``!``, ``?``, ``。``, and so Korean
+    ``…다.``) within the limit, keeping closing quotes after it; else cuts at
+    the last space and adds "…". Never cuts inside a word or Hangul syllable:
+    a single word longer than the limit is kept whole up to twice the limit,
+    and only beyond that cut hard (still between code points, with "…").
+    """
+    if len(text) <= limit:
+        return text
+    best = -1
+    for index in range(min(limit, len(text)) - 1, _MIN_SENTENCE_EXCERPT - 2, -1):
+        if text[index] not in _SENTENCE_END:
+            continue
+        end = index + 1
+        while end < len(text) and end < limit and text[end] in _CLOSERS:
+            end += 1
+        if end == len(text) or text[end].isspace():
+            best = end
+            break
+    if best > 0:
+        return text[:best]
+    cut = limit
+    while cut > 0 and not (text[cut].isspace() or not _is_word_char(text[cut])):
+        cut -= 1
+    if cut == 0:
+        # One very long "word" (a URL, unspaced CJK): extend to its end if reasonable.
+        end = cut = limit
+        while end < len(text) and end < 2 * limit and _is_word_char(text[end]):
+            end += 1
+        if end == len(text):
+            return text
+        if not _is_word_char(text[end]):
+            cut = end
+    head = text[:cut].rstrip(_TRIM_BEFORE_ELLIPSIS)
+    return (head or text[:cut]) + "…"
+
+
+# ------------------------------------------------------------------------- html
+
+
+def _filter_attribute(base: str, tag: str, attribute: str, value: str) -> str | None:
+    """nh3 hook: make ``href``/``src`` absolute, dropping any that are not http(s)/mailto.
+
+    nh3 has already rejected disallowed schemes, but its check runs before this
+    hook, so the resolved URL is checked again here.
+    """
+    if attribute not in _URL_ATTRIBUTES:
+        return value
+    value = value.strip()
+    if not value or value.startswith("#"):
+        return value or None
+    resolved = urljoin(base, value) if base else value
+    scheme = urlsplit(resolved).scheme.lower()
+    if scheme in URL_SCHEMES:
+        return resolved
+    return resolved if not scheme and ":" not in resolved.split("/", 1)[0] else None
+
+
+@lru_cache(maxsize=256)
+def _cleaner(base: str) -> nh3.Cleaner:
+    return nh3.Cleaner(
+        tags=set(ALLOWED_TAGS),
+        clean_content_tags=set(DROP_WITH_CONTENT),
+        attributes={tag: set(names) for tag, names in ALLOWED_ATTRIBUTES.items()},
+        url_schemes=set(URL_SCHEMES),
+        link_rel=LINK_REL,
+        strip_comments=True,
+        attribute_filter=partial(_filter_attribute, base),
+    )
+
+
+def sanitize_html(markup: str | None, base: str = "") -> str:
+    """Third-party HTML reduced to safe formatting, with absolute links.
+
+    Allow-list only: no script, style, iframe, event handlers, ``style``
+    attributes, ``javascript:`` or ``data:`` URLs. Links get
+    ``rel="noopener noreferrer nofollow"``. Idempotent.
+    """
+    if not markup or not markup.strip():
+        return ""
+    markup = _INVISIBLE.sub("", _CONTROL.sub(" ", markup))
+    return _cleaner(base).clean(markup).strip()
+
+
+# -------------------------------------------------------------------- sections
+
+
+@lru_cache(maxsize=256)
+def _pattern(regex: str) -> re.Pattern[str]:
+    return re.compile(regex)
+
+
+def match_section(
+    rules: Sequence[SectionRule],
+    *,
+    source_id: str,
+    title: str,
+    text: str,
+    categories: Sequence[str],
+) -> str | None:
+    """The id of the first rule that matches, or None.
+
+    Within a rule every criterion that is set must match (a title pattern
+    *and* a source list narrow each other); a rule with no criteria never
+    matches. Patterns are searched, not anchored.
+    """
+    for rule in rules:
+        checks: list[bool] = []
+        if rule.source_ids:
+            checks.append(source_id in rule.source_ids)
+        if rule.title_pattern:
+            checks.append(bool(_pattern(rule.title_pattern).search(title)))
+        if rule.text_pattern:
+            checks.append(bool(_pattern(rule.text_pattern).search(text)))
+        if rule.category_pattern:
+            pattern = _pattern(rule.category_pattern)
+            checks.append(any(pattern.search(c) for c in categories))
+        if checks and all(checks):
+            return rule.id
+    return None
+
+
+# ----------------------------------------------------------------------- entry
+
+
+def _http_url(base: str, value: str | None) -> str | None:
+    if not value or not value.strip():
+        return None
+    url = urljoin(base, value.strip()) if base else value.strip()
+    return url if urlsplit(url).scheme.lower() in ("http", "https") else None
+
+
+def _date(value: datetime | None, now: datetime) -> datetime | None:
+    if value is None or value.tzinfo is None or not is_plausible(value, now):
+        return None
+    return min(value, now)
+
+
+def normalize(
+    source: Source,
+    entry: RawEntry,
+    *,
+    sections: Sequence[SectionRule],
+    now: datetime,
+    fallback_base: str,
+) -> Item:
+    """Turn one parsed entry into a storable, displayable ``Item``.
+
+    ``fallback_base`` (the URL the document was fetched from) resolves links
+    when the entry has no base of its own. Dates fall back from published to
+    updated to ``date_text`` to ``now`` (then ``date_missing`` is set); dates
+    in the future are clamped to ``now``. Raises ``ParseError`` for an entry
+    with no usable http(s) link, which cannot be shown or deduplicated.
+    """
+    base = _http_url(fallback_base, entry.base_url) or fallback_base
+    url = _http_url(fallback_base, entry.link)
+    if url is None and entry.guid:
+        url = _http_url("", entry.guid)
+    if url is None:
+        raise ParseError(
+            f"entry {entry.guid or entry.title or '?'!r} has no http(s) link",
+            source_id=source.id,
+            url=fallback_base,
+        )
+    canonical = canonical_url(url, keep=source.identity_params, drop=source.drop_params)
+    guid = clean_text(entry.guid) or canonical
+
+    summary_html = sanitize_html(entry.summary_html, base)
+    content_html = sanitize_html(entry.content_html, base)
+    text = html_text(content_html or summary_html)
+    title = cut_title(clean_text(entry.title)) or cut_title(excerpt(text, 120)) or url
+    author = clean_text(entry.author) or None
+    categories = tuple(dict.fromkeys(c for c in map(clean_text, entry.categories) if c))
+    image_url = _http_url(base, entry.image_url)
+
+    published = _date(entry.published, now) or _date(entry.updated, now)
+    date_missing = False
+    if published is None and entry.date_text:
+        published = _date(
+            parse_date(entry.date_text, tz=source.timezone, fmt=source.date_format, now=now), now
+        )
+    if published is None:
+        published = now
+        date_missing = True
+    updated = _date(entry.updated, now) or published
+    updated = max(updated, published)
+
+    section = (
+        match_section(sections, source_id=source.id, title=title, text=text, categories=categories)
+        or source.section
+    )
+    return Item(
+        source_id=source.id,
+        guid=guid,
+        url=url,
+        canonical_url=canonical,
+        title=title,
+        summary_html=summary_html,
+        content_html=content_html,
+        text=text,
+        excerpt=excerpt(text),
+        fingerprint=fingerprint(title, text),
+        content_hash=content_hash(
+            title=title,
+            url=url,
+            summary_html=summary_html,
+            content_html=content_html,
+            image_url=image_url,
+            author=author,
+            categories=categories,
+            published_at=published,
+        ),
+        published_at=published,
+        updated_at=updated,
+        image_url=image_url,
+        author=author,
+        categories=categories,
+        section=section,
+        language=clean_text(entry.language) or None,
+        date_missing=date_missing,
+    )
