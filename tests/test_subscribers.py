@@ -154,13 +154,16 @@ def test_tokens_are_bound_to_purpose_subscriber_and_secret() -> None:
 
 
 def _cli() -> typer.Typer:
-    names = {group.name for group in app.registered_groups}
-    if "subscribers" not in names:
+    """The real ``aggregator`` app, with this module's commands whether or not cli.py wired them."""
+    groups = {group.name: group.typer_instance for group in app.registered_groups}
+    if "subscribers" not in groups:
         register(app)
-    if "digest" not in names:
+    digest_app = groups.get("digest")
+    if digest_app is None:
         digest_app = typer.Typer()
-        register_digest_send(digest_app)
         app.add_typer(digest_app, name="digest")
+    if not any(command.name == "send" for command in digest_app.registered_commands):
+        register_digest_send(digest_app)
     return app
 
 
