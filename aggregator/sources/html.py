@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from selectolax.lexbor import LexborHTMLParser, LexborNode
+from selectolax.lexbor import LexborHTMLParser, LexborNode, SelectolaxError
 
 from ..dedupe import canonical_url
 from ..errors import ParseError, ScrapeError
@@ -65,7 +65,7 @@ def _clean(text: str) -> str:
 def _css(node: LexborNode | LexborHTMLParser, css: str, source: Source) -> list[LexborNode]:
     try:
         return list(node.css(css))
-    except (ValueError, RuntimeError, TypeError) as exc:
+    except (SelectolaxError, ValueError, TypeError) as exc:
         raise ScrapeError(f'invalid CSS selector "{css}": {exc}', source_id=source.id) from exc
 
 
