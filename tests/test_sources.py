@@ -335,7 +335,9 @@ def test_alarm_item_selector_matched_nothing() -> None:
     with pytest.raises(ScrapeError) as caught:
         scrape(page)
 
-    assert str(caught.value) == (f'kobiz-kopick: selector "ul.list > li" matched nothing on {LISTING_URL}')
+    assert str(caught.value) == (
+        f'kobiz-kopick: selector "ul.list > li" matched nothing on {LISTING_URL}'
+    )
     assert caught.value.url == LISTING_URL
     assert caught.value.source_id == "kobiz-kopick"
 
