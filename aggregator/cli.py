@@ -305,9 +305,12 @@ def opml_export(
 
 def _register_commands() -> None:
     """Commands living in their own modules (kept small, imported lazily at run time)."""
-    from . import cli_publish, cli_service
+    from . import cli_digest, cli_mail, cli_publish, cli_service
 
     cli_publish.register(app)
+    cli_digest.register(app)
+    cli_mail.register(app)
+    cli_mail.register_digest_send(cli_digest.digest_app)
     cli_service.register(app)
 
 

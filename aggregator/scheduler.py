@@ -234,19 +234,22 @@ class Service:
 
     async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
         log.info("shutting down")
+        # Stop firing new jobs, but let running ones finish within the grace
+        # period: the scheduler's own shutdown would cancel them at once.
         if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+            self.scheduler.pause()
         if self._server is not None:
             self._server.should_exit = True
         if self._in_flight:
-            log.info(
-                "waiting up to %.0fs for %d running jobs", SHUTDOWN_GRACE, len(self._in_flight)
-            )
+            running = len(self._in_flight)
+            log.info("waiting up to %.0fs for %d running jobs", SHUTDOWN_GRACE, running)
             _, pending = await asyncio.wait(self._in_flight, timeout=SHUTDOWN_GRACE)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
         for task in tasks:
             if task.get_name() == "web":
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -350,7 +353,13 @@ class Service:
     async def _ingest_job(self, source_id: str) -> None:
         if self._stopping.is_set() or self._ingestor is None or self._fetcher is None:
             return
-        await self._track(self.ingest_source(source_id))
+        try:
+            await self._track(self.ingest_source(source_id))
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            log.warning("%s: fetch cancelled by shutdown; it runs again after restart", source_id)
 
     async def ingest_source(self, source_id: str) -> IngestStats | None:
         """One ingest of one source, honouring its backoff; publishes when it stored something."""

@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.support.http",
     "tests.support.db",
+    "tests.support.smtp",
 ]

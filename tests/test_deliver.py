@@ -27,7 +27,6 @@ from tests.support.http import unused_port
 if TYPE_CHECKING:
     from tests.support.smtp import SmtpFixture
 
-pytest_plugins = ["tests.support.smtp"]
 
 SECRET = "test-secret-0123456789abcdef"
 SITE = Site(

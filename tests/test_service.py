@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from apscheduler.job import Job
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -94,7 +95,7 @@ async def running(service: Service) -> asyncio.Task[None]:
 def test_scheduler_ingests_each_source_and_publishes(
     http_server: FixtureServer, tmp_path: Path
 ) -> None:
-    http_server.add("/a.xml", rss(3, "alpha"))
+    http_server.add("/a.xml", rss(3, "alpha"), etag='"a1"')
     http_server.add("/b.xml", rss(2, "beta"))
     port = free_port()
     path = write_config(
@@ -167,24 +168,34 @@ def _insert_last_week_items(store: Store, slot: Any) -> None:
 
 
 def _simulate_downtime(store: Store, path: Path, *, missed_by: timedelta) -> None:
-    """Leave the persistent digest job as a service that went down would: due in the past."""
+    """Leave the persistent digest job as a service that went down would: due in the past.
+
+    Written straight into the job store: a scheduler started just for this
+    could process the due job itself while shutting down.
+    """
     from aggregator.scheduler import weekly_digest_job
 
     config = load_config(path)
-    scheduler = BackgroundScheduler(
-        jobstores={"persistent": SQLAlchemyJobStore(engine=store.engine)}
+    jobstore = SQLAlchemyJobStore(engine=store.engine, tablename="apscheduler_jobs")
+    owner = BackgroundScheduler()  # never started; jobs need a scheduler reference
+    jobstore.start(owner, "persistent")
+    jobstore.add_job(
+        Job(
+            owner,
+            id=DIGEST_JOB,
+            func=weekly_digest_job,
+            trigger=digest_trigger(config),
+            executor="default",
+            args=(),
+            kwargs={},
+            name="weekly digest",
+            misfire_grace_time=int(DIGEST_MISFIRE_GRACE.total_seconds()),
+            coalesce=True,
+            max_instances=1,
+            next_run_time=utcnow() - missed_by,
+        )
     )
-    scheduler.start(paused=True)
-    scheduler.add_job(
-        weekly_digest_job,
-        digest_trigger(config),
-        id=DIGEST_JOB,
-        jobstore="persistent",
-        misfire_grace_time=int(DIGEST_MISFIRE_GRACE.total_seconds()),
-        coalesce=True,
-        next_run_time=utcnow() - missed_by,
-    )
-    scheduler.shutdown(wait=False)
+    jobstore.shutdown()
 
 
 def test_missed_digest_after_downtime_is_sent_exactly_once(
@@ -327,6 +338,7 @@ def test_sigterm_during_fetch_shuts_down_cleanly(
             "-c",
             str(path),
             "--log-text",
+            "-v",
             "run",
             "--port",
             str(port),
@@ -351,7 +363,7 @@ def test_sigterm_during_fetch_shuts_down_cleanly(
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, output
-    assert "stopped" in output
+    assert "stopped" in output, output
     assert took < 30  # the grace period, then the trickling fetch is cancelled
     db = sqlite3.connect(tmp_path / "service.db")
     try:

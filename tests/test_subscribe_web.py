@@ -30,7 +30,6 @@ from tests.test_deliver import make_digest
 if TYPE_CHECKING:
     from tests.support.smtp import SmtpFixture
 
-pytest_plugins = ["tests.support.smtp"]
 
 SECRET = "web-test-secret-0123456789abcdef"
 

@@ -23,7 +23,6 @@ from tests.test_deliver import make_digest
 if TYPE_CHECKING:
     from tests.support.smtp import SmtpFixture
 
-pytest_plugins = ["tests.support.smtp"]
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 

@@ -62,8 +62,8 @@ def site_file(name: str) -> bytes:
     return resources.files(__package__).joinpath("site", name).read_bytes()
 
 
-def fill_placeholders(data: bytes, base: str, now: datetime) -> bytes:
-    """Replace ``{{date:N}}`` (N days ago) and friends; works on any ASCII-compatible bytes."""
+def fill_placeholders(data: bytes, base: str, now: datetime, encoding: str = "utf-8") -> bytes:
+    """Replace ``{{date:N}}`` (N days ago) and friends in bytes of an ASCII-compatible encoding."""
 
     def one(match: re.Match[bytes]) -> bytes:
         kind = match.group(1).decode()
@@ -77,8 +77,8 @@ def fill_placeholders(data: bytes, base: str, now: datetime) -> bytes:
             "rfc822": format_datetime(when),
             "iso": when.isoformat(),
         }[kind]
-        # Korean dates go into an EUC-KR page too: encode like the page around them.
-        return text.encode("euc-kr" if kind == "korean_date" else "ascii")
+        # Korean dates also go into an EUC-KR page: encode like the page around them.
+        return text.encode(encoding)
 
     return _PLACEHOLDER.sub(one, data)
 
@@ -111,7 +111,8 @@ class _SampleHandler(BaseHTTPRequestHandler):
             self._send(b"not found\n", "text/plain", status=404)
 
     def _send(self, data: bytes, content_type: str | None, status: int = 200) -> None:
-        data = fill_placeholders(data, self.server.base, self.server.now)
+        encoding = "euc-kr" if self.path.startswith("/kor/") else "utf-8"
+        data = fill_placeholders(data, self.server.base, self.server.now, encoding)
         self.send_response(status)
         if content_type:
             self.send_header("Content-Type", content_type)
