@@ -3,8 +3,10 @@
 Everything that comes out of here may be shown to readers (web page, feed,
 email), so third-party HTML is sanitized with nh3 against an allow-list, and
 relative ``href``/``src`` values are resolved in the same pass through nh3's
-``attribute_filter`` (measured: ~5 % over a plain ``nh3.clean``, against ~40 %
-for a second parse with selectolax to rewrite the URLs).
+``attribute_filter``. Measured on a 5 KB fragment with 80 relative URLs:
+``nh3.clean`` alone ~170 µs, with the filter ~680 µs (the Python callback and
+``urljoin``), nh3 followed by a selectolax pass rewriting the URLs ~820 µs. So
+the filter wins, and it skips ``urljoin`` for URLs that are already absolute.
 
 Normalizing is idempotent: an ``Item`` turned back into a ``RawEntry`` and
 normalized again comes out the same. Re-ingesting an unchanged entry therefore
@@ -185,6 +187,8 @@ def _filter_attribute(base: str, tag: str, attribute: str, value: str) -> str | 
     value = value.strip()
     if not value or value.startswith("#"):
         return value or None
+    if value.startswith(("https://", "http://")):
+        return value  # already absolute (most feeds): skip urljoin, the bulk of the cost
     resolved = urljoin(base, value) if base else value
     scheme = urlsplit(resolved).scheme.lower()
     if scheme in URL_SCHEMES:
