@@ -168,6 +168,7 @@ def parse_listing(source: Source, result: FetchResult) -> ParsedFeed:
         raise _scrape_error(source, url, f'selector "{select.item}" matched nothing')
 
     title_selector = FieldSelector.parse(select.title)
+    date_selector = FieldSelector.parse(select.date) if select.date else None
     rows: list[_Row] = []
     for item in items:
         title_node = _first(item, title_selector, source)
@@ -179,7 +180,7 @@ def parse_listing(source: Source, result: FetchResult) -> ParsedFeed:
                 else _clean(title_node.text(deep=True)) or None
             )
         link = _absolute(base, _link_of(item, title_node, select, source))
-        date_text = _value(item, FieldSelector.parse(select.date), source) if select.date else None
+        date_text = _value(item, date_selector, source) if date_selector else None
         rows.append(_Row(title, link, date_text, item))
 
     total = len(rows)

@@ -86,9 +86,8 @@ def _entry(item: dict[str, Any], feed: dict[str, Any], source: Source, base: str
 def parse_json_feed(source: Source, result: FetchResult) -> ParsedFeed:
     """Parse JSON Feed bytes; invalid JSON raises ``ParseError`` with its position.
 
-    Relative URLs in items are resolved later against the item's base, which
-    is the feed's ``home_page_url`` (what 1.1 says relative URLs are relative
-    to) or else the URL the feed was fetched from.
+    Relative URLs in items are resolved later (in normalize) against the URL
+    the feed was fetched from, as for any other document.
     """
     text = decode_html(result.content or b"", http_charset=result.charset)
     try:
@@ -110,7 +109,7 @@ def parse_json_feed(source: Source, result: FetchResult) -> ParsedFeed:
     if "jsonfeed.org/version/" not in version:
         warning = f'missing or unknown JSON Feed version "{version}"'
     home = _str(document.get("home_page_url"))
-    base = home or result.url
+    base = result.url
     items = [i for i in document.get("items", []) if isinstance(i, dict)]
     return ParsedFeed(
         title=_str(document.get("title")),
