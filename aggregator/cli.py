@@ -9,8 +9,10 @@ traceback here is a bug.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -22,9 +24,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .config import Config, load_config, parse_duration
-from .errors import AggregatorError, ConfigError
+from .errors import AggregatorError, ConfigError, ConfigErrors
 from .logs import setup_logging
-from .models import IngestOutcome, IngestStats
+from .models import FetchResult, IngestOutcome, IngestStats, Selectors, Source, utcnow
 from .store import Store
 
 app = typer.Typer(
@@ -298,6 +300,92 @@ def opml_export(
         out.write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
+
+
+_SELECT_FIELDS = ("item", "title", "link", "summary", "date", "image", "author", "next_page")
+
+
+def _try_target(target: str, select: list[str], kind: str | None) -> tuple[Source, Config | None]:
+    """The source to try: a feeds.yaml source id, or a URL with selectors on the command line."""
+    overrides: dict[str, str] = {}
+    for spec in select:
+        name, sep, css = spec.partition("=")
+        if not sep or name.strip() not in _SELECT_FIELDS or not css.strip():
+            raise typer.BadParameter(
+                f'"{spec}": use FIELD=CSS with FIELD one of {", ".join(_SELECT_FIELDS)}'
+            )
+        overrides[name.strip()] = css.strip()
+    config: Config | None = None
+    if "://" in target:
+        with contextlib.suppress(ConfigError, ConfigErrors, OSError):
+            config = _config()
+        html = kind == "html" or (kind is None and bool(overrides))
+        base = Source(id="try", url=target, type="html" if html else "feed")
+    else:
+        config = _config()
+        base = config.source(target)
+        if kind is not None:
+            base = replace(base, type="html" if kind == "html" else "feed")
+    if base.type == "html":
+        current = base.select or Selectors(item="", title="", link="a@href")
+        fields = {f: getattr(current, f) for f in _SELECT_FIELDS}
+        fields.update(overrides)
+        if not fields["item"] or not fields["title"]:
+            raise typer.BadParameter("an HTML listing needs at least --select item=... title=...")
+        base = replace(base, select=Selectors(**fields))
+    return base, config
+
+
+@app.command("try-source")
+def try_source(
+    target: Annotated[str, typer.Argument(help="A source id from feeds.yaml, or a URL.")],
+    select: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--select", help='Override a selector: FIELD=CSS, e.g. --select "title=p.tit a".'
+        ),
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option("--type", help="feed or html (default: html when --select).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Show at most this many items.")] = 20,
+) -> None:
+    """Dry-run one source: fetch, parse and normalize it, print what would be stored.
+
+    Nothing is written. For admins writing selectors: the breakage alarms that
+    would mark the source broken are printed as errors here.
+    """
+    from .fetch import Fetcher
+    from .ingest import extract
+
+    if kind not in (None, "feed", "html"):
+        raise typer.BadParameter('--type must be "feed" or "html"')
+    source, config = _try_target(target, select or [], kind)
+    sections = config.sections if config else ()
+
+    async def fetch() -> FetchResult:
+        async with Fetcher() as fetcher:
+            return await fetcher.fetch_url(source.url, source_id=source.id, timeout=source.timeout)
+
+    result = asyncio.run(fetch())
+    extracted = extract(source, result, sections, utcnow())
+    if extracted.error:
+        err_console.print(
+            f"[red]{'broken' if extracted.broken else 'error'}[/red] {extracted.error}",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    if extracted.warning:
+        err_console.print(f"[yellow]warning[/yellow] {extracted.warning}", highlight=False)
+    table = Table(title=f"{source.id}: {len(extracted.items)} items from {result.url}")
+    for name in ("date", "section", "title", "canonical link", "excerpt"):
+        table.add_column(name, overflow="fold")
+    for item in extracted.items[:limit]:
+        date = "(none)" if item.date_missing else f"{item.published_at:%Y-%m-%d %H:%M}"
+        table.add_row(date, item.section or "", item.title, item.canonical_url, item.excerpt[:160])
+    console.print(table)
+    if extracted.next_page_url:
+        console.print(f"next page: {extracted.next_page_url}", highlight=False)
 
 
 # ---------------------------------------------------------------------- other commands

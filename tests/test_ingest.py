@@ -7,14 +7,19 @@ or more ingest passes and looks at what the store holds afterwards.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from aggregator.config import Config, parse_config
+from aggregator.config import Config, load_config, parse_config
 from aggregator.ingest import Ingestor
 from aggregator.models import IngestOutcome, IngestStats
 from aggregator.store import Store
@@ -324,3 +329,116 @@ def test_many_sources_through_the_process_pool(
 
     assert all(s.outcome == IngestOutcome.OK for s in stats.values())
     assert store.count_items() == 60
+
+
+def test_week_later_shift_to_page_two_is_one_new_item_and_no_duplicate(
+    http_server: FixtureServer, store: Store, tmp_path: Path
+) -> None:
+    week1 = [
+        (98, "Ko-pick: Ninety-eight", "a."),
+        (97, "Ko-pick: Ninety-seven", "b."),
+        (96, "Ko-pick: Ninety-six", "c."),
+    ]
+    http_server.add("/board", kobiz_listing(week1), content_type="text/html")
+    config = make_config(
+        tmp_path,
+        f"  - {{id: kobiz-columns, type: html, url: '{http_server.url('/board')}', max_pages: 3,"
+        " identity_params: [blbdComCd, seq, mode],"
+        ' select: {item: "ul.list > li", title: "p.tit a", next_page: "a.next@href"}}\n',
+    )
+    assert run(config, store)["kobiz-columns"].new == 3
+
+    # A week later a new column pushed the oldest one to page 2 (pageIndex=2 in its link).
+    week2 = [(99, "Ko-pick: Ninety-nine", "d."), *week1[:2]]
+    http_server.add("/board", kobiz_listing(week2, next_page="/board2"), content_type="text/html")
+    http_server.add("/board2", kobiz_listing(week1[2:], page=2), content_type="text/html")
+    stats = run(config, store)["kobiz-columns"]
+
+    assert (stats.new, stats.duplicates) == (1, 0)
+    assert store.count_items() == 4
+    assert http_server.count("/board2") == 0  # page 1 already held known items: no paging
+
+
+def test_shipped_kobiz_sources_work_against_a_local_copy(
+    http_server: FixtureServer, store: Store, tmp_path: Path
+) -> None:
+    fixtures = Path(__file__).parent / "fixtures" / "sources"
+    http_server.add(
+        "/eng/news/ko_pick.jsp",
+        (fixtures / "kobiz_kopick.html").read_bytes(),
+        content_type="text/html; charset=utf-8",
+    )
+    shipped = load_config(Path(__file__).parent.parent / "feeds.yaml")
+    kopick = replace(
+        shipped.source("kobiz-kopick"),
+        url=http_server.url("/eng/news/ko_pick.jsp?blbdComCd=601029"),
+    )
+    config = replace(shipped, sources=(kopick,), database_url=store.engine.url.render_as_string())
+
+    stats = run(config, store)["kobiz-kopick"]
+
+    assert stats.outcome == IngestOutcome.OK and stats.new == 4
+    items = {i.title: i for i in store.recent_items(10)}
+    column = items["Ko-pick: Most Anticipated Korean Films of 2026"]
+    assert column.canonical_url == http_server.url(
+        "/eng/news/ko_pick.jsp?blbdComCd=601029&mode=VIEW&seq=98"
+    )
+    assert column.section == "ko-pick"
+    assert column.published_at.astimezone(ZoneInfo("Asia/Seoul")).date().isoformat() == (
+        "2025-11-27"
+    )
+    assert "2026년 가장 기대되는 한국 영화" in items
+
+
+def test_try_source_prints_what_a_selector_extracts_and_writes_nothing(
+    http_server: FixtureServer, tmp_path: Path
+) -> None:
+    page = kobiz_listing([(7, "Ko-pick: Seven", "Text seven."), (6, "여섯 번째 칼럼", "본문.")])
+    http_server.add("/list", page, content_type="text/html")
+    env = {**os.environ, "COLUMNS": "200"}
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aggregator",
+            "try-source",
+            http_server.url("/list"),
+            "--select",
+            "item=ul.list > li",
+            "--select",
+            "title=p.tit a",
+            "--select",
+            "date=span.date",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert (
+        "2 items" in ok.stdout and "Ko-pick: Seven" in ok.stdout and "여섯 번째 칼럼" in ok.stdout
+    )
+
+    broken = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aggregator",
+            "try-source",
+            http_server.url("/list"),
+            "--select",
+            "item=ul.list > li",
+            "--select",
+            "title=h2.nothing",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert broken.returncode == 1
+    assert 'selector "h2.nothing" matched 0 of 2 items' in broken.stderr
+    assert not list(tmp_path.glob("**/*.db"))
