@@ -305,7 +305,12 @@ async def run_demo(
         try:
             step(f"sample sources on {base}; mail sink on 127.0.0.1:{smtp_port}")
             store.sync_sources(config.sources)
-            stats = await Ingestor(config, store).run()
+            # The KoBiz boards first, so a story they share with an outlet is
+            # stored as KoBiz's and the outlet's copy is the marked duplicate.
+            ingestor = Ingestor(config, store)
+            boards = [s.id for s in config.sources if s.type == "html"]
+            others = [s.id for s in config.sources if s.type != "html"]
+            stats = await ingestor.run(boards) + await ingestor.run(others)
             for s in stats:
                 step(f"ingest {s.source_id}: {s.outcome.value}, {s.new} new, {s.duplicates} dup")
             sections = {s.id: s.title for s in config.sections}
