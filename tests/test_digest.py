@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email
-import hashlib
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -28,6 +27,7 @@ from aggregator.digest import (
 from aggregator.models import Item, Source
 from aggregator.render import UNSUBSCRIBE_PLACEHOLDER
 from aggregator.store import Store
+from tests.support.items import make_item as build_item
 
 CONFIG_YAML = """
 site:
@@ -69,23 +69,8 @@ def sqlite_store(sqlite_url: str, config: Config) -> Iterator[Store]:
 def make_item(
     source_id: str, n: int, title: str, *, section: str | None, published: datetime
 ) -> Item:
-    url = f"https://{source_id}.example.org/article/{n}"
-    text = f"About {title}."
-    return Item(
-        source_id=source_id,
-        guid=f"{source_id}-{n}",
-        url=url,
-        canonical_url=url,
-        title=title,
-        summary_html=f"<p>{text}</p>",
-        content_html=f"<p>{text}</p>",
-        text=text,
-        excerpt=text,
-        fingerprint=hashlib.sha1(title.encode()).hexdigest(),
-        content_hash=hashlib.sha1((title + text).encode()).hexdigest(),
-        published_at=published,
-        updated_at=published,
-        section=section,
+    return build_item(
+        source_id, n, title=title, text=f"About {title}.", section=section, published=published
     )
 
 

@@ -29,10 +29,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from aggregator.config import load_config
 from aggregator.digest import latest_slot
-from aggregator.models import Item, utcnow
+from aggregator.models import utcnow
 from aggregator.scheduler import DIGEST_JOB, DIGEST_MISFIRE_GRACE, Service, digest_trigger
 from aggregator.store import Store
 from tests.support.http import FixtureServer
+from tests.support.items import make_item
 
 SECRET = "s" * 32
 
@@ -144,26 +145,7 @@ def _insert_last_week_items(store: Store, slot: Any) -> None:
 
     store.sync_sources([Source(id="kobiz", url="https://kobiz.example/", type="feed")])
     seen = slot - timedelta(days=1)
-    items = []
-    for n in range(3):
-        url = f"https://kobiz.example/ko-pick/{n}"
-        items.append(
-            Item(
-                source_id="kobiz",
-                guid=f"k{n}",
-                url=url,
-                canonical_url=url,
-                title=f"Ko-pick: column {n}",
-                summary_html="<p>Text.</p>",
-                content_html="<p>Text.</p>",
-                text="Text.",
-                excerpt="Text.",
-                fingerprint=f"fp{n}",
-                content_hash=f"h{n}",
-                published_at=seen,
-                updated_at=seen,
-            )
-        )
+    items = [make_item("kobiz", n, title=f"Ko-pick: column {n}", published=seen) for n in range(3)]
     store.save_items("kobiz", items, fetched_at=seen, next_fetch_at=slot + timedelta(days=30))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -12,6 +11,7 @@ from sqlalchemy.exc import StatementError
 from aggregator.errors import StoreError
 from aggregator.models import Item, Source
 from aggregator.store import Store
+from tests.support.items import make_item as build_item
 
 T0 = datetime(2026, 11, 2, 0, 0, tzinfo=UTC)
 
@@ -21,25 +21,14 @@ def make_source(source_id: str, url: str | None = None) -> Source:
 
 
 def make_item(source_id: str, n: int, *, title: str | None = None, body: str = "") -> Item:
-    title = title or f"Item {n} from {source_id}"
-    text = body or f"Body of {title}."
-    url = f"https://{source_id}.example.org/article/{n}"
-    return Item(
-        source_id=source_id,
-        guid=f"{source_id}-{n}",
-        url=url,
-        canonical_url=url,
+    return build_item(
+        source_id,
+        n,
         title=title,
-        summary_html=f"<p>{text}</p>",
-        content_html=f"<p>{text}</p>",
-        text=text,
-        excerpt=text,
-        fingerprint=hashlib.sha1(title.encode()).hexdigest(),
-        content_hash=hashlib.sha1((title + text).encode()).hexdigest(),
-        published_at=T0 + timedelta(hours=n),
-        updated_at=T0 + timedelta(hours=n),
+        text=body or None,
         section="ko-pick",
         categories=("Ko-pick",),
+        published=T0 + timedelta(hours=n),
     )
 
 
