@@ -44,7 +44,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .config import Config, load_config
-from .errors import AggregatorError, ConfigError, ConfigErrors
+from .errors import AggregatorError, ConfigError, ConfigErrors, StoreError
 from .fetch import Fetcher
 from .ingest import Ingestor, make_pool
 from .metrics import Metrics
@@ -355,6 +355,9 @@ class Service:
             return
         try:
             await self._track(self.ingest_source(source_id))
+        except StoreError as exc:
+            # Not this source's fault and not fatal: the next interval retries.
+            log.error("%s: not ingested, %s; retrying at the next interval", source_id, exc)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():

@@ -10,7 +10,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import StoreError
@@ -19,28 +19,42 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers (the web app) run while the one writer ingests;
-    # busy_timeout turns "database is locked" into a short wait.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+# How long a SQLite writer waits for another's lock before "database is locked".
+SQLITE_BUSY_TIMEOUT = 10.0
+
+
+def _sqlite_pragmas(busy_timeout: float) -> Any:
+    def apply(dbapi_connection: Any, _record: Any) -> None:
+        # WAL lets readers (the web app) run while the one writer ingests;
+        # busy_timeout turns "database is locked" into a short wait.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return apply
 
 
 def make_engine(url: str) -> Engine:
-    """Create an engine for a SQLite path URL or a PostgreSQL URL (psycopg 3)."""
+    """Create an engine for a SQLite path URL or a PostgreSQL URL (psycopg 3).
+
+    A SQLite URL may carry ``?timeout=SECONDS``: how long a write waits for a
+    lock held by another process (default 10 s).
+    """
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     try:
         if url.startswith("sqlite"):
-            path = url.split("///", 1)[1] if "///" in url else ""
+            parsed = make_url(url)
+            busy = float(parsed.query.get("timeout", SQLITE_BUSY_TIMEOUT))  # type: ignore[arg-type]
+            parsed = parsed.difference_update_query(["timeout"])
+            path = parsed.database or ""
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(url, connect_args={"timeout": 10})
-            event.listen(engine, "connect", _sqlite_pragmas)
+            engine = create_engine(parsed, connect_args={"timeout": busy})
+            event.listen(engine, "connect", _sqlite_pragmas(busy))
         else:
             engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
