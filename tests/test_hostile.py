@@ -1,0 +1,407 @@
+"""Hostile sources, end to end: fixture server → ingest → store → feed → digest.
+
+Unit tests of the fetcher, parsers and sanitizer cover each defence on its
+own (tests/test_fetch.py, test_sources.py, test_normalize.py). Here every case
+goes through the whole pipeline and asserts a specific outcome: an error
+message on the source, a bounded size, or content that is absent from every
+output a subscriber can see (the store, feed.atom, feed.json, the email).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import resource
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+import pytest
+
+from aggregator.config import Config, parse_config
+from aggregator.digest import Period, compose
+from aggregator.ingest import Ingestor
+from aggregator.models import IngestOutcome, IngestStats, utcnow
+from aggregator.publish import publish_from_store
+from aggregator.store import Store
+from tests.support.http import FixtureServer
+
+MB = 1024 * 1024
+NOW = utcnow()
+
+
+def rss_doc(items: str, *, doctype: str = "", encoding: str = "UTF-8") -> str:
+    return (
+        f'<?xml version="1.0" encoding="{encoding}"?>{doctype}<rss version="2.0"><channel>'
+        "<title>Hostile</title><link>https://evil.example/</link><description>x</description>"
+        f"{items}</channel></rss>"
+    )
+
+
+def rss_item(
+    guid: str, title: str, body: str, *, date: str | None = None, link: str | None = None
+) -> str:
+    date = date or format_datetime(NOW - timedelta(hours=1))
+    link = link or f"https://evil.example/{guid}"
+    return (
+        f"<item><guid>{guid}</guid><title>{title}</title>"
+        f"<link>{link}</link><pubDate>{date}</pubDate>"
+        f"<description>{body}</description></item>"
+    )
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path, sqlite_url: str) -> Iterator[Pipeline]:
+    p = Pipeline(tmp_path, sqlite_url)
+    yield p
+    p.store.close()
+
+
+class Pipeline:
+    """One config, one store, and every output a subscriber could see."""
+
+    def __init__(self, tmp_path: Path, db_url: str) -> None:
+        self.tmp_path = tmp_path
+        self.db_url = db_url
+        self.store = Store.open(db_url)
+
+    def config(self, sources: str) -> Config:
+        text = (
+            f"site: {{title: T, url: 'http://127.0.0.1:9/', output_dir: '{self.tmp_path}/pub'}}\n"
+            f"storage: {{url: '{self.db_url}'}}\n"
+            "defaults: {interval: 1h, timeout: 5s}\nsources:\n" + sources
+        )
+        return parse_config(text, path=self.tmp_path / "feeds.yaml")
+
+    def ingest(self, config: Config) -> dict[str, IngestStats]:
+        self.store.sync_sources(config.sources)
+        return {s.source_id: s for s in asyncio.run(Ingestor(config, self.store).run())}
+
+    def everything(self, config: Config) -> str:
+        """The stored rows, both published feeds and the digest, as one text."""
+        parts = []
+        for item in self.store.recent_items(1000, include_duplicates=True):
+            parts += [item.title, item.summary_html, item.content_html, item.text, item.url]
+            parts += [item.excerpt, item.image_url or ""]
+        result = publish_from_store(self.store, config.site, config.output_dir)
+        parts.append(result.atom_path.read_text(encoding="utf-8"))
+        parts.append(result.json_path.read_text(encoding="utf-8"))
+        period = Period(start=NOW - timedelta(days=7), end=utcnow() + timedelta(seconds=1))
+        digest = compose(config, self.store, period=period)
+        if digest is not None:
+            parts += [digest.html, digest.text, digest.subject]
+        return "\n".join(parts)
+
+
+def one_source(server: FixtureServer, path: str, **extra: str) -> str:
+    options = "".join(f", {k}: {v}" for k, v in extra.items())
+    return f"  - {{id: hostile, url: '{server.url(path)}'{options}}}\n"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------- XML attacks
+
+
+def test_billion_laughs_is_not_expanded(http_server: FixtureServer, pipeline: Pipeline) -> None:
+    lol = '<!ENTITY lol0 "lol">' + "".join(
+        f'<!ENTITY lol{n} "{f"&lol{n - 1};" * 10}">' for n in range(1, 10)
+    )
+    doc = rss_doc(
+        rss_item("laughs", "Title &lol9;", "Body &lol9;")
+        + rss_item("ok", "A normal story", "Fine."),
+        doctype=f"<!DOCTYPE rss [{lol}]>",
+    )
+    http_server.add("/laughs.xml", doc)
+    config = pipeline.config(one_source(http_server, "/laughs.xml"))
+    before = peak_rss_mb()
+
+    stats = pipeline.ingest(config)["hostile"]
+
+    assert peak_rss_mb() - before < 100  # a real expansion would need gigabytes
+    everything = pipeline.everything(config)
+    assert "lollollol" not in everything
+    assert stats.outcome in (IngestOutcome.OK, IngestOutcome.ERROR)
+    assert len(everything) < 200_000
+
+
+def test_quadratic_blowup_is_not_expanded(http_server: FixtureServer, pipeline: Pipeline) -> None:
+    big = "x" * 50_000
+    doc = rss_doc(
+        rss_item("blowup", "Blowup", "&big;" * 5_000) + rss_item("ok", "Normal", "Fine."),
+        doctype=f'<!DOCTYPE rss [<!ENTITY big "{big}">]>',
+    )
+    http_server.add("/blowup.xml", doc)
+    config = pipeline.config(one_source(http_server, "/blowup.xml"))
+    before = peak_rss_mb()
+
+    pipeline.ingest(config)
+
+    assert peak_rss_mb() - before < 150  # expanded, it would be 250 MB of text
+    for item in pipeline.store.recent_items(10):
+        assert len(item.text) < 1_000_000
+        assert "x" * 100_000 not in item.content_html
+
+
+def test_external_entity_never_reads_a_local_file(
+    http_server: FixtureServer, pipeline: Pipeline, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.txt"
+    marker = "XXE-MARKER-4f2b9c"
+    secret.write_text(marker, encoding="utf-8")
+    doc = rss_doc(
+        rss_item("xxe", "Leak &xxe;", "Content: &xxe;") + rss_item("ok", "Normal", "Fine."),
+        doctype=f'<!DOCTYPE rss [<!ENTITY xxe SYSTEM "file://{secret}">]>',
+    )
+    http_server.add("/xxe.xml", doc)
+    config = pipeline.config(one_source(http_server, "/xxe.xml"))
+
+    pipeline.ingest(config)
+
+    assert marker not in pipeline.everything(config)
+
+
+# ----------------------------------------------------------------------- size and time
+
+
+def test_gzip_bomb_is_stopped_by_the_cap(http_server: FixtureServer, pipeline: Pipeline) -> None:
+    bomb = gzip.compress(b"<rss>" + b" " * (200 * MB), compresslevel=9)
+    assert len(bomb) < 1 * MB
+    http_server.add_raw(
+        "/bomb.xml",
+        bomb,
+        headers={"Content-Type": "application/rss+xml", "Content-Encoding": "gzip"},
+    )
+    http_server.add("/good.xml", rss_doc(rss_item("g", "Good", "Fine.")))
+    config = pipeline.config(
+        one_source(http_server, "/bomb.xml")
+        + f"  - {{id: good, url: '{http_server.url('/good.xml')}'}}\n"
+    )
+    before = peak_rss_mb()
+
+    stats = pipeline.ingest(config)
+
+    assert stats["hostile"].outcome is IngestOutcome.ERROR
+    assert "10 MB" in (stats["hostile"].error or "") or "10485760" in (stats["hostile"].error or "")
+    assert peak_rss_mb() - before < 120
+    assert stats["good"].outcome is IngestOutcome.OK
+
+
+def test_fifty_megabyte_response_is_refused(http_server: FixtureServer, pipeline: Pipeline) -> None:
+    http_server.add("/huge.xml", b"<rss>" + b"a" * (50 * MB), chunked=True)
+    config = pipeline.config(one_source(http_server, "/huge.xml"))
+
+    stats = pipeline.ingest(config)["hostile"]
+
+    assert stats.outcome is IngestOutcome.ERROR
+    assert "/huge.xml" in (stats.error or "")
+    assert pipeline.store.count_items() == 0
+
+
+def test_trickling_server_hits_the_total_deadline(
+    http_server: FixtureServer, pipeline: Pipeline
+) -> None:
+    http_server.add("/slow.xml", rss_doc(rss_item("s", "Slow", "x" * 200)), trickle=1.0)
+    config = pipeline.config(one_source(http_server, "/slow.xml", timeout="2s"))
+
+    stats = pipeline.ingest(config)["hostile"]
+
+    assert stats.outcome is IngestOutcome.ERROR
+    assert stats.elapsed < 6  # the 2 s deadline, not a per-read timeout reset by each byte
+    state = pipeline.store.source_state("hostile")
+    assert state is not None and state.last_error and "/slow.xml" in state.last_error
+
+
+def test_redirect_loop_is_an_error_on_the_source(
+    http_server: FixtureServer, pipeline: Pipeline
+) -> None:
+    http_server.redirect("/a.xml", "/b.xml", status=302)
+    http_server.redirect("/b.xml", "/a.xml", status=302)
+    config = pipeline.config(one_source(http_server, "/a.xml"))
+
+    stats = pipeline.ingest(config)["hostile"]
+
+    assert stats.outcome is IngestOutcome.ERROR
+    assert "redirect" in (stats.error or "").lower()
+
+
+# ----------------------------------------------------------------------- encodings
+
+
+def test_invalid_utf8_bytes_do_not_stop_the_feed(
+    http_server: FixtureServer, pipeline: Pipeline
+) -> None:
+    doc = rss_doc(rss_item("u", "Broken \xff bytes", "Text with \xfe\xfd junk."))
+    http_server.add("/bad-utf8.xml", doc.encode("latin-1"))
+    config = pipeline.config(one_source(http_server, "/bad-utf8.xml"))
+
+    stats = pipeline.ingest(config)["hostile"]
+
+    assert stats.outcome is IngestOutcome.OK and stats.new == 1
+    [item] = pipeline.store.recent_items(1)
+    assert item.title.startswith("Broken") and "bytes" in item.title
+
+
+KOREAN_TITLE = "부산국제영화제 개막작 발표"
+KOREAN_BODY = "올해 영화제는 열흘 동안 열린다."
+
+
+def listing(encoding: str, declared: str | None) -> bytes:
+    meta = f'<meta charset="{declared}">' if declared else ""
+    page = (
+        f"<html><head>{meta}<title>목록</title></head><body><ul class='list'>"
+        f"<li><p class='tit'><a href='/v?seq=1'>{KOREAN_TITLE}</a></p>"
+        f"<p class='txt'>{KOREAN_BODY}</p></li></ul></body></html>"
+    )
+    return page.encode(encoding)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "header_charset"),
+    [("euc-kr", "utf-8"), ("utf-8", "euc-kr"), ("cp949", None)],
+    ids=["euc-kr-labelled-utf8", "utf8-labelled-euc-kr", "cp949-unlabelled"],
+)
+def test_mislabelled_korean_pages_decode_without_mojibake(
+    http_server: FixtureServer, pipeline: Pipeline, encoding: str, header_charset: str | None
+) -> None:
+    content_type = f"text/html; charset={header_charset}" if header_charset else "text/html"
+    http_server.add("/list", listing(encoding, None), content_type=content_type)
+    config = pipeline.config(
+        one_source(
+            http_server,
+            "/list",
+            type="html",
+            select='{item: "ul.list > li", title: "p.tit a", summary: "p.txt"}',
+        )
+    )
+
+    stats = pipeline.ingest(config)["hostile"]
+
+    assert stats.outcome is IngestOutcome.OK, stats.error
+    [item] = pipeline.store.recent_items(1)
+    assert item.title == KOREAN_TITLE
+    assert item.text == KOREAN_BODY
+    assert "\ufffd" not in item.title + item.text
+
+
+# ----------------------------------------------------------------------- fields
+
+
+def test_ten_thousand_character_title_is_bounded(
+    http_server: FixtureServer, pipeline: Pipeline
+) -> None:
+    title = " ".join(["longword"] * 1_200)  # ~10,800 characters
+    http_server.add("/long.xml", rss_doc(rss_item("long", title, "Body.")))
+    config = pipeline.config(one_source(http_server, "/long.xml"))
+
+    pipeline.ingest(config)
+
+    [item] = pipeline.store.recent_items(1)
+    assert len(item.title) <= 1_001
+    assert item.title.rstrip("…").endswith("longword")  # cut between words
+    assert len(pipeline.everything(config)) < 200_000
+
+
+def test_absurd_and_zoneless_dates_become_sane(
+    http_server: FixtureServer, pipeline: Pipeline
+) -> None:
+    items = (
+        rss_item("old", "From 1900", "x.", date="Mon, 01 Jan 1900 00:00:00 GMT")
+        + rss_item("future", "From 9999", "x.", date="Fri, 31 Dec 9999 23:59:59 GMT")
+        + rss_item("naive", "No zone", "x.", date="2026-11-20 09:30:00")
+    )
+    http_server.add("/dates.xml", rss_doc(items))
+    config = pipeline.config(one_source(http_server, "/dates.xml"))
+
+    stats = pipeline.ingest(config)["hostile"]
+
+    assert stats.new == 3
+    floor = datetime(1970, 1, 1, tzinfo=UTC)
+    for item in pipeline.store.recent_items(10):
+        assert item.published_at.tzinfo is not None
+        assert floor <= item.published_at <= utcnow() + timedelta(minutes=1), item.title
+    pipeline.everything(config)  # publishes and renders without error
+
+
+ATTACKS = [
+    "<script>alert('s1')</script>",
+    "<iframe src='https://evil.example/i1'></iframe>",
+    "<img src='x' onerror=\"alert('e1')\">",
+    "<a href='javascript:alert(1)'>j1</a>",
+    "<a href='JaVaScRiPt&#58;alert(1)'>j2</a>",
+    "<img src='data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg=='>",
+    "<div style='width: expression(alert(1))'>css1</div>",
+    "<svg><script>alert('svg1')</script><circle onload='alert(2)'/></svg>",
+    "<math><mtext><table><mglyph><style><img src=x onerror=alert(3)>",
+    "<object data='https://evil.example/o.swf'></object><embed src='e.swf'>",
+    "<form action='https://evil.example/'><input name=p></form>",
+    "<meta http-equiv='refresh' content='0;url=https://evil.example/'>",
+]
+# What must not survive anywhere; the email's own markup (MJML boilerplate) has
+# none of these, so any hit comes from the feed.
+FORBIDDEN = [
+    "<script",
+    "<iframe",
+    "onerror",
+    "onload",
+    "alert(",
+    "javascript:",
+    "data:text/html",
+    "expression(",
+    "<svg",
+    "<object",
+    "<embed",
+    "<form",
+    "url=https://evil.example",
+    "evil.example/i1",
+    "evil.example/o.swf",
+]
+
+
+def test_executable_content_never_reaches_any_output(
+    http_server: FixtureServer, pipeline: Pipeline
+) -> None:
+    body = "<p>Safe text stays.</p>" + "".join(ATTACKS)
+    item = rss_item("xss", "Title <b>bold</b>", f"<![CDATA[{body}]]>")
+    http_server.add("/xss.xml", rss_doc(item))
+    config = pipeline.config(one_source(http_server, "/xss.xml"))
+
+    pipeline.ingest(config)
+
+    everything = pipeline.everything(config)
+    assert "Safe text stays." in everything
+    lowered = everything.lower()
+    for needle in FORBIDDEN:
+        assert needle not in lowered, needle
+
+
+def test_feed_that_changes_every_guid_is_flagged_and_does_not_flood(
+    http_server: FixtureServer, pipeline: Pipeline
+) -> None:
+    def churned(fetch: int) -> str:
+        return rss_doc(
+            "".join(
+                rss_item(
+                    f"random-{fetch}-{n}",
+                    f"Story {n}",
+                    f"Text {n}.",
+                    link=f"https://evil.example/story/{n}",
+                )
+                for n in range(5)
+            )
+        )
+
+    config = pipeline.config(one_source(http_server, "/churn.xml"))
+    for fetch in range(4):
+        http_server.add("/churn.xml", churned(fetch))
+        stats = pipeline.ingest(config)["hostile"]
+
+    assert stats.new == 0
+    assert pipeline.store.count_items() == 5
+    state = pipeline.store.source_state("hostile")
+    assert state is not None and state.warning and "changes its guids" in state.warning
+    digest_text = pipeline.everything(config)
+    assert digest_text.count("Story 3") <= 6  # once per output, never once per fetch
