@@ -1,0 +1,279 @@
+"""Fault injection: kill -9, a locked or missing database, a full disk, a dying SMTP server.
+
+Each test breaks a real component (a process, a SQLite lock, a file size
+limit, an SMTP server) and checks two things: the error names the problem,
+and nothing stored is lost or half-written, so the next run completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from aggregator.deliver import deliver_digest
+from aggregator.errors import DeliveryError
+from aggregator.models import DeliveryStatus, Site, utcnow
+from aggregator.store import Store
+from tests.support.http import FixtureServer
+from tests.support.smtp import SmtpFixture
+from tests.test_deliver import add_active, make_digest
+
+SECRET = "f" * 32
+
+
+def rss(prefix: str, count: int) -> str:
+    items = "".join(
+        f"<item><guid>{prefix}-{n}</guid><title>{prefix} story {n}</title>"
+        f"<link>https://news.example.kr/{prefix}/{n}</link>"
+        f"<pubDate>{format_datetime(utcnow() - timedelta(hours=n + 1))}</pubDate>"
+        f"<description>Text {n}.</description></item>"
+        for n in range(count)
+    )
+    return (
+        '<?xml version="1.0"?><rss version="2.0"><channel><title>T</title>'
+        f"<link>https://news.example.kr/</link><description>d</description>{items}"
+        "</channel></rss>"
+    )
+
+
+def write_config(tmp_path: Path, sources: str, db: str | None = None) -> Path:
+    path = tmp_path / "feeds.yaml"
+    db = db or f"sqlite:///{tmp_path / 'faults.db'}"
+    path.write_text(
+        f"site: {{title: T, url: 'http://127.0.0.1:9/', output_dir: '{tmp_path}/pub'}}\n"
+        f"storage: {{url: '{db}'}}\n"
+        "defaults: {interval: 1h, timeout: 60s}\nsources:\n" + sources,
+        encoding="utf-8",
+    )
+    return path
+
+
+def aggregator(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "aggregator", "--log-text", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "400", **(env or {})},
+    )
+
+
+def counts_by_source(db: Path) -> dict[str, int]:
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        return dict(conn.execute("SELECT source_id, count(*) FROM items GROUP BY source_id"))
+    finally:
+        conn.close()
+
+
+def test_sigkill_during_ingest_leaves_a_consistent_store(
+    http_server: FixtureServer, tmp_path: Path
+) -> None:
+    lines = []
+    for n in range(6):
+        http_server.add(f"/f{n}.xml", rss(f"f{n}", 8))
+        lines.append(f"  - {{id: f{n}, url: '{http_server.url(f'/f{n}.xml')}'}}\n")
+    http_server.add("/slow.xml", rss("slow", 8), trickle=0.05)  # ~1 min to send
+    lines.append(f"  - {{id: slow, url: '{http_server.url('/slow.xml')}'}}\n")
+    config = write_config(tmp_path, "".join(lines))
+    db = tmp_path / "faults.db"
+
+    proc = aggregator("-c", str(config), "fetch")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if db.exists():
+            try:
+                if len(counts_by_source(db)) >= 6:
+                    break
+            except sqlite3.OperationalError:
+                pass  # schema not there yet
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+
+    after_kill = counts_by_source(db)
+    assert all(after_kill.get(f"f{n}") == 8 for n in range(6)), after_kill
+    assert after_kill.get("slow") is None  # its transaction never started
+
+    http_server.add("/slow.xml", rss("slow", 8))
+    rerun = aggregator("-c", str(config), "fetch")
+    _, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err
+    final = counts_by_source(db)
+    assert final == {**{f"f{n}": 8 for n in range(6)}, "slow": 8}
+
+
+def test_locked_database_is_waited_for_then_reported_clearly(
+    http_server: FixtureServer, tmp_path: Path
+) -> None:
+    http_server.add("/a.xml", rss("a", 3))
+    db = tmp_path / "locked.db"
+    config = write_config(
+        tmp_path,
+        f"  - {{id: a, url: '{http_server.url('/a.xml')}'}}\n",
+        db=f"sqlite:///{db}?timeout=1",
+    )
+    Store.open(f"sqlite:///{db}").close()  # migrated, ready
+
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        locked = aggregator("-c", str(config), "fetch")
+        _, err = locked.communicate(timeout=60)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert locked.returncode == 1
+    assert "database is locked" in err
+    assert str(db) in err
+    assert "Traceback" not in err
+
+    # A lock released within the wait is not an error at all.
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    threading.Timer(0.3, lambda: (holder.execute("ROLLBACK"), holder.close())).start()
+    waited = aggregator("-c", str(config), "fetch")
+    _, err = waited.communicate(timeout=60)
+    assert waited.returncode == 0, err
+    assert counts_by_source(db) == {"a": 3}
+
+
+def test_unreachable_database_is_a_clear_error_without_the_password(
+    http_server: FixtureServer, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, f"  - {{id: a, url: '{http_server.url('/a.xml')}'}}\n")
+    proc = aggregator(
+        "-c",
+        str(config),
+        "fetch",
+        env={"DATABASE_URL": "postgresql://digest:hunter2@127.0.0.1:1/x"},
+    )
+    _, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 1
+    assert "cannot connect to database" in err and "127.0.0.1:1" in err
+    assert "hunter2" not in err
+    assert "Traceback" not in err
+    assert http_server.count("/a.xml") == 0  # nothing fetched that could not be stored
+
+
+DISK_FULL_SCRIPT = """
+import resource, signal, sys
+from pathlib import Path
+from aggregator.errors import PublishError
+from aggregator.publish import write_if_changed
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+try:
+    write_if_changed(Path(sys.argv[1]), b"<feed>" + b"x" * (1024 * 1024) + b"</feed>")
+except PublishError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def test_disk_full_while_publishing_keeps_the_old_feed(tmp_path: Path) -> None:
+    feed = tmp_path / "feed.atom"
+    feed.write_bytes(b"<feed>the old, complete feed</feed>")
+
+    proc = subprocess.run(
+        [sys.executable, "-c", DISK_FULL_SCRIPT, str(feed)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert proc.returncode == 3, proc.stderr
+    assert str(feed) in proc.stdout
+    assert feed.read_bytes() == b"<feed>the old, complete feed</feed>"
+    assert [p.name for p in tmp_path.iterdir()] == ["feed.atom"]  # no temp file left
+
+
+def test_smtp_server_dying_mid_send_then_returning_delivers_the_rest_once(
+    sqlite_url: str, smtp_server: SmtpFixture
+) -> None:
+    store = Store.open(sqlite_url)
+    try:
+        digest = make_digest(store)
+        emails = add_active(store, 6)
+        smtp_server.handler.delay = 0.2
+        site = Site(title="T", url="http://127.0.0.1:9/", sender_email="digest@example.org")
+        settings = smtp_server.settings(max_attempts=3)
+
+        def kill_after_two() -> None:
+            smtp_server.wait_for(2, timeout=30)
+            smtp_server.stop()
+
+        killer = threading.Thread(target=kill_after_two)
+        killer.start()
+        with pytest.raises(DeliveryError, match=rf"127\.0\.0\.1:{smtp_server.port}"):
+            asyncio.run(
+                deliver_digest(
+                    store, digest, site=site, smtp=settings, secret=SECRET, retry_delay=0.1
+                )
+            )
+        killer.join()
+        counts = store.delivery_counts(digest.id or 0)
+        assert counts[DeliveryStatus.SENT] == len(smtp_server.messages) >= 2
+        assert counts[DeliveryStatus.SENT] < len(emails)  # the rest is still to send
+
+        # The server comes back on the same address (a stopped controller cannot restart).
+        smtp_server.handler.delay = 0
+        smtp_server._controller = Controller(
+            smtp_server.handler, hostname=smtp_server.host, port=smtp_server.port
+        )
+        smtp_server.start()
+        second = asyncio.run(
+            deliver_digest(
+                store,
+                digest,
+                site=site,
+                smtp=settings,
+                secret=SECRET,
+                retry_delay=0.1,
+                lease=timedelta(seconds=1),
+            )
+        )
+        assert second.pending == 0
+        for email in emails:
+            assert len(smtp_server.to(email)) == 1, email
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_store_survives_a_killed_writer_on_postgres(pg_url: str) -> None:
+    """A writer killed mid-transaction leaves no rows behind (PostgreSQL rolls back)."""
+    script = (
+        "import os, signal, sys\n"
+        "from aggregator.store import Store\n"
+        "from tests.support.items import make_item\n"
+        "from aggregator.models import Source, utcnow\n"
+        "s = Store.open(sys.argv[1])\n"
+        "s.sync_sources([Source(id='k', url='https://k.example/', type='feed')])\n"
+        "with s.transaction() as conn:\n"
+        "    from aggregator.store import schema\n"
+        "    s._insert_new(conn, 'k', [make_item('k', n) for n in range(50)], utcnow())\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, pg_url], timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    store = Store.open(pg_url)
+    try:
+        assert store.count_items() == 0
+    finally:
+        store.close()
