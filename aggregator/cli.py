@@ -273,7 +273,15 @@ def items(
 def migrate() -> None:
     """Create or upgrade the database schema (also done automatically on start)."""
     config = _config()
-    _store(config).close()
+    store = _store(config)
+    try:
+        if config.queue == "procrastinate":
+            from .queue import apply_schema, require_postgres
+
+            require_postgres(config)
+            apply_schema(store)
+    finally:
+        store.close()
     console.print("[green]ok[/green] database schema is current")
 
 

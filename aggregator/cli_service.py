@@ -36,7 +36,7 @@ def run_command(
     from .web.app import SECRET_ENV, load_secret
 
     config = _config()
-    if config.queue == "procrastinate" and role != "web":
+    if config.queue == "procrastinate":
         from .queue import run_distributed
 
         asyncio.run(run_distributed(config, role=role, host=host, port=port))
@@ -141,7 +141,25 @@ def demo_command(
         console.print("demo stopped")
 
 
+def worker_command(
+    concurrency: Annotated[int, typer.Option(help="Jobs run at once by this worker.")] = 4,
+) -> None:
+    """Run a procrastinate worker (distributed mode: storage.queue: procrastinate, PostgreSQL)."""
+    from .cli import _config
+    from .errors import ConfigError
+    from .queue import run_distributed
+
+    config = _config()
+    if config.queue != "procrastinate":
+        raise ConfigError(
+            f"{config.path}: storage.queue is {config.queue!r}: workers need "
+            "queue: procrastinate (and PostgreSQL); for one machine use `aggregator run`"
+        )
+    asyncio.run(run_distributed(config, role="worker", concurrency=concurrency))
+
+
 def register(app: typer.Typer) -> None:
+    app.command("worker")(worker_command)
     app.command("demo")(demo_command)
     app.command("run")(run_command)
     app.command("reload")(reload_command)

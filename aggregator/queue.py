@@ -1,0 +1,347 @@
+"""Distributed mode: the same pipeline as jobs of a procrastinate queue on PostgreSQL.
+
+Turned on by ``storage.queue: procrastinate`` with a PostgreSQL database. Any
+number of ``aggregator worker`` processes on any number of machines then share
+the work; the single-machine mode (SQLite, APScheduler, no queue) is untouched.
+
+Guarantees and how they are kept:
+
+* **Each due source is fetched once.** The ``dispatch`` task runs every
+  minute (procrastinate's periodic tasks are deferred once per tick across the
+  cluster). In ONE database transaction it locks the due rows of ``sources``
+  (``FOR UPDATE SKIP LOCKED``: a concurrent dispatcher skips them), moves their
+  ``next_fetch_at`` forward and inserts one ``fetch_source`` job per source
+  through procrastinate's own SQL function, with a queueing lock
+  ``fetch:<id>``. Moving the due time and queueing the job commit together or
+  not at all; a source whose previous job is still waiting is skipped (its
+  savepoint rolls back) instead of being queued twice.
+* **Fetch jobs run the very same ingest code** (:meth:`Ingestor.ingest_source`),
+  which records backoff and errors on the source as in single-machine mode.
+* **Publish is deduplicated**: a fetch that stored something defers
+  ``publish`` with the queueing lock ``publish``; while one is waiting, further
+  requests are dropped (that waiting job will see their items).
+* **The weekly digest is composed once per period** (``compose`` is
+  idempotent per period, the store's unique constraint settles races) and
+  sent by ``send_digest`` jobs that share the delivery ledger: rows move
+  pending → sending (with a lease) → sent with a fixed Message-ID per
+  (digest, subscriber), so parallel senders never mail one subscriber twice,
+  and after a worker dies only the message in flight can repeat, with the same
+  Message-ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from procrastinate import App, PsycopgConnector
+from procrastinate.exceptions import AlreadyEnqueued
+from sqlalchemy import text
+
+from .config import Config
+from .errors import ConfigError
+from .fetch import Fetcher
+from .ingest import Ingestor
+from .models import IngestOutcome, utcnow
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+QUEUE = "aggregator"
+FETCH_TASK = "aggregator.fetch_source"
+SEND_BATCH = 500  # ledger rows per send job
+
+app = App(connector=PsycopgConnector(), import_paths=[__name__])
+
+
+@dataclass
+class Runtime:
+    """What tasks need: set by :func:`start_runtime` in each worker process."""
+
+    config: Config
+    store: Store
+    fetcher: Fetcher
+    ingestor: Ingestor
+    secret: str
+    tasks: App | None = None  # the app bound to the database, for deferring from tasks
+
+
+_runtime: Runtime | None = None
+
+
+def libpq_url(url: str) -> str:
+    """``postgresql+psycopg://`` (SQLAlchemy) → ``postgresql://`` (libpq, procrastinate)."""
+    scheme, rest = url.split("://", 1)
+    return "postgresql://" + rest if scheme.startswith("postgres") else url
+
+
+def require_postgres(config: Config) -> None:
+    if not config.database_url.startswith(("postgresql", "postgres:")):
+        where = f"{config.path}: " if config.path else ""
+        raise ConfigError(
+            f"{where}storage.queue: procrastinate needs PostgreSQL, but the database is "
+            f"{config.database_url.split('://', 1)[0]} (set DATABASE_URL to a postgresql:// URL "
+            "or use queue: none)"
+        )
+
+
+def bound_app(config: Config) -> App:
+    """The task app connected to the configured database."""
+    require_postgres(config)
+    return app.with_connector(PsycopgConnector(conninfo=libpq_url(config.database_url)))
+
+
+async def start_runtime(
+    config: Config, *, secret: str, store: Store | None = None, tasks: App | None = None
+) -> Runtime:
+    global _runtime
+    if store is None:
+        store = await asyncio.to_thread(Store.open, config.database_url)
+    await asyncio.to_thread(store.sync_sources, config.sources)
+    fetcher = Fetcher()
+    ingestor = Ingestor(config, store, fetcher=fetcher)
+    _runtime = Runtime(config, store, fetcher, ingestor, secret, tasks or bound_app(config))
+    return _runtime
+
+
+async def stop_runtime() -> None:
+    global _runtime
+    if _runtime is not None:
+        await _runtime.fetcher.aclose()
+        _runtime = None
+
+
+def _tasks(rt: Runtime) -> App:
+    if rt.tasks is None:
+        raise RuntimeError("no task app bound to the database in this process")
+    return rt.tasks
+
+
+def _rt() -> Runtime:
+    if _runtime is None:
+        raise RuntimeError("the aggregator task runtime is not started in this process")
+    return _runtime
+
+
+# ---------------------------------------------------------------------------- schema
+
+
+def apply_schema(store: Store) -> bool:
+    """Create procrastinate's tables and functions unless present; True if applied."""
+    from procrastinate.schema import SchemaManager
+
+    with store.transaction() as conn:
+        if conn.execute(text("SELECT to_regclass('procrastinate_jobs')")).scalar() is not None:
+            return False
+        conn.exec_driver_sql(SchemaManager.get_schema())
+    log.info("procrastinate schema applied")
+    return True
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+
+def dispatch_due(store: Store, config: Config, *, limit: int = 1000) -> list[str]:
+    """Queue one fetch job per due source; returns the ids queued (see module docstring)."""
+    intervals = {s.id: s.interval for s in config.sources if s.enabled}
+    if not intervals:
+        return []
+    queued: list[str] = []
+    now = utcnow()
+    with store.transaction() as conn:
+        due = conn.execute(
+            text(
+                "SELECT id FROM sources WHERE id = ANY(:ids) "
+                "AND (next_fetch_at IS NULL OR next_fetch_at <= :now) "
+                "ORDER BY next_fetch_at NULLS FIRST LIMIT :limit FOR UPDATE SKIP LOCKED"
+            ),
+            {"ids": list(intervals), "now": now, "limit": limit},
+        ).scalars()
+        for source_id in list(due):
+            savepoint = conn.begin_nested()
+            try:
+                conn.execute(
+                    text("UPDATE sources SET next_fetch_at = :next WHERE id = :id"),
+                    {"id": source_id, "next": now + intervals[source_id]},
+                )
+                conn.execute(
+                    text(
+                        "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW(:queue, :task, 0, NULL, "
+                        ":lock, CAST(:args AS jsonb), NULL)::procrastinate_job_to_defer_v1])"
+                    ),
+                    {
+                        "queue": QUEUE,
+                        "task": FETCH_TASK,
+                        "lock": f"fetch:{source_id}",
+                        "args": json.dumps({"source_id": source_id}),
+                    },
+                )
+                savepoint.commit()
+                queued.append(source_id)
+            except Exception as exc:  # the queueing lock: a job for it is still waiting
+                savepoint.rollback()
+                if "procrastinate_jobs_queueing_lock_idx" not in str(exc):
+                    raise
+    if queued:
+        log.info("dispatched %d due sources", len(queued))
+    return queued
+
+
+@app.periodic(cron="* * * * *", periodic_id="dispatch")
+@app.task(name="aggregator.dispatch", queue=QUEUE, queueing_lock="dispatch")
+async def dispatch(timestamp: int) -> int:
+    rt = _rt()
+    return len(await asyncio.to_thread(dispatch_due, rt.store, rt.config))
+
+
+# ---------------------------------------------------------------------------- fetch, publish
+
+
+@app.task(name=FETCH_TASK, queue=QUEUE)
+async def fetch_source(source_id: str) -> str:
+    rt = _rt()
+    try:
+        source = rt.config.source(source_id)
+    except (KeyError, ConfigError):
+        return "gone"
+    state = await asyncio.to_thread(rt.store.source_state, source_id)
+    stats = await rt.ingestor.ingest_source(source, state, rt.fetcher, None)
+    if stats.outcome is IngestOutcome.OK and (stats.new or stats.updated):
+        # While a publish is waiting, it will include these items too.
+        with contextlib.suppress(AlreadyEnqueued):
+            await (
+                _tasks(rt)
+                .configure_task("aggregator.publish", queueing_lock="publish")
+                .defer_async()
+            )
+    return stats.outcome.value
+
+
+@app.task(name="aggregator.publish", queue=QUEUE, lock="publish")
+async def publish() -> bool:
+    from .publish import ping_pending, publish_from_store
+
+    rt = _rt()
+    config = rt.config
+    sections = {s.id: s.title for s in config.sections}
+    result = await asyncio.to_thread(
+        publish_from_store, rt.store, config.site, config.output_dir, sections=sections
+    )
+    if result.ping_pending:
+        await ping_pending(config.site, config.output_dir)
+    return bool(result.changed)
+
+
+# ---------------------------------------------------------------------------- digest
+
+
+async def digest_due() -> int:
+    """Compose the current issue if due and queue send jobs; returns jobs queued."""
+    from .deliver import message_id_domain, message_id_tag
+    from .digest import compose, latest_slot
+    from .models import DeliveryStatus
+
+    rt = _rt()
+    digest = await asyncio.to_thread(compose, rt.config, rt.store)
+    if digest is None or digest.id is None:
+        return 0
+    if digest.period_end < latest_slot(rt.config.digest, rt.config.site, utcnow()):
+        return 0  # an older issue: it was handled when it was current
+    counts = await asyncio.to_thread(rt.store.delivery_counts, digest.id)
+    if sum(counts.values()) == 0:
+        await asyncio.to_thread(
+            rt.store.create_deliveries,
+            digest.id,
+            message_id_tag=message_id_tag(rt.secret),
+            message_id_domain=message_id_domain(rt.config.site),
+            now=utcnow(),
+        )
+        counts = await asyncio.to_thread(rt.store.delivery_counts, digest.id)
+    waiting = counts[DeliveryStatus.PENDING] + counts[DeliveryStatus.SENDING]
+    jobs = 0
+    for n in range(math.ceil(waiting / SEND_BATCH)):
+        with contextlib.suppress(AlreadyEnqueued):
+            await (
+                _tasks(rt)
+                .configure_task("aggregator.send_digest", queueing_lock=f"send:{digest.id}:{n}")
+                .defer_async(digest_id=digest.id)
+            )
+            jobs += 1
+    return jobs
+
+
+@app.periodic(cron="*/10 * * * *", periodic_id="digest")
+@app.task(name="aggregator.digest", queue=QUEUE, queueing_lock="digest")
+async def weekly_digest(timestamp: int) -> int:
+    """Every ten minutes: cheap when nothing is due, and a missed slot is caught up."""
+    return await digest_due()
+
+
+@app.task(name="aggregator.send_digest", queue=QUEUE)
+async def send_digest(digest_id: int) -> dict[str, Any]:
+    from .deliver import deliver_digest
+
+    rt = _rt()
+    digest = await asyncio.to_thread(rt.store.get_digest, digest_id)
+    if digest is None:
+        return {"error": f"digest {digest_id} not found"}
+    report = await deliver_digest(
+        rt.store,
+        digest,
+        site=rt.config.site,
+        smtp=rt.config.smtp,
+        secret=rt.secret,
+        batch_size=50,
+        lease=timedelta(minutes=5),
+    )
+    return {"sent": report.sent, "failed": report.failed, "pending": report.pending}
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+async def run_distributed(
+    config: Config,
+    *,
+    role: str = "all",
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    concurrency: int = 4,
+) -> None:
+    """``aggregator run`` / ``aggregator worker`` in distributed mode."""
+    import uvicorn
+
+    from .web.app import WebContext, create_app, load_secret
+    from .web.server import EmbeddedServer
+
+    require_postgres(config)
+    secret = load_secret(required=False)
+    tasks_app = bound_app(config)
+    rt = await start_runtime(config, secret=secret, tasks=tasks_app)
+    await asyncio.to_thread(apply_schema, rt.store)
+    server: EmbeddedServer | None = None
+    try:
+        async with tasks_app.open_async():
+            jobs = []
+            if role in ("all", "web"):
+                web = create_app(WebContext(config=config, store=rt.store, secret=secret))
+                server = EmbeddedServer(uvicorn.Config(web, host=host, port=port, log_config=None))
+                jobs.append(server.serve())
+            if role in ("all", "worker"):
+                jobs.append(
+                    tasks_app.run_worker_async(
+                        queues=[QUEUE], concurrency=concurrency, install_signal_handlers=True
+                    )
+                )
+            await asyncio.gather(*jobs)
+    finally:
+        if server is not None:
+            server.should_exit = True
+        await stop_runtime()
+        rt.store.close()
