@@ -57,8 +57,6 @@ QUEUE = "aggregator"
 FETCH_TASK = "aggregator.fetch_source"
 SEND_BATCH = 500  # ledger rows per send job
 
-app = App(connector=PsycopgConnector(), import_paths=[__name__])
-
 
 @dataclass
 class Runtime:
@@ -92,9 +90,25 @@ def require_postgres(config: Config) -> None:
 
 
 def bound_app(config: Config) -> App:
-    """The task app connected to the configured database."""
+    """A procrastinate app on the configured database, with the aggregator's tasks.
+
+    Built per process rather than at import time, because the database URL
+    comes from feeds.yaml / DATABASE_URL.
+    """
     require_postgres(config)
-    return app.with_connector(PsycopgConnector(conninfo=libpq_url(config.database_url)))
+    app = App(connector=PsycopgConnector(conninfo=libpq_url(config.database_url)))
+    register: Any = app.task  # procrastinate's decorator factories are loosely typed
+    periodic: Any = app.periodic
+    periodic(cron="* * * * *", periodic_id="dispatch")(
+        register(name="aggregator.dispatch", queue=QUEUE, queueing_lock="dispatch")(dispatch)
+    )
+    register(name=FETCH_TASK, queue=QUEUE)(fetch_source)
+    register(name="aggregator.publish", queue=QUEUE, lock="publish")(publish)
+    periodic(cron="*/10 * * * *", periodic_id="digest")(
+        register(name="aggregator.digest", queue=QUEUE, queueing_lock="digest")(weekly_digest)
+    )
+    register(name="aggregator.send_digest", queue=QUEUE)(send_digest)
+    return app
 
 
 async def start_runtime(
@@ -139,7 +153,10 @@ def apply_schema(store: Store) -> bool:
     with store.transaction() as conn:
         if conn.execute(text("SELECT to_regclass('procrastinate_jobs')")).scalar() is not None:
             return False
-        conn.exec_driver_sql(SchemaManager.get_schema())
+        # Straight to the driver without parameters: the schema's SQL holds
+        # literal "%" signs that a parameterized execute would try to format.
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute(SchemaManager.get_schema())
     log.info("procrastinate schema applied")
     return True
 
@@ -193,8 +210,6 @@ def dispatch_due(store: Store, config: Config, *, limit: int = 1000) -> list[str
     return queued
 
 
-@app.periodic(cron="* * * * *", periodic_id="dispatch")
-@app.task(name="aggregator.dispatch", queue=QUEUE, queueing_lock="dispatch")
 async def dispatch(timestamp: int) -> int:
     rt = _rt()
     return len(await asyncio.to_thread(dispatch_due, rt.store, rt.config))
@@ -203,7 +218,6 @@ async def dispatch(timestamp: int) -> int:
 # ---------------------------------------------------------------------------- fetch, publish
 
 
-@app.task(name=FETCH_TASK, queue=QUEUE)
 async def fetch_source(source_id: str) -> str:
     rt = _rt()
     try:
@@ -223,7 +237,6 @@ async def fetch_source(source_id: str) -> str:
     return stats.outcome.value
 
 
-@app.task(name="aggregator.publish", queue=QUEUE, lock="publish")
 async def publish() -> bool:
     from .publish import ping_pending, publish_from_store
 
@@ -276,14 +289,11 @@ async def digest_due() -> int:
     return jobs
 
 
-@app.periodic(cron="*/10 * * * *", periodic_id="digest")
-@app.task(name="aggregator.digest", queue=QUEUE, queueing_lock="digest")
 async def weekly_digest(timestamp: int) -> int:
     """Every ten minutes: cheap when nothing is due, and a missed slot is caught up."""
     return await digest_due()
 
 
-@app.task(name="aggregator.send_digest", queue=QUEUE)
 async def send_digest(digest_id: int) -> dict[str, Any]:
     from .deliver import deliver_digest
 

@@ -1,0 +1,255 @@
+"""Distributed mode on a real PostgreSQL: dispatch, workers, publish, digest batches."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+from datetime import timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from aggregator import queue
+from aggregator.config import Config, parse_config
+from aggregator.errors import ConfigError
+from aggregator.models import DeliveryStatus, utcnow
+from aggregator.store import Store
+from tests.support.http import FixtureServer
+from tests.support.items import make_item
+from tests.support.smtp import SmtpFixture
+
+pytestmark = pytest.mark.postgres
+SECRET = "q" * 32
+
+
+def rss(prefix: str, count: int) -> str:
+    items = "".join(
+        f"<item><guid>{prefix}-{n}</guid><title>{prefix} story {n}</title>"
+        f"<link>https://news.example.kr/{prefix}/{n}</link>"
+        f"<pubDate>{format_datetime(utcnow() - timedelta(hours=n + 1))}</pubDate>"
+        f"<description>Text {n}.</description></item>"
+        for n in range(count)
+    )
+    return (
+        '<?xml version="1.0"?><rss version="2.0"><channel><title>T</title>'
+        f"<link>https://news.example.kr/</link><description>d</description>{items}"
+        "</channel></rss>"
+    )
+
+
+def make_config(tmp_path: Path, db_url: str, sources: str, *, smtp_port: int = 25) -> Config:
+    text_ = (
+        f"site: {{title: T, url: 'http://127.0.0.1:9/', output_dir: '{tmp_path}/pub',"
+        " sender_email: digest@example.org}\n"
+        f"storage: {{url: '{db_url}', queue: procrastinate}}\n"
+        "defaults: {interval: 1h, timeout: 5s}\n"
+        f"smtp: {{host: 127.0.0.1, port: {smtp_port}, rate: 0}}\n"
+        "sources:\n" + sources
+    )
+    return parse_config(text_, path=tmp_path / "feeds.yaml")
+
+
+@pytest.fixture
+def pg_store(pg_url: str) -> Store:
+    store = Store.open(pg_url)
+    queue.apply_schema(store)
+    return store
+
+
+def test_sqlite_refuses_distributed_mode(tmp_path: Path) -> None:
+    config = make_config(tmp_path, f"sqlite:///{tmp_path}/x.db", "  - {id: a, url: 'http://x/'}\n")
+    with pytest.raises(ConfigError, match=r"storage\.queue: procrastinate needs PostgreSQL"):
+        queue.require_postgres(config)
+
+
+def test_schema_is_applied_once(pg_store: Store) -> None:
+    assert queue.apply_schema(pg_store) is False  # the fixture applied it already
+
+
+def _jobs(store: Store) -> list[tuple[str, str, str]]:
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT task_name, queueing_lock, status FROM procrastinate_jobs ORDER BY id")
+        ).all()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def test_dispatch_queues_each_due_source_once_and_moves_its_due_time(
+    tmp_path: Path, pg_url: str, pg_store: Store
+) -> None:
+    config = make_config(
+        tmp_path,
+        pg_url,
+        "".join(f"  - {{id: s{n}, url: 'http://127.0.0.1:1/{n}'}}\n" for n in range(5)),
+    )
+    pg_store.sync_sources(config.sources)
+    later = utcnow() + timedelta(hours=2)
+    pg_store.record_not_modified("s4", fetched_at=utcnow(), next_fetch_at=later)  # not due
+
+    first = queue.dispatch_due(pg_store, config)
+    again = queue.dispatch_due(pg_store, config)  # nothing is due any more
+
+    assert sorted(first) == ["s0", "s1", "s2", "s3"]
+    assert again == []
+    assert sorted(lock for _, lock, _ in _jobs(pg_store)) == [f"fetch:s{n}" for n in range(4)]
+    state = pg_store.source_state("s0")
+    assert state is not None and state.next_fetch_at is not None
+    assert state.next_fetch_at > utcnow() + timedelta(minutes=55)
+
+    # Due again while its job still waits: the queueing lock keeps it single,
+    # and the due time is not moved (the savepoint rolled back).
+    with pg_store.transaction() as conn:
+        conn.execute(text("UPDATE sources SET next_fetch_at = NULL WHERE id = 's0'"))
+    assert queue.dispatch_due(pg_store, config) == []
+    assert pg_store.source_state("s0").next_fetch_at is None  # type: ignore[union-attr]
+    assert len(_jobs(pg_store)) == 4
+
+
+def test_concurrent_dispatchers_never_queue_a_source_twice(
+    tmp_path: Path, pg_url: str, pg_store: Store
+) -> None:
+    config = make_config(
+        tmp_path,
+        pg_url,
+        "".join(f"  - {{id: s{n}, url: 'http://127.0.0.1:1/{n}'}}\n" for n in range(40)),
+    )
+    pg_store.sync_sources(config.sources)
+    results: list[list[str]] = []
+    stores = [Store.open(pg_url) for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+
+    def run(store: Store) -> None:
+        barrier.wait()
+        results.append(queue.dispatch_due(store, config))
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+
+    queued = [sid for r in results for sid in r]
+    assert sorted(queued) == sorted(f"s{n}" for n in range(40))  # each exactly once
+    assert len(_jobs(pg_store)) == 40
+
+
+async def _work_until_idle(config: Config, store: Store, *, workers: int = 1) -> None:
+    """Run workers in-process until every job is done (wait=False stops when idle)."""
+    tasks_app = queue.bound_app(config)
+    await queue.start_runtime(config, secret=SECRET, store=store, tasks=tasks_app)
+    try:
+        async with tasks_app.open_async():
+            await asyncio.gather(
+                *(
+                    tasks_app.run_worker_async(
+                        queues=[queue.QUEUE], wait=False, install_signal_handlers=False
+                    )
+                    for _ in range(workers)
+                )
+            )
+    finally:
+        await queue.stop_runtime()
+
+
+def test_worker_ingests_and_a_single_publish_follows(
+    http_server: FixtureServer, tmp_path: Path, pg_url: str, pg_store: Store
+) -> None:
+    for n in range(3):
+        http_server.add(f"/f{n}.xml", rss(f"f{n}", 4))
+    config = make_config(
+        tmp_path,
+        pg_url,
+        "".join(f"  - {{id: f{n}, url: '{http_server.url(f'/f{n}.xml')}'}}\n" for n in range(3)),
+    )
+    pg_store.sync_sources(config.sources)
+    assert len(queue.dispatch_due(pg_store, config)) == 3
+
+    asyncio.run(_work_until_idle(config, pg_store))
+
+    assert pg_store.count_items() == 12
+    assert all(http_server.count(f"/f{n}.xml") == 1 for n in range(3))
+    jobs = _jobs(pg_store)
+    assert [j for j in jobs if j[0] == queue.FETCH_TASK and j[2] != "succeeded"] == []
+    publishes = [j for j in jobs if j[0] == "aggregator.publish"]
+    assert 1 <= len(publishes) <= 3 and all(j[2] == "succeeded" for j in publishes)
+    assert (tmp_path / "pub" / "feed.atom").exists()
+
+
+def test_digest_batches_with_two_workers_mail_each_subscriber_once(
+    tmp_path: Path, pg_url: str, pg_store: Store, smtp_server: SmtpFixture
+) -> None:
+    from aggregator.digest import latest_slot
+    from aggregator.models import Source, SubscriberStatus
+
+    config = make_config(
+        tmp_path, pg_url, "  - {id: k, url: 'http://127.0.0.1:1/'}\n", smtp_port=smtp_server.port
+    )
+    slot = latest_slot(config.digest, config.site, utcnow())
+    pg_store.sync_sources([Source(id="k", url="http://127.0.0.1:1/", type="feed")])
+    seen = slot - timedelta(days=1)
+    pg_store.save_items(
+        "k",
+        [make_item("k", n, title=f"Ko-pick: column {n}", published=seen) for n in range(3)],
+        fetched_at=seen,
+        next_fetch_at=slot + timedelta(days=30),
+    )
+    emails = [f"reader{n:03d}@example.org" for n in range(120)]
+    pg_store.add_subscribers(
+        [(e, None) for e in emails], now=utcnow(), status=SubscriberStatus.ACTIVE
+    )
+    config = replace(config, smtp=smtp_server.settings(rate_per_second=0))
+
+    async def scenario() -> int:
+        tasks_app = queue.bound_app(config)
+        await queue.start_runtime(config, secret=SECRET, store=pg_store, tasks=tasks_app)
+        try:
+            async with tasks_app.open_async():
+                queued = await queue.digest_due()
+                await asyncio.gather(
+                    *(
+                        tasks_app.run_worker_async(
+                            queues=[queue.QUEUE], wait=False, install_signal_handlers=False
+                        )
+                        for _ in range(2)
+                    )
+                )
+                again = await queue.digest_due()  # a second firing: nothing more to send
+                assert again == 0
+                return queued
+        finally:
+            await queue.stop_runtime()
+
+    queued = asyncio.run(scenario())
+
+    assert queued == 1  # 120 rows fit one send job of 500
+    for email in emails:
+        assert len(smtp_server.to(email)) == 1, email
+    [digest] = pg_store.list_digests()
+    counts = pg_store.delivery_counts(digest.id or 0)
+    assert counts[DeliveryStatus.SENT] == len(emails)
+
+
+def test_worker_command_refuses_sqlite_with_a_clear_message(tmp_path: Path) -> None:
+    (tmp_path / "feeds.yaml").write_text(
+        f"storage: {{url: 'sqlite:///{tmp_path}/x.db', queue: procrastinate}}\n"
+        "sources:\n  - {id: a, url: 'http://127.0.0.1:1/'}\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "aggregator", "-c", str(tmp_path / "feeds.yaml"), "worker"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "300"},
+    )
+    assert proc.returncode == 2
+    assert "storage.queue: procrastinate needs PostgreSQL" in proc.stderr
+    assert "Traceback" not in proc.stderr
