@@ -1,0 +1,118 @@
+"""One measured run, in a fresh process so its peak memory and CPU are its own.
+
+``python -m benchmarks.ingest_bench ours|reader|floor ...`` prints one JSON
+object: wall and CPU seconds (this process plus its reaped children, so our
+parsing pool counts), peak RSS in MB, entries and database size. The runner
+(``python -m benchmarks``) starts one such process per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _usage() -> tuple[float, float]:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    peak_mb = max(me.ru_maxrss, kids.ru_maxrss) / 1024
+    return cpu, peak_mb
+
+
+def _size(path: Path) -> float:
+    total = sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
+    return total / (1024 * 1024)
+
+
+def run_ours(base: str, n: int, db: Path) -> dict[str, Any]:
+    from aggregator.config import parse_config
+    from aggregator.ingest import Ingestor
+    from aggregator.store import Store
+
+    lines = "".join(f"  - {{id: f{i:04d}, url: '{base}feed-{i:04d}.xml'}}\n" for i in range(n))
+    config = parse_config(
+        f"storage: {{url: 'sqlite:///{db}'}}\ndefaults: {{interval: 1h, timeout: 60s}}\n"
+        "sources:\n" + lines,
+        path=db.parent / "feeds.yaml",
+    )
+    store = Store.open(config.database_url)
+    started = time.perf_counter()
+    cpu0, _ = _usage()
+    stats = asyncio.run(Ingestor(config, store).run())
+    wall = time.perf_counter() - started
+    cpu, peak = _usage()
+    entries = store.count_items()
+    store.close()
+    return {
+        "wall": wall,
+        "cpu": cpu - cpu0,
+        "peak_mb": peak,
+        "entries": entries,
+        "new": sum(s.new + s.duplicates for s in stats),
+        "errors": sum(1 for s in stats if s.error),
+        "db_mb": _size(db),
+    }
+
+
+def run_reader(base: str, n: int, db: Path, workers: int) -> dict[str, Any]:
+    from reader import make_reader
+
+    reader = make_reader(str(db))
+    if not list(reader.get_feeds(limit=1)):
+        for i in range(n):
+            reader.add_feed(f"{base}feed-{i:04d}.xml")
+    started = time.perf_counter()
+    cpu0, _ = _usage()
+    # scheduled=False: update every feed now, as our pass does (not only the due ones).
+    reader.update_feeds(workers=workers, scheduled=False)
+    wall = time.perf_counter() - started
+    cpu, peak = _usage()
+    entries = reader.get_entry_counts().total
+    reader.close()
+    return {
+        "wall": wall,
+        "cpu": cpu - cpu0,
+        "peak_mb": peak,
+        "entries": entries,
+        "db_mb": _size(db),
+    }
+
+
+def run_floor(directory: Path, n: int, fast: bool) -> dict[str, Any]:
+    import feedparser
+
+    blobs = [(directory / f"feed-{i:04d}.xml").read_bytes() for i in range(n)]
+    options = {"sanitize_html": False, "resolve_relative_uris": False} if fast else {}
+    started = time.perf_counter()
+    cpu0 = time.process_time()
+    entries = sum(len(feedparser.parse(b, **options).entries) for b in blobs)
+    cpu = time.process_time() - cpu0
+    return {"wall": time.perf_counter() - started, "cpu": cpu, "entries": entries}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["ours", "reader", "floor", "floor-fast"])
+    parser.add_argument("--base", default="")
+    parser.add_argument("--dir", type=Path)
+    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--db", type=Path)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    if args.what == "ours":
+        result = run_ours(args.base, args.n, args.db)
+    elif args.what == "reader":
+        result = run_reader(args.base, args.n, args.db, args.workers)
+    else:
+        result = run_floor(args.dir, args.n, args.what == "floor-fast")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
