@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import resource
 import time
 from pathlib import Path
@@ -30,9 +32,28 @@ def _size(path: Path) -> float:
     return total / (1024 * 1024)
 
 
+def _worker_usage(pids: list[int]) -> tuple[float, float]:
+    """CPU seconds and peak RSS (MB) of pool workers, read from /proc before they exit.
+
+    The pool's workers are children of the forkserver, not of this process,
+    so RUSAGE_CHILDREN never sees them.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu = 0.0
+    peak = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / tick
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+    return cpu, peak
+
+
 def run_ours(base: str, n: int, db: Path) -> dict[str, Any]:
     from aggregator.config import parse_config
-    from aggregator.ingest import Ingestor
+    from aggregator.ingest import Ingestor, make_pool
     from aggregator.store import Store
 
     lines = "".join(f"  - {{id: f{i:04d}, url: '{base}feed-{i:04d}.xml'}}\n" for i in range(n))
@@ -44,9 +65,16 @@ def run_ours(base: str, n: int, db: Path) -> dict[str, Any]:
     store = Store.open(config.database_url)
     started = time.perf_counter()
     cpu0, _ = _usage()
-    stats = asyncio.run(Ingestor(config, store).run())
-    wall = time.perf_counter() - started
+    pool = make_pool()  # what Ingestor makes itself for this many sources
+    try:
+        stats = asyncio.run(Ingestor(config, store, pool=pool).run())
+        wall = time.perf_counter() - started
+        workers_cpu, workers_peak = _worker_usage(list(pool._processes))
+    finally:
+        pool.shutdown()
     cpu, peak = _usage()
+    cpu += workers_cpu
+    peak += workers_peak  # all processes at once, a fair upper bound
     entries = store.count_items()
     store.close()
     return {
