@@ -30,6 +30,23 @@ DATA = HERE / ".data"
 READER_WORKERS = (1, 4, 16)
 
 
+def _ensure_nginx() -> None:
+    """Install Debian's nginx when missing, like scripts/test does for its servers."""
+    import shutil
+
+    if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    print("installing nginx-light (the benchmark's HTTP server)...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run([*sudo, "apt-get", "update", "-q"], check=True, env=env)
+    subprocess.run(
+        [*sudo, "apt-get", "install", "-y", "-q", "--no-install-recommends", "nginx-light"],
+        check=True,
+        env=env,
+    )
+
+
 def _ensure_reader() -> None:
     try:
         import reader  # noqa: F401
@@ -151,6 +168,7 @@ def main() -> None:
     parser.add_argument("--scale", action="store_true", help="also 2,000 feeds (memory growth)")
     parser.add_argument("--ingest-only", action="store_true")
     args = parser.parse_args()
+    _ensure_nginx()
     _ensure_reader()
     n = 50 if args.quick else args.feeds
     results = ingest_rows(n)
