@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from datetime import timedelta
-from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
@@ -24,8 +23,9 @@ from aiosmtpd.controller import Controller
 
 from aggregator.deliver import deliver_digest
 from aggregator.errors import DeliveryError
-from aggregator.models import DeliveryStatus, Site, utcnow
+from aggregator.models import DeliveryStatus, Site
 from aggregator.store import Store
+from tests.support.feeds import simple_rss
 from tests.support.http import FixtureServer
 from tests.support.smtp import SmtpFixture
 from tests.test_deliver import add_active, make_digest
@@ -34,18 +34,7 @@ SECRET = "f" * 32
 
 
 def rss(prefix: str, count: int) -> str:
-    items = "".join(
-        f"<item><guid>{prefix}-{n}</guid><title>{prefix} story {n}</title>"
-        f"<link>https://news.example.kr/{prefix}/{n}</link>"
-        f"<pubDate>{format_datetime(utcnow() - timedelta(hours=n + 1))}</pubDate>"
-        f"<description>Text {n}.</description></item>"
-        for n in range(count)
-    )
-    return (
-        '<?xml version="1.0"?><rss version="2.0"><channel><title>T</title>'
-        f"<link>https://news.example.kr/</link><description>d</description>{items}"
-        "</channel></rss>"
-    )
+    return simple_rss(prefix, count)
 
 
 def write_config(tmp_path: Path, sources: str, db: str | None = None) -> Path:

@@ -9,7 +9,6 @@ import sys
 import threading
 from dataclasses import replace
 from datetime import timedelta
-from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from aggregator.config import Config, parse_config
 from aggregator.errors import ConfigError
 from aggregator.models import DeliveryStatus, utcnow
 from aggregator.store import Store
+from tests.support.feeds import simple_rss
 from tests.support.http import FixtureServer
 from tests.support.items import make_item
 from tests.support.smtp import SmtpFixture
@@ -29,18 +29,7 @@ SECRET = "q" * 32
 
 
 def rss(prefix: str, count: int) -> str:
-    items = "".join(
-        f"<item><guid>{prefix}-{n}</guid><title>{prefix} story {n}</title>"
-        f"<link>https://news.example.kr/{prefix}/{n}</link>"
-        f"<pubDate>{format_datetime(utcnow() - timedelta(hours=n + 1))}</pubDate>"
-        f"<description>Text {n}.</description></item>"
-        for n in range(count)
-    )
-    return (
-        '<?xml version="1.0"?><rss version="2.0"><channel><title>T</title>'
-        f"<link>https://news.example.kr/</link><description>d</description>{items}"
-        "</channel></rss>"
-    )
+    return simple_rss(prefix, count)
 
 
 def make_config(tmp_path: Path, db_url: str, sources: str, *, smtp_port: int = 25) -> Config:

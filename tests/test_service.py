@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from aggregator.digest import latest_slot
 from aggregator.models import utcnow
 from aggregator.scheduler import DIGEST_JOB, DIGEST_MISFIRE_GRACE, Service, digest_trigger
 from aggregator.store import Store
+from tests.support.feeds import simple_rss
 from tests.support.http import FixtureServer
 from tests.support.items import make_item
 
@@ -45,18 +45,7 @@ def free_port() -> int:
 
 
 def rss(n_items: int, prefix: str = "story") -> str:
-    items = "".join(
-        f"<item><guid>{prefix}-{k}</guid><title>{prefix.title()} number {k}</title>"
-        f"<link>https://news.example.kr/{prefix}/{k}</link>"
-        f"<pubDate>{format_datetime(utcnow() - timedelta(hours=k + 1))}</pubDate>"
-        f"<description>Text of {prefix} {k}.</description></item>"
-        for k in range(n_items)
-    )
-    return (
-        '<?xml version="1.0"?><rss version="2.0"><channel><title>T</title>'
-        f"<link>https://news.example.kr/</link><description>d</description>{items}"
-        "</channel></rss>"
-    )
+    return simple_rss(prefix, n_items, title="{prefix} number {n}")
 
 
 def write_config(tmp_path: Path, sources: str, *, port: int, schedule: str = "mon 09:00") -> Path:
@@ -121,7 +110,7 @@ def test_scheduler_ingests_each_source_and_publishes(
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
                 feed = await client.get("/feed.atom")
                 assert feed.status_code == 200
-                assert "Alpha number 0" in feed.text
+                assert "alpha number 0" in feed.text
                 metrics = (await client.get("/metrics")).text
                 assert 'aggregator_fetches_total{result="ok"}' in metrics
                 assert 'aggregator_fetches_total{result="not_modified"}' in metrics
