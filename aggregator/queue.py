@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 QUEUE = "aggregator"
 FETCH_TASK = "aggregator.fetch_source"
 SEND_BATCH = 500  # ledger rows per send job
+HEARTBEAT = 2.0  # seconds between a worker's heartbeats
+STALLED_AFTER = 10.0  # a worker silent this long is dead: its running jobs are retried
 
 
 @dataclass
@@ -212,7 +214,23 @@ def dispatch_due(store: Store, config: Config, *, limit: int = 1000) -> list[str
 
 async def dispatch(timestamp: int) -> int:
     rt = _rt()
+    await recover_stalled(_tasks(rt))
     return len(await asyncio.to_thread(dispatch_due, rt.store, rt.config))
+
+
+async def recover_stalled(tasks_app: App, *, silent_for: float = STALLED_AFTER) -> int:
+    """Put back the jobs of workers that stopped heart-beating (killed, machine lost).
+
+    A fetch redone is harmless (ingest is idempotent); a send job redone
+    claims only ledger rows whose lease expired.
+    """
+    manager: Any = tasks_app.job_manager
+    stalled = list(await manager.get_stalled_jobs(seconds_since_heartbeat=silent_for))
+    for job in stalled:
+        await manager.retry_job_by_id_async(job.id, retry_at=utcnow())
+    if stalled:
+        log.warning("retried %d jobs of workers that stopped responding", len(stalled))
+    return len(stalled)
 
 
 # ---------------------------------------------------------------------------- fetch, publish
@@ -346,7 +364,11 @@ async def run_distributed(
             if role in ("all", "worker"):
                 jobs.append(
                     tasks_app.run_worker_async(
-                        queues=[QUEUE], concurrency=concurrency, install_signal_handlers=True
+                        queues=[QUEUE],
+                        concurrency=concurrency,
+                        install_signal_handlers=True,
+                        update_heartbeat_interval=HEARTBEAT,
+                        stalled_worker_timeout=STALLED_AFTER,
                     )
                 )
             await asyncio.gather(*jobs)

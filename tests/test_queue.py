@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -41,6 +43,7 @@ def make_config(tmp_path: Path, db_url: str, sources: str, *, smtp_port: int = 2
         f"smtp: {{host: 127.0.0.1, port: {smtp_port}, rate: 0}}\n"
         "sources:\n" + sources
     )
+    (tmp_path / "feeds.yaml").write_text(text_, encoding="utf-8")  # for worker processes
     return parse_config(text_, path=tmp_path / "feeds.yaml")
 
 
@@ -242,3 +245,121 @@ def test_worker_command_refuses_sqlite_with_a_clear_message(tmp_path: Path) -> N
     assert proc.returncode == 2
     assert "storage.queue: procrastinate needs PostgreSQL" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _worker(config_path: Path, db_url: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aggregator",
+            "-c",
+            str(config_path),
+            "--log-text",
+            "worker",
+            "--concurrency",
+            "4",
+        ],
+        env={**os.environ, "DATABASE_URL": db_url, "AGGREGATOR_SECRET": SECRET},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_worker_processes_fetch_each_source_once_and_recover_a_killed_worker(
+    http_server: FixtureServer, tmp_path: Path, pg_url: str, pg_store: Store
+) -> None:
+    n_sources = 120
+    for n in range(n_sources):
+        http_server.add(f"/s{n}.xml", rss(f"s{n}", 2), delay=0.15)
+    config = make_config(
+        tmp_path,
+        pg_url,
+        "".join(
+            f"  - {{id: s{n}, url: '{http_server.url(f'/s{n}.xml')}'}}\n" for n in range(n_sources)
+        ),
+    )
+    pg_store.sync_sources(config.sources)
+    assert len(queue.dispatch_due(pg_store, config)) == n_sources
+
+    workers = [_worker(config.path or tmp_path / "feeds.yaml", pg_url) for _ in range(3)]
+    try:
+        _wait_for(lambda: pg_store.count_items() >= 20, 60, "the first items")
+        workers[0].kill()  # SIGKILL mid-run: its claimed jobs stay "doing"
+        workers[0].wait(timeout=10)
+
+        async def recover() -> int:
+            tasks_app = queue.bound_app(config)
+            async with tasks_app.open_async():
+                time.sleep(queue.STALLED_AFTER + 1)
+                return await queue.recover_stalled(tasks_app)
+
+        asyncio.run(recover())
+        _wait_for(lambda: pg_store.count_items() == 2 * n_sources, 120, "every source stored")
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.terminate()
+        errors = [w.communicate(timeout=30)[1] for w in workers]
+    assert all("Traceback" not in e for e in errors[1:]), errors
+
+    # Every source fetched once per due time, except at most the few in flight at the kill.
+    counts = [http_server.count(f"/s{n}.xml") for n in range(n_sources)]
+    assert min(counts) == 1
+    assert sum(c - 1 for c in counts) <= 4  # the killed worker's concurrency
+    with pg_store.engine.connect() as conn:
+        dupes = conn.execute(
+            text("SELECT count(*) - count(DISTINCT (source_id, guid)) FROM items")
+        ).scalar()
+    assert dupes == 0
+
+
+def test_control_a_dispatcher_without_locks_does_queue_twice(
+    tmp_path: Path, pg_url: str, pg_store: Store
+) -> None:
+    """The check above can fail: the same select-then-defer without SKIP LOCKED and
+    without queueing locks, run by concurrent dispatchers, queues sources twice."""
+    config = make_config(
+        tmp_path,
+        pg_url,
+        "".join(f"  - {{id: s{n}, url: 'http://127.0.0.1:1/{n}'}}\n" for n in range(40)),
+    )
+    pg_store.sync_sources(config.sources)
+    stores = [Store.open(pg_url) for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+
+    def naive(store: Store) -> None:
+        with store.transaction() as conn:
+            due = list(
+                conn.execute(text("SELECT id FROM sources WHERE next_fetch_at IS NULL")).scalars()
+            )
+            barrier.wait()
+            for source_id in due:
+                conn.execute(
+                    text(
+                        "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('aggregator', :task, 0, "
+                        "NULL, NULL, CAST(:args AS jsonb), NULL)::procrastinate_job_to_defer_v1])"
+                    ),
+                    {"task": queue.FETCH_TASK, "args": f'{{"source_id": "{source_id}"}}'},
+                )
+
+    threads = [threading.Thread(target=naive, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+
+    assert len(_jobs(pg_store)) > 40  # duplicates: what dispatch_due prevents
