@@ -36,6 +36,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -58,6 +59,14 @@ FETCH_TASK = "aggregator.fetch_source"
 SEND_BATCH = 500  # ledger rows per send job
 HEARTBEAT = 2.0  # seconds between a worker's heartbeats
 STALLED_AFTER = 10.0  # a worker silent this long is dead: its running jobs are retried
+# How long a sender's claim on ledger rows lasts if it dies; rows it held are
+# sent by another worker after this. AGGREGATOR_SEND_LEASE_SECONDS overrides.
+SEND_LEASE = timedelta(minutes=5)
+
+
+def send_lease() -> timedelta:
+    override = os.environ.get("AGGREGATOR_SEND_LEASE_SECONDS", "")
+    return timedelta(seconds=float(override)) if override else SEND_LEASE
 
 
 @dataclass
@@ -326,7 +335,7 @@ async def send_digest(digest_id: int) -> dict[str, Any]:
         smtp=rt.config.smtp,
         secret=rt.secret,
         batch_size=50,
-        lease=timedelta(minutes=5),
+        lease=send_lease(),
     )
     return {"sent": report.sent, "failed": report.failed, "pending": report.pending}
 

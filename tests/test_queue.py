@@ -175,29 +175,35 @@ def test_worker_ingests_and_a_single_publish_follows(
     assert (tmp_path / "pub" / "feed.atom").exists()
 
 
-def test_digest_batches_with_two_workers_mail_each_subscriber_once(
-    tmp_path: Path, pg_url: str, pg_store: Store, smtp_server: SmtpFixture
-) -> None:
+def _digest_ready(
+    tmp_path: Path, pg_url: str, store: Store, smtp: SmtpFixture, subscribers: int
+) -> Config:
+    """Three items first seen last week and ``subscribers`` active readers."""
     from aggregator.digest import latest_slot
     from aggregator.models import Source, SubscriberStatus
 
     config = make_config(
-        tmp_path, pg_url, "  - {id: k, url: 'http://127.0.0.1:1/'}\n", smtp_port=smtp_server.port
+        tmp_path, pg_url, "  - {id: k, url: 'http://127.0.0.1:1/'}\n", smtp_port=smtp.port
     )
     slot = latest_slot(config.digest, config.site, utcnow())
-    pg_store.sync_sources([Source(id="k", url="http://127.0.0.1:1/", type="feed")])
+    store.sync_sources([Source(id="k", url="http://127.0.0.1:1/", type="feed")])
     seen = slot - timedelta(days=1)
-    pg_store.save_items(
+    store.save_items(
         "k",
         [make_item("k", n, title=f"Ko-pick: column {n}", published=seen) for n in range(3)],
         fetched_at=seen,
         next_fetch_at=slot + timedelta(days=30),
     )
-    emails = [f"reader{n:03d}@example.org" for n in range(120)]
-    pg_store.add_subscribers(
-        [(e, None) for e in emails], now=utcnow(), status=SubscriberStatus.ACTIVE
-    )
-    config = replace(config, smtp=smtp_server.settings(rate_per_second=0))
+    emails = [f"reader{n:04d}@example.org" for n in range(subscribers)]
+    store.add_subscribers([(e, None) for e in emails], now=utcnow(), status=SubscriberStatus.ACTIVE)
+    return replace(config, smtp=smtp.settings(rate_per_second=0))
+
+
+def test_digest_batches_with_two_workers_mail_each_subscriber_once(
+    tmp_path: Path, pg_url: str, pg_store: Store, smtp_server: SmtpFixture
+) -> None:
+    config = _digest_ready(tmp_path, pg_url, pg_store, smtp_server, 120)
+    emails = [f"reader{n:04d}@example.org" for n in range(120)]
 
     async def scenario() -> int:
         tasks_app = queue.bound_app(config)
@@ -363,3 +369,68 @@ def test_control_a_dispatcher_without_locks_does_queue_twice(
         s.close()
 
     assert len(_jobs(pg_store)) > 40  # duplicates: what dispatch_due prevents
+
+
+@pytest.mark.slow
+def test_senders_in_worker_processes_with_one_killed_reach_everyone_once(
+    tmp_path: Path, pg_url: str, pg_store: Store, smtp_server: SmtpFixture
+) -> None:
+    subscribers = 1_200
+    config = _digest_ready(tmp_path, pg_url, pg_store, smtp_server, subscribers)
+    smtp_server.handler.delay = 0.01  # so the kill lands mid-send
+
+    async def queue_sends() -> int:
+        tasks_app = queue.bound_app(config)
+        await queue.start_runtime(config, secret=SECRET, store=pg_store, tasks=tasks_app)
+        try:
+            async with tasks_app.open_async():
+                return await queue.digest_due()
+        finally:
+            await queue.stop_runtime()
+
+    assert asyncio.run(queue_sends()) == 3  # 1,200 rows in jobs of 500
+    os.environ["AGGREGATOR_SEND_LEASE_SECONDS"] = "3"
+    try:
+        workers = [_worker(config.path or tmp_path / "feeds.yaml", pg_url) for _ in range(4)]
+    finally:
+        del os.environ["AGGREGATOR_SEND_LEASE_SECONDS"]
+    by_pid = {w.pid: w for w in workers}
+    try:
+        _wait_for(lambda: len(smtp_server.messages) >= 200, 60, "the first 200 messages")
+        with pg_store.engine.connect() as conn:
+            owner = conn.execute(
+                text("SELECT lease_owner FROM deliveries WHERE status = 'sending' LIMIT 1")
+            ).scalar()
+        assert owner, "nobody was sending"
+        victim = by_pid[int(owner.split(":")[1])]
+        victim.kill()
+        victim.wait(timeout=10)
+
+        async def recover() -> int:
+            tasks_app = queue.bound_app(config)
+            async with tasks_app.open_async():
+                time.sleep(queue.STALLED_AFTER + 1)
+                return await queue.recover_stalled(tasks_app)
+
+        assert asyncio.run(recover()) >= 1
+        _wait_for(
+            lambda: len({r for m in smtp_server.messages for r in m.recipients}) == subscribers,
+            120,
+            "every subscriber reached",
+        )
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.terminate()
+        for w in workers:
+            w.wait(timeout=30)
+
+    received: dict[str, list[str]] = {}
+    for message in smtp_server.messages:
+        for rcpt in message.recipients:
+            received.setdefault(rcpt, []).append(message.message_id)
+    assert len(received) == subscribers
+    repeats = {r: ids for r, ids in received.items() if len(ids) > 1}
+    assert len(repeats) <= 1, repeats  # only the message in flight at the kill
+    for ids in repeats.values():
+        assert len(set(ids)) == 1  # resent with the same Message-ID
