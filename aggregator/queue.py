@@ -11,18 +11,22 @@ Guarantees and how they are kept:
   cluster). In ONE database transaction it locks the due rows of ``sources``
   (``FOR UPDATE SKIP LOCKED``: a concurrent dispatcher skips them), moves their
   ``next_fetch_at`` forward and inserts one ``fetch_source`` job per source
-  through procrastinate's own SQL function, with a queueing lock
-  ``fetch:<id>``. Moving the due time and queueing the job commit together or
-  not at all; a source whose previous job is still waiting is skipped (its
-  savepoint rolls back) instead of being queued twice.
+  through procrastinate's own SQL function, with queueing lock and lock
+  ``fetch:<id>`` (never two waiting jobs for a source, never two running).
+  Moving the due time and queueing the job commit together or not at all; a
+  source whose previous job is still waiting is skipped, keeping its due time.
 * **Fetch jobs run the very same ingest code** (:meth:`Ingestor.ingest_source`),
   which records backoff and errors on the source as in single-machine mode.
 * **Publish is deduplicated**: a fetch that stored something defers
   ``publish`` with the queueing lock ``publish``; while one is waiting, further
   requests are dropped (that waiting job will see their items).
-* **The weekly digest is composed once per period** (``compose`` is
-  idempotent per period, the store's unique constraint settles races) and
-  sent by ``send_digest`` jobs that share the delivery ledger: rows move
+* **The weekly digest is composed once per period**: a periodic task on the
+  configured slot (converted from ``site.timezone`` to procrastinate's UTC
+  cron) plus a ten-minute catch-up tick, both one job per tick cluster-wide
+  and sharing the queueing lock ``digest``; ``compose`` is idempotent per
+  period (the store's unique constraint settles races). The task writes one
+  ledger row per (digest, subscriber) and queues one ``send_digest`` job per
+  500 rows waiting. Send jobs share the delivery ledger: rows move
   pending → sending (with a lease) → sent with a fixed Message-ID per
   (digest, subscriber), so parallel senders never mail one subscriber twice,
   and after a worker dies only the message in flight can repeat, with the same
@@ -33,17 +37,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from procrastinate import App, PsycopgConnector
 from procrastinate.exceptions import AlreadyEnqueued
-from sqlalchemy import text
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import IntegrityError
 
 from .config import Config
 from .errors import ConfigError
@@ -57,6 +62,8 @@ log = logging.getLogger(__name__)
 QUEUE = "aggregator"
 FETCH_TASK = "aggregator.fetch_source"
 SEND_BATCH = 500  # ledger rows per send job
+SCHEMA_LOCK_KEY = 0x61677271  # pg_advisory_xact_lock key serialising apply_schema
+DISPATCH_CHUNK = 1000  # due sources queued per dispatch transaction
 HEARTBEAT = 2.0  # seconds between a worker's heartbeats
 STALLED_AFTER = 10.0  # a worker silent this long is dead: its running jobs are retried
 # How long a sender's claim on ledger rows lasts if it dies; rows it held are
@@ -90,6 +97,29 @@ def libpq_url(url: str) -> str:
     return "postgresql://" + rest if scheme.startswith("postgres") else url
 
 
+_CRON_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def digest_cron(config: Config, *, now: datetime | None = None) -> str:
+    """The digest slot ("mon 09:00" in ``site.timezone``) as a UTC cron line.
+
+    procrastinate evaluates cron lines in UTC, so the slot is converted with the
+    zone's offset at the next slot after ``now``; day names, never numbers
+    (see :func:`aggregator.config.parse_schedule`). A daylight-saving change
+    after the worker started can make this tick an hour off; the ten-minute
+    ``digest-catch-up`` tick, which composes whatever :func:`latest_slot` says
+    is due, covers that and any tick missed while no worker was up.
+    """
+    from .digest import latest_slot
+
+    zone = ZoneInfo(config.site.timezone)
+    last = latest_slot(config.digest, config.site, now or utcnow()).astimezone(zone)
+    # Step a week in wall time, so the offset is the one of the next slot itself.
+    upcoming = (last.replace(tzinfo=None) + timedelta(days=7)).replace(tzinfo=zone)
+    utc = upcoming.astimezone(UTC)
+    return f"{utc.minute} {utc.hour} * * {_CRON_DAYS[utc.weekday()]}"
+
+
 def require_postgres(config: Config) -> None:
     if not config.database_url.startswith(("postgresql", "postgres:")):
         where = f"{config.path}: " if config.path else ""
@@ -115,9 +145,11 @@ def bound_app(config: Config) -> App:
     )
     register(name=FETCH_TASK, queue=QUEUE)(fetch_source)
     register(name="aggregator.publish", queue=QUEUE, lock="publish")(publish)
-    periodic(cron="*/10 * * * *", periodic_id="digest")(
-        register(name="aggregator.digest", queue=QUEUE, queueing_lock="digest")(weekly_digest)
+    digest_task = register(name="aggregator.digest", queue=QUEUE, queueing_lock="digest")(
+        weekly_digest
     )
+    periodic(cron=digest_cron(config), periodic_id="digest")(digest_task)
+    periodic(cron="*/10 * * * *", periodic_id="digest-catch-up")(digest_task)
     register(name="aggregator.send_digest", queue=QUEUE)(send_digest)
     return app
 
@@ -162,6 +194,9 @@ def apply_schema(store: Store) -> bool:
     from procrastinate.schema import SchemaManager
 
     with store.transaction() as conn:
+        # Several nodes may migrate at once: the first applies, the others wait
+        # here and then find the tables (the lock ends with the transaction).
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
         if conn.execute(text("SELECT to_regclass('procrastinate_jobs')")).scalar() is not None:
             return False
         # Straight to the driver without parameters: the schema's SQL holds
@@ -175,56 +210,104 @@ def apply_schema(store: Store) -> bool:
 # ---------------------------------------------------------------------------- dispatch
 
 
-def dispatch_due(store: Store, config: Config, *, limit: int = 1000) -> list[str]:
-    """Queue one fetch job per due source; returns the ids queued (see module docstring)."""
+_DUE = text(
+    "SELECT s.id FROM sources s WHERE s.id = ANY(:ids) "
+    "AND (s.next_fetch_at IS NULL OR s.next_fetch_at <= :now) "
+    # A source whose previous job still waits is left alone (and keeps its due time).
+    "AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j "
+    "WHERE j.queueing_lock = 'fetch:' || s.id AND j.status = 'todo') "
+    "ORDER BY s.next_fetch_at NULLS FIRST LIMIT :limit FOR UPDATE OF s SKIP LOCKED"
+)
+_MOVE = text(
+    "UPDATE sources SET next_fetch_at = due.next "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:nexts AS timestamptz[])) AS due(id, next) "
+    "WHERE sources.id = due.id"
+)
+_DEFER = text(
+    "SELECT procrastinate_defer_jobs_v1(ARRAY(SELECT ROW(:queue, :task, 0, "
+    "'fetch:' || id, 'fetch:' || id, jsonb_build_object('source_id', id), NULL)"
+    "::procrastinate_job_to_defer_v1 FROM unnest(CAST(:ids AS text[])) AS id))"
+)
+
+
+def _is_queueing_lock_conflict(exc: IntegrityError) -> bool:
+    return "procrastinate_jobs_queueing_lock_idx" in str(exc.orig or exc)
+
+
+def dispatch_due(store: Store, config: Config, *, limit: int = DISPATCH_CHUNK) -> list[str]:
+    """Queue one fetch job per due source (at most ``limit``); returns the ids queued.
+
+    One transaction on the store's own connection does all of it: lock the due
+    rows (``FOR UPDATE SKIP LOCKED``), move their ``next_fetch_at`` forward and
+    insert the jobs with procrastinate's SQL function
+    ``procrastinate_defer_jobs_v1`` (what its connector calls too), each with
+    queueing lock and lock ``fetch:<id>``. Either both the due time moves and
+    the job exists, or neither. A concurrent dispatcher skips the locked rows,
+    and once this commits the rows are no longer due. Should a job for one of
+    them still wait anyway (its queueing lock), the batch is retried one source
+    at a time under savepoints and that source is skipped, keeping its due time.
+    """
     intervals = {s.id: s.interval for s in config.sources if s.enabled}
     if not intervals:
         return []
-    queued: list[str] = []
     now = utcnow()
     with store.transaction() as conn:
-        due = conn.execute(
-            text(
-                "SELECT id FROM sources WHERE id = ANY(:ids) "
-                "AND (next_fetch_at IS NULL OR next_fetch_at <= :now) "
-                "ORDER BY next_fetch_at NULLS FIRST LIMIT :limit FOR UPDATE SKIP LOCKED"
-            ),
-            {"ids": list(intervals), "now": now, "limit": limit},
-        ).scalars()
-        for source_id in list(due):
-            savepoint = conn.begin_nested()
-            try:
-                conn.execute(
-                    text("UPDATE sources SET next_fetch_at = :next WHERE id = :id"),
-                    {"id": source_id, "next": now + intervals[source_id]},
-                )
-                conn.execute(
-                    text(
-                        "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW(:queue, :task, 0, NULL, "
-                        ":lock, CAST(:args AS jsonb), NULL)::procrastinate_job_to_defer_v1])"
-                    ),
-                    {
-                        "queue": QUEUE,
-                        "task": FETCH_TASK,
-                        "lock": f"fetch:{source_id}",
-                        "args": json.dumps({"source_id": source_id}),
-                    },
-                )
-                savepoint.commit()
-                queued.append(source_id)
-            except Exception as exc:  # the queueing lock: a job for it is still waiting
-                savepoint.rollback()
-                if "procrastinate_jobs_queueing_lock_idx" not in str(exc):
-                    raise
+        due = list(
+            conn.execute(_DUE, {"ids": list(intervals), "now": now, "limit": limit}).scalars()
+        )
+        if not due:
+            return []
+        queued = _defer_fetches(conn, due, intervals, now)
     if queued:
         log.info("dispatched %d due sources", len(queued))
     return queued
 
 
+def _defer_fetches(
+    conn: Connection, due: list[str], intervals: dict[str, timedelta], now: datetime
+) -> list[str]:
+    def defer(ids: list[str]) -> None:
+        nexts = [now + intervals[source_id] for source_id in ids]
+        conn.execute(_MOVE, {"ids": ids, "nexts": nexts})
+        conn.execute(_DEFER, {"queue": QUEUE, "task": FETCH_TASK, "ids": ids})
+
+    savepoint = conn.begin_nested()
+    try:
+        defer(due)
+        savepoint.commit()
+        return due
+    except IntegrityError as exc:
+        savepoint.rollback()
+        if not _is_queueing_lock_conflict(exc):
+            raise
+    queued: list[str] = []
+    for source_id in due:
+        savepoint = conn.begin_nested()
+        try:
+            defer([source_id])
+            savepoint.commit()
+            queued.append(source_id)
+        except IntegrityError as exc:
+            savepoint.rollback()
+            if not _is_queueing_lock_conflict(exc):
+                raise
+    return queued
+
+
+def dispatch_all_due(store: Store, config: Config, *, chunk: int = DISPATCH_CHUNK) -> int:
+    """Dispatch in chunks (one transaction each) until nothing is due; returns jobs queued."""
+    total = 0
+    while True:
+        queued = dispatch_due(store, config, limit=chunk)
+        total += len(queued)
+        if len(queued) < chunk:
+            return total
+
+
 async def dispatch(timestamp: int) -> int:
     rt = _rt()
     await recover_stalled(_tasks(rt))
-    return len(await asyncio.to_thread(dispatch_due, rt.store, rt.config))
+    return await asyncio.to_thread(dispatch_all_due, rt.store, rt.config)
 
 
 async def recover_stalled(tasks_app: App, *, silent_for: float = STALLED_AFTER) -> int:
@@ -317,7 +400,12 @@ async def digest_due() -> int:
 
 
 async def weekly_digest(timestamp: int) -> int:
-    """Every ten minutes: cheap when nothing is due, and a missed slot is caught up."""
+    """On the digest slot, and every ten minutes to catch up (a no-op when nothing is due).
+
+    The catch-up tick also re-queues send jobs while ledger rows are left
+    pending or sending, e.g. rows whose sender died after the other send jobs
+    had finished: they go out once their lease expires.
+    """
     return await digest_due()
 
 
