@@ -401,13 +401,14 @@ def try_source(
 
 def _register_commands() -> None:
     """Commands living in their own modules (kept small, imported lazily at run time)."""
-    from . import cli_digest, cli_mail, cli_publish, cli_service
+    from . import cli_digest, cli_mail, cli_publish, cli_queue, cli_service
 
     cli_publish.register(app)
     cli_digest.register(app)
     cli_mail.register(app)
     cli_mail.register_digest_send(cli_digest.digest_app)
     cli_service.register(app)
+    cli_queue.register(app)
 
 
 _register_commands()
