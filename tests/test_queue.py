@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -434,3 +435,117 @@ def test_senders_in_worker_processes_with_one_killed_reach_everyone_once(
     assert len(repeats) <= 1, repeats  # only the message in flight at the kill
     for ids in repeats.values():
         assert len(set(ids)) == 1  # resent with the same Message-ID
+
+
+def test_digest_cron_is_the_slot_of_the_site_zone_in_utc(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    def cron(zone: str, schedule: str, now: datetime) -> str:
+        config = parse_config(f"site: {{timezone: {zone}}}\ndigest: {{schedule: '{schedule}'}}\n")
+        return queue.digest_cron(config, now=now)
+
+    winter, summer = datetime(2026, 1, 7, tzinfo=UTC), datetime(2026, 7, 8, tzinfo=UTC)
+    assert cron("Asia/Seoul", "mon 09:00", winter) == "0 0 * * mon"
+    assert cron("Asia/Seoul", "mon 08:30", summer) == "30 23 * * sun"  # the day before in UTC
+    assert cron("America/New_York", "sun 21:30", winter) == "30 2 * * mon"  # EST, UTC-5
+    assert cron("America/New_York", "sun 21:30", summer) == "30 1 * * mon"  # EDT, UTC-4
+    # Just before the spring change, the offset is the one of the coming slot.
+    assert cron("America/New_York", "sun 21:30", datetime(2026, 3, 3, tzinfo=UTC)) == (
+        "30 1 * * mon"
+    )
+
+
+def test_dispatch_in_chunks_with_a_run_lock_per_source(
+    tmp_path: Path, pg_url: str, pg_store: Store
+) -> None:
+    config = make_config(
+        tmp_path,
+        pg_url,
+        "".join(f"  - {{id: c{n}, url: 'http://127.0.0.1:1/{n}'}}\n" for n in range(7)),
+    )
+    pg_store.sync_sources(config.sources)
+
+    assert queue.dispatch_all_due(pg_store, config, chunk=3) == 7  # 3 + 3 + 1
+    with pg_store.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT lock, queueing_lock, args->>'source_id' FROM procrastinate_jobs")
+        ).all()
+    assert sorted(rows) == [(f"fetch:c{n}",) * 2 + (f"c{n}",) for n in range(7)]
+
+
+def test_dispatch_falls_back_to_one_source_at_a_time_on_a_lock_conflict(
+    tmp_path: Path, pg_url: str, pg_store: Store
+) -> None:
+    """The race the NOT EXISTS filter cannot see: a job for a selected source
+    appears before the batch insert. That source alone is skipped, due time kept."""
+    config = make_config(
+        tmp_path,
+        pg_url,
+        "".join(f"  - {{id: r{n}, url: 'http://127.0.0.1:1/{n}'}}\n" for n in range(3)),
+    )
+    pg_store.sync_sources(config.sources)
+    with pg_store.transaction() as conn:
+        conn.execute(
+            text(
+                "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('aggregator', :task, 0, NULL, "
+                "'fetch:r1', '{}'::jsonb, NULL)::procrastinate_job_to_defer_v1])"
+            ),
+            {"task": queue.FETCH_TASK},
+        )
+    intervals = {s.id: s.interval for s in config.sources}
+    now = utcnow()
+    with pg_store.transaction() as conn:
+        queued = queue._defer_fetches(conn, ["r0", "r1", "r2"], intervals, now)
+    assert queued == ["r0", "r2"]
+    assert pg_store.source_state("r1").next_fetch_at is None  # type: ignore[union-attr]
+    assert pg_store.source_state("r2").next_fetch_at is not None  # type: ignore[union-attr]
+    assert len(_jobs(pg_store)) == 3
+
+
+def test_periodic_tasks_are_deferred_once_per_tick_by_several_workers(
+    tmp_path: Path, pg_url: str, pg_store: Store
+) -> None:
+    from procrastinate.periodic import PeriodicDeferrer
+
+    config = make_config(tmp_path, pg_url, "  - {id: p, url: 'http://127.0.0.1:1/'}\n")
+    tick = int(time.time()) // 60 * 60
+
+    async def three_workers_fire(timestamp: int) -> None:
+        apps = [queue.bound_app(config) for _ in range(3)]
+        async with contextlib.AsyncExitStack() as stack:
+            for tasks_app in apps:
+                await stack.enter_async_context(tasks_app.open_async())
+            deferrers = [PeriodicDeferrer(registry=a.periodic_registry) for a in apps]
+            await asyncio.gather(
+                *(
+                    d.defer_jobs([(task, timestamp) for task in d.registry.periodic_tasks.values()])
+                    for d in deferrers
+                )
+            )
+
+    asyncio.run(three_workers_fire(tick))
+    asyncio.run(three_workers_fire(tick))  # a late worker on the same tick
+    names = sorted(name for name, _, _ in _jobs(pg_store))
+    # dispatch once; the digest's slot and catch-up ticks share one queueing lock
+    assert names == ["aggregator.digest", "aggregator.dispatch"]
+
+
+def test_queue_commands_dispatch_and_report(tmp_path: Path, pg_url: str, pg_store: Store) -> None:
+    from typer.testing import CliRunner
+
+    from aggregator.cli import app
+
+    config = make_config(
+        tmp_path,
+        pg_url,
+        "".join(f"  - {{id: q{n}, url: 'http://127.0.0.1:1/{n}'}}\n" for n in range(4)),
+    )
+    runner = CliRunner()
+    base = ["-c", str(config.path)]
+    dispatched = runner.invoke(app, [*base, "queue", "dispatch"], env={"COLUMNS": "200"})
+    assert dispatched.exit_code == 0, dispatched.output
+    assert "queued 4 fetch jobs" in dispatched.output
+    status = runner.invoke(app, [*base, "queue", "status"], env={"COLUMNS": "200"})
+    assert status.exit_code == 0, status.output
+    assert "aggregator.fetch_source" in status.output and "todo" in status.output
+    assert "0 sources due" in status.output
