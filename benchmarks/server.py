@@ -9,9 +9,13 @@ configuration in a temp directory and stops with the context manager.
 from __future__ import annotations
 
 import contextlib
+import email.utils
+import gzip
+import http.server
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,7 +23,7 @@ from pathlib import Path
 
 CONF = """\
 daemon off;
-worker_processes 2;
+worker_processes 1;
 error_log {tmp}/error.log warn;
 pid {tmp}/nginx.pid;
 events {{ worker_connections 4096; }}
@@ -59,14 +63,33 @@ def _wait(port: int, timeout: float = 10.0) -> None:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"nginx did not start on port {port}")
+    raise RuntimeError(f"the benchmark server did not start on port {port}")
+
+
+def nginx_binary() -> str | None:
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    return binary if Path(binary).exists() else None
+
+
+@contextlib.contextmanager
+def serve(root: Path) -> Iterator[tuple[str, str]]:
+    """Serve ``root`` with nginx, or a threaded Python server when nginx is missing.
+
+    Yields ``(base_url, server_name)``.
+    """
+    if nginx_binary():
+        with nginx(root) as base:
+            yield base, "nginx"
+    else:
+        with python_server(root) as base:
+            yield base, "Python ThreadingHTTPServer (nginx unavailable; may be the bottleneck)"
 
 
 @contextlib.contextmanager
 def nginx(root: Path) -> Iterator[str]:
     """Serve ``root``; yields the base URL (``http://127.0.0.1:PORT/``)."""
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(binary).exists():
+    binary = nginx_binary()
+    if binary is None:
         raise RuntimeError(
             "nginx is not installed: apt-get install nginx-light (the benchmark's HTTP server)"
         )
@@ -86,3 +109,66 @@ def nginx(root: Path) -> Iterator[str]:
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Static files with ETag / Last-Modified, 304 on a match, gzip when asked, keep-alive."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        stat = path.stat()
+        etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+        modified = email.utils.formatdate(stat.st_mtime, usegmt=True)
+        if self.headers.get("If-None-Match") == etag or (
+            "If-None-Match" not in self.headers
+            and self.headers.get("If-Modified-Since") == modified
+        ):
+            self.send_response(304)
+            self.send_header("ETag", etag)
+            self.send_header("Last-Modified", modified)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = path.read_bytes()
+        gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
+        if gzipped:
+            body = gzip.compress(body, compresslevel=1)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", modified)
+        if gzipped:
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@contextlib.contextmanager
+def python_server(root: Path) -> Iterator[str]:
+    """The fallback: a threaded stdlib server in a child process (its own interpreter lock)."""
+    port = free_port()
+    code = (
+        "import functools, http.server, sys; from benchmarks.server import _Handler; "
+        "handler = functools.partial(_Handler, directory=sys.argv[2]); "
+        "http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), handler)"
+        ".serve_forever()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(port), str(root.resolve())],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        _wait(port)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
