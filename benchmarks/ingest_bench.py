@@ -51,7 +51,7 @@ def _worker_usage(pids: list[int]) -> tuple[float, float]:
     return cpu, peak
 
 
-def run_ours(base: str, n: int, db: Path) -> dict[str, Any]:
+def run_ours(base: str, n: int, db: Path, profile: Path | None = None) -> dict[str, Any]:
     from aggregator.config import parse_config
     from aggregator.ingest import Ingestor, make_pool
     from aggregator.store import Store
@@ -66,9 +66,18 @@ def run_ours(base: str, n: int, db: Path) -> dict[str, Any]:
     started = time.perf_counter()
     cpu0, _ = _usage()
     pool = make_pool()  # what Ingestor makes itself for this many sources
+    profiler = None
+    if profile is not None:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         stats = asyncio.run(Ingestor(config, store, pool=pool).run())
         wall = time.perf_counter() - started
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile)
         workers_cpu, workers_peak = _worker_usage(list(pool._processes))
     finally:
         pool.shutdown()
@@ -132,9 +141,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--db", type=Path)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--profile", type=Path, help="ours: cProfile the main process to a file")
     args = parser.parse_args()
     if args.what == "ours":
-        result = run_ours(args.base, args.n, args.db)
+        result = run_ours(args.base, args.n, args.db, args.profile)
     elif args.what == "reader":
         result = run_reader(args.base, args.n, args.db, args.workers)
     else:
