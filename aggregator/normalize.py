@@ -118,11 +118,53 @@ def html_text(markup: str) -> str:
     return clean_text(body.text(deep=True) if body is not None else "")
 
 
+def _jamo(ch: str) -> str:
+    """The Hangul syllable type of ``ch`` (UAX #29): "L", "V", "T", "LV", "LVT" or ""."""
+    code = ord(ch)
+    if 0x1100 <= code <= 0x115F or 0xA960 <= code <= 0xA97C:
+        return "L"
+    if 0x1160 <= code <= 0x11A7 or 0xD7B0 <= code <= 0xD7C6:
+        return "V"
+    if 0x11A8 <= code <= 0x11FF or 0xD7CB <= code <= 0xD7FB:
+        return "T"
+    if 0xAC00 <= code <= 0xD7A3:
+        return "LV" if (code - 0xAC00) % 28 == 0 else "LVT"
+    return ""
+
+
+def _splits_cluster(text: str, index: int) -> bool:
+    """Whether cutting before ``text[index]`` splits a grapheme cluster.
+
+    The rules that matter for news text: combining marks and ZWJ extend what
+    precedes them, and conjoining jamo (old Hangul, which NFC cannot compose)
+    form one syllable.
+    """
+    if index <= 0 or index >= len(text):
+        return False
+    after = text[index]
+    if after == "\u200d" or unicodedata.category(after) in ("Mn", "Mc", "Me"):
+        return True
+    before, kind = _jamo(text[index - 1]), _jamo(after)
+    return (
+        (before == "L" and kind in ("L", "V", "LV", "LVT"))
+        or (before in ("LV", "V") and kind in ("V", "T"))
+        or (before in ("LVT", "T") and kind == "T")
+    )
+
+
+def _cluster_start(text: str, cut: int) -> int:
+    """``cut`` moved back to the start of the grapheme cluster it falls inside."""
+    start = cut
+    while start > 0 and _splits_cluster(text, start):
+        start -= 1
+    return start or cut
+
+
 def cut_title(title: str, limit: int = MAX_TITLE_CHARS) -> str:
     """``title`` shortened to ``limit`` characters at a word boundary, with "…"."""
     if len(title) <= limit:
         return title
-    head = title[: limit - 1]
+    head = title[: _cluster_start(title, limit - 1)]
     space = head.rfind(" ")
     if space > limit // 2:
         head = head[:space]
@@ -169,6 +211,7 @@ def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
             return text
         if not _is_word_char(text[end]):
             cut = end
+    cut = _cluster_start(text, cut)  # a hard cut still keeps syllables and accents whole
     head = text[:cut].rstrip(_TRIM_BEFORE_ELLIPSIS)
     return (head or text[:cut]) + "…"
 

@@ -117,3 +117,24 @@ def decode_html(
         return as_korean
     fallback = next((c for c in labels if c), "utf-8")
     return content.decode(fallback, errors="replace")
+
+
+_XML_DECL_ENCODING = re.compile(rb"""^(\s*<\?xml[^>]{0,200}?encoding\s*=\s*["'])[A-Za-z0-9._:-]+""")
+
+
+def korean_as_utf8(content: bytes) -> bytes | None:
+    """Korean legacy-encoded XML re-encoded as UTF-8, or None when it is not that.
+
+    For feeds: an EUC-KR/CP949 document labelled UTF-8 (or not labelled)
+    would otherwise be read as windows-1252 mojibake. Only bytes that are not
+    UTF-8 and decode strictly as CP949 to mostly Hangul qualify; the XML
+    declaration is rewritten to match the new bytes.
+    """
+    if content.isascii() or content.startswith(tuple(bom for bom, _ in _BOMS)):
+        return None
+    if _strict(content, "utf-8") is not None:
+        return None
+    text = _strict(content, "cp949")
+    if text is None or not _mostly_hangul(text):
+        return None
+    return _XML_DECL_ENCODING.sub(rb"\1utf-8", text.encode("utf-8"), count=1)
