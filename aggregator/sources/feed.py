@@ -26,6 +26,7 @@ from selectolax.lexbor import LexborHTMLParser
 
 from ..errors import ParseError
 from ..models import FetchResult, ParsedFeed, RawEntry, Source
+from .decode import korean_as_utf8
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,11 @@ def parse_feed(source: Source, result: FetchResult) -> ParsedFeed:
         headers["content-type"] = result.content_type
     if source.encoding:
         headers["content-type"] = f"application/xml; charset={source.encoding}"
+    elif (recoded := korean_as_utf8(content)) is not None:
+        # EUC-KR bytes under a UTF-8 (or no) label: feedparser would fall back to
+        # windows-1252 and store mojibake.
+        content = recoded
+        headers["content-type"] = "application/xml; charset=utf-8"
     parsed = feedparser.parse(
         content,
         response_headers=headers,
