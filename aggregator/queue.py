@@ -71,6 +71,20 @@ STALLED_AFTER = 10.0  # a worker silent this long is dead: its running jobs are 
 SEND_LEASE = timedelta(minutes=5)
 
 
+POLL_INTERVAL = 5.0  # seconds between polls for jobs when no notification came
+
+
+def listen_notify() -> bool:
+    """Whether workers wait on LISTEN/NOTIFY (default) or only poll.
+
+    ``AGGREGATOR_QUEUE_NOTIFY=off`` for workers behind a PgBouncer in
+    transaction pooling, where LISTEN does not work: they then find new jobs
+    by polling every :data:`POLL_INTERVAL` seconds.
+    """
+    value = os.environ.get("AGGREGATOR_QUEUE_NOTIFY", "on").strip().lower()
+    return value not in ("off", "0", "false", "no")
+
+
 def send_lease() -> timedelta:
     override = os.environ.get("AGGREGATOR_SEND_LEASE_SECONDS", "")
     return timedelta(seconds=float(override)) if override else SEND_LEASE
@@ -465,6 +479,8 @@ async def run_distributed(
                         concurrency=concurrency,
                         install_signal_handlers=True,
                         update_heartbeat_interval=HEARTBEAT,
+                        listen_notify=listen_notify(),
+                        fetch_job_polling_interval=POLL_INTERVAL,
                         stalled_worker_timeout=STALLED_AFTER,
                     )
                 )
