@@ -604,3 +604,9 @@ def test_concurrent_claims_stay_within_the_batch_size(
         s.close()
     assert sum(sizes) == 600
     assert max(sizes) <= 50, sizes
+
+
+def test_workers_poll_instead_of_listening_when_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert queue.listen_notify() is True
+    monkeypatch.setenv("AGGREGATOR_QUEUE_NOTIFY", "off")  # behind PgBouncer, transaction pooling
+    assert queue.listen_notify() is False
