@@ -552,11 +552,6 @@ def test_queue_commands_dispatch_and_report(tmp_path: Path, pg_url: str, pg_stor
     assert "0 sources due" in status.output
 
 
-@pytest.mark.xfail(
-    reason="store.claim_deliveries: on PostgreSQL the IN (SELECT ... LIMIT ... SKIP LOCKED) "
-    "subquery can be re-run by the planner, so one claim takes far more than its limit",
-    strict=False,
-)
 def test_concurrent_claims_stay_within_the_batch_size(
     tmp_path: Path, pg_url: str, pg_store: Store, smtp_server: SmtpFixture
 ) -> None:

@@ -155,21 +155,26 @@ class DeliveriesMixin(StoreBase):
             .order_by(_d.c.id)
             .limit(limit)
         )
-        if self.dialect == "postgresql":
-            candidates = candidates.with_for_update(skip_locked=True)
-        statement = (
-            update(_d)
-            .where(_d.c.id.in_(candidates), claimable)
-            .values(
-                status=DeliveryStatus.SENDING.value,
-                lease_owner=owner,
-                lease_until=lease_until,
-                updated_at=now,
-            )
-            .returning(_d.c.id)
+        claim = update(_d).values(
+            status=DeliveryStatus.SENDING.value,
+            lease_owner=owner,
+            lease_until=lease_until,
+            updated_at=now,
         )
         with self.transaction() as conn:
-            ids = list(conn.execute(statement).scalars())
+            if self.dialect == "postgresql":
+                # Lock the ids first, then update exactly those: inside
+                # "UPDATE ... WHERE id IN (SELECT ... LIMIT n SKIP LOCKED)" the
+                # planner may run the subquery more than once and one claim
+                # then takes far more than n rows, starving parallel senders.
+                locked = list(conn.execute(candidates.with_for_update(skip_locked=True)).scalars())
+                if not locked:
+                    return []
+                statement = claim.where(_d.c.id.in_(locked), claimable)
+            else:
+                # SQLite: one statement under the database's single write lock.
+                statement = claim.where(_d.c.id.in_(candidates), claimable)
+            ids = list(conn.execute(statement.returning(_d.c.id)).scalars())
             if not ids:
                 return []
             rows = conn.execute(
