@@ -17,8 +17,10 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any, TypeVar
 
 from .config import Config
 from .dedupe import listing_hash
@@ -44,6 +46,23 @@ log = logging.getLogger(__name__)
 
 # Below this many sources a process pool costs more to start than it saves.
 POOL_THRESHOLD = 8
+# Within one pass, after this many store writes in a row have failed the
+# database counts as down: later sources stop waiting on it (each wait can
+# last the SQLite busy timeout) and the pass ends with the error.
+STORE_FAILURES_TO_GIVE_UP = 2
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _StoreBreaker:
+    """Consecutive store failures within one ``Ingestor.run`` pass."""
+
+    failures: int = 0
+    error: StoreError | None = None
+
+
+_store_breaker: ContextVar[_StoreBreaker | None] = ContextVar("store_breaker", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +198,18 @@ class Ingestor:
                 on_done(stats)
             return stats
 
-        return list(await asyncio.gather(*(one(s) for s in sources)))
+        # A store error (database locked or gone) ends the pass with that error,
+        # but only once every source has finished: the others' items and errors
+        # are still written if the database comes back meanwhile.
+        token = _store_breaker.set(_StoreBreaker())
+        try:
+            results = await asyncio.gather(*(one(s) for s in sources), return_exceptions=True)
+        finally:
+            _store_breaker.reset(token)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [r for r in results if isinstance(r, IngestStats)]
 
     async def ingest_source(
         self,
@@ -222,15 +252,14 @@ class Ingestor:
         error_count = 0
         next_at = result.fetched_at + next_fetch_delay(source.interval, error_count)
         if result.not_modified:
-            async with self._write_lock:
-                await asyncio.to_thread(
-                    self.store.record_not_modified,
-                    source.id,
-                    fetched_at=result.fetched_at,
-                    next_fetch_at=next_at,
-                    etag=result.etag,
-                    last_modified=result.last_modified,
-                )
+            await self._write(
+                self.store.record_not_modified,
+                source.id,
+                fetched_at=result.fetched_at,
+                next_fetch_at=next_at,
+                etag=result.etag,
+                last_modified=result.last_modified,
+            )
             log.info("%s: not modified", source.id)
             return IngestStats(
                 source.id, IngestOutcome.NOT_MODIFIED, elapsed=time.perf_counter() - started
@@ -256,15 +285,14 @@ class Ingestor:
             and state.content_hash is not None
             and extracted.listing_hash == state.content_hash
         ):
-            async with self._write_lock:
-                await asyncio.to_thread(
-                    self.store.record_not_modified,
-                    source.id,
-                    fetched_at=result.fetched_at,
-                    next_fetch_at=next_at,
-                    etag=result.etag,
-                    last_modified=result.last_modified,
-                )
+            await self._write(
+                self.store.record_not_modified,
+                source.id,
+                fetched_at=result.fetched_at,
+                next_fetch_at=next_at,
+                etag=result.etag,
+                last_modified=result.last_modified,
+            )
             return IngestStats(
                 source.id, IngestOutcome.NOT_MODIFIED, elapsed=time.perf_counter() - started
             )
@@ -273,18 +301,17 @@ class Ingestor:
         if source.type == "html" and source.max_pages > 1 and extracted.next_page_url:
             items += await self._older_pages(source, fetcher, pool, extracted, items)
 
-        async with self._write_lock:
-            counts = await asyncio.to_thread(
-                self.store.save_items,
-                source.id,
-                items,
-                fetched_at=result.fetched_at,
-                next_fetch_at=next_at,
-                etag=result.etag,
-                last_modified=result.last_modified,
-                content_hash=extracted.listing_hash,
-                new_url=result.permanent_url,
-            )
+        counts = await self._write(
+            self.store.save_items,
+            source.id,
+            items,
+            fetched_at=result.fetched_at,
+            next_fetch_at=next_at,
+            etag=result.etag,
+            last_modified=result.last_modified,
+            content_hash=extracted.listing_hash,
+            new_url=result.permanent_url,
+        )
         if counts.churned:
             log.warning(
                 "%s: %d entries had a new guid for a link already stored (matched by link)",
@@ -381,15 +408,31 @@ class Ingestor:
         now = utcnow()
         next_at = now + next_fetch_delay(source.interval, errors, retry_after=retry_after)
         log.error("%s", message)
+        await self._write(
+            self.store.record_failure,
+            source.id,
+            message,
+            fetched_at=now,
+            next_fetch_at=next_at,
+            broken=broken,
+        )
+
+    async def _write(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """One store write, serialized; gives up early on a database that is down."""
+        breaker = _store_breaker.get()
         async with self._write_lock:
-            await asyncio.to_thread(
-                self.store.record_failure,
-                source.id,
-                message,
-                fetched_at=now,
-                next_fetch_at=next_at,
-                broken=broken,
-            )
+            if breaker is not None and breaker.failures >= STORE_FAILURES_TO_GIVE_UP:
+                raise StoreError(f"not written, the database is unavailable: {breaker.error}")
+            try:
+                result = await asyncio.to_thread(fn, *args, **kwargs)
+            except StoreError as exc:
+                if breaker is not None:
+                    breaker.failures += 1
+                    breaker.error = breaker.error or exc
+                raise
+            if breaker is not None:
+                breaker.failures = 0
+            return result
 
 
 async def ingest(

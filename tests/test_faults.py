@@ -140,6 +140,63 @@ def test_locked_database_is_waited_for_then_reported_clearly(
     assert counts_by_source(db) == {"a": 3}
 
 
+def test_lock_taken_mid_run_fails_one_write_and_keeps_the_others(
+    http_server: FixtureServer, tmp_path: Path
+) -> None:
+    """A write that outwaits the busy timeout fails the pass, not the other sources.
+
+    ``early`` is stored before the lock is taken; ``victim`` answers while the
+    lock is held and gives up after the 1 s busy timeout; ``broken`` (HTTP 500)
+    and ``late`` answer after the lock is gone, so their error and items are
+    recorded. The command still exits 1 naming the database, and the next
+    ``fetch --due`` stores ``victim`` and nothing else.
+    """
+    http_server.add("/early.xml", rss("early", 2))
+    http_server.add("/victim.xml", rss("victim", 2), delay=1.5)
+    http_server.add("/broken.xml", "oops", status=500, content_type="text/plain", delay=6)
+    http_server.add("/late.xml", rss("late", 2), delay=6)
+    db = tmp_path / "midrun.db"
+    names = ("early", "victim", "broken", "late")
+    config = write_config(
+        tmp_path,
+        "".join(f"  - {{id: {n}, url: '{http_server.url(f'/{n}.xml')}'}}\n" for n in names),
+        db=f"sqlite:///{db}?timeout=1",
+    )
+    Store.open(f"sqlite:///{db}").close()
+
+    proc = aggregator("-c", str(config), "fetch")
+    deadline = time.monotonic() + 30
+    while counts_by_source(db).get("early") != 2:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    time.sleep(3.5)  # victim (at ~1.5 s) waits 1 s and fails; broken and late come at ~6 s
+    holder.execute("ROLLBACK")
+    holder.close()
+    _, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 1, err
+    assert "database is locked" in err and str(db) in err
+    assert "Traceback" not in err
+    assert counts_by_source(db) == {"early": 2, "late": 2}
+    conn = sqlite3.connect(db)
+    try:
+        errors = dict(conn.execute("SELECT id, last_error FROM sources"))
+    finally:
+        conn.close()
+    assert "500" in (errors["broken"] or ""), errors
+    assert errors["victim"] is None  # not its fault: no backoff, fetched again next run
+
+    # The next scheduled pass retries exactly what the lock cost: victim is due
+    # (no backoff), broken backs off, early and late wait for their interval.
+    rerun = aggregator("-c", str(config), "fetch", "--due")
+    _, err = rerun.communicate(timeout=60)
+    assert rerun.returncode == 0, err
+    assert counts_by_source(db) == {"early": 2, "victim": 2, "late": 2}
+    assert [http_server.count(f"/{n}.xml") for n in names] == [1, 2, 1, 1]
+
+
 def test_unreachable_database_is_a_clear_error_without_the_password(
     http_server: FixtureServer, tmp_path: Path
 ) -> None:
