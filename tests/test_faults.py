@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
 
+from aggregator.config import parse_config
 from aggregator.deliver import deliver_digest
-from aggregator.errors import DeliveryError
+from aggregator.errors import DeliveryError, StoreError
+from aggregator.ingest import Ingestor
 from aggregator.models import DeliveryStatus, Site
 from aggregator.store import Store
 from tests.support.feeds import simple_rss
@@ -247,6 +251,86 @@ def test_disk_full_while_publishing_keeps_the_old_feed(tmp_path: Path) -> None:
     assert str(feed) in proc.stdout
     assert feed.read_bytes() == b"<feed>the old, complete feed</feed>"
     assert [p.name for p in tmp_path.iterdir()] == ["feed.atom"]  # no temp file left
+
+
+def long_rss(prefix: str, count: int) -> str:
+    """Like ``rss`` but each entry carries ~2 KB of text, so the feed is large."""
+    return rss(prefix, count).replace("</description>", " " + "words " * 350 + "</description>")
+
+
+def limit_file_size(limit: int) -> Callable[[], None]:
+    def apply() -> None:  # in the child, before exec: EFBIG instead of death by SIGXFSZ
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_disk_full_during_the_publish_command_keeps_the_old_feeds(
+    http_server: FixtureServer, tmp_path: Path
+) -> None:
+    http_server.add("/a.xml", long_rss("a", 10))
+    config = write_config(tmp_path, f"  - {{id: a, url: '{http_server.url('/a.xml')}'}}\n")
+    pub = tmp_path / "pub"
+    for command in ("fetch", "publish"):
+        proc = aggregator("-c", str(config), command)
+        assert proc.wait(timeout=60) == 0, proc.communicate()
+    old = {p.name: p.read_bytes() for p in pub.iterdir()}
+    assert {"feed.atom", "feed.json"} <= set(old)
+
+    http_server.add("/a.xml", long_rss("b", 60))  # the new feed will not fit in 64 KB
+    assert aggregator("-c", str(config), "fetch").wait(timeout=60) == 0
+    full = subprocess.Popen(
+        [sys.executable, "-m", "aggregator", "--log-text", "-c", str(config), "publish"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "400"},
+        preexec_fn=limit_file_size(64 * 1024),
+    )
+    _, err = full.communicate(timeout=60)
+
+    assert full.returncode == 1, err
+    assert "could not write the feed (File too large); the old file is kept" in err
+    assert "Traceback" not in err
+    assert str(pub / "feed.atom") in err or str(pub / "feed.json") in err
+    assert {p.name: p.read_bytes() for p in pub.iterdir()} == old  # intact, no temp files
+
+    again = aggregator("-c", str(config), "publish")  # space is back: the next run publishes
+    assert again.wait(timeout=60) == 0
+    assert (pub / "feed.atom").read_bytes() != old["feed.atom"]
+    assert b"b story 59" in (pub / "feed.atom").read_bytes()
+
+
+def test_a_database_down_mid_pass_is_waited_for_twice_not_once_per_source(
+    http_server: FixtureServer, sqlite_url: str, tmp_path: Path
+) -> None:
+    lines = []
+    for n in range(6):
+        http_server.add(f"/d{n}.xml", rss(f"d{n}", 2))
+        lines.append(f"  - {{id: d{n}, url: '{http_server.url(f'/d{n}.xml')}'}}\n")
+    config = parse_config(
+        write_config(tmp_path, "".join(lines), db=sqlite_url).read_text(encoding="utf-8"),
+        path=tmp_path / "feeds.yaml",
+    )
+    store = Store.open(sqlite_url)
+    attempts: list[str] = []
+
+    def locked(source_id: str, *args: object, **kwargs: object) -> None:
+        attempts.append(source_id)
+        time.sleep(0.2)  # the busy timeout, shortened
+        raise StoreError(f"database error ({sqlite_url}): database is locked")
+
+    store.save_items = locked  # type: ignore[method-assign]
+    store.record_failure = locked  # type: ignore[method-assign]
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="database is locked"):
+            asyncio.run(Ingestor(config, store).run())
+        assert len(attempts) == 2  # then the other four stop waiting
+        assert time.monotonic() - started < 5
+    finally:
+        store.close()
 
 
 def test_smtp_server_dying_mid_send_then_returning_delivers_the_rest_once(
