@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import resource
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ def _size(path: Path) -> float:
 
 
 def _worker_usage(pids: list[int]) -> tuple[float, float]:
-    """CPU seconds and peak RSS (MB) of pool workers, read from /proc before they exit.
+    """CPU seconds and summed peak RSS (MB) of pool processes, read from /proc before they exit.
 
     The pool's workers are children of the forkserver, not of this process,
     so RUSAGE_CHILDREN never sees them.
@@ -47,8 +48,72 @@ def _worker_usage(pids: list[int]) -> tuple[float, float]:
             cpu += (int(fields[11]) + int(fields[12])) / tick
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]) / 1024)
+                    peak += int(line.split()[1]) / 1024
     return cpu, peak
+
+
+class TreeMemory:
+    """Peak memory of this process and all its descendants, summed at the same instant.
+
+    A background thread samples ``/proc/<pid>/smaps_rollup`` every 50 ms for the
+    whole process tree (our pool workers are grandchildren, under the
+    forkserver). PSS splits shared pages among the processes sharing them, so
+    the sum is what the tree occupies; the sum of each process's own peak RSS
+    would count the interpreter and the libraries the workers share once per
+    process. Also reports the peak of summed RSS, for comparison.
+    """
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.peak_pss_mb = 0.0
+        self.peak_rss_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    @staticmethod
+    def _tree(root: int) -> list[int]:
+        pids, todo = [], [root]
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                with contextlib.suppress(OSError):
+                    todo.extend(int(c) for c in task.read_text().split())
+        return pids
+
+    def sample(self) -> None:
+        pss = rss = 0
+        for pid in self._tree(os.getpid()):
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+                    elif line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+        self.peak_pss_mb = max(self.peak_pss_mb, pss / 1024)
+        self.peak_rss_mb = max(self.peak_rss_mb, rss / 1024)
+
+
+def _forkserver_pid() -> list[int]:
+    """The forkserver (it imports the parsing code once for all workers) counts too."""
+    from multiprocessing import forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    return [pid] if pid else []
 
 
 def run_ours(base: str, n: int, db: Path, profile: Path | None = None) -> dict[str, Any]:
@@ -73,23 +138,26 @@ def run_ours(base: str, n: int, db: Path, profile: Path | None = None) -> dict[s
         profiler = cProfile.Profile()
         profiler.enable()
     try:
-        stats = asyncio.run(Ingestor(config, store, pool=pool).run())
+        with TreeMemory() as memory:
+            stats = asyncio.run(Ingestor(config, store, pool=pool).run())
         wall = time.perf_counter() - started
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(profile)
-        workers_cpu, workers_peak = _worker_usage(list(pool._processes))
+        workers_cpu, workers_peak = _worker_usage([*pool._processes, *_forkserver_pid()])
     finally:
         pool.shutdown()
     cpu, peak = _usage()
     cpu += workers_cpu
-    peak += workers_peak  # all processes at once, a fair upper bound
     entries = store.count_items()
     store.close()
     return {
         "wall": wall,
         "cpu": cpu - cpu0,
-        "peak_mb": peak,
+        "peak_mb": memory.peak_pss_mb,
+        "peak_rss_tree_mb": memory.peak_rss_mb,
+        # Each process at its own peak at once: an upper bound.
+        "peak_rss_sum_mb": peak + workers_peak,
         "entries": entries,
         "new": sum(s.new + s.duplicates for s in stats),
         "errors": sum(1 for s in stats if s.error),
@@ -107,7 +175,8 @@ def run_reader(base: str, n: int, db: Path, workers: int) -> dict[str, Any]:
     started = time.perf_counter()
     cpu0, _ = _usage()
     # scheduled=False: update every feed now, as our pass does (not only the due ones).
-    reader.update_feeds(workers=workers, scheduled=False)
+    with TreeMemory() as memory:
+        reader.update_feeds(workers=workers, scheduled=False)
     wall = time.perf_counter() - started
     cpu, peak = _usage()
     entries = reader.get_entry_counts().total
@@ -115,7 +184,9 @@ def run_reader(base: str, n: int, db: Path, workers: int) -> dict[str, Any]:
     return {
         "wall": wall,
         "cpu": cpu - cpu0,
-        "peak_mb": peak,
+        "peak_mb": memory.peak_pss_mb,
+        "peak_rss_tree_mb": memory.peak_rss_mb,
+        "peak_rss_sum_mb": peak,
         "entries": entries,
         "db_mb": _size(db),
     }
