@@ -8,7 +8,9 @@ reused across sources) and enforces, per request:
 * concurrency: at most ``max_per_host`` requests to one host and
   ``max_connections`` overall;
 * redirects, followed by hand so every hop is seen: at most ``max_redirects``,
-  loops detected, and ``permanent_url`` set when every hop was a 301/308;
+  loops detected, and ``permanent_url`` set when every hop was a 301/308; a
+  source on a public address may not redirect to a loopback, private or
+  link-local one (a hostile feed cannot point us at internal services);
 * size: an honest ``Content-Length`` over ``max_bytes`` is refused before
   reading, and the body is decompressed here in bounded pieces, so a gzip or
   brotli bomb is stopped after about ``max_bytes`` of output, not after it has
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import ipaddress
 import logging
 import random
 import socket
@@ -261,6 +264,39 @@ def _host_key(url: httpx.URL) -> str:
     return url.host.lower()
 
 
+def _is_global(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global
+
+
+async def host_is_public(host: str) -> bool | None:
+    """Whether every address of ``host`` is a public one; None if it does not resolve."""
+    try:
+        return _is_global(host)
+    except ValueError:
+        pass  # a name, not an address literal
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return None
+    return all(_is_global(str(info[4][0])) for info in infos)
+
+
+async def _redirect_allowed(source: httpx.URL, target: httpx.URL) -> bool:
+    """False when a source on a public address redirects to a non-public one.
+
+    An internal source (the operator's own choice) may redirect anywhere; a
+    public one may not lead us to loopback, private or link-local services
+    such as a cloud metadata endpoint. A name that does not resolve is left
+    to fail on connect.
+    """
+    if target.host == source.host or await host_is_public(source.host) is not True:
+        return True
+    return await host_is_public(target.host) is not False
+
+
 # -------------------------------------------------------------------- Fetcher
 
 
@@ -440,6 +476,22 @@ class Fetcher:
                     raise FetchError(
                         f"too many redirects (more than {self.max_redirects}): "
                         + " -> ".join(chain),
+                        source_id=source_id,
+                        url=url,
+                        status=outcome.status,
+                    )
+                try:
+                    async with asyncio.timeout_at(ends_at):
+                        allowed = await _redirect_allowed(httpx.URL(url), target)
+                except TimeoutError as exc:
+                    raise FetchTimeout(
+                        f"no complete response within the {deadline:g} s deadline",
+                        source_id=source_id,
+                        url=str(target),
+                    ) from exc
+                if not allowed:
+                    raise FetchError(
+                        f"redirect from a public address to a private one refused: {target}",
                         source_id=source_id,
                         url=url,
                         status=outcome.status,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from aggregator import fetch as fetch_module
 from aggregator.config import Config, parse_config
 from aggregator.digest import Period, compose
 from aggregator.ingest import Ingestor
@@ -335,6 +336,53 @@ def test_redirect_loop_is_an_error_on_the_source(
     assert "redirect loop" in (stats.error or "")
     assert "/a.xml" in (stats.error or "") and "/b.xml" in (stats.error or "")
     assert http_server.count("/a.xml") + http_server.count("/b.xml") <= 6
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+        "http://10.1.2.3/admin",
+        "http://[::1]:{port}/internal",
+        "http://localhost:{port}/internal",  # a name that resolves to loopback
+    ],
+)
+def test_public_feed_cannot_redirect_to_an_internal_address(
+    http_server: FixtureServer,
+    pipeline: Pipeline,
+    monkeypatch: pytest.MonkeyPatch,
+    target: str,
+) -> None:
+    real = fetch_module.host_is_public
+
+    async def fixture_server_looks_public(host: str) -> bool | None:
+        return True if host == "127.0.0.1" else await real(host)
+
+    monkeypatch.setattr(fetch_module, "host_is_public", fixture_server_looks_public)
+    port = http_server.url("/").rsplit(":", 1)[1].strip("/")
+    http_server.redirect("/feed.xml", target.format(port=port), status=302)
+    http_server.add("/internal", rss_doc(rss_item("i", "Internal", "Secret.")))
+    config = pipeline.config(one_source(http_server, "/feed.xml"))
+
+    stats = pipeline.ingest(config)["hostile"]
+
+    assert stats.outcome is IngestOutcome.ERROR
+    assert "redirect from a public address to a private one refused" in (stats.error or "")
+    assert http_server.count("/internal") == 0
+    assert pipeline.store.count_items() == 0
+
+
+def test_internal_source_may_redirect_internally(
+    http_server: FixtureServer, pipeline: Pipeline
+) -> None:
+    port = http_server.url("/").rsplit(":", 1)[1].strip("/")
+    http_server.redirect("/feed.xml", f"http://localhost:{port}/internal", status=302)
+    http_server.add("/internal", rss_doc(rss_item("i", "Internal", "Fine.")))
+    config = pipeline.config(one_source(http_server, "/feed.xml"))
+
+    stats = pipeline.ingest(config)["hostile"]
+
+    assert stats.outcome is IngestOutcome.OK, stats.error  # the operator chose an internal feed
 
 
 # ----------------------------------------------------------------------- encodings
