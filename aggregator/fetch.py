@@ -284,14 +284,18 @@ async def host_is_public(host: str) -> bool | None:
     return all(_is_global(str(info[4][0])) for info in infos)
 
 
-async def _redirect_allowed(source: httpx.URL, target: httpx.URL) -> bool:
-    """False when a source on a public address redirects to a non-public one.
+async def redirect_allowed(source: httpx.URL | str, target: httpx.URL | str) -> bool:
+    """False when a source on a public address leads to a non-public one.
 
-    An internal source (the operator's own choice) may redirect anywhere; a
-    public one may not lead us to loopback, private or link-local services
-    such as a cloud metadata endpoint. A name that does not resolve is left
-    to fail on connect.
+    Checked for redirects and for "next page" links. An internal source (the
+    operator's own choice) may lead anywhere; a public one may not lead us to
+    loopback, private or link-local services such as a cloud metadata
+    endpoint. A name that does not resolve is left to fail on connect.
     """
+    try:
+        source, target = httpx.URL(source), httpx.URL(target)
+    except httpx.InvalidURL:
+        return True  # refused later, as an invalid URL
     if target.host == source.host or await host_is_public(source.host) is not True:
         return True
     return await host_is_public(target.host) is not False
@@ -482,7 +486,7 @@ class Fetcher:
                     )
                 try:
                     async with asyncio.timeout_at(ends_at):
-                        allowed = await _redirect_allowed(httpx.URL(url), target)
+                        allowed = await redirect_allowed(url, target)
                 except TimeoutError as exc:
                     raise FetchTimeout(
                         f"no complete response within the {deadline:g} s deadline",

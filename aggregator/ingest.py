@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from .config import Config
 from .dedupe import listing_hash
 from .errors import AggregatorError, FetchError, ScrapeError, StoreError
-from .fetch import Fetcher, next_fetch_delay
+from .fetch import Fetcher, next_fetch_delay, redirect_allowed
 from .models import (
     FetchResult,
     IngestOutcome,
@@ -374,6 +374,9 @@ class Ingestor:
         while url and pages < source.max_pages and url not in visited:
             visited.add(url)
             pages += 1
+            if not await redirect_allowed(source.url, url):
+                log.warning("%s: stopped paging: %s is a private address", source.id, url)
+                break
             try:
                 result = await fetcher.fetch_url(url, source_id=source.id, timeout=source.timeout)
             except FetchError as exc:

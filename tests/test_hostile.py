@@ -372,6 +372,38 @@ def test_public_feed_cannot_redirect_to_an_internal_address(
     assert pipeline.store.count_items() == 0
 
 
+def test_public_listing_cannot_page_to_an_internal_address(
+    http_server: FixtureServer, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = fetch_module.host_is_public
+
+    async def fixture_server_looks_public(host: str) -> bool | None:
+        return True if host == "127.0.0.1" else await real(host)
+
+    monkeypatch.setattr(fetch_module, "host_is_public", fixture_server_looks_public)
+    port = http_server.url("/").rsplit(":", 1)[1].strip("/")
+    page = (
+        "<html><body><ul class='list'><li><p class='tit'><a href='/v/1'>Page one</a></p></li>"
+        f"</ul><a class='next' href='http://localhost:{port}/internal'>next</a></body></html>"
+    )
+    http_server.add("/list", page, content_type="text/html")
+    http_server.add("/internal", page.replace("Page one", "Internal"), content_type="text/html")
+    config = pipeline.config(
+        one_source(
+            http_server,
+            "/list",
+            type="html",
+            max_pages="3",
+            select='{item: "ul.list > li", title: "p.tit a", next_page: "a.next@href"}',
+        )
+    )
+
+    stats = pipeline.ingest(config)["hostile"]
+
+    assert stats.outcome is IngestOutcome.OK and stats.new == 1
+    assert http_server.count("/internal") == 0
+
+
 def test_internal_source_may_redirect_internally(
     http_server: FixtureServer, pipeline: Pipeline
 ) -> None:
