@@ -8,6 +8,7 @@ and nothing stored is lost or half-written, so the next run completes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import resource
 import signal
@@ -23,11 +24,12 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
-from aggregator.config import parse_config
+from aggregator.config import load_config, parse_config
 from aggregator.deliver import deliver_digest
 from aggregator.errors import DeliveryError, StoreError
 from aggregator.ingest import Ingestor
 from aggregator.models import DeliveryStatus, Site
+from aggregator.scheduler import Service
 from aggregator.store import Store
 from tests.support.feeds import simple_rss
 from tests.support.http import FixtureServer
@@ -199,6 +201,52 @@ def test_lock_taken_mid_run_fails_one_write_and_keeps_the_others(
     assert rerun.returncode == 0, err
     assert counts_by_source(db) == {"early": 2, "victim": 2, "late": 2}
     assert [http_server.count(f"/{n}.xml") for n in names] == [1, 2, 1, 1]
+
+
+def test_running_service_rides_out_a_locked_database(
+    http_server: FixtureServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The scheduler logs the lock, keeps its pace (no crash, no tight loop) and catches up."""
+    http_server.add("/a.xml", rss("one", 2))
+    db = tmp_path / "service.db"
+    path = tmp_path / "service.yaml"
+    path.write_text(
+        f"site: {{title: T, url: 'http://127.0.0.1:9/', output_dir: '{tmp_path}/pub'}}\n"
+        f"storage: {{url: 'sqlite:///{db}?timeout=0.3'}}\n"
+        "defaults: {interval: 1s, timeout: 5s}\n"
+        f"sources:\n  - {{id: a, url: '{http_server.url('/a.xml')}'}}\n",
+        encoding="utf-8",
+    )
+    caplog.set_level(logging.ERROR, logger="aggregator")
+
+    async def scenario() -> None:
+        service = Service(load_config(path), role="worker", watch=False, secret=SECRET)
+        task = asyncio.create_task(service.run())
+        await asyncio.wait_for(service.ready.wait(), timeout=30)
+        try:
+            while service.store.count_items() < 2:
+                await asyncio.sleep(0.1)
+            http_server.add("/a.xml", rss("two", 4))
+            holder = sqlite3.connect(db, isolation_level=None)
+            holder.execute("BEGIN EXCLUSIVE")
+            before = http_server.count("/a.xml")
+            await asyncio.sleep(3)
+            during = http_server.count("/a.xml") - before
+            holder.execute("ROLLBACK")
+            holder.close()
+            assert not task.done()  # no crash
+            assert 1 <= during <= 5, during  # still once a second, not a tight retry loop
+            deadline = time.monotonic() + 15
+            while service.store.count_items() < 6:
+                assert time.monotonic() < deadline, "not caught up after the lock"
+                await asyncio.sleep(0.1)
+        finally:
+            service.stop()
+            await task
+
+    asyncio.run(scenario())
+    locked = [r.getMessage() for r in caplog.records if "database is locked" in r.getMessage()]
+    assert locked and all("retrying at the next interval" in m for m in locked), locked
 
 
 def test_unreachable_database_is_a_clear_error_without_the_password(
