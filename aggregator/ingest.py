@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 
 # Below this many sources a process pool costs more to start than it saves.
 POOL_THRESHOLD = 8
+# Sources between "fetch started" and "stored" at once. Above the fetcher's
+# connection limit, so the network is never what waits; but bounded, so a
+# fast server does not pile every response body (and its parsed items) up in
+# memory while the parsing pool catches up: memory stays flat as sources grow.
+MAX_IN_FLIGHT = 64
 # Within one pass, after this many store writes in a row have failed the
 # database counts as down: later sources stop waiting on it (each wait can
 # last the SQLite busy timeout) and the pass ends with the error.
@@ -192,8 +197,13 @@ class Ingestor:
         pool: Executor | None,
         on_done: Callable[[IngestStats], None] | None,
     ) -> list[IngestStats]:
+        in_flight = asyncio.Semaphore(
+            max(MAX_IN_FLIGHT, 2 * getattr(fetcher, "max_connections", 0))
+        )
+
         async def one(source: Source) -> IngestStats:
-            stats = await self.ingest_source(source, states.get(source.id), fetcher, pool)
+            async with in_flight:
+                stats = await self.ingest_source(source, states.get(source.id), fetcher, pool)
             if on_done:
                 on_done(stats)
             return stats
