@@ -60,7 +60,7 @@ def _ensure_nginx() -> None:
 def _ensure_reader() -> None:
     try:
         import reader  # noqa: F401
-        import sgmllib  # type: ignore[import-not-found]  # noqa: F401  (reader's feedparser)
+        import sgmllib  # type: ignore[import-not-found,import-untyped,unused-ignore]  # noqa: F401  (reader's feedparser)
     except ImportError:
         print("installing reader (benchmark only, not a project dependency)...", flush=True)
         subprocess.run(
@@ -87,6 +87,7 @@ def ingest_rows(n: int, reader_workers: tuple[int, ...] = READER_WORKERS) -> dic
     generate(feeds_dir, n)
     size_mb = sum(p.stat().st_size for p in feeds_dir.glob("*.xml")) / (1024 * 1024)
     results: dict[str, Any] = {"n": n, "size_mb": size_mb, "reader_workers": reader_workers}
+    load_before = os.getloadavg()[0]
     with serve(feeds_dir) as (base, server), tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         results["server"] = server
         db = Path(tmp) / "ours.db"
@@ -104,6 +105,7 @@ def ingest_rows(n: int, reader_workers: tuple[int, ...] = READER_WORKERS) -> dic
         results["reader_best"] = best
     results["floor"] = _measure("floor", "--dir", str(feeds_dir), "--n", str(n))
     results["floor_fast"] = _measure("floor-fast", "--dir", str(feeds_dir), "--n", str(n))
+    results["load"] = (load_before, os.getloadavg()[0])
     return results
 
 
@@ -239,7 +241,14 @@ def print_table(r: dict[str, Any], scaled: dict[str, Any] | None, figures: list[
     print(f"\n{n} feeds, {r['size_mb']:.1f} MB of XML, served by {r['server']} on 127.0.0.1;")
     print(f"{os.cpu_count()} CPU cores, Python {sys.version.split()[0]}. CPU s includes child")
     print("processes (our parsing pool); peak MB is the peak of the summed PSS of the whole")
-    print("process tree (sampled at 20 Hz); the floor is one process, no network, no storage.\n")
+    print("process tree (sampled at 20 Hz); the floor is one process, no network, no storage.")
+    load = r.get("load")
+    if load:
+        print(
+            f"Load average before/after the ingest rows: {load[0]:.1f} / {load[1]:.1f} "
+            "(above ~0.5, other work shared the cores and wall times suffer)."
+        )
+    print()
     head = (
         f"{'measure':<44}{'wall s':>8}{'CPU s':>8}{'entries/s':>10}{'peak MB':>8}{'DB MB':>7}"
         f"  {'result':>10}  {'target':<16}{'':<7}"

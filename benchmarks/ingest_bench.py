@@ -141,7 +141,7 @@ def run_ours(base: str, n: int, db: Path, profile: Path | None = None) -> dict[s
         with TreeMemory() as memory:
             stats = asyncio.run(Ingestor(config, store, pool=pool).run())
         wall = time.perf_counter() - started
-        if profiler is not None:
+        if profiler is not None and profile is not None:
             profiler.disable()
             profiler.dump_stats(profile)
         workers_cpu, workers_peak = _worker_usage([*pool._processes, *_forkserver_pid()])
