@@ -447,6 +447,8 @@ def test_invalid_utf8_bytes_do_not_stop_the_feed(
     assert stats.outcome is IngestOutcome.OK and stats.new == 1
     [item] = pipeline.store.recent_items(1)
     assert item.title.startswith("Broken") and "bytes" in item.title
+    assert "junk" in item.text
+    pipeline.everything(config).encode("utf-8")  # every output is valid UTF-8 (no surrogates)
 
 
 KOREAN_TITLE = "부산국제영화제 개막작 발표"
@@ -522,18 +524,26 @@ def test_mislabelled_korean_feeds_decode_without_mojibake(
 # ----------------------------------------------------------------------- fields
 
 
+@pytest.mark.parametrize(
+    ("title", "last_word"),
+    [
+        (" ".join(["longword"] * 1_200), "longword"),  # ~10,800 characters
+        ("가" * 10_000, "가"),  # unspaced Hangul: a hard cut, between syllables
+        ("\u1100\u1176" * 5_000, "\u1100\u1176"),  # old Hangul jamo: never half a syllable
+    ],
+    ids=["words", "hangul", "jamo"],
+)
 def test_ten_thousand_character_title_is_bounded(
-    http_server: FixtureServer, pipeline: Pipeline
+    http_server: FixtureServer, pipeline: Pipeline, title: str, last_word: str
 ) -> None:
-    title = " ".join(["longword"] * 1_200)  # ~10,800 characters
     http_server.add("/long.xml", rss_doc(rss_item("long", title, "Body.")))
     config = pipeline.config(one_source(http_server, "/long.xml"))
 
     pipeline.ingest(config)
 
     [item] = pipeline.store.recent_items(1)
-    assert len(item.title) <= 1_001
-    assert item.title.rstrip("…").endswith("longword")  # cut between words
+    assert len(item.title) <= 1_000 and item.title.endswith("…")
+    assert item.title.removesuffix("…").endswith(last_word)
     assert len(pipeline.everything(config)) < 200_000
 
 
@@ -556,6 +566,38 @@ def test_absurd_and_zoneless_dates_become_sane(
         assert item.published_at.tzinfo is not None
         assert floor <= item.published_at <= utcnow() + timedelta(minutes=1), item.title
     pipeline.everything(config)  # publishes and renders without error
+
+
+def test_absurd_and_zoneless_dates_on_a_listing_page(
+    http_server: FixtureServer, pipeline: Pipeline
+) -> None:
+    rows = [("old", "1900.01.01"), ("future", "9999.12.31"), ("naive", "2026.11.20 09:30")]
+    page = "<html><body><ul class='list'>" + "".join(
+        f"<li><p class='tit'><a href='/v/{name}'>{name}</a></p><span class='date'>{day}</span></li>"
+        for name, day in rows
+    )
+    http_server.add("/list", page + "</ul></body></html>", content_type="text/html")
+    config = pipeline.config(
+        one_source(
+            http_server,
+            "/list",
+            type="html",
+            select='{item: "ul.list > li", title: "p.tit a", date: "span.date"}',
+        )
+    )
+
+    pipeline.ingest(config)
+
+    items = {item.title: item for item in pipeline.store.recent_items(10)}
+    assert set(items) == {"old", "future", "naive"}
+    # Impossible dates fall back to when the item was first seen, flagged as such.
+    for name in ("old", "future"):
+        assert abs(items[name].published_at - utcnow()) < timedelta(minutes=5), name
+    with pipeline.store.engine.connect() as conn:
+        flagged = dict(conn.exec_driver_sql("SELECT title, date_missing FROM items").all())
+    assert flagged == {"old": True, "future": True, "naive": False}
+    # A time without a zone is the source's local time (Asia/Seoul unless configured).
+    assert items["naive"].published_at == datetime(2026, 11, 20, 0, 30, tzinfo=UTC)
 
 
 ATTACKS = [
