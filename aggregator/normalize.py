@@ -106,6 +106,10 @@ def clean_text(text: str | None) -> str:
         if cleaned == text:
             break
         text = cleaned
+        # Already a fixed point when nothing is left to decode or compose: the
+        # other steps cannot undo each other's work. Saves the confirming round.
+        if "&" not in text and unicodedata.is_normalized("NFC", text):
+            break
     return text
 
 
@@ -113,7 +117,7 @@ def html_text(markup: str) -> str:
     """The readable text of (sanitized) HTML, block elements separated by spaces."""
     if not markup:
         return ""
-    spaced = _BLOCK_BOUNDARY.sub(lambda m: " " + m.group(0) + " ", markup)
+    spaced = _BLOCK_BOUNDARY.sub(r" \g<0> ", markup)
     body = LexborHTMLParser(f"<body>{spaced}</body>").body
     return clean_text(body.text(deep=True) if body is not None else "")
 
