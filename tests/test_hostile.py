@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -24,12 +25,14 @@ import pytest
 
 from aggregator import fetch as fetch_module
 from aggregator.config import Config, parse_config
+from aggregator.deliver import deliver_digest
 from aggregator.digest import Period, compose
 from aggregator.ingest import Ingestor
-from aggregator.models import IngestOutcome, IngestStats, utcnow
+from aggregator.models import IngestOutcome, IngestStats, SubscriberStatus, utcnow
 from aggregator.publish import publish_from_store
 from aggregator.store import Store
 from tests.support.http import FixtureServer
+from tests.support.smtp import SmtpFixture
 
 MB = 1024 * 1024
 NOW = utcnow()
@@ -82,8 +85,12 @@ class Pipeline:
         self.store.sync_sources(config.sources)
         return {s.source_id: s for s in asyncio.run(Ingestor(config, self.store).run())}
 
-    def everything(self, config: Config) -> str:
-        """The stored rows, both published feeds and the digest, as one text."""
+    def everything(self, config: Config, smtp: SmtpFixture | None = None) -> str:
+        """The stored rows, both published feeds and the digest, as one text.
+
+        With ``smtp``, the digest is also mailed to a subscriber and the decoded
+        parts of the message as received are included: the email itself.
+        """
         parts = []
         for item in self.store.recent_items(1000, include_duplicates=True):
             parts += [item.title, item.summary_html, item.content_html, item.text, item.url]
@@ -95,6 +102,21 @@ class Pipeline:
         digest = compose(config, self.store, period=period)
         if digest is not None:
             parts += [digest.html, digest.text, digest.subject]
+        if digest is not None and smtp is not None:
+            self.store.add_subscribers(
+                [("reader@example.org", None)], now=utcnow(), status=SubscriberStatus.ACTIVE
+            )
+            site = replace(config.site, sender_email="digest@example.org")
+            report = asyncio.run(
+                deliver_digest(self.store, digest, site=site, smtp=smtp.settings(), secret="k" * 32)
+            )
+            assert report.pending == 0
+            [received] = smtp.to("reader@example.org")
+            message = received.message
+            parts.append(str(message["Subject"]))
+            for part in message.walk():
+                if part.get_content_maintype() == "text":
+                    parts.append(part.get_content())
         return "\n".join(parts)
 
 
@@ -194,7 +216,11 @@ XXE_DOCTYPES: dict[str, Callable[[Path, str], str]] = {
 
 @pytest.mark.parametrize("doctype", list(XXE_DOCTYPES))
 def test_external_entity_never_reads_a_local_file_or_url(
-    http_server: FixtureServer, pipeline: Pipeline, tmp_path: Path, doctype: str
+    http_server: FixtureServer,
+    pipeline: Pipeline,
+    smtp_server: SmtpFixture,
+    tmp_path: Path,
+    doctype: str,
 ) -> None:
     marker = "XXE-MARKER-4f2b9c"
     secret = tmp_path / "secret.txt"
@@ -213,7 +239,7 @@ def test_external_entity_never_reads_a_local_file_or_url(
     stats = pipeline.ingest(config)["hostile"]
 
     assert stats.outcome is IngestOutcome.OK, stats.error
-    everything = pipeline.everything(config)
+    everything = pipeline.everything(config, smtp_server)
     assert "Normal" in everything
     assert marker not in everything
     assert http_server.count("/internal/secret") == 0  # no request made on the feed's behalf
@@ -636,7 +662,7 @@ FORBIDDEN = [
 
 
 def test_executable_content_never_reaches_any_output(
-    http_server: FixtureServer, pipeline: Pipeline
+    http_server: FixtureServer, pipeline: Pipeline, smtp_server: SmtpFixture
 ) -> None:
     body = "<p>Safe text stays.</p>" + "".join(ATTACKS)
     item = rss_item("xss", "Title <b>bold</b>", f"<![CDATA[{body}]]>")
@@ -645,8 +671,11 @@ def test_executable_content_never_reaches_any_output(
 
     pipeline.ingest(config)
 
-    everything = pipeline.everything(config)
-    assert "Safe text stays." in everything
+    everything = pipeline.everything(config, smtp_server)
+    [mail] = smtp_server.to("reader@example.org")
+    mail_parts = [p for p in mail.message.walk() if p.get_content_maintype() == "text"]
+    assert len(mail_parts) == 2
+    assert all("Safe text stays." in part.get_content() for part in mail_parts)
     lowered = everything.lower()
     for needle in FORBIDDEN:
         assert needle not in lowered, needle
