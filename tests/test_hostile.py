@@ -707,7 +707,7 @@ def test_markup_in_a_title_stays_text_in_every_output(
 
 
 def test_feed_that_changes_every_guid_is_flagged_and_does_not_flood(
-    http_server: FixtureServer, pipeline: Pipeline
+    http_server: FixtureServer, pipeline: Pipeline, caplog: pytest.LogCaptureFixture
 ) -> None:
     def churned(fetch: int) -> str:
         return rss_doc(
@@ -729,6 +729,9 @@ def test_feed_that_changes_every_guid_is_flagged_and_does_not_flood(
 
     assert stats.new == 0
     assert pipeline.store.count_items() == 5  # flat: one row per link, not per fetch
+    churn_logs = [r.getMessage() for r in caplog.records if "new guid for a link" in r.getMessage()]
+    assert churn_logs[-1].startswith("hostile: 5 entries")  # SaveCounts.churned, every fetch
+    assert len(churn_logs) == 3
     state = pipeline.store.source_state("hostile")
     assert state is not None and state.warning and "changes its guids" in state.warning
     period = Period(start=NOW - timedelta(days=7), end=utcnow() + timedelta(seconds=1))
