@@ -297,13 +297,13 @@ def print_table(r: dict[str, Any], scaled: dict[str, Any] | None, figures: list[
         growth = scaled["ours_cold"]["peak_mb"] / ours["peak_mb"]
         run_row(f"ours, cold ingest ({scaled['n']} feeds)", scaled["ours_cold"])
         result_row(
-            f"peak RSS {n} -> {scaled['n']} feeds",
+            f"peak memory (PSS) {n} -> {scaled['n']} feeds",
             f"{growth:.2f}x",
             "< 1.5x",
             growth < 1.5,
         )
     else:
-        result_row(f"peak RSS {n} -> 2000 feeds", "--scale", "< 1.5x", None)
+        result_row(f"peak memory (PSS) {n} -> 2000 feeds", "--scale", "< 1.5x", None)
     for f in figures:
         if f.value is None:
             result_row(f.label, "n/a", f.target, None)
