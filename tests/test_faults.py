@@ -29,6 +29,7 @@ from aggregator.deliver import deliver_digest
 from aggregator.errors import DeliveryError, StoreError
 from aggregator.ingest import Ingestor
 from aggregator.models import DeliveryStatus, Site
+from aggregator.publish import publish_from_store
 from aggregator.scheduler import Service
 from aggregator.store import Store
 from tests.support.feeds import simple_rss
@@ -318,18 +319,30 @@ def test_disk_full_during_the_publish_command_keeps_the_old_feeds(
     http_server: FixtureServer, tmp_path: Path
 ) -> None:
     http_server.add("/a.xml", long_rss("a", 10))
-    config = write_config(tmp_path, f"  - {{id: a, url: '{http_server.url('/a.xml')}'}}\n")
+    path = write_config(tmp_path, f"  - {{id: a, url: '{http_server.url('/a.xml')}'}}\n")
+    config = load_config(path)
     pub = tmp_path / "pub"
-    for command in ("fetch", "publish"):
-        proc = aggregator("-c", str(config), command)
-        assert proc.wait(timeout=60) == 0, proc.communicate()
+
+    def ingest_and_publish() -> None:  # in-process: only the command under test is a subprocess
+        store = Store.open(config.database_url)
+        try:
+            asyncio.run(Ingestor(config, store).run())
+            publish_from_store(store, config.site, config.output_dir)
+        finally:
+            store.close()
+
+    ingest_and_publish()
     old = {p.name: p.read_bytes() for p in pub.iterdir()}
     assert {"feed.atom", "feed.json"} <= set(old)
 
     http_server.add("/a.xml", long_rss("b", 60))  # the new feed will not fit in 64 KB
-    assert aggregator("-c", str(config), "fetch").wait(timeout=60) == 0
+    store = Store.open(config.database_url)
+    try:
+        asyncio.run(Ingestor(config, store).run())
+    finally:
+        store.close()
     full = subprocess.Popen(
-        [sys.executable, "-m", "aggregator", "--log-text", "-c", str(config), "publish"],
+        [sys.executable, "-m", "aggregator", "--log-text", "-c", str(path), "publish"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -344,8 +357,7 @@ def test_disk_full_during_the_publish_command_keeps_the_old_feeds(
     assert str(pub / "feed.atom") in err or str(pub / "feed.json") in err
     assert {p.name: p.read_bytes() for p in pub.iterdir()} == old  # intact, no temp files
 
-    again = aggregator("-c", str(config), "publish")  # space is back: the next run publishes
-    assert again.wait(timeout=60) == 0
+    ingest_and_publish()  # space is back: the next run publishes
     assert (pub / "feed.atom").read_bytes() != old["feed.atom"]
     assert b"b story 59" in (pub / "feed.atom").read_bytes()
 
