@@ -47,6 +47,7 @@ from zoneinfo import ZoneInfo
 
 from procrastinate import App, PsycopgConnector
 from procrastinate.exceptions import AlreadyEnqueued
+from procrastinate.exceptions import UniqueViolation as ProcrastinateUniqueViolation
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import IntegrityError
 
@@ -332,11 +333,18 @@ async def recover_stalled(tasks_app: App, *, silent_for: float = STALLED_AFTER) 
     """
     manager: Any = tasks_app.job_manager
     stalled = list(await manager.get_stalled_jobs(seconds_since_heartbeat=silent_for))
+    retried = 0
     for job in stalled:
-        await manager.retry_job_by_id_async(job.id, retry_at=utcnow())
-    if stalled:
-        log.warning("retried %d jobs of workers that stopped responding", len(stalled))
-    return len(stalled)
+        try:
+            await manager.retry_job_by_id_async(job.id, retry_at=utcnow())
+            retried += 1
+        except ProcrastinateUniqueViolation:
+            # A job with the same queueing lock is already waiting (e.g. the
+            # digest catch-up queued fresh send jobs): it does this one's work.
+            log.info("stalled job %s already replaced by a queued one", job.id)
+    if retried:
+        log.warning("retried %d jobs of workers that stopped responding", retried)
+    return retried
 
 
 # ---------------------------------------------------------------------------- fetch, publish
