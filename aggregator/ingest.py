@@ -262,18 +262,8 @@ class Ingestor:
         error_count = 0
         next_at = result.fetched_at + next_fetch_delay(source.interval, error_count)
         if result.not_modified:
-            await self._write(
-                self.store.record_not_modified,
-                source.id,
-                fetched_at=result.fetched_at,
-                next_fetch_at=next_at,
-                etag=result.etag,
-                last_modified=result.last_modified,
-            )
             log.info("%s: not modified", source.id)
-            return IngestStats(
-                source.id, IngestOutcome.NOT_MODIFIED, elapsed=time.perf_counter() - started
-            )
+            return await self._not_modified(source, result, next_at, started)
 
         extracted = await self._extract(pool, source, result)
         if extracted.error:
@@ -295,17 +285,7 @@ class Ingestor:
             and state.content_hash is not None
             and extracted.listing_hash == state.content_hash
         ):
-            await self._write(
-                self.store.record_not_modified,
-                source.id,
-                fetched_at=result.fetched_at,
-                next_fetch_at=next_at,
-                etag=result.etag,
-                last_modified=result.last_modified,
-            )
-            return IngestStats(
-                source.id, IngestOutcome.NOT_MODIFIED, elapsed=time.perf_counter() - started
-            )
+            return await self._not_modified(source, result, next_at, started)
 
         items = list(extracted.items)
         if source.type == "html" and source.max_pages > 1 and extracted.next_page_url:
@@ -358,6 +338,22 @@ class Ingestor:
             return await asyncio.to_thread(extract, source, result, sections, now)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(pool, extract, source, result, sections, now)
+
+    async def _not_modified(
+        self, source: Source, result: FetchResult, next_at: datetime, started: float
+    ) -> IngestStats:
+        """A 304, or a listing that extracts as last time: record the fetch, write nothing else."""
+        await self._write(
+            self.store.record_not_modified,
+            source.id,
+            fetched_at=result.fetched_at,
+            next_fetch_at=next_at,
+            etag=result.etag,
+            last_modified=result.last_modified,
+        )
+        return IngestStats(
+            source.id, IngestOutcome.NOT_MODIFIED, elapsed=time.perf_counter() - started
+        )
 
     async def _older_pages(
         self,

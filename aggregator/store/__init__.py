@@ -33,6 +33,20 @@ __all__ = ["SaveCounts", "Store"]
 _CHUNK = 500
 
 
+def _first_ids(conn: Connection, column: Any, values: Sequence[str]) -> dict[str, int]:
+    """For each value, the id of the earliest non-duplicate item having it in ``column``."""
+    t = schema.items
+    found: dict[str, int] = {}
+    for chunk in _chunks(values):
+        for row in conn.execute(
+            select(t.c.id, column.label("key"))
+            .where(column.in_(chunk), t.c.duplicate_of.is_(None))
+            .order_by(t.c.id)
+        ):
+            found.setdefault(row.key, row.id)
+    return found
+
+
 def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
@@ -383,22 +397,8 @@ class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, StoreBase):
         t = schema.items
         canon = sorted({i.canonical_url for i in new_items})
         prints = sorted({i.fingerprint for i in new_items})
-        by_canon: dict[str, int] = {}
-        by_print: dict[str, int] = {}
-        for chunk_c in _chunks(canon):
-            for row in conn.execute(
-                select(t.c.id, t.c.canonical_url)
-                .where(t.c.canonical_url.in_(chunk_c), t.c.duplicate_of.is_(None))
-                .order_by(t.c.id)
-            ):
-                by_canon.setdefault(row.canonical_url, row.id)
-        for chunk_p in _chunks(prints):
-            for row in conn.execute(
-                select(t.c.id, t.c.fingerprint)
-                .where(t.c.fingerprint.in_(chunk_p), t.c.duplicate_of.is_(None))
-                .order_by(t.c.id)
-            ):
-                by_print.setdefault(row.fingerprint, row.id)
+        by_canon = _first_ids(conn, t.c.canonical_url, canon)
+        by_print = _first_ids(conn, t.c.fingerprint, prints)
 
         # Items of this batch that repeat an earlier item of the same batch are
         # inserted in a second round, once the first one has an id.
