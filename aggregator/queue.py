@@ -40,7 +40,7 @@ import contextlib
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -101,6 +101,7 @@ class Runtime:
     ingestor: Ingestor
     secret: str
     tasks: App | None = None  # the app bound to the database, for deferring from tasks
+    sending: asyncio.Lock = field(default_factory=asyncio.Lock)  # one send job at a time
 
 
 _runtime: Runtime | None = None
@@ -438,15 +439,19 @@ async def send_digest(digest_id: int) -> dict[str, Any]:
     digest = await asyncio.to_thread(rt.store.get_digest, digest_id)
     if digest is None:
         return {"error": f"digest {digest_id} not found"}
-    report = await deliver_digest(
-        rt.store,
-        digest,
-        site=rt.config.site,
-        smtp=rt.config.smtp,
-        secret=rt.secret,
-        batch_size=50,
-        lease=send_lease(),
-    )
+    # One sender per worker process: two send jobs in one process would only
+    # share its SMTP pace, and would put two messages in flight, so a killed
+    # worker could repeat two of them instead of one. Others go to other workers.
+    async with rt.sending:
+        report = await deliver_digest(
+            rt.store,
+            digest,
+            site=rt.config.site,
+            smtp=rt.config.smtp,
+            secret=rt.secret,
+            batch_size=50,
+            lease=send_lease(),
+        )
     return {"sent": report.sent, "failed": report.failed, "pending": report.pending}
 
 
