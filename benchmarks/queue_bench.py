@@ -2,7 +2,7 @@
 
 Needs a PostgreSQL server; the simplest is Debian's throwaway cluster:
 
-    pg_virtualenv -- python -m benchmarks.queue_bench [--feeds 200]
+    pg_virtualenv -t -- python -m benchmarks.queue_bench [--feeds 200]
 
 Each row starts from an empty database: ``dispatch_due`` queues one job per
 source, then W ``aggregator worker`` processes drain the queue while the
@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--feeds", type=int, default=200)
     args = parser.parse_args()
     if not os.environ.get("PGHOST") and not os.environ.get("PGPORT"):
-        sys.exit("no PostgreSQL: run under `pg_virtualenv -- python -m benchmarks.queue_bench`")
+        sys.exit("no PostgreSQL: run under `pg_virtualenv -t -- python -m benchmarks.queue_bench`")
     feeds_dir = HERE / ".data" / f"feeds-{args.feeds}"
     generate(feeds_dir, args.feeds)
     print(f"{args.feeds} feeds, PostgreSQL, {os.cpu_count()} CPU cores")
