@@ -13,8 +13,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from procrastinate.jobs import Status
 from sqlalchemy import text
 
 from aggregator import queue
@@ -72,6 +74,15 @@ def _jobs(store: Store) -> list[tuple[str, str, str]]:
             text("SELECT task_name, queueing_lock, status FROM procrastinate_jobs ORDER BY id")
         ).all()
     return [(r[0], r[1], r[2]) for r in rows]
+
+
+def _job_args(store: Store) -> list[str]:
+    with store.engine.connect() as conn:
+        return list(
+            conn.execute(
+                text("SELECT args->>'source_id' FROM procrastinate_jobs ORDER BY id")
+            ).scalars()
+        )
 
 
 def test_dispatch_queues_each_due_source_once_and_moves_its_due_time(
@@ -288,9 +299,9 @@ def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
 def test_worker_processes_fetch_each_source_once_and_recover_a_killed_worker(
     http_server: FixtureServer, tmp_path: Path, pg_url: str, pg_store: Store
 ) -> None:
-    n_sources = 120
+    n_sources = 2_000  # the scale the issue names: 4 worker processes over 2,000 sources
     for n in range(n_sources):
-        http_server.add(f"/s{n}.xml", rss(f"s{n}", 2), delay=0.15)
+        http_server.add(f"/s{n}.xml", rss(f"s{n}", 2), delay=0.05)
     config = make_config(
         tmp_path,
         pg_url,
@@ -299,11 +310,11 @@ def test_worker_processes_fetch_each_source_once_and_recover_a_killed_worker(
         ),
     )
     pg_store.sync_sources(config.sources)
-    assert len(queue.dispatch_due(pg_store, config)) == n_sources
+    assert len(queue.dispatch_due(pg_store, config, limit=n_sources)) == n_sources
 
-    workers = [_worker(config.path or tmp_path / "feeds.yaml", pg_url) for _ in range(3)]
+    workers = [_worker(config.path or tmp_path / "feeds.yaml", pg_url) for _ in range(4)]
     try:
-        _wait_for(lambda: pg_store.count_items() >= 20, 60, "the first items")
+        _wait_for(lambda: pg_store.count_items() >= 400, 120, "the first items")
         workers[0].kill()  # SIGKILL mid-run: its claimed jobs stay "doing"
         workers[0].wait(timeout=10)
 
@@ -314,7 +325,7 @@ def test_worker_processes_fetch_each_source_once_and_recover_a_killed_worker(
                 return await queue.recover_stalled(tasks_app, silent_for=SILENT_FOR)
 
         asyncio.run(recover())
-        _wait_for(lambda: pg_store.count_items() == 2 * n_sources, 120, "every source stored")
+        _wait_for(lambda: pg_store.count_items() == 2 * n_sources, 300, "every source stored")
     finally:
         for w in workers:
             if w.poll() is None:
@@ -331,6 +342,36 @@ def test_worker_processes_fetch_each_source_once_and_recover_a_killed_worker(
             text("SELECT count(*) - count(DISTINCT (source_id, guid)) FROM items")
         ).scalar()
     assert dupes == 0
+
+
+def test_a_large_dispatch_refreshes_the_queue_statistics(
+    tmp_path: Path, pg_url: str, pg_store: Store
+) -> None:
+    """Workers' cached claim plans are made on fresh statistics, not on an empty table."""
+
+    def estimated_jobs() -> float:
+        with pg_store.engine.connect() as conn:
+            return float(
+                conn.execute(
+                    text("SELECT reltuples FROM pg_class WHERE relname = 'procrastinate_jobs'")
+                ).scalar_one()
+            )
+
+    with pg_store.transaction() as conn:  # so only our ANALYZE can change the estimate
+        conn.execute(text("ALTER TABLE procrastinate_jobs SET (autovacuum_enabled = false)"))
+    n = queue.ANALYZE_AFTER
+    sources = "".join(f"  - {{id: s{i}, url: 'http://127.0.0.1:1/{i}'}}\n" for i in range(n + 10))
+    config = make_config(tmp_path, pg_url, sources)
+    pg_store.sync_sources(config.sources)
+    assert len(queue.dispatch_due(pg_store, config, limit=n - 1)) == n - 1
+    assert estimated_jobs() <= 0  # a small dispatch leaves it to autovacuum
+    assert queue.dispatch_all_due(pg_store, config) == 11
+    assert estimated_jobs() <= 0  # 11 more: still small
+    with pg_store.transaction() as conn:
+        conn.execute(text("UPDATE sources SET next_fetch_at = NULL"))
+        conn.execute(text("DELETE FROM procrastinate_jobs"))
+    assert queue.dispatch_all_due(pg_store, config) == n + 10
+    assert estimated_jobs() == n + 10
 
 
 def test_control_a_dispatcher_without_locks_does_queue_twice(
@@ -377,7 +418,7 @@ def test_control_a_dispatcher_without_locks_does_queue_twice(
 def test_senders_in_worker_processes_with_one_killed_reach_everyone_once(
     tmp_path: Path, pg_url: str, pg_store: Store, smtp_server: SmtpFixture
 ) -> None:
-    subscribers = 1_200
+    subscribers = 5_000  # the scale the issue names: 4 senders over 5,000 subscribers
     config = _digest_ready(tmp_path, pg_url, pg_store, smtp_server, subscribers)
     smtp_server.handler.delay = 0.01  # so the kill lands mid-send
 
@@ -390,7 +431,7 @@ def test_senders_in_worker_processes_with_one_killed_reach_everyone_once(
         finally:
             await queue.stop_runtime()
 
-    assert asyncio.run(queue_sends()) == 3  # 1,200 rows in jobs of 500
+    assert asyncio.run(queue_sends()) == 10  # 5,000 rows in jobs of 500
     os.environ["AGGREGATOR_SEND_LEASE_SECONDS"] = "3"
     try:
         workers = [_worker(config.path or tmp_path / "feeds.yaml", pg_url) for _ in range(4)]
@@ -398,7 +439,7 @@ def test_senders_in_worker_processes_with_one_killed_reach_everyone_once(
         del os.environ["AGGREGATOR_SEND_LEASE_SECONDS"]
     by_pid = {w.pid: w for w in workers}
     try:
-        _wait_for(lambda: len(smtp_server.messages) >= 200, 60, "the first 200 messages")
+        _wait_for(lambda: len(smtp_server.messages) >= 500, 120, "the first 500 messages")
         with pg_store.engine.connect() as conn:
             owner = conn.execute(
                 text("SELECT lease_owner FROM deliveries WHERE status = 'sending' LIMIT 1")
@@ -527,8 +568,51 @@ def test_periodic_tasks_are_deferred_once_per_tick_by_several_workers(
     asyncio.run(three_workers_fire(tick))
     asyncio.run(three_workers_fire(tick))  # a late worker on the same tick
     names = sorted(name for name, _, _ in _jobs(pg_store))
-    # dispatch once; the digest's slot and catch-up ticks share one queueing lock
-    assert names == ["aggregator.digest", "aggregator.dispatch"]
+    # each once; the digest's slot and catch-up ticks share one queueing lock
+    assert names == ["aggregator.cleanup", "aggregator.digest", "aggregator.dispatch"]
+
+
+def test_cleanup_deletes_jobs_finished_long_ago_and_keeps_the_rest(
+    tmp_path: Path, pg_url: str, pg_store: Store
+) -> None:
+    """Succeeded jobs go after a day, failed after a week; waiting and recent ones stay."""
+    config = make_config(tmp_path, pg_url, "  - {id: p, url: 'http://127.0.0.1:1/'}\n")
+
+    async def scenario() -> None:
+        tasks_app = queue.bound_app(config)
+        await queue.start_runtime(config, secret=SECRET, store=pg_store, tasks=tasks_app)
+        try:
+            async with tasks_app.open_async():
+                manager: Any = tasks_app.job_manager
+                for n in range(6):
+                    await tasks_app.configure_task(queue.FETCH_TASK).defer_async(source_id=f"j{n}")
+                ids = [job.id for job in await manager.list_jobs_async()]
+                # j0..j3 finished (two succeeded, two failed), j4 running, j5 waiting
+                worker_id = await manager.register_worker()
+                for _ in range(5):
+                    await manager.fetch_job(queues=None, worker_id=worker_id)
+                finished = ["succeeded", "succeeded", "failed", "failed"]
+                for job_id, status in zip(ids[:4], finished, strict=True):
+                    await manager.finish_job_by_id_async(job_id, Status(status), delete_job=False)
+                ago = {ids[0]: 25, ids[1]: 2, ids[2]: 25, ids[3]: 8 * 24}
+                with pg_store.transaction() as conn:
+                    for job_id, hours in ago.items():
+                        conn.execute(
+                            text(
+                                "UPDATE procrastinate_events SET at = now() - make_interval("
+                                "hours => :h) WHERE job_id = :id"
+                            ),
+                            {"h": hours, "id": job_id},
+                        )
+                await queue.cleanup(0)
+        finally:
+            await queue.stop_runtime()
+
+    asyncio.run(scenario())
+    left = {lock: status for _, lock, status in _jobs(pg_store)}
+    args = _job_args(pg_store)
+    # gone: succeeded 25 h ago, failed 8 days ago; kept: succeeded 2 h ago, failed 25 h ago
+    assert sorted(args) == ["j1", "j2", "j4", "j5"], (args, left)
 
 
 def test_queue_commands_dispatch_and_report(tmp_path: Path, pg_url: str, pg_store: Store) -> None:
