@@ -279,7 +279,8 @@ def migrate() -> None:
             from .queue import apply_schema, require_postgres
 
             require_postgres(config)
-            apply_schema(store)
+            for name in apply_schema(store):
+                console.print(f"procrastinate: applied {name}")
     finally:
         store.close()
     console.print("[green]ok[/green] database schema is current")

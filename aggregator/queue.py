@@ -42,17 +42,19 @@ import math
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import psycopg
 from procrastinate import App, PsycopgConnector
 from procrastinate.exceptions import AlreadyEnqueued
 from procrastinate.exceptions import UniqueViolation as ProcrastinateUniqueViolation
 from sqlalchemy import Connection, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .config import Config
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 from .fetch import Fetcher
 from .ingest import Ingestor
 from .models import IngestOutcome, utcnow
@@ -211,22 +213,99 @@ def _rt() -> Runtime:
 # ---------------------------------------------------------------------------- schema
 
 
-def apply_schema(store: Store) -> bool:
-    """Create procrastinate's tables and functions unless present; True if applied."""
+_MIGRATIONS_TABLE = "aggregator_queue_migrations"
+
+
+def shipped_migrations(directory: Path | None = None) -> list[Path]:
+    """procrastinate's migration files of the installed version, oldest first.
+
+    Their names start with a zero-padded version (``03.04.00_01_pre_…``), so
+    name order is application order.
+    """
     from procrastinate.schema import SchemaManager
 
-    with store.transaction() as conn:
-        # Several nodes may migrate at once: the first applies, the others wait
-        # here and then find the tables (the lock ends with the transaction).
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-        if conn.execute(text("SELECT to_regclass('procrastinate_jobs')")).scalar() is not None:
-            return False
-        # Straight to the driver without parameters: the schema's SQL holds
-        # literal "%" signs that a parameterized execute would try to format.
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        cursor.execute(SchemaManager.get_schema())
-    log.info("procrastinate schema applied")
-    return True
+    folder = directory or Path(SchemaManager.get_migrations_path())
+    return sorted(folder.glob("*.sql"))
+
+
+def apply_schema(store: Store, *, migrations: Path | None = None) -> list[str]:
+    """Create procrastinate's schema, or bring it up to the installed version.
+
+    Returns what was applied: ``["schema"]`` on a fresh database, the names of
+    the migration files run on an upgrade, ``[]`` when current.
+
+    procrastinate ships a full ``schema.sql`` plus one SQL file per change but
+    keeps no record of what a database has had, so the record is ours: the
+    table ``aggregator_queue_migrations`` names every file applied (or
+    contained in the schema when it was created). Each file runs in its own
+    transaction together with its record, so a failed file leaves neither and
+    ``aggregator migrate`` can be run again after the cause is fixed. A
+    session advisory lock lets several nodes migrate at once: the first does
+    the work, the others wait and then find nothing left to do.
+    """
+    from procrastinate.schema import SchemaManager
+
+    shipped = shipped_migrations(migrations)
+    with store.engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        conn.commit()
+        try:
+            with conn.begin():
+                conn.execute(
+                    text(
+                        f"CREATE TABLE IF NOT EXISTS {_MIGRATIONS_TABLE} (name text PRIMARY KEY, "
+                        "applied_at timestamptz NOT NULL DEFAULT now())"
+                    )
+                )
+                done = set(conn.execute(text(f"SELECT name FROM {_MIGRATIONS_TABLE}")).scalars())
+                exists = conn.execute(text("SELECT to_regclass('procrastinate_jobs')")).scalar()
+                if exists is None or not done:
+                    if exists is None:
+                        _run_sql(conn, SchemaManager.get_schema())
+                    else:
+                        # Tables from before this record: taken to match the
+                        # installed procrastinate, as `migrate` always applied
+                        # the schema of the version it ran with.
+                        log.warning("procrastinate schema without a record: recorded as current")
+                    _record(conn, [path.name for path in shipped])
+                    applied = ["schema"] if exists is None else []
+                    if applied:
+                        log.info("procrastinate schema applied")
+                    return applied
+            applied = []
+            for path in shipped:
+                if path.name in done:
+                    continue
+                try:
+                    with conn.begin():
+                        _run_sql(conn, path.read_text(encoding="utf-8"))
+                        _record(conn, [path.name])
+                except (DBAPIError, psycopg.Error) as exc:
+                    first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+                    raise StoreError(
+                        f"procrastinate migration {path.name} failed: {first} (nothing of it "
+                        f"was kept; the files from {path.parent} that ran before it were)"
+                    ) from exc
+                applied.append(path.name)
+                log.info("procrastinate migration %s applied", path.name)
+            return applied
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            conn.commit()
+
+
+def _run_sql(conn: Connection, sql: str) -> None:
+    # Straight to the driver without parameters: procrastinate's SQL holds
+    # literal "%" signs that a parameterized execute would try to format.
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cursor.execute(sql)
+
+
+def _record(conn: Connection, names: list[str]) -> None:
+    conn.execute(
+        text(f"INSERT INTO {_MIGRATIONS_TABLE} (name) SELECT unnest(CAST(:names AS text[]))"),
+        {"names": names},
+    )
 
 
 # ---------------------------------------------------------------------------- dispatch

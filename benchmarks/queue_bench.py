@@ -113,6 +113,28 @@ def run_workers(base: str, n: int, workers: int, tmp: Path) -> tuple[float, int]
     return elapsed, entries
 
 
+def small_feeds(directory: Path, n: int) -> None:
+    """``n`` two-item RSS feeds: each job is cheap, so claiming jobs dominates."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for index in range(n):
+        path = directory / f"feed-{index:04d}.xml"
+        if path.exists():
+            continue
+        items = "".join(
+            f"<item><guid>small-{index}-{k}</guid><title>Story {k} of outlet {index}</title>"
+            f"<link>https://small{index}.example.kr/{k}</link>"
+            "<pubDate>Mon, 02 Nov 2026 09:00:00 +0000</pubDate>"
+            "<description>A short piece.</description></item>"
+            for k in range(2)
+        )
+        path.write_text(
+            f'<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel>'
+            f"<title>Outlet {index}</title><link>https://small{index}.example.kr/</link>"
+            f"<description>d</description>{items}</channel></rss>",
+            encoding="utf-8",
+        )
+
+
 def dispatch_rate(n: int, tmp: Path) -> float:
     from aggregator import queue
     from aggregator.config import load_config
@@ -149,6 +171,11 @@ def main() -> None:
             print(f"{workers:>8}{wall:>9.2f}{entries / wall:>11.0f}{first / wall:>10.2f}")
         rate = dispatch_rate(2000, Path(tmp))
     print(f"dispatch: {rate:,.0f} jobs/s queued (2,000 due sources, one transaction)")
+    small = HERE / ".data" / "small-2000"
+    small_feeds(small, 2000)
+    with nginx(small) as base, tempfile.TemporaryDirectory(prefix="qbench-") as tmp:
+        wall, _ = run_workers(base, 2000, 1, Path(tmp))
+    print(f"claims: {2000 / wall:,.0f} jobs/s (2,000 two-item feeds, 1 worker: per-job cost)")
 
 
 if __name__ == "__main__":

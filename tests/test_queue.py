@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from aggregator import queue
 from aggregator.config import Config, parse_config
-from aggregator.errors import ConfigError
+from aggregator.errors import ConfigError, StoreError
 from aggregator.models import DeliveryStatus, utcnow
 from aggregator.store import Store
 from tests.support.feeds import simple_rss
@@ -65,7 +65,85 @@ def test_sqlite_refuses_distributed_mode(tmp_path: Path) -> None:
 
 
 def test_schema_is_applied_once(pg_store: Store) -> None:
-    assert queue.apply_schema(pg_store) is False  # the fixture applied it already
+    assert queue.apply_schema(pg_store) == []  # the fixture applied it already
+    with pg_store.engine.connect() as conn:
+        recorded = set(conn.execute(text("SELECT name FROM aggregator_queue_migrations")).scalars())
+    # The fresh schema counts as every migration shipped with this procrastinate.
+    assert recorded == {path.name for path in queue.shipped_migrations()}
+    assert len(recorded) > 30
+    # A database migrated before the record existed: taken as current, not re-created.
+    with pg_store.transaction() as conn:
+        conn.execute(text("DROP TABLE aggregator_queue_migrations"))
+    assert queue.apply_schema(pg_store) == []
+    with pg_store.engine.connect() as conn:
+        again = set(conn.execute(text("SELECT name FROM aggregator_queue_migrations")).scalars())
+    assert again == recorded
+
+
+def test_a_new_procrastinate_migration_is_applied_once_by_migrate(
+    tmp_path: Path, pg_store: Store
+) -> None:
+    """After upgrading procrastinate, `migrate` runs the files the database lacks, in order."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for path in queue.shipped_migrations():
+        (folder / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    # Would fail if run twice (no IF NOT EXISTS), and the second needs the first.
+    (folder / "99.00.00_01_pre_add_marker.sql").write_text(
+        "CREATE TABLE procrastinate_marker (n integer);", encoding="utf-8"
+    )
+    (folder / "99.00.00_50_post_fill_marker.sql").write_text(
+        "INSERT INTO procrastinate_marker VALUES (1);", encoding="utf-8"
+    )
+    assert queue.apply_schema(pg_store, migrations=folder) == [
+        "99.00.00_01_pre_add_marker.sql",
+        "99.00.00_50_post_fill_marker.sql",
+    ]
+    assert queue.apply_schema(pg_store, migrations=folder) == []
+    with pg_store.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM procrastinate_marker")).scalar() == 1
+
+
+def test_a_failing_procrastinate_migration_names_its_file_and_keeps_nothing(
+    tmp_path: Path, pg_store: Store
+) -> None:
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for path in queue.shipped_migrations():
+        (folder / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    broken = folder / "99.00.00_01_pre_broken.sql"
+    broken.write_text(
+        "CREATE TABLE procrastinate_half (n integer);\nALTER TABLE procrastinate_nope ADD x int;",
+        encoding="utf-8",
+    )
+    with pytest.raises(
+        StoreError, match=r"99\.00\.00_01_pre_broken\.sql failed: .*procrastinate_nope"
+    ):
+        queue.apply_schema(pg_store, migrations=folder)
+    with pg_store.engine.connect() as conn:
+        assert conn.execute(text("SELECT to_regclass('procrastinate_half')")).scalar() is None
+    broken.write_text("CREATE TABLE procrastinate_half (n integer);", encoding="utf-8")
+    assert queue.apply_schema(pg_store, migrations=folder) == ["99.00.00_01_pre_broken.sql"]
+
+
+def test_concurrent_migrations_apply_each_file_once(tmp_path: Path, pg_url: str) -> None:
+    """Several nodes starting at once on an empty database: one creates, the others wait."""
+    stores = [Store.open(pg_url) for _ in range(3)]
+    results: list[list[str]] = []
+    barrier = threading.Barrier(len(stores))
+
+    def migrate(store: Store) -> None:
+        barrier.wait()
+        results.append(queue.apply_schema(store))
+
+    threads = [threading.Thread(target=migrate, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    assert sorted(results) == [[], [], ["schema"]]
 
 
 def _jobs(store: Store) -> list[tuple[str, str, str]]:
