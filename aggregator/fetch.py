@@ -304,6 +304,27 @@ async def redirect_allowed(source: httpx.URL | str, target: httpx.URL | str) -> 
 # -------------------------------------------------------------------- Fetcher
 
 
+_DRAIN_LIMIT = 64 * 1024
+
+
+async def _drain(response: httpx.Response) -> None:
+    """Read a body we do not use (a 304, a redirect page) to its end.
+
+    A streamed response closed before its end takes its connection down with
+    it; read to the end, the connection goes back to the pool for the next
+    request to the host. Most polls of a feed end in a 304, so that is most
+    connections. A body over 64 KiB is not worth it: the connection is closed.
+    """
+    size = 0
+    try:
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size > _DRAIN_LIMIT:
+                return
+    except httpx.HTTPError as exc:  # the answer itself is complete; only reuse is lost
+        logger.debug("unread body of %s left behind: %s", response.url, exc)
+
+
 class Fetcher:
     """Fetch sources with one shared ``httpx.AsyncClient``; use as ``async with Fetcher() as f``.
 
@@ -553,8 +574,11 @@ class Fetcher:
         try:
             status = response.status_code
             if status in _REDIRECTS:
-                return _Hop(status, self._location(response, source_id))
+                hop = _Hop(status, self._location(response, source_id))
+                await _drain(response)
+                return hop
             if status == 304:
+                await _drain(response)
                 return _Body(
                     status,
                     None,

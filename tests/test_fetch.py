@@ -566,6 +566,32 @@ def test_connections_are_reused(http_server: FixtureServer) -> None:
     assert http_server.connection_count() == 1
 
 
+def test_not_modified_and_redirect_answers_keep_the_connection(http_server: FixtureServer) -> None:
+    """A 304 or a redirect is read to its end, so the connection goes back to the pool.
+
+    Closed unread, each one would cost a new TCP connection; most fetches of a
+    polled feed are 304s.
+    """
+    http_server.add("/feed.xml", RSS, etag=ETAG)
+    http_server.redirect("/old.xml", "/feed.xml", status=302)
+
+    async def go() -> list[int]:
+        async with Fetcher(trust_env=False) as fetcher:
+            statuses = []
+            for _ in range(3):
+                result = await fetcher.fetch_url(
+                    http_server.url("/feed.xml"), source_id="s", etag=ETAG
+                )
+                statuses.append(result.status)
+            for _ in range(2):
+                result = await fetcher.fetch_url(http_server.url("/old.xml"), source_id="s")
+                statuses.append(result.status)
+            return statuses
+
+    assert run(go()) == [304, 304, 304, 200, 200]
+    assert http_server.connection_count() == 1
+
+
 # ------------------------------------------------------------------- backoff
 
 
