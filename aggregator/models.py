@@ -279,6 +279,8 @@ class StoredItem:
     section: str | None = None
     language: str | None = None
     duplicate_of: int | None = None
+    # The source gave no usable date: ``published_at`` is when we first saw it.
+    date_missing: bool = False
 
 
 class IngestOutcome(StrEnum):

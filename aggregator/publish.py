@@ -315,7 +315,8 @@ def build_atom(
         fe.id(entry_id(item.source_id, item.guid))
         fe.title(_title(item))
         fe.updated(_item_updated(item))
-        fe.published(_utc(item.published_at))
+        if not item.date_missing:  # never claim a publication date the source did not give
+            fe.published(_utc(item.published_at))
         fe.link(href=clean_text(item.url), rel="alternate", type="text/html")
         fe.author(name=_author_name(item))
         body = _body_html(item)
@@ -405,7 +406,8 @@ def _json_item(item: StoredItem) -> dict[str, Any]:
         entry["summary"] = excerpt
     if item.image_url:
         entry["image"] = clean_text(item.image_url)
-    entry["date_published"] = _rfc3339(item.published_at)
+    if not item.date_missing:
+        entry["date_published"] = _rfc3339(item.published_at)
     entry["date_modified"] = _rfc3339(_item_updated(item))
     entry["authors"] = [{"name": _author_name(item)}]
     tags = _tags(item)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import re
@@ -226,6 +227,22 @@ def test_json_feed_matches_atom(store: Store, tmp_path: Path) -> None:
     assert first["content_html"] == "<p>Story <b>103</b> from kobiz.</p>"
     assert first["_source"] == {"title": "KoBiz Ko-pick", "url": "https://kobiz.example/kopick"}
     assert first["date_published"].endswith("Z")
+
+
+def test_an_item_without_a_source_date_claims_no_publication_date(
+    store: Store, tmp_path: Path
+) -> None:
+    """Dated by when we first saw it: ``updated`` says so, ``published`` is left out."""
+    undated = dataclasses.replace(make_item("kofic", 1), date_missing=True)
+    save(store, "kofic", [make_item("kofic", 0), undated])
+    result = run_publish(store, site_for(tmp_path))
+    entries = list(entries_by_id(result.atom_path).values())
+    published = [e.findtext(A + "published") for e in entries]
+    assert [p is None for p in published] == [True, False]  # newest (the undated) first
+    assert all(e.findtext(A + "updated") for e in entries)
+    items = json.loads(result.json_path.read_bytes())["items"]
+    assert ["date_published" in item for item in items] == [False, True]
+    assert all(item["date_modified"] for item in items)
 
 
 def test_duplicates_are_left_out_and_feed_size_is_respected(store: Store, tmp_path: Path) -> None:

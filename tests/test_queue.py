@@ -80,20 +80,28 @@ def test_schema_is_applied_once(pg_store: Store) -> None:
     assert again == recorded
 
 
-def test_a_new_procrastinate_migration_is_applied_once_by_migrate(
-    tmp_path: Path, pg_store: Store
-) -> None:
-    """After upgrading procrastinate, `migrate` runs the files the database lacks, in order."""
+def _upgraded_migrations(tmp_path: Path, new: dict[str, str]) -> Path:
+    """The installed procrastinate's migration files plus ``new`` ones, as after an upgrade."""
     folder = tmp_path / "migrations"
     folder.mkdir()
     for path in queue.shipped_migrations():
         (folder / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    for name, sql in new.items():
+        (folder / name).write_text(sql, encoding="utf-8")
+    return folder
+
+
+def test_a_new_procrastinate_migration_is_applied_once_by_migrate(
+    tmp_path: Path, pg_store: Store
+) -> None:
+    """After upgrading procrastinate, `migrate` runs the files the database lacks, in order."""
     # Would fail if run twice (no IF NOT EXISTS), and the second needs the first.
-    (folder / "99.00.00_01_pre_add_marker.sql").write_text(
-        "CREATE TABLE procrastinate_marker (n integer);", encoding="utf-8"
-    )
-    (folder / "99.00.00_50_post_fill_marker.sql").write_text(
-        "INSERT INTO procrastinate_marker VALUES (1);", encoding="utf-8"
+    folder = _upgraded_migrations(
+        tmp_path,
+        {
+            "99.00.00_01_pre_add_marker.sql": "CREATE TABLE procrastinate_marker (n integer);",
+            "99.00.00_50_post_fill_marker.sql": "INSERT INTO procrastinate_marker VALUES (1);",
+        },
     )
     assert queue.apply_schema(pg_store, migrations=folder) == [
         "99.00.00_01_pre_add_marker.sql",
@@ -107,15 +115,14 @@ def test_a_new_procrastinate_migration_is_applied_once_by_migrate(
 def test_a_failing_procrastinate_migration_names_its_file_and_keeps_nothing(
     tmp_path: Path, pg_store: Store
 ) -> None:
-    folder = tmp_path / "migrations"
-    folder.mkdir()
-    for path in queue.shipped_migrations():
-        (folder / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
-    broken = folder / "99.00.00_01_pre_broken.sql"
-    broken.write_text(
-        "CREATE TABLE procrastinate_half (n integer);\nALTER TABLE procrastinate_nope ADD x int;",
-        encoding="utf-8",
+    folder = _upgraded_migrations(
+        tmp_path,
+        {
+            "99.00.00_01_pre_broken.sql": "CREATE TABLE procrastinate_half (n integer);\n"
+            "ALTER TABLE procrastinate_nope ADD x int;"
+        },
     )
+    broken = folder / "99.00.00_01_pre_broken.sql"
     with pytest.raises(
         StoreError, match=r"99\.00\.00_01_pre_broken\.sql failed: .*procrastinate_nope"
     ):
