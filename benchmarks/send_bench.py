@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import socket
 import subprocess
 import sys
@@ -106,21 +107,31 @@ def main() -> None:
             )
             site = Site(url="https://digest.example.org/", sender_email="digest@example.org")
             smtp = SmtpSettings(host="127.0.0.1", port=port, timeout=30)
+            cpu0 = time.process_time()
             report = asyncio.run(
                 deliver_digest(
                     store, digest, site=site, smtp=smtp, secret=SECRET, batch_size=args.batch
                 )
             )
+            sender_cpu = time.process_time() - cpu0
             sent = store.delivery_counts(report.digest_id)[DeliveryStatus.SENT]
             store.close()
     finally:
         sink.terminate()
         sink.wait(timeout=10)
+    # The sink is our only child, and it has been reaped: its CPU time is all of this.
+    sink_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     size = len(digest.html.encode()) // 1024
     print(
         f"sent {report.sent} messages ({size} KB HTML each, ledger rows sent: {sent}) "
         f"in {report.elapsed:.2f} s: {report.rate:.0f} messages/s "
         f"(SQLite ledger, batch {args.batch}, loopback aiosmtpd sink)"
+    )
+    per_message = 1000 / max(report.sent, 1)
+    print(
+        f"CPU per message: sender {sender_cpu * per_message:.1f} ms, aiosmtpd sink "
+        f"{(sink_cpu.ru_utime + sink_cpu.ru_stime) * per_message:.1f} ms "
+        "(the sink's includes its start-up)"
     )
 
 
