@@ -19,7 +19,9 @@ Examples::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -48,11 +50,17 @@ def register(app: typer.Typer) -> None:
     app.add_typer(subscribers_app, name="subscribers")
 
 
-def _open() -> tuple[Config, Store]:
+@contextlib.contextmanager
+def _opened() -> Iterator[tuple[Config, Store]]:
+    """feeds.yaml and the store it names, closed again when the command is done."""
     from .cli import _config, _store
 
     config = _config()
-    return config, _store(config)
+    store = _store(config)
+    try:
+        yield config, store
+    finally:
+        store.close()
 
 
 def _print(text: str) -> None:
@@ -87,13 +95,10 @@ def add(
     from .subscribers import clean_name, normalize_email
 
     address = normalize_email(email)
-    _, store = _open()
-    try:
+    with _opened() as (_, store):
         subscriber, created = store.add_subscriber(
             address, name=clean_name(name), active=active, now=utcnow()
         )
-    finally:
-        store.close()
     if created:
         _print(f"[green]added[/green] {subscriber.email} ({subscriber.status.value})")
     elif subscriber.status is SubscriberStatus.UNSUBSCRIBED:
@@ -121,14 +126,11 @@ def remove(
     from .subscribers import normalize_email
 
     address = normalize_email(email)
-    _, store = _open()
-    try:
+    with _opened() as (_, store):
         if forget:
             found = store.forget_subscriber(address)
         else:
             found = store.unsubscribe_email(address, now=utcnow()) is not None
-    finally:
-        store.close()
     if not found:
         raise SubscriberError(f"{address} is not a subscriber (see: aggregator subscribers list)")
     _print(f"[green]{'forgotten' if forget else 'unsubscribed'}[/green] {address}")
@@ -141,11 +143,8 @@ def list_(
     ] = None,
 ) -> None:
     """Show subscribers with status and dates."""
-    _, store = _open()
-    try:
+    with _opened() as (_, store):
         rows = store.list_subscribers(status)
-    finally:
-        store.close()
     table = Table(title=f"{len(rows)} subscribers" + (f" ({status.value})" if status else ""))
     for column in ("email", "name", "status", "since", "confirmed", "unsubscribed"):
         table.add_column(column, overflow="fold")
@@ -178,12 +177,8 @@ def import_(
     """
     from .subscribers import import_csv
 
-    _, store = _open()
-    try:
-        with file.open(encoding="utf-8-sig", newline="") as handle:
-            report = import_csv(store, handle, now=utcnow(), active=active)
-    finally:
-        store.close()
+    with _opened() as (_, store), file.open(encoding="utf-8-sig", newline="") as handle:
+        report = import_csv(store, handle, now=utcnow(), active=active)
     for line, message in report.errors:
         _warn(f"[red]{file}:{line}[/red] {message}")
     _print(
@@ -206,11 +201,8 @@ def export(
     """Write all subscribers (or one status) as CSV, unsubscribed ones included."""
     from .subscribers import export_csv
 
-    _, store = _open()
-    try:
+    with _opened() as (_, store):
         rows = store.list_subscribers(status)
-    finally:
-        store.close()
     if out is None:
         export_csv(rows, sys.stdout)
     else:
@@ -280,8 +272,7 @@ def register_digest_send(digest_app: typer.Typer) -> None:
         from .web.app import load_secret
 
         secret = load_secret()
-        config, store = _open()
-        try:
+        with _opened() as (config, store):
             if test is not None:
                 address = normalize_email(test)
                 digest = store.last_digest() or compose(config, store)
@@ -323,8 +314,6 @@ def register_digest_send(digest_app: typer.Typer) -> None:
                 )
                 _print(_summary(report))
                 pending += report.pending
-        finally:
-            store.close()
         if pending:
             _warn(
                 f"[yellow]{pending} deliveries are still pending[/yellow] (temporary failures): "

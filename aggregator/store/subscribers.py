@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, Row, delete, func, select, update
 
 from ..errors import SubscriberError
 from ..models import DeliveryStatus, Subscriber, SubscriberStatus
@@ -194,11 +194,7 @@ class SubscribersMixin(StoreBase):
         email, so a token can only ever act on the row it was made for.
         """
         with self.transaction() as conn:
-            row = conn.execute(
-                select(_t).where(_t.c.id == subscriber_id, _t.c.email == email)
-            ).first()
-            if row is None:
-                raise SubscriberError("no such subscription")
+            row = _token_row(conn, subscriber_id, email)
             if row.status != SubscriberStatus.ACTIVE.value:
                 conn.execute(
                     update(_t)
@@ -221,11 +217,7 @@ class SubscribersMixin(StoreBase):
         :class:`SubscriberError` when no subscriber has this id and email.
         """
         with self.transaction() as conn:
-            row = conn.execute(
-                select(_t).where(_t.c.id == subscriber_id, _t.c.email == email)
-            ).first()
-            if row is None:
-                raise SubscriberError("no such subscription")
+            row = _token_row(conn, subscriber_id, email)
             if row.status != SubscriberStatus.UNSUBSCRIBED.value:
                 conn.execute(
                     update(_t)
@@ -268,3 +260,11 @@ class SubscribersMixin(StoreBase):
                     conn.execute(select(_t.c.email).where(_t.c.email.in_(chunk))).scalars()
                 )
         return found
+
+
+def _token_row(conn: Connection, subscriber_id: int, email: str) -> Row[Any]:
+    """The row a signed link was made for: its id *and* its address must match."""
+    row = conn.execute(select(_t).where(_t.c.id == subscriber_id, _t.c.email == email)).first()
+    if row is None:
+        raise SubscriberError("no such subscription")
+    return row
