@@ -51,6 +51,12 @@ def make_config(tmp_path: Path, db_url: str, sources: str, *, smtp_port: int = 2
     return parse_config(text_, path=tmp_path / "feeds.yaml")
 
 
+def unreachable(count: int, prefix: str = "s") -> str:
+    """feeds.yaml lines for ``count`` sources nobody serves (for tests that only queue)."""
+    line = "  - {{id: {prefix}{n}, url: 'http://127.0.0.1:1/{n}'}}\n"
+    return "".join(line.format(prefix=prefix, n=n) for n in range(count))
+
+
 @pytest.fixture
 def pg_store(pg_url: str) -> Store:
     store = Store.open(pg_url)
@@ -173,11 +179,7 @@ def _job_args(store: Store) -> list[str]:
 def test_dispatch_queues_each_due_source_once_and_moves_its_due_time(
     tmp_path: Path, pg_url: str, pg_store: Store
 ) -> None:
-    config = make_config(
-        tmp_path,
-        pg_url,
-        "".join(f"  - {{id: s{n}, url: 'http://127.0.0.1:1/{n}'}}\n" for n in range(5)),
-    )
+    config = make_config(tmp_path, pg_url, unreachable(5))
     pg_store.sync_sources(config.sources)
     later = utcnow() + timedelta(hours=2)
     pg_store.record_not_modified("s4", fetched_at=utcnow(), next_fetch_at=later)  # not due
@@ -204,11 +206,7 @@ def test_dispatch_queues_each_due_source_once_and_moves_its_due_time(
 def test_concurrent_dispatchers_never_queue_a_source_twice(
     tmp_path: Path, pg_url: str, pg_store: Store
 ) -> None:
-    config = make_config(
-        tmp_path,
-        pg_url,
-        "".join(f"  - {{id: s{n}, url: 'http://127.0.0.1:1/{n}'}}\n" for n in range(40)),
-    )
+    config = make_config(tmp_path, pg_url, unreachable(40))
     pg_store.sync_sources(config.sources)
     results: list[list[str]] = []
     stores = [Store.open(pg_url) for _ in range(4)]
@@ -445,8 +443,7 @@ def test_a_large_dispatch_refreshes_the_queue_statistics(
     with pg_store.transaction() as conn:  # so only our ANALYZE can change the estimate
         conn.execute(text("ALTER TABLE procrastinate_jobs SET (autovacuum_enabled = false)"))
     n = queue.ANALYZE_AFTER
-    sources = "".join(f"  - {{id: s{i}, url: 'http://127.0.0.1:1/{i}'}}\n" for i in range(n + 10))
-    config = make_config(tmp_path, pg_url, sources)
+    config = make_config(tmp_path, pg_url, unreachable(n + 10))
     pg_store.sync_sources(config.sources)
     assert len(queue.dispatch_due(pg_store, config, limit=n - 1)) == n - 1
     assert estimated_jobs() <= 0  # a small dispatch leaves it to autovacuum
@@ -464,11 +461,7 @@ def test_control_a_dispatcher_without_locks_does_queue_twice(
 ) -> None:
     """The check above can fail: the same select-then-defer without SKIP LOCKED and
     without queueing locks, run by concurrent dispatchers, queues sources twice."""
-    config = make_config(
-        tmp_path,
-        pg_url,
-        "".join(f"  - {{id: s{n}, url: 'http://127.0.0.1:1/{n}'}}\n" for n in range(40)),
-    )
+    config = make_config(tmp_path, pg_url, unreachable(40))
     pg_store.sync_sources(config.sources)
     stores = [Store.open(pg_url) for _ in range(4)]
     barrier = threading.Barrier(len(stores))
@@ -585,11 +578,7 @@ def test_digest_cron_is_the_slot_of_the_site_zone_in_utc(tmp_path: Path) -> None
 def test_dispatch_in_chunks_with_a_run_lock_per_source(
     tmp_path: Path, pg_url: str, pg_store: Store
 ) -> None:
-    config = make_config(
-        tmp_path,
-        pg_url,
-        "".join(f"  - {{id: c{n}, url: 'http://127.0.0.1:1/{n}'}}\n" for n in range(7)),
-    )
+    config = make_config(tmp_path, pg_url, unreachable(7, "c"))
     pg_store.sync_sources(config.sources)
 
     assert queue.dispatch_all_due(pg_store, config, chunk=3) == 7  # 3 + 3 + 1
@@ -605,11 +594,7 @@ def test_dispatch_falls_back_to_one_source_at_a_time_on_a_lock_conflict(
 ) -> None:
     """The race the NOT EXISTS filter cannot see: a job for a selected source
     appears before the batch insert. That source alone is skipped, due time kept."""
-    config = make_config(
-        tmp_path,
-        pg_url,
-        "".join(f"  - {{id: r{n}, url: 'http://127.0.0.1:1/{n}'}}\n" for n in range(3)),
-    )
+    config = make_config(tmp_path, pg_url, unreachable(3, "r"))
     pg_store.sync_sources(config.sources)
     with pg_store.transaction() as conn:
         conn.execute(
@@ -705,11 +690,7 @@ def test_queue_commands_dispatch_and_report(tmp_path: Path, pg_url: str, pg_stor
 
     from aggregator.cli import app
 
-    config = make_config(
-        tmp_path,
-        pg_url,
-        "".join(f"  - {{id: q{n}, url: 'http://127.0.0.1:1/{n}'}}\n" for n in range(4)),
-    )
+    config = make_config(tmp_path, pg_url, unreachable(4, "q"))
     runner = CliRunner()
     base = ["-c", str(config.path)]
     dispatched = runner.invoke(app, [*base, "queue", "dispatch"], env={"COLUMNS": "200"})
