@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from procrastinate.jobs import Status
@@ -31,6 +31,7 @@ from tests.support.smtp import SmtpFixture
 
 pytestmark = pytest.mark.postgres
 SECRET = "q" * 32
+T = TypeVar("T")
 SILENT_FOR = 3 * queue.HEARTBEAT  # a killed worker is found sooner than in production
 
 
@@ -139,23 +140,29 @@ def test_a_failing_procrastinate_migration_names_its_file_and_keeps_nothing(
     assert queue.apply_schema(pg_store, migrations=folder) == ["99.00.00_01_pre_broken.sql"]
 
 
-def test_concurrent_migrations_apply_each_file_once(tmp_path: Path, pg_url: str) -> None:
-    """Several nodes starting at once on an empty database: one creates, the others wait."""
-    stores = [Store.open(pg_url) for _ in range(3)]
-    results: list[list[str]] = []
-    barrier = threading.Barrier(len(stores))
+def _at_once(pg_url: str, nodes: int, work: Callable[[Store], T]) -> list[T]:
+    """``work`` run by ``nodes`` threads, each with its own store, released together."""
+    stores = [Store.open(pg_url) for _ in range(nodes)]
+    barrier = threading.Barrier(nodes)
+    results: list[T] = []
 
-    def migrate(store: Store) -> None:
+    def run(store: Store) -> None:
         barrier.wait()
-        results.append(queue.apply_schema(store))
+        results.append(work(store))
 
-    threads = [threading.Thread(target=migrate, args=(s,)) for s in stores]
+    threads = [threading.Thread(target=run, args=(s,)) for s in stores]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     for s in stores:
         s.close()
+    return results
+
+
+def test_concurrent_migrations_apply_each_file_once(tmp_path: Path, pg_url: str) -> None:
+    """Several nodes starting at once on an empty database: one creates, the others wait."""
+    results = _at_once(pg_url, 3, queue.apply_schema)
     assert sorted(results) == [[], [], ["schema"]]
 
 
@@ -208,21 +215,7 @@ def test_concurrent_dispatchers_never_queue_a_source_twice(
 ) -> None:
     config = make_config(tmp_path, pg_url, unreachable(40))
     pg_store.sync_sources(config.sources)
-    results: list[list[str]] = []
-    stores = [Store.open(pg_url) for _ in range(4)]
-    barrier = threading.Barrier(len(stores))
-
-    def run(store: Store) -> None:
-        barrier.wait()
-        results.append(queue.dispatch_due(store, config))
-
-    threads = [threading.Thread(target=run, args=(s,)) for s in stores]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for s in stores:
-        s.close()
+    results = _at_once(pg_url, 4, lambda store: queue.dispatch_due(store, config))
 
     queued = [sid for r in results for sid in r]
     assert sorted(queued) == sorted(f"s{n}" for n in range(40))  # each exactly once
@@ -463,15 +456,14 @@ def test_control_a_dispatcher_without_locks_does_queue_twice(
     without queueing locks, run by concurrent dispatchers, queues sources twice."""
     config = make_config(tmp_path, pg_url, unreachable(40))
     pg_store.sync_sources(config.sources)
-    stores = [Store.open(pg_url) for _ in range(4)]
-    barrier = threading.Barrier(len(stores))
+    selected = threading.Barrier(4)
 
     def naive(store: Store) -> None:
         with store.transaction() as conn:
             due = list(
                 conn.execute(text("SELECT id FROM sources WHERE next_fetch_at IS NULL")).scalars()
             )
-            barrier.wait()
+            selected.wait()  # all have read the due rows before any defers
             for source_id in due:
                 conn.execute(
                     text(
@@ -481,13 +473,7 @@ def test_control_a_dispatcher_without_locks_does_queue_twice(
                     {"task": queue.FETCH_TASK, "args": f'{{"source_id": "{source_id}"}}'},
                 )
 
-    threads = [threading.Thread(target=naive, args=(s,)) for s in stores]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for s in stores:
-        s.close()
+    _at_once(pg_url, 4, naive)
 
     assert len(_jobs(pg_store)) > 40  # duplicates: what dispatch_due prevents
 
@@ -719,12 +705,10 @@ def test_concurrent_claims_stay_within_the_batch_size(
         message_id_domain=message_id_domain(config.site),
         now=utcnow(),
     )
-    stores = [Store.open(pg_url) for _ in range(4)]
     sizes: list[int] = []
-    barrier = threading.Barrier(len(stores))
 
-    def claim(store: Store, owner: str) -> None:
-        barrier.wait()
+    def claim(store: Store) -> None:
+        owner = f"owner{threading.get_ident()}"
         started = utcnow()
         for _ in range(6):
             now = utcnow()
@@ -740,13 +724,7 @@ def test_concurrent_claims_stay_within_the_batch_size(
             for delivery in batch:
                 store.mark_sent(delivery.id, owner=owner, now=utcnow())
 
-    threads = [threading.Thread(target=claim, args=(s, f"owner{n}")) for n, s in enumerate(stores)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for s in stores:
-        s.close()
+    _at_once(pg_url, 4, claim)
     assert sum(sizes) == 600
     assert max(sizes) <= 50, sizes
 
