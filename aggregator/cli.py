@@ -336,7 +336,7 @@ def _try_target(target: str, select: list[str], kind: str | None) -> tuple[Sourc
         if kind is not None:
             base = replace(base, type="html" if kind == "html" else "feed")
     if base.type == "html":
-        current = base.select or Selectors(item="", title="", link="a@href")
+        current = base.select or Selectors(item="", title="", link="")
         fields = {f: getattr(current, f) for f in _SELECT_FIELDS}
         fields.update(overrides)
         if not fields["item"] or not fields["title"]:

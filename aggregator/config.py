@@ -156,7 +156,9 @@ class SectionModel(_Strict):
 class SelectModel(_Strict):
     item: str
     title: str
-    link: str = "a@href"
+    # Empty: the title's own link, else the item's first link. A default of
+    # "a@href" would take the first link, often a thumbnail or a category.
+    link: str = ""
     summary: str | None = None
     date: str | None = None
     image: str | None = None

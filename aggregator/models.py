@@ -31,7 +31,8 @@ class Selectors:
 
     ``item`` selects one node per entry; the others are looked up inside it.
     A selector may end in ``@attr`` to read an attribute instead of the text
-    (``a@href``); ``link`` defaults to the ``href`` of the matched node.
+    (``a@href``); without one a link selector reads the ``href`` of the matched
+    node, and an empty ``link`` means the title's link, else the item's first.
     """
 
     item: str

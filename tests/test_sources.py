@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from aggregator.config import parse_config
 from aggregator.errors import ParseError, ScrapeError
 from aggregator.models import FetchResult, ParsedFeed, Selectors, Source
 from aggregator.sources import is_json_feed, parse
@@ -297,6 +298,28 @@ def test_link_defaults_to_title_href_then_first_link() -> None:
     no_title_link = replace(KOPICK, select=replace(KOPICK_SELECT, title="p.tit", link=""))
     entries = scrape("kobiz_kopick.html", no_title_link).entries
     assert [e.guid.rsplit("=", 1)[1] for e in entries if e.guid] == ["98", "97", "96", "95"]
+
+
+def test_without_a_link_selector_the_title_link_wins_over_a_thumbnail(tmp_path: Path) -> None:
+    """A listing whose first link is the thumbnail's (to an image page) and whose
+    feeds.yaml names no ``link``: the article is the title's link."""
+    config = parse_config(
+        "sources:\n  - id: board\n    type: html\n    url: https://www.example.kr/board\n"
+        "    select: {item: li, title: p.tit}\n",
+        path=tmp_path / "feeds.yaml",
+    )
+    (source,) = config.sources
+    page = (
+        '<ul><li><a href="/photo/1.jpg"><img src="/thumb/1.jpg"></a>'
+        '<p class="tit"><a href="/view?seq=1">One</a></p></li>'
+        '<li><a href="/photo/2.jpg"><img src="/thumb/2.jpg"></a>'
+        '<p class="tit"><a href="/view?seq=2">Two</a></p></li></ul>'
+    )
+    entries = scrape(page.encode(), source).entries
+    assert [e.link for e in entries] == [
+        "https://www.example.kr/view?seq=1",
+        "https://www.example.kr/view?seq=2",
+    ]
 
 
 def test_field_selector_syntax() -> None:

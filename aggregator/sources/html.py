@@ -96,12 +96,15 @@ def _value(item: LexborNode, selector: FieldSelector, source: Source) -> str | N
 
 
 def _href(node: LexborNode | None) -> str | None:
-    """The href of ``node`` or of the link around it (a title may be ``a > span``)."""
+    """The href of ``node``, of the link around it (a title may be ``a > span``),
+    or of the first link inside it (a title may be ``p.tit`` holding the ``a``)."""
+    title = node
     while node is not None and node.tag not in ("li", "tr", "article", "body"):
         if node.tag == "a" and node.attributes.get("href"):
             return _attr(node, "href")
         node = node.parent
-    return None
+    inner = title.css_first("a[href]") if title is not None else None
+    return _attr(inner, "href") if inner is not None else None
 
 
 def _absolute(base: str, value: str | None) -> str | None:
