@@ -3,7 +3,8 @@
 How "exactly once" holds up:
 
 1. :meth:`Store.create_deliveries` writes one ``pending`` ledger row per
-   (digest, active subscriber) with a Message-ID fixed for that pair.
+   (digest, active subscriber) with a Message-ID fixed for that pair, on the
+   first send of the digest only: that fixes who gets the issue.
 2. The sender claims a small batch (``sending``, its owner id, a lease) in one
    atomic statement, sends each message over one reused SMTP connection and
    marks each row ``sent`` in its own commit right after the server's 250.
@@ -364,12 +365,17 @@ async def deliver_digest(
         lease = timedelta(seconds=max(60.0, 3 * smtp.timeout + 2 * per_batch))
     margin = timedelta(seconds=min(smtp.timeout + 5, lease.total_seconds() / 2))
 
-    store.create_deliveries(
-        digest.id,
-        message_id_tag=message_id_tag(secret),
-        message_id_domain=message_id_domain(site),
-        now=utcnow(),
-    )
+    if sum(store.delivery_counts(digest.id).values()) == 0:
+        # The audience of an issue is fixed by its first send: running again
+        # finishes that list, and someone who subscribed since waits for the
+        # next issue instead of getting an old one. (Two first sends at once
+        # both insert; the ledger's key keeps one row per subscriber.)
+        store.create_deliveries(
+            digest.id,
+            message_id_tag=message_id_tag(secret),
+            message_id_domain=message_id_domain(site),
+            now=utcnow(),
+        )
     connection = SmtpConnection(smtp)
     await connection.connect()  # nothing is claimed yet: a dead server leaves all rows pending
     builder = MessageBuilder(digest, site)

@@ -52,9 +52,10 @@ def _render(digest: Digest) -> tuple[str, str]:
     return html, text
 
 
-def make_digest(store: Store, subject: str = SUBJECT) -> Digest:
+def make_digest(
+    store: Store, subject: str = SUBJECT, *, end: datetime = datetime(2026, 11, 23, tzinfo=UTC)
+) -> Digest:
     """A frozen digest made directly in the store (no dependency on the renderer)."""
-    end = datetime(2026, 11, 23, tzinfo=UTC)
     digest = Digest(
         period_start=end - timedelta(days=7), period_end=end, subject=subject, sections=()
     )
@@ -218,6 +219,24 @@ def test_unsubscribed_before_sending_is_not_mailed(store: Store, smtp_server: Sm
     deliver(store, digest, smtp_server.settings())
 
     assert sorted(r for m in smtp_server.messages for r in m.recipients) == emails[:2]
+
+
+def test_an_issue_goes_to_the_subscribers_of_its_first_send(
+    store: Store, smtp_server: SmtpFixture
+) -> None:
+    """Sending an issue again finishes its list; who joined since waits for the next one."""
+    first = add_active(store, 2)
+    digest = make_digest(store)
+    deliver(store, digest, smtp_server.settings())
+    late = add_active(store, 1, start=2)
+
+    deliver(store, digest, smtp_server.settings())  # e.g. `digest send` run again
+
+    assert sorted(r for m in smtp_server.messages for r in m.recipients) == first
+    assert sum(store.delivery_counts(digest.id).values()) == 2
+    following = make_digest(store, end=datetime(2026, 11, 30, tzinfo=UTC))
+    deliver(store, following, smtp_server.settings())
+    assert sorted(r for m in smtp_server.to(late[0]) for r in m.recipients) == late
 
 
 def test_test_copy_does_not_touch_the_ledger(store: Store, smtp_server: SmtpFixture) -> None:
