@@ -239,7 +239,7 @@ class Item:
     url: str
     canonical_url: str
     title: str
-    summary_html: str
+    summary_html: str  # "" when the same as content_html (not stored twice)
     content_html: str
     text: str
     excerpt: str

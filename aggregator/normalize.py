@@ -352,8 +352,13 @@ def normalize(
     canonical = canonical_url(url, keep=source.identity_params, drop=source.drop_params)
     guid = clean_text(entry.guid) or canonical
 
-    summary_html = sanitize_html(entry.summary_html, base)
     content_html = sanitize_html(entry.content_html, base)
+    if entry.summary_html == entry.content_html:
+        # feedparser gives an Atom entry without <summary> its content as the
+        # summary: sanitize it once (a third of normalizing such an entry).
+        summary_html = content_html
+    else:
+        summary_html = sanitize_html(entry.summary_html, base)
     text = html_text(content_html or summary_html)
     title = cut_title(clean_text(entry.title)) or cut_title(excerpt(text, 120)) or url
     author = clean_text(entry.author) or None
@@ -382,7 +387,10 @@ def normalize(
         url=url,
         canonical_url=canonical,
         title=title,
-        summary_html=summary_html,
+        # Kept only when it says something the content does not: stored twice,
+        # it doubled what every Atom entry writes. Readers fall back from
+        # content to summary, never the other way.
+        summary_html="" if summary_html == content_html else summary_html,
         content_html=content_html,
         text=text,
         excerpt=excerpt(text),
@@ -390,7 +398,9 @@ def normalize(
         content_hash=content_hash(
             title=title,
             url=url,
-            summary_html=summary_html,
+            # An empty summary counts as the content, as readers show it; so
+            # the hash does not depend on whether the summary was stored.
+            summary_html=summary_html or content_html,
             content_html=content_html,
             image_url=image_url,
             author=author,

@@ -333,6 +333,18 @@ def test_missing_title_uses_the_text() -> None:
     assert item.title == "Only a body here."
 
 
+def test_a_summary_equal_to_the_content_is_not_kept_twice() -> None:
+    """An Atom entry without <summary> (feedparser copies the content into it)."""
+    body = '<p>Director <a href="/p/9">Park</a> returns.</p>'
+    same = norm(entry(summary_html=body, content_html=body))
+    assert same.summary_html == ""
+    assert 'href="https://news.example.kr/p/9"' in same.content_html  # sanitized all the same
+    own = norm(entry(summary_html="<p>In short.</p>", content_html=body))
+    assert own.summary_html == "<p>In short.</p>"
+    # Same hash as if the summary had been kept: stored items do not all turn "updated".
+    assert same.content_hash == norm(entry(summary_html="", content_html=body)).content_hash
+
+
 # ------------------------------------------------------------------ idempotence
 
 
