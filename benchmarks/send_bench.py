@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,25 +25,9 @@ from aggregator.deliver import deliver_digest
 from aggregator.models import DeliveryStatus, Digest, Site, SmtpSettings, SubscriberStatus
 from aggregator.render import UNSUBSCRIBE_PLACEHOLDER
 from aggregator.store import Store
+from benchmarks.server import free_port, wait_listening
 
 SECRET = "benchmark-secret-0123456789abcdef"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_listening(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"the SMTP sink did not start on 127.0.0.1:{port}")
 
 
 def _render(digest: Digest) -> tuple[str, str]:
@@ -69,7 +52,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50, help="rows claimed per transaction")
     args = parser.parse_args()
 
-    port = _free_port()
+    port = free_port()
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     sink = subprocess.Popen(
         [
             sys.executable,
@@ -85,7 +69,7 @@ def main() -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_listening(port)
+        wait_listening(port)
         with tempfile.TemporaryDirectory() as directory:
             store = Store.open(f"sqlite:///{Path(directory) / 'bench.db'}")
             now = datetime.now(UTC)
@@ -119,8 +103,12 @@ def main() -> None:
     finally:
         sink.terminate()
         sink.wait(timeout=10)
-    # The sink is our only child, and it has been reaped: its CPU time is all of this.
-    sink_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # The sink is the only child reaped since `children_before` (run from
+    # `python -m benchmarks`, earlier stages' children are in the totals too).
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sink_cpu = (children.ru_utime + children.ru_stime) - (
+        children_before.ru_utime + children_before.ru_stime
+    )
     size = len(digest.html.encode()) // 1024
     print(
         f"sent {report.sent} messages ({size} KB HTML each, ledger rows sent: {sent}) "
@@ -130,7 +118,7 @@ def main() -> None:
     per_message = 1000 / max(report.sent, 1)
     print(
         f"CPU per message: sender {sender_cpu * per_message:.1f} ms, aiosmtpd sink "
-        f"{(sink_cpu.ru_utime + sink_cpu.ru_stime) * per_message:.1f} ms "
+        f"{sink_cpu * per_message:.1f} ms "
         "(the sink's includes its start-up)"
     )
 

@@ -57,13 +57,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait(port: int, timeout: float = 10.0) -> None:
+def wait_listening(port: int, timeout: float = 10.0) -> None:
+    """Return once something accepts connections on 127.0.0.1:``port``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         time.sleep(0.05)
     raise RuntimeError(f"the benchmark server did not start on port {port}")
+
+
+@contextlib.contextmanager
+def _serving(proc: subprocess.Popen[bytes], port: int) -> Iterator[str]:
+    """The base URL of the server ``proc`` once it listens; stopped on exit."""
+    try:
+        wait_listening(port)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def nginx_binary() -> str | None:
@@ -103,12 +115,8 @@ def nginx(root: Path) -> Iterator[str]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        try:
-            _wait(port)
-            yield f"http://127.0.0.1:{port}/"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+        with _serving(proc, port) as base:
+            yield base
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -166,9 +174,5 @@ def python_server(root: Path) -> Iterator[str]:
         [sys.executable, "-c", code, str(port), str(root.resolve())],
         cwd=Path(__file__).resolve().parent.parent,
     )
-    try:
-        _wait(port)
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with _serving(proc, port) as base:
+        yield base
