@@ -27,6 +27,7 @@ id and URL: :class:`FetchTimeout`, :class:`ResponseTooLarge`, or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import ipaddress
 import logging
@@ -34,7 +35,7 @@ import random
 import socket
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -304,6 +305,20 @@ async def redirect_allowed(source: httpx.URL | str, target: httpx.URL | str) -> 
 # -------------------------------------------------------------------- Fetcher
 
 
+@contextlib.asynccontextmanager
+async def _within(ends_at: float, deadline: float, source_id: str, url: str) -> AsyncIterator[None]:
+    """The fetch's total deadline (loop time ``ends_at``) as a :class:`FetchTimeout`."""
+    try:
+        async with asyncio.timeout_at(ends_at):
+            yield
+    except TimeoutError as exc:
+        raise FetchTimeout(
+            f"no complete response within the {deadline:g} s deadline",
+            source_id=source_id,
+            url=url,
+        ) from exc
+
+
 _DRAIN_LIMIT = 64 * 1024
 
 
@@ -475,17 +490,10 @@ class Fetcher:
             async with self._slot_for(current), self._total_slots:
                 if ends_at is None:  # the deadline starts once we hold a slot
                     ends_at = loop.time() + deadline
-                try:
-                    async with asyncio.timeout_at(ends_at):
-                        outcome = await self._one_hop(
-                            current, headers, per_phase, source_id, etag, last_modified
-                        )
-                except TimeoutError as exc:
-                    raise FetchTimeout(
-                        f"no complete response within the {deadline:g} s deadline",
-                        source_id=source_id,
-                        url=str(current),
-                    ) from exc
+                async with _within(ends_at, deadline, source_id, str(current)):
+                    outcome = await self._one_hop(
+                        current, headers, per_phase, source_id, etag, last_modified
+                    )
             if isinstance(outcome, _Hop):
                 target = outcome.location
                 if outcome.status not in _PERMANENT_REDIRECTS:
@@ -505,15 +513,8 @@ class Fetcher:
                         url=url,
                         status=outcome.status,
                     )
-                try:
-                    async with asyncio.timeout_at(ends_at):
-                        allowed = await redirect_allowed(url, target)
-                except TimeoutError as exc:
-                    raise FetchTimeout(
-                        f"no complete response within the {deadline:g} s deadline",
-                        source_id=source_id,
-                        url=str(target),
-                    ) from exc
+                async with _within(ends_at, deadline, source_id, str(target)):
+                    allowed = await redirect_allowed(url, target)
                 if not allowed:
                     raise FetchError(
                         f"redirect from a public address to a private one refused: {target}",
