@@ -379,6 +379,17 @@ def test_redirect_loop_is_an_error_on_the_source(
     assert http_server.count("/a.xml") + http_server.count("/b.xml") <= 6
 
 
+@pytest.fixture
+def fixture_server_is_public(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fixture server (127.0.0.1) counts as a public host, as a real feed's would."""
+    real = fetch_module.host_is_public
+
+    async def looks_public(host: str) -> bool | None:
+        return True if host == "127.0.0.1" else await real(host)
+
+    monkeypatch.setattr(fetch_module, "host_is_public", looks_public)
+
+
 @pytest.mark.parametrize(
     "target",
     [
@@ -389,17 +400,8 @@ def test_redirect_loop_is_an_error_on_the_source(
     ],
 )
 def test_public_feed_cannot_redirect_to_an_internal_address(
-    http_server: FixtureServer,
-    pipeline: Pipeline,
-    monkeypatch: pytest.MonkeyPatch,
-    target: str,
+    http_server: FixtureServer, pipeline: Pipeline, fixture_server_is_public: None, target: str
 ) -> None:
-    real = fetch_module.host_is_public
-
-    async def fixture_server_looks_public(host: str) -> bool | None:
-        return True if host == "127.0.0.1" else await real(host)
-
-    monkeypatch.setattr(fetch_module, "host_is_public", fixture_server_looks_public)
     port = http_server.url("/").rsplit(":", 1)[1].strip("/")
     http_server.redirect("/feed.xml", target.format(port=port), status=302)
     http_server.add("/internal", rss_doc(rss_item("i", "Internal", "Secret.")))
@@ -414,14 +416,8 @@ def test_public_feed_cannot_redirect_to_an_internal_address(
 
 
 def test_public_listing_cannot_page_to_an_internal_address(
-    http_server: FixtureServer, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+    http_server: FixtureServer, pipeline: Pipeline, fixture_server_is_public: None
 ) -> None:
-    real = fetch_module.host_is_public
-
-    async def fixture_server_looks_public(host: str) -> bool | None:
-        return True if host == "127.0.0.1" else await real(host)
-
-    monkeypatch.setattr(fetch_module, "host_is_public", fixture_server_looks_public)
     port = http_server.url("/").rsplit(":", 1)[1].strip("/")
     page = (
         "<html><body><ul class='list'><li><p class='tit'><a href='/v/1'>Page one</a></p></li>"
