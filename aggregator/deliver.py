@@ -100,6 +100,28 @@ def message_id_domain(site: Site) -> str:
     return urlsplit(site.url).hostname or "localhost"
 
 
+def open_ledger(
+    store: Store, digest_id: int, *, secret: str, site: Site
+) -> dict[DeliveryStatus, int]:
+    """The digest's ledger rows by status, written on its first send.
+
+    The audience of an issue is fixed by its first send: sending it again
+    finishes that list, and someone who subscribed since waits for the next
+    issue instead of getting an old one. (Two first sends at once both insert;
+    the ledger's key keeps one row per subscriber.)
+    """
+    counts = store.delivery_counts(digest_id)
+    if sum(counts.values()) == 0:
+        store.create_deliveries(
+            digest_id,
+            message_id_tag=message_id_tag(secret),
+            message_id_domain=message_id_domain(site),
+            now=utcnow(),
+        )
+        counts = store.delivery_counts(digest_id)
+    return counts
+
+
 # ------------------------------------------------------------------------- message
 
 
@@ -365,17 +387,7 @@ async def deliver_digest(
         lease = timedelta(seconds=max(60.0, 3 * smtp.timeout + 2 * per_batch))
     margin = timedelta(seconds=min(smtp.timeout + 5, lease.total_seconds() / 2))
 
-    if sum(store.delivery_counts(digest.id).values()) == 0:
-        # The audience of an issue is fixed by its first send: running again
-        # finishes that list, and someone who subscribed since waits for the
-        # next issue instead of getting an old one. (Two first sends at once
-        # both insert; the ledger's key keeps one row per subscriber.)
-        store.create_deliveries(
-            digest.id,
-            message_id_tag=message_id_tag(secret),
-            message_id_domain=message_id_domain(site),
-            now=utcnow(),
-        )
+    open_ledger(store, digest.id, secret=secret, site=site)
     connection = SmtpConnection(smtp)
     await connection.connect()  # nothing is claimed yet: a dead server leaves all rows pending
     builder = MessageBuilder(digest, site)

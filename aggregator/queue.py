@@ -65,11 +65,11 @@ log = logging.getLogger(__name__)
 QUEUE = "aggregator"
 FETCH_TASK = "aggregator.fetch_source"
 SEND_BATCH = 500  # ledger rows per send job
-SCHEMA_LOCK_KEY = 0x61677271  # pg_advisory_xact_lock key serialising apply_schema
+SCHEMA_LOCK_KEY = 0x61677271  # advisory lock key serialising apply_schema across nodes
 ANALYZE_AFTER = 500  # jobs queued by one dispatch that make the queue statistics stale
 DISPATCH_CHUNK = 1000  # due sources queued per dispatch transaction
-KEEP_SUCCEEDED_HOURS = 24  # finished jobs deleted by the hourly cleanup after...
-KEEP_FAILED_HOURS = 7 * 24
+KEEP_SUCCEEDED_HOURS = 24  # the hourly cleanup deletes succeeded jobs this old
+KEEP_FAILED_HOURS = 7 * 24  # ...and failed ones this old
 HEARTBEAT = 2.0  # seconds between a worker's heartbeats
 STALLED_AFTER = 10.0  # a worker silent this long is dead: its running jobs are retried
 # How long a sender's claim on ledger rows lasts if it dies; rows it held are
@@ -105,7 +105,7 @@ class Runtime:
     fetcher: Fetcher
     ingestor: Ingestor
     secret: str
-    tasks: App | None = None  # the app bound to the database, for deferring from tasks
+    tasks: App  # the app bound to the database, for deferring from tasks
     sending: asyncio.Lock = field(default_factory=asyncio.Lock)  # one send job at a time
 
 
@@ -198,12 +198,6 @@ async def stop_runtime() -> None:
         _runtime = None
 
 
-def _tasks(rt: Runtime) -> App:
-    if rt.tasks is None:
-        raise RuntimeError("no task app bound to the database in this process")
-    return rt.tasks
-
-
 def _rt() -> Runtime:
     if _runtime is None:
         raise RuntimeError("the aggregator task runtime is not started in this process")
@@ -262,16 +256,14 @@ def apply_schema(store: Store, *, migrations: Path | None = None) -> list[str]:
                 if exists is None or not done:
                     if exists is None:
                         _run_sql(conn, SchemaManager.get_schema())
+                        log.info("procrastinate schema applied")
                     else:
                         # Tables from before this record: taken to match the
                         # installed procrastinate, as `migrate` always applied
                         # the schema of the version it ran with.
                         log.warning("procrastinate schema without a record: recorded as current")
                     _record(conn, [path.name for path in shipped])
-                    applied = ["schema"] if exists is None else []
-                    if applied:
-                        log.info("procrastinate schema applied")
-                    return applied
+                    return ["schema"] if exists is None else []
             applied = []
             for path in shipped:
                 if path.name in done:
@@ -432,7 +424,7 @@ def dispatch_all_due(store: Store, config: Config, *, chunk: int = DISPATCH_CHUN
 
 async def dispatch(timestamp: int) -> int:
     rt = _rt()
-    await recover_stalled(_tasks(rt))
+    await recover_stalled(rt.tasks)
     return await asyncio.to_thread(dispatch_all_due, rt.store, rt.config)
 
 
@@ -472,11 +464,9 @@ async def fetch_source(source_id: str) -> str:
     if stats.outcome is IngestOutcome.OK and (stats.new or stats.updated):
         # While a publish is waiting, it will include these items too.
         with contextlib.suppress(AlreadyEnqueued):
-            await (
-                _tasks(rt)
-                .configure_task("aggregator.publish", queueing_lock="publish")
-                .defer_async()
-            )
+            await rt.tasks.configure_task(
+                "aggregator.publish", queueing_lock="publish"
+            ).defer_async()
     return stats.outcome.value
 
 
@@ -499,7 +489,7 @@ async def publish() -> bool:
 
 async def digest_due() -> int:
     """Compose the current issue if due and queue send jobs; returns jobs queued."""
-    from .deliver import message_id_domain, message_id_tag
+    from .deliver import open_ledger
     from .digest import compose, latest_slot
     from .models import DeliveryStatus
 
@@ -509,25 +499,16 @@ async def digest_due() -> int:
         return 0
     if digest.period_end < latest_slot(rt.config.digest, rt.config.site, utcnow()):
         return 0  # an older issue: it was handled when it was current
-    counts = await asyncio.to_thread(rt.store.delivery_counts, digest.id)
-    if sum(counts.values()) == 0:
-        await asyncio.to_thread(
-            rt.store.create_deliveries,
-            digest.id,
-            message_id_tag=message_id_tag(rt.secret),
-            message_id_domain=message_id_domain(rt.config.site),
-            now=utcnow(),
-        )
-        counts = await asyncio.to_thread(rt.store.delivery_counts, digest.id)
+    counts = await asyncio.to_thread(
+        open_ledger, rt.store, digest.id, secret=rt.secret, site=rt.config.site
+    )
     waiting = counts[DeliveryStatus.PENDING] + counts[DeliveryStatus.SENDING]
     jobs = 0
     for n in range(math.ceil(waiting / SEND_BATCH)):
         with contextlib.suppress(AlreadyEnqueued):
-            await (
-                _tasks(rt)
-                .configure_task("aggregator.send_digest", queueing_lock=f"send:{digest.id}:{n}")
-                .defer_async(digest_id=digest.id)
-            )
+            await rt.tasks.configure_task(
+                "aggregator.send_digest", queueing_lock=f"send:{digest.id}:{n}"
+            ).defer_async(digest_id=digest.id)
             jobs += 1
     return jobs
 
@@ -550,7 +531,7 @@ async def cleanup(timestamp: int) -> None:
     queue status`` still shows the recent ones), failed jobs after a week, so
     there is time to look at them (their errors are in the workers' logs too).
     """
-    manager: Any = _tasks(_rt()).job_manager
+    manager: Any = _rt().tasks.job_manager
     await manager.delete_old_jobs(nb_hours=KEEP_SUCCEEDED_HOURS)
     await manager.delete_old_jobs(nb_hours=KEEP_FAILED_HOURS, include_failed=True)
 
