@@ -18,7 +18,6 @@ import typer
 from sqlalchemy import text
 
 from .config import Config
-from .errors import ConfigError
 
 __all__ = ["queue_app", "register"]
 
@@ -30,16 +29,10 @@ queue_app = typer.Typer(
 
 def _distributed_config() -> Config:
     from .cli import _config
-    from .queue import require_postgres
+    from .queue import require_distributed
 
     config = _config()
-    if config.queue != "procrastinate":
-        where = f"{config.path}: " if config.path else ""
-        raise ConfigError(
-            f"{where}storage.queue is {config.queue!r}: these commands need "
-            "queue: procrastinate (and PostgreSQL)"
-        )
-    require_postgres(config)
+    require_distributed(config, "these commands")
     return config
 
 

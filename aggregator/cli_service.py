@@ -146,15 +146,10 @@ def worker_command(
 ) -> None:
     """Run a procrastinate worker (distributed mode: storage.queue: procrastinate, PostgreSQL)."""
     from .cli import _config
-    from .errors import ConfigError
-    from .queue import run_distributed
+    from .queue import require_distributed, run_distributed
 
     config = _config()
-    if config.queue != "procrastinate":
-        raise ConfigError(
-            f"{config.path}: storage.queue is {config.queue!r}: workers need "
-            "queue: procrastinate (and PostgreSQL); for one machine use `aggregator run`"
-        )
+    require_distributed(config, "workers")
     asyncio.run(run_distributed(config, role="worker", concurrency=concurrency))
 
 

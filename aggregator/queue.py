@@ -141,6 +141,17 @@ def digest_cron(config: Config, *, now: datetime | None = None) -> str:
     return f"{utc.minute} {utc.hour} * * {_CRON_DAYS[utc.weekday()]}"
 
 
+def require_distributed(config: Config, what: str) -> None:
+    """``what`` ("workers", "these commands") needs ``queue: procrastinate`` on PostgreSQL."""
+    if config.queue != "procrastinate":
+        where = f"{config.path}: " if config.path else ""
+        raise ConfigError(
+            f"{where}storage.queue is {config.queue!r}: {what} need queue: procrastinate "
+            "(and PostgreSQL); for one machine use `aggregator run`"
+        )
+    require_postgres(config)
+
+
 def require_postgres(config: Config) -> None:
     if not config.database_url.startswith(("postgresql", "postgres:")):
         where = f"{config.path}: " if config.path else ""
