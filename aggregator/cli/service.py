@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from ._common import console, load_config
+
 log = logging.getLogger("aggregator")
 
 __all__ = ["register"]
@@ -31,13 +33,12 @@ def run_command(
 
     Stops cleanly on SIGTERM/SIGINT; SIGHUP (or `aggregator reload`) re-reads feeds.yaml.
     """
-    from .cli import _config
-    from .scheduler import Service
-    from .web.app import SECRET_ENV, load_secret
+    from ..scheduler import Service
+    from ..web.app import SECRET_ENV, load_secret
 
-    config = _config()
+    config = load_config()
     if config.queue == "procrastinate":
-        from .queue import run_distributed
+        from ..queue import run_distributed
 
         asyncio.run(run_distributed(config, role=role, host=host, port=port))
         return
@@ -54,11 +55,10 @@ def run_command(
 
 def reload_command() -> None:
     """Ask the running `aggregator run` to re-read feeds.yaml (sends it SIGHUP)."""
-    from .cli import _config, console
-    from .errors import AggregatorError
-    from .scheduler import pid_file
+    from ..errors import AggregatorError
+    from ..scheduler import pid_file
 
-    config = _config()  # validate first: a broken file is reported here, not in the log
+    config = load_config()  # validate first: a broken file is reported here, not in the log
     path = pid_file(config)
     try:
         pid = int(path.read_text(encoding="ascii").strip())
@@ -91,8 +91,7 @@ def demo_command(
 
     from rich.table import Table
 
-    from .cli import console
-    from .demo import DemoResult, run_demo
+    from ..demo import DemoResult, run_demo
 
     keep_serving = sys.stdout.isatty() if serve is None else serve
 
@@ -145,10 +144,9 @@ def worker_command(
     concurrency: Annotated[int, typer.Option(help="Jobs run at once by this worker.")] = 4,
 ) -> None:
     """Run a procrastinate worker (distributed mode: storage.queue: procrastinate, PostgreSQL)."""
-    from .cli import _config
-    from .queue import require_distributed, run_distributed
+    from ..queue import require_distributed, run_distributed
 
-    config = _config()
+    config = load_config()
     require_distributed(config, "workers")
     asyncio.run(run_distributed(config, role="worker", concurrency=concurrency))
 

@@ -1,6 +1,6 @@
 """``aggregator subscribers ...`` and ``aggregator digest send``.
 
-Wired into the main command by :mod:`aggregator.cli`::
+Wired into the main command by :mod:`aggregator.cli.main`::
 
     register(app)                    # adds the "subscribers" group
     register_digest_send(digest_app) # adds "send" to the "digest" group
@@ -28,14 +28,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from .errors import SubscriberError
-from .models import DeliveryStatus, SubscriberStatus, utcnow
+from ..errors import SubscriberError
+from ..models import DeliveryStatus, SubscriberStatus, utcnow
+from ._common import console, err_console, load_config, open_store
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .deliver import DeliveryReport
-    from .models import Digest
-    from .store import Store
+    from ..config import Config
+    from ..deliver import DeliveryReport
+    from ..models import Digest
+    from ..store import Store
 
 __all__ = ["register", "register_digest_send", "subscribers_app"]
 
@@ -53,10 +54,9 @@ def register(app: typer.Typer) -> None:
 @contextlib.contextmanager
 def _opened() -> Iterator[tuple[Config, Store]]:
     """feeds.yaml and the store it names, closed again when the command is done."""
-    from .cli import _config, _store
 
-    config = _config()
-    store = _store(config)
+    config = load_config()
+    store = open_store(config)
     try:
         yield config, store
     finally:
@@ -64,13 +64,11 @@ def _opened() -> Iterator[tuple[Config, Store]]:
 
 
 def _print(text: str) -> None:
-    from .cli import console
 
     console.print(text, highlight=False)
 
 
 def _warn(text: str) -> None:
-    from .cli import err_console
 
     err_console.print(text, highlight=False)
 
@@ -92,7 +90,7 @@ def add(
     An address that unsubscribed stays unsubscribed: only its owner can
     subscribe again, through the web form and the confirmation link.
     """
-    from .subscribers import clean_name, normalize_email
+    from ..subscribers import clean_name, normalize_email
 
     address = normalize_email(email)
     with _opened() as (_, store):
@@ -123,7 +121,7 @@ def remove(
     ] = False,
 ) -> None:
     """Unsubscribe an address now (it is kept as suppressed), or erase it with --forget."""
-    from .subscribers import normalize_email
+    from ..subscribers import normalize_email
 
     address = normalize_email(email)
     with _opened() as (_, store):
@@ -157,7 +155,6 @@ def list_(
             f"{s.confirmed_at:%Y-%m-%d}" if s.confirmed_at else "",
             f"{s.unsubscribed_at:%Y-%m-%d}" if s.unsubscribed_at else "",
         )
-    from .cli import console
 
     console.print(table)
 
@@ -175,7 +172,7 @@ def import_(
     ``unsubscribed`` are imported as unsubscribed; nobody who unsubscribed is
     reactivated.
     """
-    from .subscribers import import_csv
+    from ..subscribers import import_csv
 
     with _opened() as (_, store), file.open(encoding="utf-8-sig", newline="") as handle:
         report = import_csv(store, handle, now=utcnow(), active=active)
@@ -199,7 +196,7 @@ def export(
     ] = None,
 ) -> None:
     """Write all subscribers (or one status) as CSV, unsubscribed ones included."""
-    from .subscribers import export_csv
+    from ..subscribers import export_csv
 
     with _opened() as (_, store):
         rows = store.list_subscribers(status)
@@ -266,10 +263,10 @@ def register_digest_send(digest_app: typer.Typer) -> None:
         """
         from datetime import timedelta
 
-        from .deliver import deliver_digest, send_test_copy
-        from .digest import compose
-        from .subscribers import normalize_email
-        from .web.app import load_secret
+        from ..deliver import deliver_digest, send_test_copy
+        from ..digest import compose
+        from ..subscribers import normalize_email
+        from ..web.app import load_secret
 
         secret = load_secret()
         with _opened() as (config, store):

@@ -1,8 +1,8 @@
 """``aggregator digest ...``: preview, compose and list the weekly digest.
 
-Wired into the main command by :mod:`aggregator.cli` with :func:`register`;
+Wired into the main command by :mod:`aggregator.cli.main` with :func:`register`;
 other modules add commands to the same group through :data:`digest_app`
-(``aggregator digest send`` lives in :mod:`aggregator.cli_mail`).
+(``aggregator digest send`` lives in :mod:`aggregator.cli.mail`).
 
 Examples::
 
@@ -27,8 +27,9 @@ from zoneinfo import ZoneInfo
 
 import typer
 
-from .config import Config, parse_duration
-from .models import Digest, utcnow
+from ..config import Config, parse_duration
+from ..models import Digest, utcnow
+from ._common import console, err_console, load_config, open_store
 
 __all__ = ["build_eml", "digest_app", "parse_moment", "parse_period", "register"]
 
@@ -130,14 +131,13 @@ def preview_command(
     By default the period runs from the end of the last composed issue (or a
     week ago) until now.
     """
-    from .cli import _config, _store, console, err_console
-    from .digest import DEFAULT_PERIOD, Period, build_digest, render_parts
+    from ..digest import DEFAULT_PERIOD, Period, build_digest, render_parts
 
     if period and since:
         raise typer.BadParameter("use either --period or --since, not both")
-    config = _config()
+    config = load_config()
     zone = ZoneInfo(config.site.timezone)
-    store = _store(config)
+    store = open_store(config)
     try:
         if period:
             start, end = parse_period(period, zone)
@@ -177,11 +177,10 @@ def preview_command(
 @digest_app.command("compose")
 def compose_command() -> None:
     """Freeze the issue due now (idempotent: the same week gives the same issue)."""
-    from .cli import _config, _store, console, err_console
-    from .digest import compose
+    from ..digest import compose
 
-    config = _config()
-    store = _store(config)
+    config = load_config()
+    store = open_store(config)
     try:
         digest = compose(config, store)
     finally:
@@ -201,11 +200,9 @@ def list_command(
     """Frozen issues, newest first."""
     from rich.table import Table
 
-    from .cli import _config, _store, console
-
-    config = _config()
+    config = load_config()
     zone = ZoneInfo(config.site.timezone)
-    store = _store(config)
+    store = open_store(config)
     try:
         digests = store.list_digests(limit)
     finally:
