@@ -267,6 +267,12 @@ class ConfigModel(_Strict):
     digest: DigestModel = DigestModel()
     smtp: SmtpModel = SmtpModel()
 
+    @field_validator("sections", "sources", mode="before")
+    @classmethod
+    def _empty_list(cls, value: object) -> object:
+        # "sources:" with every entry commented out is an empty list, not an error.
+        return [] if value is None else value
+
 
 def parse_schedule(value: str) -> tuple[str, int, int]:
     """``"mon 09:00"`` → ``("mon", 9, 0)``; day names, never cron weekday numbers.
