@@ -35,12 +35,23 @@ def _subscriber(row: Any) -> Subscriber:
     )
 
 
+def email_key(email: str) -> str:
+    """What makes two addresses one subscriber: the address lower-cased.
+
+    Mail systems treat local parts case-insensitively in practice, so
+    ``Dup.Reader@`` and ``dup.reader@`` are one person. Addresses are ASCII
+    (non-ASCII local parts are refused, domains are IDNA), so this equals SQL
+    ``lower()`` as used by migration 0004.
+    """
+    return email.lower()
+
+
 class SubscribersMixin(StoreBase):
     """Subscriber operations of :class:`aggregator.store.Store`.
 
     Emails arrive here already validated and normalized
-    (:func:`aggregator.subscribers.normalize_email`); the store compares them
-    exactly.
+    (:func:`aggregator.subscribers.normalize_email`); the store keeps them as
+    typed and compares them by :func:`email_key`.
     """
 
     def add_subscriber(
@@ -57,30 +68,32 @@ class SubscribersMixin(StoreBase):
         new or pending subscriber, but never one who unsubscribed.
         """
         status = SubscriberStatus.ACTIVE if active else SubscriberStatus.PENDING
+        key = email_key(email)
         with self.transaction() as conn:
             inserted = conn.execute(
                 self._insert(_t)
                 .values(
                     email=email,
+                    email_key=key,
                     name=name,
                     status=status.value,
                     created_at=now,
                     confirmed_at=now if active else None,
                 )
-                .on_conflict_do_nothing(index_elements=["email"])
+                .on_conflict_do_nothing(index_elements=["email_key"])
                 .returning(_t.c.id)
             ).first()
             if inserted is None and active:
                 conn.execute(
                     update(_t)
-                    .where(_t.c.email == email, _t.c.status == SubscriberStatus.PENDING.value)
+                    .where(_t.c.email_key == key, _t.c.status == SubscriberStatus.PENDING.value)
                     .values(status=SubscriberStatus.ACTIVE.value, confirmed_at=now)
                 )
             if inserted is None and name:
                 conn.execute(
-                    update(_t).where(_t.c.email == email, _t.c.name.is_(None)).values(name=name)
+                    update(_t).where(_t.c.email_key == key, _t.c.name.is_(None)).values(name=name)
                 )
-            row = conn.execute(select(_t).where(_t.c.email == email)).one()
+            row = conn.execute(select(_t).where(_t.c.email_key == key)).one()
         return _subscriber(row), inserted is not None
 
     def add_subscribers(
@@ -97,12 +110,16 @@ class SubscribersMixin(StoreBase):
         import of someone else's suppression list) adds the addresses as
         unsubscribed and unsubscribes those already here: the safe direction.
         """
-        unique = list(dict(people).items())
+        # The first spelling of an address wins, as in add_subscriber.
+        by_key: dict[str, tuple[str, str | None]] = {}
+        for email, name in people:
+            by_key.setdefault(email_key(email), (email, name))
+        unique = list(by_key.values())
         added = 0
         with self.transaction() as conn:
             for start in range(0, len(unique), 500):
                 chunk = unique[start : start + 500]
-                emails = [email for email, _ in chunk]
+                emails = [email_key(email) for email, _ in chunk]
                 before = conn.execute(select(func.count()).select_from(_t)).scalar_one()
                 conn.execute(
                     self._insert(_t)
@@ -110,6 +127,7 @@ class SubscribersMixin(StoreBase):
                         [
                             {
                                 "email": email,
+                                "email_key": email_key(email),
                                 "name": name,
                                 "status": status.value,
                                 "created_at": now,
@@ -121,13 +139,13 @@ class SubscribersMixin(StoreBase):
                             for email, name in chunk
                         ]
                     )
-                    .on_conflict_do_nothing(index_elements=["email"])
+                    .on_conflict_do_nothing(index_elements=["email_key"])
                 )
                 added += conn.execute(select(func.count()).select_from(_t)).scalar_one() - before
                 if status is SubscriberStatus.ACTIVE:
                     conn.execute(
                         update(_t)
-                        .where(_t.c.email.in_(emails), _t.c.status == SubscriberStatus.PENDING)
+                        .where(_t.c.email_key.in_(emails), _t.c.status == SubscriberStatus.PENDING)
                         .values(status=SubscriberStatus.ACTIVE.value, confirmed_at=now)
                     )
                 elif status is SubscriberStatus.UNSUBSCRIBED:
@@ -135,7 +153,7 @@ class SubscribersMixin(StoreBase):
                         conn.execute(
                             update(_t)
                             .where(
-                                _t.c.email.in_(emails),
+                                _t.c.email_key.in_(emails),
                                 _t.c.status != SubscriberStatus.UNSUBSCRIBED,
                             )
                             .values(status=SubscriberStatus.UNSUBSCRIBED.value, unsubscribed_at=now)
@@ -168,7 +186,7 @@ class SubscribersMixin(StoreBase):
 
     def subscriber_by_email(self, email: str) -> Subscriber | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(_t).where(_t.c.email == email)).first()
+            row = conn.execute(select(_t).where(_t.c.email_key == email_key(email))).first()
         return _subscriber(row) if row else None
 
     def list_subscribers(self, status: SubscriberStatus | None = None) -> list[Subscriber]:
@@ -242,7 +260,7 @@ class SubscribersMixin(StoreBase):
         the address again. Returns False when the address is unknown.
         """
         with self.transaction() as conn:
-            sid = conn.execute(select(_t.c.id).where(_t.c.email == email)).scalar()
+            sid = conn.execute(select(_t.c.id).where(_t.c.email_key == email_key(email))).scalar()
             if sid is None:
                 return False
             conn.execute(delete(schema.deliveries).where(schema.deliveries.c.subscriber_id == sid))
@@ -250,21 +268,24 @@ class SubscribersMixin(StoreBase):
         return True
 
     def existing_emails(self, emails: Iterable[str]) -> set[str]:
-        """Which of these addresses are already stored (any status)."""
-        wanted = list(dict.fromkeys(emails))
+        """Which of these addresses are already stored (any status, any letter case)."""
+        given = list(dict.fromkeys(emails))
+        keys = list(dict.fromkeys(email_key(e) for e in given))
         found: set[str] = set()
         with self.engine.connect() as conn:
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
                 found.update(
-                    conn.execute(select(_t.c.email).where(_t.c.email.in_(chunk))).scalars()
+                    conn.execute(select(_t.c.email_key).where(_t.c.email_key.in_(chunk))).scalars()
                 )
-        return found
+        return {e for e in given if email_key(e) in found}
 
 
 def _token_row(conn: Connection, subscriber_id: int, email: str) -> Row[Any]:
     """The row a signed link was made for: its id *and* its address must match."""
-    row = conn.execute(select(_t).where(_t.c.id == subscriber_id, _t.c.email == email)).first()
+    row = conn.execute(
+        select(_t).where(_t.c.id == subscriber_id, _t.c.email_key == email_key(email))
+    ).first()
     if row is None:
         raise SubscriberError("no such subscription")
     return row
