@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import SubscriberError
@@ -163,25 +164,55 @@ def list_(
 def import_(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A CSV file.")],
     active: Annotated[
-        bool, typer.Option("--active", help="Import as active (you already have their consent).")
+        bool,
+        typer.Option(
+            "--active", help="Import every row as active (you already have their consent)."
+        ),
+    ] = False,
+    confirmed: Annotated[
+        bool,
+        typer.Option(
+            "--confirmed",
+            help="Rows whose status column says active confirmed elsewhere: import them "
+            "active (without this they are imported pending).",
+        ),
     ] = False,
 ) -> None:
     """Import a CSV: rows ``email[,name]``, or a header row naming ``email``, ``name``, ``status``.
 
-    Bad rows are reported with their line number and skipped. Rows with status
-    ``unsubscribed`` are imported as unsubscribed; nobody who unsubscribed is
-    reactivated.
+    Reads UTF-8 (with or without BOM), UTF-16 and CP949/EUC-KR files, separated
+    by commas, semicolons or tabs, as Excel and Korean mail services export
+    them. Bad rows are reported with their line number and skipped; a file that
+    cannot be read imports nothing. Rows with status ``unsubscribed`` are
+    imported as unsubscribed; nobody who unsubscribed is reactivated.
     """
-    from ..subscribers import import_csv
+    from ..subscribers import decode_csv, import_csv
 
-    with _opened() as (_, store), file.open(encoding="utf-8-sig", newline="") as handle:
-        report = import_csv(store, handle, now=utcnow(), active=active)
+    try:
+        text = decode_csv(file.read_bytes(), name=str(file))
+        with _opened() as (_, store):
+            report = import_csv(
+                store, text, now=utcnow(), active=active, confirmed=confirmed, name=str(file)
+            )
+    except SubscriberError as exc:
+        _warn(f"[red]error[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
     for line, message in report.errors:
-        _warn(f"[red]{file}:{line}[/red] {message}")
-    _print(
-        f"[green]imported[/green] {report.added} new, {report.already_known} already known, "
-        f"{len(report.errors)} rows skipped"
+        _warn(f"[red]{file}:{line}[/red] {escape(message)}")
+    by_status = ", ".join(
+        f"{count} {status.value}" for status, count in report.added_by_status.items() if count
     )
+    _print(
+        f"[green]imported[/green] {report.added} new"
+        + (f" ({by_status})" if by_status else "")
+        + f", {report.already_known} already known, {len(report.errors)} rows skipped"
+    )
+    if report.held_pending:
+        _warn(
+            f"[yellow]{report.held_pending} rows marked active were imported as pending[/yellow]: "
+            "they get mail once they confirm (aggregator subscribers confirm-mail EMAIL sends "
+            "the link); if they confirmed elsewhere, import again with --confirmed"
+        )
     if report.errors:
         raise typer.Exit(1)
 
