@@ -8,6 +8,9 @@ Wired into the main command by :mod:`aggregator.cli.main`::
 Examples::
 
     aggregator subscribers add reader@example.org --name "Kim Ji-woon" --active
+    AGGREGATOR_SECRET=... aggregator subscribers add reader@example.org  # mails the confirm link
+    AGGREGATOR_SECRET=... aggregator subscribers confirm-mail --all-pending
+    aggregator subscribers expire                     # drop pending ones past the confirm window
     aggregator subscribers import people.csv          # email[,name] rows, or a header row
     aggregator subscribers list --status active
     aggregator subscribers export > subscribers.csv
@@ -29,8 +32,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import SubscriberError
-from ..models import DeliveryStatus, SubscriberStatus, utcnow
+from ..errors import AggregatorError, ConfigError, SubscriberError
+from ..models import DeliveryStatus, Subscriber, SubscriberStatus, utcnow
 from ._common import console, err_console, load_config, open_store
 
 if TYPE_CHECKING:
@@ -77,6 +80,56 @@ def _warn(text: str) -> None:
 # --------------------------------------------------------------------- subscribers
 
 
+def _link_secret(hint: str) -> str:
+    """The secret the web app signs confirm links with; the links the CLI mails must match."""
+    from ..web.app import load_secret
+
+    try:
+        return load_secret()
+    except ConfigError as exc:
+        raise ConfigError(f"{exc.reason}; {hint}") from None
+
+
+def _send_confirmations(
+    config: Config, secret: str, subscribers: list[Subscriber]
+) -> list[tuple[str, str]]:
+    """Mail each one the double opt-in link, as the web form does; ``(email, error)`` failures."""
+    from ..deliver import send_message
+    from ..tokens import Tokens
+    from ..web.subscribe import confirmation_message
+
+    tokens = Tokens(secret)
+
+    async def send_all() -> list[tuple[str, str]]:
+        failures = []
+        for subscriber in subscribers:
+            link = (
+                f"{config.site.url}confirm/{tokens.confirm_token(subscriber.id, subscriber.email)}"
+            )
+            data = confirmation_message(config.site, subscriber, link)
+            try:
+                await send_message(config.smtp, config.site.sender_email, subscriber.email, data)
+            except AggregatorError as exc:
+                failures.append((subscriber.email, str(exc)))
+        return failures
+
+    return asyncio.run(send_all())
+
+
+def _report_confirmations(sent: list[Subscriber], failures: list[tuple[str, str]]) -> None:
+    failed = {email for email, _ in failures}
+    for subscriber in sent:
+        if subscriber.email not in failed:
+            _print(f"[green]sent[/green] the confirmation link to {subscriber.email}")
+    for email, error in failures:
+        _warn(
+            f"[red]not sent[/red] to {email}: {escape(error)} (they stay pending; "
+            f"resend with: aggregator subscribers confirm-mail {email})"
+        )
+    if failures:
+        raise typer.Exit(1)
+
+
 @subscribers_app.command("add")
 def add(
     email: Annotated[str, typer.Argument(help="The address to add.")],
@@ -85,28 +138,87 @@ def add(
         bool,
         typer.Option("--active", help="Skip double opt-in (you already have their consent)."),
     ] = False,
+    no_mail: Annotated[
+        bool,
+        typer.Option(
+            "--no-mail", help="Add them pending without mailing the confirmation link yet."
+        ),
+    ] = False,
 ) -> None:
-    """Add one subscriber: pending (a confirm link is needed) unless --active.
+    """Add one subscriber: pending, mailed a confirmation link like the web form does, or --active.
 
-    An address that unsubscribed stays unsubscribed: only its owner can
-    subscribe again, through the web form and the confirmation link.
+    The link (valid 7 days) is signed with AGGREGATOR_SECRET, which must be the
+    one the web app runs with. An address that unsubscribed stays
+    unsubscribed: only its owner can subscribe again, through the web form.
     """
     from ..subscribers import clean_name, normalize_email
 
     address = normalize_email(email)
-    with _opened() as (_, store):
+    secret = None
+    if not active and not no_mail:
+        secret = _link_secret("it signs the confirmation link (or use --active or --no-mail)")
+    with _opened() as (config, store):
         subscriber, created = store.add_subscriber(
             address, name=clean_name(name), active=active, now=utcnow()
         )
-    if created:
-        _print(f"[green]added[/green] {subscriber.email} ({subscriber.status.value})")
-    elif subscriber.status is SubscriberStatus.UNSUBSCRIBED:
-        _warn(
-            f"[yellow]kept[/yellow] {subscriber.email} unsubscribed: they must subscribe again "
-            "through the web form to get mail"
-        )
-    else:
-        _print(f"[dim]already known[/dim] {subscriber.email} ({subscriber.status.value})")
+        if created:
+            _print(f"[green]added[/green] {subscriber.email} ({subscriber.status.value})")
+        elif subscriber.status is SubscriberStatus.UNSUBSCRIBED:
+            _warn(
+                f"[yellow]kept[/yellow] {subscriber.email} unsubscribed: they must subscribe "
+                "again through the web form to get mail"
+            )
+        else:
+            _print(f"[dim]already known[/dim] {subscriber.email} ({subscriber.status.value})")
+        if secret is not None and subscriber.status is SubscriberStatus.PENDING:
+            failures = _send_confirmations(config, secret, [subscriber])
+            _report_confirmations([subscriber], failures)
+
+
+@subscribers_app.command("confirm-mail")
+def confirm_mail(
+    emails: Annotated[
+        list[str] | None, typer.Argument(help="Pending addresses to mail the link to again.")
+    ] = None,
+    all_pending: Annotated[
+        bool, typer.Option("--all-pending", help="Every pending subscriber.")
+    ] = False,
+) -> None:
+    """(Re)send the double opt-in link to pending subscribers, e.g. after an import.
+
+    Active subscribers need no link; nobody who unsubscribed is mailed.
+    """
+    from ..subscribers import normalize_email
+
+    if not emails and not all_pending:
+        _warn("[red]error[/red] name one or more addresses, or pass --all-pending")
+        raise typer.Exit(2)
+    secret = _link_secret("it signs the confirmation link")
+    with _opened() as (config, store):
+        todo: list[Subscriber] = []
+        if all_pending:
+            todo = store.list_subscribers(SubscriberStatus.PENDING)
+        for raw in emails or []:
+            address = normalize_email(raw)
+            found = store.subscriber_by_email(address)
+            if found is None:
+                raise SubscriberError(
+                    f"{address} is not a subscriber (add it with: aggregator subscribers add)"
+                )
+            if found.status is SubscriberStatus.ACTIVE:
+                _print(f"[dim]already active[/dim] {found.email}: no link needed")
+            elif found.status is SubscriberStatus.UNSUBSCRIBED:
+                _warn(
+                    f"[yellow]not mailed[/yellow] {found.email}: they unsubscribed; only they "
+                    "can subscribe again, through the web form"
+                )
+            elif all(s.id != found.id for s in todo):
+                todo.append(found)
+        if not todo:
+            _print("no pending subscribers to mail")
+            return
+        failures = _send_confirmations(config, secret, todo)
+    _report_confirmations(todo, failures)
 
 
 @subscribers_app.command("remove")
