@@ -75,6 +75,9 @@ def parse_duration(value: object) -> timedelta:
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
+# How long a pending subscriber may take to confirm (the confirm link's life too).
+PENDING_EXPIRY = timedelta(days=7)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -258,6 +261,19 @@ class StorageModel(_Strict):
     queue: Literal["none", "procrastinate"] = "none"
 
 
+class SubscribersModel(_Strict):
+    # Pending subscribers who never click their confirmation link are removed
+    # after this long: no consent was given, so the address must not be kept.
+    expire_pending_after: Duration = PENDING_EXPIRY
+
+    @field_validator("expire_pending_after")
+    @classmethod
+    def _at_least_a_day(cls, value: timedelta) -> timedelta:
+        if value < timedelta(days=1):
+            raise ValueError("must be at least 1d (people need time to open their mail)")
+        return value
+
+
 class ConfigModel(_Strict):
     site: SiteModel = SiteModel()
     defaults: DefaultsModel = DefaultsModel()
@@ -266,6 +282,7 @@ class ConfigModel(_Strict):
     sources: list[SourceModel] = []
     digest: DigestModel = DigestModel()
     smtp: SmtpModel = SmtpModel()
+    subscribers: SubscribersModel = SubscribersModel()
 
     @field_validator("sections", "sources", mode="before")
     @classmethod
@@ -301,6 +318,7 @@ class Config:
     smtp: SmtpSettings
     database_url: str
     queue: str = "none"
+    pending_expiry: timedelta = PENDING_EXPIRY
 
     def source(self, source_id: str) -> Source:
         for source in self.sources:
@@ -636,6 +654,7 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
         smtp=smtp,
         database_url=resolve_database_url(model.storage.url, path),
         queue=model.storage.queue,
+        pending_expiry=model.subscribers.expire_pending_after,
     )
 
 

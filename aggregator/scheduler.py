@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 DIGEST_JOB = "weekly-digest"
 PUBLISH_JOB = "publish"
+EXPIRE_JOB = "expire-pending"
+EXPIRE_EVERY = timedelta(hours=1)
 PERSISTENT = "persistent"
 # A weekly issue missed by less than this is still sent after a restart.
 DIGEST_MISFIRE_GRACE = timedelta(days=6)
@@ -286,6 +288,15 @@ class Service:
         self.scheduler.start(paused=True)
         await self._sync_source_jobs()
         self._sync_digest_job()
+        self.scheduler.add_job(
+            self.expire_pending_now,
+            IntervalTrigger(seconds=int(EXPIRE_EVERY.total_seconds())),
+            id=EXPIRE_JOB,
+            name="expire unconfirmed subscribers",
+            jobstore="default",
+            next_run_time=utcnow(),
+            replace_existing=True,
+        )
         self.scheduler.resume()
 
     def _last_ingest_age(self) -> float | None:
@@ -343,6 +354,18 @@ class Service:
             log.info("weekly digest rescheduled: %s", trigger)
 
     # ------------------------------------------------------------------ jobs
+
+    async def expire_pending_now(self) -> list[str]:
+        """Remove pending subscribers past ``subscribers.expire_pending_after`` (no consent)."""
+        cutoff = utcnow() - self.config.pending_expiry
+        try:
+            gone = await asyncio.to_thread(self.store.expire_pending, added_before=cutoff)
+        except StoreError as exc:
+            log.error("expiring unconfirmed subscribers failed: %s", exc)
+            return []
+        if gone:
+            log.info("removed %d pending subscribers who never confirmed", len(gone))
+        return gone
 
     def _track(self, coro: Awaitable[Any]) -> Awaitable[Any]:
         task = asyncio.ensure_future(coro)

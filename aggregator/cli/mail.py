@@ -91,9 +91,13 @@ def _link_secret(hint: str) -> str:
 
 
 def _send_confirmations(
-    config: Config, secret: str, subscribers: list[Subscriber]
+    config: Config, secret: str, store: Store, subscribers: list[Subscriber]
 ) -> list[tuple[str, str]]:
-    """Mail each one the double opt-in link, as the web form does; ``(email, error)`` failures."""
+    """Mail each one the double opt-in link, as the web form does; ``(email, error)`` failures.
+
+    Whoever got a fresh link gets the full confirmation window again
+    (``subscribers.expire_pending_after``) before they expire.
+    """
     from ..deliver import send_message
     from ..tokens import Tokens
     from ..web.subscribe import confirmation_message
@@ -113,7 +117,10 @@ def _send_confirmations(
                 failures.append((subscriber.email, str(exc)))
         return failures
 
-    return asyncio.run(send_all())
+    failures = asyncio.run(send_all())
+    failed = {email for email, _ in failures}
+    store.restart_confirm_window([s.id for s in subscribers if s.email not in failed], now=utcnow())
+    return failures
 
 
 def _report_confirmations(sent: list[Subscriber], failures: list[tuple[str, str]]) -> None:
@@ -171,7 +178,7 @@ def add(
         else:
             _print(f"[dim]already known[/dim] {subscriber.email} ({subscriber.status.value})")
         if secret is not None and subscriber.status is SubscriberStatus.PENDING:
-            failures = _send_confirmations(config, secret, [subscriber])
+            failures = _send_confirmations(config, secret, store, [subscriber])
             _report_confirmations([subscriber], failures)
 
 
@@ -217,7 +224,7 @@ def confirm_mail(
         if not todo:
             _print("no pending subscribers to mail")
             return
-        failures = _send_confirmations(config, secret, todo)
+        failures = _send_confirmations(config, secret, store, todo)
     _report_confirmations(todo, failures)
 
 
@@ -253,8 +260,10 @@ def list_(
         SubscriberStatus | None, typer.Option("--status", help="Only this status.")
     ] = None,
 ) -> None:
-    """Show subscribers with status and dates."""
-    with _opened() as (_, store):
+    """Show subscribers with status and dates (pending ones past their confirm window are
+    removed first, see ``subscribers expire``)."""
+    with _opened() as (config, store):
+        _expire(config, store)
         rows = store.list_subscribers(status)
     table = Table(title=f"{len(rows)} subscribers" + (f" ({status.value})" if status else ""))
     for column in ("email", "name", "status", "since", "confirmed", "unsubscribed"):
@@ -270,6 +279,31 @@ def list_(
         )
 
     console.print(table)
+
+
+def _expire(config: Config, store: Store) -> list[str]:
+    gone = store.expire_pending(added_before=utcnow() - config.pending_expiry)
+    if gone:
+        days = config.pending_expiry.total_seconds() / 86400
+        _warn(
+            f"[yellow]removed {len(gone)} pending subscribers[/yellow] who did not confirm "
+            f"within {days:g} days (subscribers.expire_pending_after): " + ", ".join(gone)
+        )
+    return gone
+
+
+@subscribers_app.command("expire")
+def expire() -> None:
+    """Remove pending subscribers who did not confirm in time (``run`` does this hourly).
+
+    The window is ``subscribers.expire_pending_after`` in feeds.yaml (default
+    7d, the life of a confirmation link), counted from when they were added or
+    last mailed a link.
+    """
+    with _opened() as (config, store):
+        gone = _expire(config, store)
+    if not gone:
+        _print("no pending subscribers past their confirmation window")
 
 
 @subscribers_app.command("import")

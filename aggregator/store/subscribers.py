@@ -267,6 +267,45 @@ class SubscribersMixin(StoreBase):
             conn.execute(delete(_t).where(_t.c.id == sid))
         return True
 
+    def expire_pending(self, *, added_before: datetime) -> list[str]:
+        """Delete pending subscribers added before ``added_before``; their addresses.
+
+        They never confirmed, so there is no consent to keep their address on
+        (and a confirm link that old has expired anyway). Their ledger rows go
+        too; a pending subscriber normally has none.
+        """
+        with self.transaction() as conn:
+            rows = conn.execute(
+                select(_t.c.id, _t.c.email).where(
+                    _t.c.status == SubscriberStatus.PENDING.value, _t.c.created_at < added_before
+                )
+            ).all()
+            ids = [row.id for row in rows]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                d = schema.deliveries
+                conn.execute(delete(d).where(d.c.subscriber_id.in_(chunk)))
+                conn.execute(
+                    delete(_t).where(
+                        _t.c.id.in_(chunk), _t.c.status == SubscriberStatus.PENDING.value
+                    )
+                )
+        return [row.email for row in rows]
+
+    def restart_confirm_window(self, subscriber_ids: Iterable[int], *, now: datetime) -> None:
+        """A confirmation link was just (re)sent: the expiry clock starts again from ``now``."""
+        ids = list(subscriber_ids)
+        with self.transaction() as conn:
+            for start in range(0, len(ids), 500):
+                conn.execute(
+                    update(_t)
+                    .where(
+                        _t.c.id.in_(ids[start : start + 500]),
+                        _t.c.status == SubscriberStatus.PENDING.value,
+                    )
+                    .values(created_at=now)
+                )
+
     def existing_emails(self, emails: Iterable[str]) -> set[str]:
         """Which of these addresses are already stored (any status, any letter case)."""
         given = list(dict.fromkeys(emails))
