@@ -158,3 +158,39 @@ def test_the_running_service_expires_them(sqlite_url: str, tmp_path: Path) -> No
             await task
 
     asyncio.run(scenario())
+
+
+@pytest.mark.postgres
+def test_distributed_mode_expires_them_in_the_hourly_cleanup(pg_url: str, tmp_path: Path) -> None:
+    from aggregator import queue
+
+    add_aged(
+        pg_url,
+        {
+            "stale@example.org": (8, SubscriberStatus.PENDING),
+            "fresh@example.org": (0, SubscriberStatus.PENDING),
+        },
+    )
+    path = feeds_yaml(tmp_path, pg_url, "")
+    text = path.read_text(encoding="utf-8").replace(
+        f"storage: {{url: '{pg_url}'}}", f"storage: {{url: '{pg_url}', queue: procrastinate}}"
+    )
+    path.write_text(text, encoding="utf-8")
+    config = load_config(path)
+    store = Store.open(pg_url)
+    queue.apply_schema(store)
+
+    async def scenario() -> None:
+        tasks_app = queue.bound_app(config)
+        await queue.start_runtime(config, secret=SECRET, store=store, tasks=tasks_app)
+        try:
+            async with tasks_app.open_async():
+                await queue.cleanup(0)
+        finally:
+            await queue.stop_runtime()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        store.close()
+    assert remaining(pg_url) == {"fresh@example.org"}
