@@ -76,23 +76,22 @@ class ImportReport:
     held_pending: int = 0
 
 
-# Column titles as spreadsheets and Korean mail services name them.
+# Column titles as spreadsheets and Korean mail services name them, best first.
 _HEADER_NAMES = {
-    "email": {
+    "email": (
         "email",
         "e-mail",
-        "mail",
         "email address",
         "e-mail address",
-        "address",
         "이메일",
         "이메일 주소",
+        "전자우편",
+        "mail",
         "메일",
         "메일 주소",
-        "전자우편",
-    },
-    "name": {"name", "full name", "display name", "이름", "성명", "닉네임"},
-    "status": {"status", "state", "상태"},
+    ),
+    "name": ("name", "full name", "display name", "이름", "성명", "닉네임"),
+    "status": ("status", "state", "상태"),
 }
 _DELIMITERS = ",;\t"
 
@@ -225,7 +224,7 @@ def import_csv(
         line, first = rows[0]
         header = [_header_key(cell) for cell in first]
         columns = {
-            key: next((i for i, cell in enumerate(header) if cell in names), None)
+            key: next((header.index(n) for n in names if n in header), None)
             for key, names in _HEADER_NAMES.items()
         }
         if columns["email"] is not None:

@@ -26,6 +26,7 @@ HEADERS = {
     "korean": (("이메일", "이름", "상태"), (0, 1, 2)),
     "reordered": (("status", "Email Address", "full name"), (2, 0, 1)),
 }
+
 ENCODINGS = ["utf-8", "utf-8-sig", "utf-16", "cp949", "euc-kr"]
 DELIMITERS = [",", ";", "\t"]
 
@@ -208,3 +209,17 @@ def test_malformed_files_give_one_line_and_exit_2(
     assert code == 2
     assert str(file) + ":" in err and phrase in err
     assert install.people() == set()
+
+
+def test_the_email_column_is_chosen_by_its_title_not_its_position(tmp_path: Path) -> None:
+    # "메일 주소" is a weaker title than "이메일"; "주소" (a postal address) is none.
+    rows = [
+        ("주소", "메일 주소", "이름", "이메일"),
+        ("부산 해운대구", "old@example.org", "김지운", "kim@example.org"),
+    ]
+    file = tmp_path / "people.csv"
+    file.write_bytes(csv_bytes(rows, ",", "cp949"))
+    install = Install(tmp_path / "site")
+    code, out, err = install.run("subscribers", "import", str(file))
+    assert code == 0, out + err
+    assert install.people() == {("kim@example.org", "김지운", SubscriberStatus.PENDING)}
