@@ -194,3 +194,16 @@ def test_distributed_mode_expires_them_in_the_hourly_cleanup(pg_url: str, tmp_pa
     finally:
         store.close()
     assert remaining(pg_url) == {"fresh@example.org"}
+
+
+def test_signing_up_again_while_pending_restarts_the_window(db_url: str, tmp_path: Path) -> None:
+    # What the web form does when someone subscribes again: add_subscriber, then a new link.
+    add_aged(db_url, {"again@example.org": (10, SubscriberStatus.PENDING)})
+    store = Store.open(db_url)
+    try:
+        again, created = store.add_subscriber("Again@example.org", now=utcnow())
+        assert not created and again.status is SubscriberStatus.PENDING
+        assert store.expire_pending(added_before=utcnow() - timedelta(days=7)) == []
+    finally:
+        store.close()
+    assert remaining(db_url) == {"again@example.org"}

@@ -65,7 +65,8 @@ class SubscribersMixin(StoreBase):
         """Add an address, or return the existing row; the flag says whether it was new.
 
         ``active=True`` (an administrator vouching for the address) activates a
-        new or pending subscriber, but never one who unsubscribed.
+        new or pending subscriber, but never one who unsubscribed. Without it, a
+        pending subscriber's expiry window starts again (they are sent a new link).
         """
         status = SubscriberStatus.ACTIVE if active else SubscriberStatus.PENDING
         key = email_key(email)
@@ -83,11 +84,18 @@ class SubscribersMixin(StoreBase):
                 .on_conflict_do_nothing(index_elements=["email_key"])
                 .returning(_t.c.id)
             ).first()
-            if inserted is None and active:
+            if inserted is None:
+                # Signing up again while pending (the web form mails a new link):
+                # activated if vouched for, else the confirmation window restarts.
+                values: dict[str, Any] = (
+                    {"status": SubscriberStatus.ACTIVE.value, "confirmed_at": now}
+                    if active
+                    else {"created_at": now}
+                )
                 conn.execute(
                     update(_t)
                     .where(_t.c.email_key == key, _t.c.status == SubscriberStatus.PENDING.value)
-                    .values(status=SubscriberStatus.ACTIVE.value, confirmed_at=now)
+                    .values(**values)
                 )
             if inserted is None and name:
                 conn.execute(
