@@ -267,7 +267,7 @@ def test_cli_treats_any_letter_case_as_one_subscriber(tmp_path: Path) -> None:
     people.write_text("email\nDUP.READER@example.org\nnew@example.org\nNEW@example.org\n")
     imported = run_cli("-c", str(config), "subscribers", "import", str(people))
     assert imported.exit_code == 0, imported.output
-    assert "1 new, 1 already known" in imported.output
+    assert "imported 1 new (1 pending), 1 already known" in imported.output
     listed = run_cli("-c", str(config), "subscribers", "export")
     emails = [line.split(",")[0] for line in listed.stdout.splitlines()[1:]]
     assert emails == ["Dup.Reader@example.org", "new@example.org"]
