@@ -220,6 +220,75 @@ def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
     return (head or text[:cut]) + "…"
 
 
+# A listing page's own truncation mark at the very end: "...", ". . .", "……" or
+# WordPress's "[...]" / "[…]", optionally followed by closing tags and spaces. A
+# single "…" is what we write ourselves: treating it as a mark would trim one
+# more word on every pass, and normalizing must be idempotent.
+_CUT_MARK = re.compile(
+    r"(?P<mark>\s*\[\s*(?:\.\s*){2,}\.?\s*\]|\s*\[\s*…\s*\]|(?:\.\s?){2,}\.|……+)"
+    r"(?P<tail>(?:\s|</[A-Za-z][A-Za-z0-9]*\s*>)*)$"
+)
+# A text that is one cut word keeps it (there is nothing else to show); any
+# whole word before the fragment is better than the fragment.
+_MIN_TRIMMED = 1
+
+
+def trim_cut_text(text: str) -> str:
+    """``text`` whose source cut it mid-word ("…certainly il...") trimmed to a whole word.
+
+    Listing pages shorten their excerpts to a fixed number of characters and
+    append "...", so the last word is usually a fragment. When the mark touches
+    a word (no space before it), that word is dropped, trailing punctuation
+    goes with it, and the text ends with one "…"; a mark after a space only
+    becomes "…". Korean is cut at the space before the fragment, never inside
+    the word. Text without such a mark is returned unchanged; a text that is a
+    single cut word keeps it, with "…".
+    """
+    match = _CUT_MARK.search(text)
+    if match is None or match.group("tail").strip():
+        return text
+    trimmed = _trim_before(text[: match.start("mark")], match.group("mark"), _TRIM_BEFORE_ELLIPSIS)
+    return text if trimmed is None else trimmed + "…"
+
+
+def _trim_before(head: str, mark: str, strip: str) -> str | None:
+    """``head`` without a word fragment glued to ``mark`` and the punctuation before it.
+
+    None when nothing would be left (the caller keeps what it had).
+    """
+    if head and not mark[:1].isspace() and _is_word_char(head[-1]):
+        start = len(head)
+        while start > 0 and _is_word_char(head[start - 1]):
+            start -= 1
+        shorter = head[:start].rstrip(strip)
+        if len(shorter) >= _MIN_TRIMMED:
+            head = shorter
+    head = head.rstrip(strip + ".")
+    return head or None
+
+
+# In markup ";" may end a character reference ("&amp;"): never strip it there.
+_TRIM_BEFORE_ELLIPSIS_HTML = _TRIM_BEFORE_ELLIPSIS.replace(";", "")
+
+
+def trim_cut_html(markup: str) -> str:
+    """:func:`trim_cut_text` for sanitized HTML: the mark may sit before closing tags.
+
+    Only the text right before the mark is touched; when the mark follows a
+    tag rather than text, the markup is left as it is.
+    """
+    match = _CUT_MARK.search(markup)
+    if match is None:
+        return markup
+    head = markup[: match.start("mark")]
+    if head.endswith(">"):
+        return markup
+    trimmed = _trim_before(head, match.group("mark"), _TRIM_BEFORE_ELLIPSIS_HTML)
+    if trimmed is None or trimmed.endswith((">", "&")):
+        return markup
+    return trimmed + "…" + match.group("tail")
+
+
 # ------------------------------------------------------------------------- html
 
 
@@ -359,7 +428,9 @@ def normalize(
         summary_html = content_html
     else:
         summary_html = sanitize_html(entry.summary_html, base)
-    text = html_text(content_html or summary_html)
+    summary_html = trim_cut_html(summary_html)
+    content_html = trim_cut_html(content_html)
+    text = trim_cut_text(html_text(content_html or summary_html))
     title = cut_title(clean_text(entry.title)) or cut_title(excerpt(text, 120)) or url
     author = clean_text(entry.author) or None
     categories = tuple(dict.fromkeys(c for c in map(clean_text, entry.categories) if c))
