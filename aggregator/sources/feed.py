@@ -26,7 +26,8 @@ from selectolax.lexbor import LexborHTMLParser
 
 from ..errors import ParseError
 from ..models import FetchResult, ParsedFeed, RawEntry, Source
-from .decode import korean_as_utf8
+from .decode import damaged_utf8_as_utf8, korean_as_utf8
+from .markup import cap_nesting, neutralize_char_ref_bytes
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def html_to_text(markup: str) -> str:
     """The text of an HTML fragment (tags dropped, entities decoded)."""
     if "<" not in markup and "&" not in markup:
         return markup
-    root = LexborHTMLParser(f"<body>{markup}</body>").body
+    root = LexborHTMLParser(f"<body>{cap_nesting(markup)}</body>").body
     return root.text(deep=True) if root is not None else markup
 
 
@@ -185,6 +186,7 @@ def parse_feed(source: Source, result: FetchResult) -> ParsedFeed:
     headers = {"content-location": result.url}
     if result.content_type:
         headers["content-type"] = result.content_type
+    warnings: list[str] = []
     if source.encoding:
         headers["content-type"] = f"application/xml; charset={source.encoding}"
     elif (recoded := korean_as_utf8(content)) is not None:
@@ -192,12 +194,28 @@ def parse_feed(source: Source, result: FetchResult) -> ParsedFeed:
         # windows-1252 and store mojibake.
         content = recoded
         headers["content-type"] = "application/xml; charset=utf-8"
-    parsed = feedparser.parse(
-        content,
-        response_headers=headers,
-        sanitize_html=False,
-        resolve_relative_uris=False,
-    )
+    elif (damaged := damaged_utf8_as_utf8(content, result.charset)) is not None:
+        # A few invalid bytes in UTF-8: feedparser would drop UTF-8 for the whole
+        # document and garble every item. Replace just those bytes.
+        content = damaged.text.encode("utf-8")
+        headers["content-type"] = "application/xml; charset=utf-8"
+        warnings.append(damaged.warning or "invalid UTF-8 replaced")
+    content = neutralize_char_ref_bytes(content)
+    try:
+        parsed = feedparser.parse(
+            content,
+            response_headers=headers,
+            sanitize_html=False,
+            resolve_relative_uris=False,
+        )
+    except (ValueError, OverflowError, LookupError, RecursionError) as crash:
+        # feedparser's loose parser has crashed on inputs nothing above defuses
+        # (it raises instead of flagging): that is this source's error, not ours.
+        raise ParseError(
+            f"feedparser could not read this document ({type(crash).__name__}: {crash})",
+            source_id=source.id,
+            url=result.url,
+        ) from crash
     feed = parsed.get("feed") or {}
     raw_entries = parsed.get("entries") or []
     warning = None
@@ -215,6 +233,7 @@ def parse_feed(source: Source, result: FetchResult) -> ParsedFeed:
         log.info(
             "%s: malformed feed, %d entries recovered: %s", source.id, len(raw_entries), warning
         )
+        warnings.append(f"malformed feed, {len(raw_entries)} entries recovered: {warning}")
     feed_link = feed.get("link") or None
     language = feed.get("language") or None
     return ParsedFeed(
@@ -222,5 +241,5 @@ def parse_feed(source: Source, result: FetchResult) -> ParsedFeed:
         link=feed_link,
         entries=tuple(_entry(e, feed_link, language) for e in raw_entries),
         language=language,
-        warning=warning,
+        warning="; ".join(warnings) or None,
     )

@@ -305,8 +305,12 @@ class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, StoreBase):
         last_modified: str | None = None,
         content_hash: str | None = None,
         new_url: str | None = None,
+        warning: str | None = None,
     ) -> SaveCounts:
         """Save one source's fetched items and its fetch state in ONE transaction.
+
+        ``warning`` is the parser's (a malformed feed, replaced bytes): stored
+        on the source for ``status`` together with any warning found here.
 
         An item already stored for this source (same guid) is updated in place
         when its content hash changed, else left alone. A new item whose
@@ -352,9 +356,9 @@ class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, StoreBase):
                 i for g, i in batch.items() if g in existing and existing[g][1] != i.content_hash
             ]
             unchanged = len(batch) - len(new_items) - len(changed)
-            warning = None
+            warnings = [warning] if warning else []
             if churned and churned * 2 >= len(batch):
-                warning = (
+                warnings.append(
                     f"{churned} of {len(batch)} entries came with a new guid for a link "
                     "already stored: this feed changes its guids on every fetch; "
                     "entries are matched by link instead"
@@ -375,7 +379,7 @@ class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, StoreBase):
                 "error_count": 0,
                 "last_error": None,
                 "broken_reason": None,
-                "warning": warning,
+                "warning": "; ".join(warnings)[:2000] or None,
                 "etag": etag,
                 "last_modified": last_modified,
                 "content_hash": content_hash,
