@@ -10,14 +10,12 @@ what the specifications ask for.
 
 from __future__ import annotations
 
-import calendar
 import functools
 import hashlib
 import html
 import logging
-import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import feedparser
@@ -26,6 +24,7 @@ from selectolax.lexbor import LexborHTMLParser
 
 from ..errors import ParseError
 from ..models import FetchResult, ParsedFeed, RawEntry, Source
+from .dates import parse_date
 from .decode import damaged_utf8_as_utf8, korean_as_utf8
 from .markup import cap_nesting, neutralize_char_ref_bytes
 
@@ -53,14 +52,17 @@ def html_to_text(markup: str) -> str:
     return root.text(deep=True) if root is not None else markup
 
 
-def _utc(parsed: time.struct_time | None) -> datetime | None:
-    """feedparser's UTC ``struct_time`` → an aware datetime (None if absent or absurd)."""
-    if not parsed:
+def _date(text: object, source: Source, now: datetime) -> datetime | None:
+    """A feed's date string read by ``dates.parse_date``, or None.
+
+    feedparser's own ``*_parsed`` values are not used: it reads an unknown
+    zone name (``KST``) as UTC and ``2025.11.27`` as 2025-11-01, silently.
+    Ours reads named zones, dotted and Korean dates, and returns None for what
+    it cannot read unambiguously; normalize then flags the item ``date_missing``.
+    """
+    if not isinstance(text, str):
         return None
-    try:
-        return datetime.fromtimestamp(calendar.timegm(parsed), UTC)
-    except (OverflowError, ValueError, OSError):
-        return None
+    return parse_date(text, tz=source.timezone, fmt=source.date_format, now=now)
 
 
 def _detail_html(value: str, detail: Mapping[str, Any] | None) -> str:
@@ -144,7 +146,13 @@ def synthetic_guid(title: str | None, date_text: str | None) -> str:
     return f"sha256:{digest[:32]}"
 
 
-def _entry(entry: Mapping[str, Any], feed_link: str | None, feed_language: str | None) -> RawEntry:
+def _entry(
+    entry: Mapping[str, Any],
+    feed_link: str | None,
+    feed_language: str | None,
+    source: Source,
+    now: datetime,
+) -> RawEntry:
     title = entry.get("title")
     if title is not None:
         detail = entry.get("title_detail") or {}
@@ -164,8 +172,9 @@ def _entry(entry: Mapping[str, Any], feed_link: str | None, feed_language: str |
         title=title,
         summary_html=summary_html,
         content_html=content_html,
-        published=_utc(entry.get("published_parsed") or entry.get("created_parsed")),
-        updated=_utc(entry.get("updated_parsed")),
+        published=_date(entry.get("published"), source, now)
+        or _date(entry.get("created"), source, now),
+        updated=_date(entry.get("updated"), source, now),
         date_text=date_text,
         author=_author(entry),
         categories=_categories(entry),
@@ -239,7 +248,9 @@ def parse_feed(source: Source, result: FetchResult) -> ParsedFeed:
     return ParsedFeed(
         title=html_to_text(feed["title"]) if feed.get("title") else None,
         link=feed_link,
-        entries=tuple(_entry(e, feed_link, language) for e in raw_entries),
+        entries=tuple(
+            _entry(e, feed_link, language, source, result.fetched_at) for e in raw_entries
+        ),
         language=language,
         warning="; ".join(warnings) or None,
     )
