@@ -31,6 +31,7 @@ from .dedupe import canonical_url, content_hash, fingerprint
 from .errors import ParseError
 from .models import Item, RawEntry, SectionRule, Source
 from .sources.dates import is_plausible, parse_date
+from .sources.markup import cap_nesting
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def html_text(markup: str) -> str:
     """The readable text of (sanitized) HTML, block elements separated by spaces."""
     if not markup:
         return ""
-    spaced = _BLOCK_BOUNDARY.sub(r" \g<0> ", markup)
+    spaced = _BLOCK_BOUNDARY.sub(r" \g<0> ", cap_nesting(markup))
     body = LexborHTMLParser(f"<body>{spaced}</body>").body
     return clean_text(body.text(deep=True) if body is not None else "")
 
@@ -335,7 +336,9 @@ def sanitize_html(markup: str | None, base: str = "") -> str:
     if not markup or not markup.strip():
         return ""
     markup = _INVISIBLE.sub("", _CONTROL.sub(" ", markup))
-    return _cleaner(base).clean(markup).strip()
+    # The input bound: html5ever (inside nh3) is quadratic in nesting depth, so
+    # tags nested past MAX_HTML_DEPTH are dropped (their text kept) first.
+    return _cleaner(base).clean(cap_nesting(markup)).strip()
 
 
 # -------------------------------------------------------------------- sections

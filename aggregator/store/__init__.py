@@ -329,6 +329,9 @@ class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, StoreBase):
     ) -> SaveCounts:
         """Save one source's fetched items and its fetch state in ONE transaction.
 
+        ``warning`` is the parser's (a malformed feed, replaced bytes): stored
+        on the source for ``status`` together with any warning found here.
+
         An item already stored for this source (same guid) is updated in place
         when its content hash changed, else left alone. A new item whose
         canonical link or fingerprint matches an item already stored (from any
