@@ -2,7 +2,15 @@
 
 Route modules (``feeds``, ``pages``, and ``archive``, ``subscribe``, ``health``
 once they exist) each expose ``routes(ctx) -> list[BaseRoute]``;
-:func:`create_app` joins them behind one gzip middleware.
+:func:`create_app` joins them behind the middleware every response passes
+through: security headers, the request body cap, gzip (see
+:mod:`aggregator.web.security`). Error answers (404, 405, 413...) are short
+HTML pages, never a traceback.
+
+Numeric path parameters use the ``rowid`` convertor: at most 18 digits, so
+every value that matches fits a signed 64-bit column; anything longer (or
+negative, or not digits) does not match the route and is a 404, instead of
+reaching the database and overflowing there.
 """
 
 from __future__ import annotations
@@ -14,15 +22,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import Message, Receive, Scope, Send
 
 from ..config import Config
 from ..errors import ConfigError
 from ..store import Store
+from .ratelimit import RateLimiter
+from .security import RequestBodyLimitMiddleware, SecurityHeadersMiddleware, error_page
 
 SECRET_ENV = "AGGREGATOR_SECRET"
 # Bodies smaller than this are sent as they are: gzip would save next to nothing.
@@ -59,6 +73,25 @@ class WebContext:
     # Filled by the running service: extra health facts (scheduler running...).
     health_checks: dict[str, Callable[[], Any]] = field(default_factory=dict)
     metrics_text: Callable[[], str] | None = None
+    # Every limiter the routes keep, by name, so tests and diagnostics can read them.
+    rate_limiters: dict[str, RateLimiter] = field(default_factory=dict)
+
+
+class RowIdConvertor(Convertor[int]):
+    """``{name:rowid}``: a database id, 1 to 18 digits, so it always fits a BIGINT."""
+
+    regex = "[0-9]{1,18}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        if not 0 <= value < 10**18:
+            raise ValueError(f"{value} is out of range for a row id")
+        return str(value)
+
+
+register_url_convertor("rowid", RowIdConvertor())
 
 
 class ValidatorGZipMiddleware(GZipMiddleware):
@@ -111,10 +144,26 @@ def create_app(ctx: WebContext) -> Starlette:
             routes += module.routes(ctx)
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(ValidatorGZipMiddleware, minimum_size=GZIP_MINIMUM_SIZE)],
+        middleware=[
+            # Outermost, so even the body cap's 413 and gzip'd answers carry the headers.
+            Middleware(SecurityHeadersMiddleware, site_url=lambda: ctx.config.site.url),
+            Middleware(RequestBodyLimitMiddleware),
+            Middleware(ValidatorGZipMiddleware, minimum_size=GZIP_MINIMUM_SIZE),
+        ],
+        exception_handlers={HTTPException: http_error},
     )
     app.state.ctx = ctx
     return app
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's HTTP errors (404, 405, a malformed form's 400...) as a short HTML page."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (204, 304):  # no body allowed
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    response = error_page(exc.status_code, str(exc.detail))
+    response.headers.update(exc.headers or {})
+    return response
 
 
 def _optional(name: str) -> Any:
