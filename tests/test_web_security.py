@@ -39,7 +39,7 @@ from aggregator.models import WebSettings
 from aggregator.store import Store
 from aggregator.tokens import Tokens
 from aggregator.web import subscribe
-from aggregator.web.app import create_app
+from aggregator.web.app import ROW_ID_MAX, create_app, digits_up_to
 from aggregator.web.security import FormTokens, client_address, cross_site_reason
 from tests.support.smtp import SmtpFixture
 from tests.test_deliver import make_digest
@@ -89,7 +89,7 @@ def seed(store: Store) -> dict[str, list[str]]:
     store.create_deliveries(
         digest.id, message_id_tag="digest", message_id_domain="example.org", now=now
     )
-    samples["digest_id"] = [str(digest.id), "0", str(10**18 - 1)]
+    samples["digest_id"] = [str(digest.id), "0", str(ROW_ID_MAX)]
     return samples
 
 
@@ -187,6 +187,8 @@ def test_every_answer_carries_the_security_headers(web: Web) -> None:
 
 NUMBERS_OUT_OF_RANGE = [
     "-1",
+    str(2**31),  # one past PostgreSQL's INTEGER
+    str(2**32),
     str(2**63 - 1),
     str(2**63),
     str(2**64),
@@ -208,7 +210,7 @@ def test_numeric_path_parameters_out_of_range_are_404(web: Web) -> None:
     numeric = [r for r in routes_of(web) if any(":" in p for p in re.findall(r"{[^}]*}", r.path))]
     assert numeric, "no numeric route left to test?"
     rng = random.Random(14)
-    generated = [str(rng.randrange(10**18, 10**60)) for _ in range(20)]
+    generated = [str(rng.randrange(ROW_ID_MAX + 1, 10 ** rng.randint(10, 60))) for _ in range(30)]
     generated += [str(-rng.randrange(1, 10**30)) for _ in range(5)]
     for route in numeric:
         for value in NUMBERS_OUT_OF_RANGE + generated:
@@ -216,6 +218,17 @@ def test_numeric_path_parameters_out_of_range_are_404(web: Web) -> None:
             for method in ("GET", "HEAD"):
                 response = web.client.request(method, path)
                 assert response.status_code == 404, (method, path, response.status_code)
+
+
+def test_rowid_pattern_matches_exactly_zero_to_the_limit() -> None:
+    rng = random.Random(31)
+    for limit in [0, 7, 9, 10, 99, 100, 305, 1099, 2000, ROW_ID_MAX, 2**63 - 1]:
+        pattern = re.compile(digits_up_to(limit))
+        values = [*range(0, 2100), limit - 1, limit, limit + 1, limit * 10]
+        values += [rng.randrange(0, 10 * limit + 10) for _ in range(2000)]
+        for value in values:
+            if value >= 0:
+                assert bool(pattern.fullmatch(str(value))) == (value <= limit), (limit, value)
 
 
 # ------------------------------------------------------------------ hostile POST bodies

@@ -7,10 +7,11 @@ through: security headers, the request body cap, gzip (see
 :mod:`aggregator.web.security`). Error answers (404, 405, 413...) are short
 HTML pages, never a traceback.
 
-Numeric path parameters use the ``rowid`` convertor: at most 18 digits, so
-every value that matches fits a signed 64-bit column; anything longer (or
-negative, or not digits) does not match the route and is a 404, instead of
-reaching the database and overflowing there.
+Numeric path parameters use the ``rowid`` convertor: only 0 to
+:data:`ROW_ID_MAX` match, so every value that reaches the database fits its
+id column on every backend; anything larger (or negative, or not ASCII
+digits) does not match the route and is a 404, instead of overflowing in the
+database (a 500).
 """
 
 from __future__ import annotations
@@ -77,16 +78,43 @@ class WebContext:
     rate_limiters: dict[str, RateLimiter] = field(default_factory=dict)
 
 
-class RowIdConvertor(Convertor[int]):
-    """``{name:rowid}``: a database id, 1 to 18 digits, so it always fits a BIGINT."""
+ROW_ID_MAX = 2**31 - 1
+"""The largest id every backend stores: ids are ``INTEGER``, 32-bit on PostgreSQL."""
 
-    regex = "[0-9]{1,18}"
+
+def digits_up_to(limit: int) -> str:
+    """A regex matching exactly the decimal numbers 0..``limit`` (no sign, ASCII digits).
+
+    Built digit by digit from ``limit``: shorter numbers, then for each
+    position a smaller digit followed by anything, then ``limit`` itself.
+    """
+    text = str(limit)
+    options = [f"[0-9]{{1,{len(text) - 1}}}"] if len(text) > 1 else []
+    for i, digit in enumerate(text):
+        if digit != "0":
+            low = "1" if i == 0 and len(text) > 1 else "0"
+            if int(digit) - 1 >= int(low):
+                rest = len(text) - i - 1
+                tail = f"[0-9]{{{rest}}}" if rest else ""
+                options.append(f"{text[:i]}[{low}-{int(digit) - 1}]{tail}")
+    options.append(text)
+    return "(?:" + "|".join(options) + ")"
+
+
+class RowIdConvertor(Convertor[int]):
+    """``{name:rowid}``: a database id; only values up to :data:`ROW_ID_MAX` match.
+
+    The bound is in the pattern, not in ``convert`` (an exception there would
+    be a 500): a number that cannot be an id does not match the route at all.
+    """
+
+    regex = digits_up_to(ROW_ID_MAX)
 
     def convert(self, value: str) -> int:
         return int(value)
 
     def to_string(self, value: int) -> str:
-        if not 0 <= value < 10**18:
+        if not 0 <= value <= ROW_ID_MAX:
             raise ValueError(f"{value} is out of range for a row id")
         return str(value)
 
