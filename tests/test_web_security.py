@@ -180,6 +180,13 @@ def test_every_answer_carries_the_security_headers(web: Web) -> None:
         assert 400 <= response.status_code < 500
         assert response.headers["content-type"].startswith("text/html")
         _assert_security_headers(response, f"{method} {path}")
+    # A method the path does not take: 405, naming every method it does.
+    for route in routes_of(web):
+        path = paths(route, samples)[0]
+        for method in ("PUT", "DELETE", "PATCH"):
+            response = web.client.request(method, path)
+            assert response.status_code == 405, (method, path)
+            assert set(response.headers["allow"].split(", ")) == set(route.methods or ()), path
 
 
 # ------------------------------------------------------------------ 4. numeric parameters
