@@ -10,17 +10,19 @@ built from the dataclasses in :mod:`aggregator.models`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import zoneinfo
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -38,6 +40,7 @@ from .models import (
     Site,
     SmtpSettings,
     Source,
+    WebSettings,
 )
 
 DEFAULT_CONFIG = "feeds.yaml"
@@ -258,6 +261,21 @@ class StorageModel(_Strict):
     queue: Literal["none", "procrastinate"] = "none"
 
 
+def _check_network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(
+            f'"{value}" is not an IP address or network (e.g. 127.0.0.1 or 10.0.0.0/8)'
+        ) from None
+    return value
+
+
+class WebModel(_Strict):
+    # Validated item by item so an error names the line of the bad entry.
+    trusted_proxies: list[Annotated[str, AfterValidator(_check_network)]] = []
+
+
 class ConfigModel(_Strict):
     site: SiteModel = SiteModel()
     defaults: DefaultsModel = DefaultsModel()
@@ -266,6 +284,7 @@ class ConfigModel(_Strict):
     sources: list[SourceModel] = []
     digest: DigestModel = DigestModel()
     smtp: SmtpModel = SmtpModel()
+    web: WebModel = WebModel()
 
 
 def parse_schedule(value: str) -> tuple[str, int, int]:
@@ -295,6 +314,7 @@ class Config:
     smtp: SmtpSettings
     database_url: str
     queue: str = "none"
+    web: WebSettings = field(default_factory=WebSettings)
 
     def source(self, source_id: str) -> Source:
         for source in self.sources:
@@ -569,6 +589,11 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
         smtp=smtp,
         database_url=resolve_database_url(model.storage.url, path),
         queue=model.storage.queue,
+        web=WebSettings(
+            trusted_proxies=tuple(
+                ipaddress.ip_network(v, strict=False) for v in model.web.trusted_proxies
+            )
+        ),
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from ipaddress import IPv4Network, IPv6Network
 from typing import Literal
 
 SourceType = Literal["feed", "html"]
@@ -90,6 +91,18 @@ class SmtpSettings:
     timeout: float = 30.0
     rate_per_second: float = 0.0  # 0 means unlimited
     max_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    """The web app's own settings (``web:`` in feeds.yaml).
+
+    ``trusted_proxies`` are the networks (``127.0.0.1``, ``10.0.0.0/8``) whose
+    ``X-Forwarded-For`` is believed; from any other peer the header is ignored,
+    so a client cannot pick its own address for the rate limits.
+    """
+
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
