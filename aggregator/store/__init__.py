@@ -23,6 +23,7 @@ from .base import StoreBase
 from .copies import better_copies, inherited_values, load_copies, load_source_ranks, take_over
 from .deliveries import DeliveriesMixin
 from .digests import DigestsMixin
+from .installation import InstallationMixin
 from .subscribers import SubscribersMixin
 from .types import UTCDateTime
 
@@ -166,7 +167,7 @@ def _state(row: Any) -> SourceState:
     )
 
 
-class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, StoreBase):
+class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, InstallationMixin, StoreBase):
     """The project's one storage object: items and sources here, the rest mixed in."""
 
     # ------------------------------------------------------------------ sources
