@@ -330,6 +330,9 @@ class DigestSection:
     id: str
     title: str
     items: tuple[StoredItem, ...]
+    # Items of the period left out by ``digest.max_items_per_section``: the
+    # email says "and N more in this section" instead of dropping them silently.
+    more: int = 0
 
 
 @dataclass(frozen=True, slots=True)
