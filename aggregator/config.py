@@ -101,6 +101,10 @@ def _check_regex(value: str | None) -> str | None:
     return value
 
 
+# BCP 47 in the shape feeds use: a 2-3 letter language, optional subtags.
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
+
+
 def _check_url(value: str) -> str:
     if not re.match(r"^https?://[^\s/]+", value):
         raise ValueError(f'"{value}" is not an http(s) URL')
@@ -186,8 +190,19 @@ class SourceModel(_Strict):
     section: str | None = None
     enabled: bool = True
     encoding: str | None = None
+    # Which copy of a story readers get when several sources carry it: higher wins.
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    # The language of its items, over what the feed or page declares (Korean text is detected).
+    language: str | None = None
 
     _url = field_validator("url")(_check_url)
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str | None) -> str | None:
+        if value is not None and not _LANGUAGE_TAG.fullmatch(value):
+            raise ValueError(f'"{value}" is not a language tag (use e.g. ko, en, ko-KR)')
+        return value
 
     @field_validator("id")
     @classmethod
@@ -539,6 +554,8 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
             section=s.section,
             enabled=s.enabled,
             encoding=s.encoding,
+            priority=s.priority,
+            language=s.language,
         )
         for s in model.sources
     )

@@ -106,6 +106,8 @@ def group_items(
 ) -> tuple[DigestSection, ...]:
     """Sections in the configured order, then the "other" section; newest first, capped.
 
+    A section's ``more`` counts the items the cap left out, so readers are told.
+
     An item goes to its own section when that section is one of
     ``digest.sections``, else to the "other" section (``digest.other_section_title``;
     when that is unset such items are left out). Duplicates of an earlier item
@@ -125,13 +127,23 @@ def group_items(
         else:
             other.append(item)
     sections = [
-        DigestSection(sid, config.section_title(sid), tuple(buckets[sid][:cap]))
+        DigestSection(
+            sid,
+            config.section_title(sid),
+            tuple(buckets[sid][:cap]),
+            more=max(0, len(buckets[sid]) - cap),
+        )
         for sid in wanted
         if buckets[sid]
     ]
     if other and config.digest.other_section_title:
         sections.append(
-            DigestSection(OTHER_SECTION, config.digest.other_section_title, tuple(other[:cap]))
+            DigestSection(
+                OTHER_SECTION,
+                config.digest.other_section_title,
+                tuple(other[:cap]),
+                more=max(0, len(other) - cap),
+            )
         )
     return tuple(sections)
 

@@ -140,6 +140,10 @@ class Source:
     enabled: bool = True
     encoding: str | None = None
     line: int | None = None  # line in feeds.yaml, for error messages
+    # Which copy of a story is kept when several sources carry it (higher wins,
+    # after the source that owns the story's link); see Store.save_items.
+    priority: int = 0
+    language: str | None = None  # its items' language, over what the feed declares
 
     @property
     def display_name(self) -> str:
@@ -295,6 +299,17 @@ class StoredItem:
     duplicate_of: int | None = None
     # The source gave no usable date: ``published_at`` is when we first saw it.
     date_missing: bool = False
+    # Set when this copy took over from an earlier, worse copy of the story:
+    # the (source, guid) readers already know its feed entry by.
+    story_source_id: str | None = None
+    story_guid: str | None = None
+
+    @property
+    def feed_key(self) -> tuple[str, str]:
+        """The (source, guid) the published feed id is made from: stable across takeovers."""
+        if self.story_source_id is not None and self.story_guid is not None:
+            return self.story_source_id, self.story_guid
+        return self.source_id, self.guid
 
 
 class IngestOutcome(StrEnum):
@@ -328,6 +343,9 @@ class DigestSection:
     id: str
     title: str
     items: tuple[StoredItem, ...]
+    # Items of the period left out by ``digest.max_items_per_section``: the
+    # email says "and N more in this section" instead of dropping them silently.
+    more: int = 0
 
 
 @dataclass(frozen=True, slots=True)

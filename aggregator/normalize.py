@@ -341,6 +341,63 @@ def sanitize_html(markup: str | None, base: str = "") -> str:
     return _cleaner(base).clean(cap_nesting(markup)).strip()
 
 
+# ------------------------------------------------------------------- language
+
+# Share of letters that must be Hangul for a text to count as Korean. Korean
+# news mixes in Latin names and titles (CJ ENM, "Parasite"), so not all.
+_HANGUL_SHARE = 0.5
+# Letters looked at: the opening of a text tells its language as well as the whole.
+_LANGUAGE_SAMPLE = 600
+
+
+def _is_hangul(ch: str) -> bool:
+    code = ord(ch)
+    return (
+        0xAC00 <= code <= 0xD7A3  # syllables
+        or 0x1100 <= code <= 0x11FF  # conjoining jamo
+        or 0x3130 <= code <= 0x318F  # compatibility jamo
+        or 0xA960 <= code <= 0xA97F
+        or 0xD7B0 <= code <= 0xD7FF
+    )
+
+
+def detect_language(text: str) -> str | None:
+    """``"ko"`` when most letters of ``text`` are Hangul, else None.
+
+    Only Korean is told apart: it is the one language besides the site's that
+    the sources carry, and a screen reader reading Hangul with an English voice
+    is what readers notice. None means "not detected", not "English".
+    """
+    letters = hangul = 0
+    for ch in text[:_LANGUAGE_SAMPLE]:
+        if ch.isalpha():
+            letters += 1
+            hangul += _is_hangul(ch)
+    if letters and hangul / letters >= _HANGUL_SHARE:
+        return "ko"
+    return None
+
+
+def item_language(declared: str | None, *, title: str, text: str) -> str | None:
+    """The language to mark an item with: detected Korean, else what the source declared.
+
+    A feed that declares one language for everything (often the outlet's
+    main one) is overruled by text that is plainly Korean; a declared ``ko``
+    on text with almost no Hangul is dropped rather than trusted, so the item
+    falls back to the site's language instead of being read with a Korean voice.
+    """
+    sample = f"{title} {text[:_LANGUAGE_SAMPLE]}"
+    if detect_language(sample) == "ko":
+        return "ko"
+    declared = clean_text(declared) or None
+    if declared and declared.lower().split("-")[0] == "ko":
+        letters = sum(1 for ch in sample if ch.isalpha())
+        hangul = sum(1 for ch in sample if _is_hangul(ch))
+        if letters and hangul / letters < 0.1:
+            return None
+    return declared
+
+
 # -------------------------------------------------------------------- sections
 
 
@@ -487,6 +544,6 @@ def normalize(
         author=author,
         categories=categories,
         section=section,
-        language=clean_text(entry.language) or None,
+        language=item_language(source.language or entry.language, title=title, text=text),
         date_missing=date_missing,
     )
