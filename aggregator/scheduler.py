@@ -125,7 +125,6 @@ class Service:
         secret: str | None = None,
         fetcher_factory: Callable[[], Fetcher] = Fetcher,
         watch: bool = True,
-        send_digest: Callable[[Service], Awaitable[Any]] | None = None,
     ) -> None:
         if role not in ("all", "web", "worker"):
             raise ConfigError(f'unknown role "{role}" (use all, web or worker)')
@@ -157,7 +156,6 @@ class Service:
         self._reload_requested = asyncio.Event()
         self._digest_lock = asyncio.Lock()
         self._publish_lock = asyncio.Lock()
-        self._send_digest = send_digest
         self._server: Any = None
         self.web_ctx: Any = None
         self.ready = asyncio.Event()
@@ -432,8 +430,6 @@ class Service:
             if digest is None:
                 log.info("weekly digest: nothing new, nothing sent")
                 return None
-            if self._send_digest is not None:
-                return await self._send_digest(self)
             return await self._deliver(digest)
 
     async def _deliver(self, digest: Any) -> Any:
