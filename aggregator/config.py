@@ -34,6 +34,7 @@ from pydantic import (
 
 from .errors import ConfigError, ConfigErrors
 from .models import (
+    DEFAULT_MAX_ITEMS,
     DigestSettings,
     SectionRule,
     Selectors,
@@ -44,6 +45,9 @@ from .models import (
 )
 
 DEFAULT_CONFIG = "feeds.yaml"
+# Highest max_items accepted: beyond it one source's fetch holds more entries in
+# memory and in one transaction than any real feed publishes at once.
+MAX_ITEMS_LIMIT = 10_000
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -134,6 +138,7 @@ class DefaultsModel(_Strict):
     interval: Duration = timedelta(hours=1)
     timeout: Duration = timedelta(seconds=20)
     timezone: str = "Asia/Seoul"
+    max_items: int = Field(default=DEFAULT_MAX_ITEMS, ge=1, le=MAX_ITEMS_LIMIT)
 
     _tz = field_validator("timezone")(_check_timezone)
 
@@ -186,6 +191,7 @@ class SourceModel(_Strict):
     timezone: str | None = None
     date_format: str | None = None
     max_pages: int = Field(default=1, ge=1, le=50)
+    max_items: int | None = Field(default=None, ge=1, le=MAX_ITEMS_LIMIT)
     full_text: bool = False
     section: str | None = None
     enabled: bool = True
@@ -550,6 +556,7 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
             timezone=s.timezone or d.timezone,
             date_format=s.date_format,
             max_pages=s.max_pages,
+            max_items=s.max_items or d.max_items,
             full_text=s.full_text,
             section=s.section,
             enabled=s.enabled,

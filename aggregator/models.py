@@ -16,6 +16,8 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Literal
 
 SourceType = Literal["feed", "html"]
+# Entries kept from one fetch of one source (feeds.yaml ``max_items``): the newest.
+DEFAULT_MAX_ITEMS = 500
 
 
 def utcnow() -> datetime:
@@ -135,6 +137,7 @@ class Source:
     timezone: str = "Asia/Seoul"
     date_format: str | None = None
     max_pages: int = 1
+    max_items: int = DEFAULT_MAX_ITEMS
     full_text: bool = False
     section: str | None = None
     enabled: bool = True
