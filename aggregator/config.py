@@ -441,9 +441,31 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(
             "file not found (create it, or pass --config PATH)", path=str(file)
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", path=str(file)) from None
-    return parse_config(text, path=file)
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(file, exc) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", path=str(file)) from None
+    return parse_config(text.removeprefix("\ufeff"), path=file)
+
+
+def _not_utf8(file: Path, exc: UnicodeDecodeError) -> ConfigError:
+    """Where the first non-UTF-8 byte sits, and how to fix it (Korean editors often save CP949)."""
+    raw = exc.object if isinstance(exc.object, bytes) else b""
+    line = raw.count(b"\n", 0, exc.start) + 1
+    hint = "save it as UTF-8"
+    try:
+        raw.decode("cp949")
+    except UnicodeDecodeError:
+        pass
+    else:
+        hint = "it looks like CP949/EUC-KR: save it as UTF-8"
+    return ConfigError(
+        f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); {hint}"
+        if raw
+        else f"not UTF-8 text; {hint}",
+        path=str(file),
+        line=line,
+    )
 
 
 def parse_config(text: str, *, path: Path | None = None) -> Config:

@@ -153,6 +153,9 @@ class Service:
         self._ingestor: Ingestor | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
+        # Set when Ctrl-C (SIGINT) stopped the service, so the command can exit 130;
+        # SIGTERM (systemd's stop) is a normal end.
+        self.interrupted = False
         self._reload_requested = asyncio.Event()
         self._digest_lock = asyncio.Lock()
         self._publish_lock = asyncio.Lock()
@@ -203,6 +206,10 @@ class Service:
     def stop(self) -> None:
         self._stopping.set()
 
+    def _interrupt(self) -> None:
+        self.interrupted = True
+        self.stop()
+
     def request_reload(self) -> None:
         self._reload_requested.set()
 
@@ -210,7 +217,7 @@ class Service:
         installed: list[int] = []
         for sig, callback in (
             (signal.SIGTERM, self.stop),
-            (signal.SIGINT, self.stop),
+            (signal.SIGINT, self._interrupt),
             (signal.SIGHUP, self.request_reload),
         ):
             try:

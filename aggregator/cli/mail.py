@@ -76,6 +76,16 @@ def _warn(text: str) -> None:
 # --------------------------------------------------------------------- subscribers
 
 
+def _address(raw: str, param_hint: str) -> str:
+    """An address typed on the command line; a malformed one is a usage error (exit 2)."""
+    from ..subscribers import normalize_email
+
+    try:
+        return normalize_email(raw)
+    except SubscriberError as exc:
+        raise typer.BadParameter(str(exc), param_hint=param_hint) from None
+
+
 @subscribers_app.command("add")
 def add(
     email: Annotated[str, typer.Argument(help="The address to add.")],
@@ -90,9 +100,9 @@ def add(
     An address that unsubscribed stays unsubscribed: only its owner can
     subscribe again, through the web form and the confirmation link.
     """
-    from ..subscribers import clean_name, normalize_email
+    from ..subscribers import clean_name
 
-    address = normalize_email(email)
+    address = _address(email, "EMAIL")
     with _opened() as (_, store):
         subscriber, created = store.add_subscriber(
             address, name=clean_name(name), active=active, now=utcnow()
@@ -121,9 +131,7 @@ def remove(
     ] = False,
 ) -> None:
     """Unsubscribe an address now (it is kept as suppressed), or erase it with --forget."""
-    from ..subscribers import normalize_email
-
-    address = normalize_email(email)
+    address = _address(email, "EMAIL")
     with _opened() as (_, store):
         if forget:
             found = store.forget_subscriber(address)
@@ -265,13 +273,12 @@ def register_digest_send(digest_app: typer.Typer) -> None:
 
         from ..deliver import deliver_digest, send_test_copy
         from ..digest import compose
-        from ..subscribers import normalize_email
         from ..web.app import load_secret
 
         secret = load_secret()
         with _opened() as (config, store):
             if test is not None:
-                address = normalize_email(test)
+                address = _address(test, "'--test'")
                 digest = store.last_digest() or compose(config, store)
                 if digest is None:
                     _warn("no digest to send: nothing new since the last issue")

@@ -52,7 +52,7 @@ def publish_command() -> None:
 
 def serve_command(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8080,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port to listen on.")] = 8080,
 ) -> None:
     """Serve the feeds, the home page and the subscription pages with uvicorn."""
     import uvicorn

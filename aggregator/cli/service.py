@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import console, load_config
+from ._common import INTERRUPTED, console, load_config
 
 log = logging.getLogger("aggregator")
 
@@ -20,7 +20,7 @@ __all__ = ["register"]
 
 def run_command(
     host: Annotated[str, typer.Option(help="Interface for the web app.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port for the web app.")] = 8080,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port for the web app.")] = 8080,
     role: Annotated[
         str,
         typer.Option(help="all (scheduler + web), web (web only) or worker (scheduler only)."),
@@ -36,6 +36,8 @@ def run_command(
     from ..scheduler import Service
     from ..web.app import SECRET_ENV, load_secret
 
+    if role not in ("all", "web", "worker"):
+        raise typer.BadParameter(f'"{role}": use all, web or worker', param_hint="'--role'")
     config = load_config()
     if config.queue == "procrastinate":
         from ..queue import run_distributed
@@ -51,6 +53,8 @@ def run_command(
     secret = load_secret(required=False)
     service = Service(config, role=role, host=host, port=port, secret=secret, watch=watch)
     asyncio.run(service.run())
+    if service.interrupted:
+        raise typer.Exit(INTERRUPTED)
 
 
 def reload_command() -> None:
@@ -77,7 +81,9 @@ def demo_command(
     directory: Annotated[
         Path | None, typer.Option("--dir", help="Keep the demo's files here (default: a temp dir).")
     ] = None,
-    port: Annotated[int, typer.Option(help="Port for the demo web app (0: any free port).")] = 0,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port for the demo web app (0: any free port).")
+    ] = 0,
     serve: Annotated[
         bool | None,
         typer.Option(
@@ -137,7 +143,10 @@ def demo_command(
             )
         )
     except KeyboardInterrupt:
-        console.print("demo stopped")
+        raise typer.Exit(INTERRUPTED) from None
+    if keep_serving:
+        # Serving stops only on Ctrl-C (or SIGTERM), after the server closed cleanly.
+        raise typer.Exit(INTERRUPTED)
 
 
 def worker_command(

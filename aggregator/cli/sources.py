@@ -163,7 +163,8 @@ def _since(value: str) -> datetime:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise typer.BadParameter(
-            f'"{value}" is neither a duration (7d, 12h) nor a date (2026-11-01)'
+            f'"{value}" is neither a duration (7d, 12h) nor a date (2026-11-01)',
+            param_hint="'--since'",
         ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
@@ -177,8 +178,8 @@ def items(
     section: Annotated[str | None, typer.Option(help="Only this section id.")] = None,
 ) -> None:
     """List stored items published since a time, newest first."""
+    start = _since(since)  # a mistyped option is reported before anything is opened
     config = load_config()
-    start = _since(since)
     store = open_store(config)
     try:
         rows = store.items_published_since(start, include_duplicates=duplicates, limit=limit)
@@ -223,7 +224,8 @@ def _try_target(target: str, select: list[str], kind: str | None) -> tuple[Sourc
         name, sep, css = spec.partition("=")
         if not sep or name.strip() not in _SELECT_FIELDS or not css.strip():
             raise typer.BadParameter(
-                f'"{spec}": use FIELD=CSS with FIELD one of {", ".join(_SELECT_FIELDS)}'
+                f'"{spec}": use FIELD=CSS with FIELD one of {", ".join(_SELECT_FIELDS)}',
+                param_hint="'--select'",
             )
         overrides[name.strip()] = css.strip()
     config: Config | None = None
@@ -242,7 +244,10 @@ def _try_target(target: str, select: list[str], kind: str | None) -> tuple[Sourc
         fields = {f: getattr(current, f) for f in _SELECT_FIELDS}
         fields.update(overrides)
         if not fields["item"] or not fields["title"]:
-            raise typer.BadParameter("an HTML listing needs at least --select item=... title=...")
+            raise typer.BadParameter(
+                "an HTML listing needs at least --select item=... title=...",
+                param_hint="'--select'",
+            )
         base = replace(base, select=Selectors(**fields))
     return base, config
 
@@ -269,7 +274,7 @@ def try_source(
     from ..ingest import extract
 
     if kind not in (None, "feed", "html"):
-        raise typer.BadParameter('--type must be "feed" or "html"')
+        raise typer.BadParameter(f'"{kind}": use "feed" or "html"', param_hint="'--type'")
     source, config = _try_target(target, select or [], kind)
     sections = config.sections if config else ()
 

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import signal
 import socket
 import tempfile
 import threading
@@ -262,6 +263,30 @@ class DemoResult:
     digest_items: int
 
 
+async def _serve_until_signal(web_task: asyncio.Task[None]) -> None:
+    """Wait for Ctrl-C or SIGTERM (or the web server's end); the caller then stops the server.
+
+    Without this, asyncio's own Ctrl-C handling cancels every task mid-await
+    and the user gets a screenful of tracebacks instead of a clean stop.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue  # not the main thread
+        installed.append(sig)
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({waiter, web_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        for number in installed:
+            loop.remove_signal_handler(number)
+
+
 async def run_demo(
     directory: Path | None = None,
     *,
@@ -324,7 +349,11 @@ async def run_demo(
 
             app = create_app(WebContext(config=config, store=store, secret=DEMO_SECRET))
             server = EmbeddedServer(
-                uvicorn.Config(app, host="127.0.0.1", port=web_port, log_level="warning")
+                # No lifespan: the app needs none, and a lifespan task cancelled
+                # by Ctrl-C logs a traceback.
+                uvicorn.Config(
+                    app, host="127.0.0.1", port=web_port, log_level="warning", lifespan="off"
+                )
             )
             web_task = asyncio.create_task(server.serve())
             while not server.started and not web_task.done():
@@ -364,7 +393,7 @@ async def run_demo(
             if on_ready is not None:
                 on_ready(result)
             if serve_forever:
-                await web_task
+                await _serve_until_signal(web_task)
             return result
         finally:
             if server is not None:
