@@ -307,6 +307,12 @@ class ConfigModel(_Strict):
     smtp: SmtpModel = SmtpModel()
     web: WebModel = WebModel()
 
+    @field_validator("sections", "sources", mode="before")
+    @classmethod
+    def _empty_list(cls, value: object) -> object:
+        # "sources:" with every entry commented out is an empty list, not an error.
+        return [] if value is None else value
+
 
 def parse_schedule(value: str) -> tuple[str, int, int]:
     """``"mon 09:00"`` → ``("mon", 9, 0)``; day names, never cron weekday numbers.
@@ -474,12 +480,18 @@ def parse_config(text: str, *, path: Path | None = None) -> Config:
     try:
         node = yaml.compose(text, Loader=_LineLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError(f"YAML syntax error: {problem}", path=name, line=line) from None
+        raise _syntax_error(exc, name) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML error: {exc}", path=name) from None
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.value == ""):
+        # An empty file (or only comments) would otherwise load as "all defaults":
+        # a site with no sources that `run` starts and that does nothing.
+        raise ConfigError(
+            "the file is empty: it needs at least site: and sources: "
+            "(see the feeds.yaml shipped with the project)",
+            path=name,
+            line=1,
+        )
     lines: dict[Any, int] = {}
     try:
         data = _construct(node, (), lines) if node is not None else {}
@@ -504,6 +516,47 @@ def parse_config(text: str, *, path: Path | None = None) -> Config:
     if problems:
         raise ConfigErrors(problems) if len(problems) > 1 else problems[0]
     return _to_config(model, path)
+
+
+# Errors raised while PyYAML is still inside a construct that began earlier (a
+# quote or a bracket never closed): the problem is only noticed lines later,
+# often at the end of the file, but the admin must look where it started.
+_OPENED_AT_CONTEXT = (
+    "while scanning a quoted scalar",
+    "while parsing a flow",
+    "while scanning a block scalar",
+)
+_OPENED_NAMES = {
+    "while scanning a quoted scalar": "a quoted string",
+    "while parsing a flow sequence": 'a list opened with "["',
+    "while parsing a flow mapping": 'a mapping opened with "{"',
+    "while scanning a block scalar": "a block of text (| or >)",
+}
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError, name: str) -> ConfigError:
+    """One error whose line is where the admin has to look, not where PyYAML gave up."""
+    problem = exc.problem or exc.context or "invalid YAML"
+    found = exc.problem_mark.line + 1 if exc.problem_mark else None
+    started = exc.context_mark.line + 1 if exc.context_mark else None
+    context = exc.context or ""
+    if started is not None and context.startswith(_OPENED_AT_CONTEXT) and started != found:
+        what = _OPENED_NAMES.get(context, "a construct")
+        return ConfigError(
+            f"YAML syntax error: {what} starts here and is never closed "
+            f"({problem} at line {found})",
+            path=name,
+            line=started,
+        )
+    if "expected <block end>" in problem:
+        # A list item or key indented differently from its neighbours.
+        return ConfigError(
+            "YAML syntax error: this line is indented differently from the lines above it "
+            f"(the block starting at line {started})",
+            path=name,
+            line=found,
+        )
+    return ConfigError(f"YAML syntax error: {problem}", path=name, line=found or started)
 
 
 def _cross_checks(model: ConfigModel, name: str, lines: Mapping[Any, int]) -> list[ConfigError]:
@@ -541,6 +594,20 @@ def _cross_checks(model: ConfigModel, name: str, lines: Mapping[Any, int]) -> li
                     path=name,
                     line=_line_for(("sources", i, "section"), lines),
                     key=f"sources[{i}].section",
+                )
+            )
+    if model.storage.queue == "procrastinate":
+        # The same rule `run` and `worker` apply, found by `check` before a deploy.
+        url = resolve_database_url(model.storage.url, Path(name))
+        if not url.startswith(("postgresql", "postgres:")):
+            problems.append(
+                ConfigError(
+                    "procrastinate needs PostgreSQL, but the database is "
+                    f"{url.split(':', 1)[0]} (set storage.url or DATABASE_URL to a "
+                    "postgresql:// URL, or use queue: none)",
+                    path=name,
+                    line=_line_for(("storage", "queue"), lines),
+                    key="storage.queue",
                 )
             )
     return problems

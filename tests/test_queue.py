@@ -67,7 +67,13 @@ def pg_store(pg_url: str) -> Store:
 
 
 def test_sqlite_refuses_distributed_mode(tmp_path: Path) -> None:
-    config = make_config(tmp_path, f"sqlite:///{tmp_path}/x.db", "  - {id: a, url: 'http://x/'}\n")
+    # Refused when feeds.yaml is loaded (so `check` finds it), and by the queue itself.
+    with pytest.raises(ConfigError, match=r"storage\.queue: procrastinate needs PostgreSQL"):
+        make_config(tmp_path, f"sqlite:///{tmp_path}/x.db", "  - {id: a, url: 'http://x/'}\n")
+    config = replace(
+        make_config(tmp_path, "postgresql://u@h/d", "  - {id: a, url: 'http://x/'}\n"),
+        database_url="sqlite://",
+    )
     with pytest.raises(ConfigError, match=r"storage\.queue: procrastinate needs PostgreSQL"):
         queue.require_postgres(config)
 
