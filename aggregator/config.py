@@ -227,6 +227,7 @@ class DigestModel(_Strict):
     other_section_title: str | None = _DIGEST.other_section_title
     max_items_per_section: int = Field(default=10, ge=1, le=100)
     when_empty: Literal["skip", "note"] = "skip"
+    period: Duration = timedelta(days=7)
 
     @field_validator("schedule")
     @classmethod
@@ -266,6 +267,9 @@ class ConfigModel(_Strict):
     sources: list[SourceModel] = []
     digest: DigestModel = DigestModel()
     smtp: SmtpModel = SmtpModel()
+    # Written by `aggregator demo`: `run` serves the bundled sample sources
+    # and a mail sink itself, so the demo's directory runs as it is.
+    demo: bool = False
 
 
 def parse_schedule(value: str) -> tuple[str, int, int]:
@@ -295,6 +299,7 @@ class Config:
     smtp: SmtpSettings
     database_url: str
     queue: str = "none"
+    demo: bool = False
 
     def source(self, source_id: str) -> Source:
         for source in self.sources:
@@ -547,6 +552,7 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
         other_section_title=model.digest.other_section_title,
         max_items_per_section=model.digest.max_items_per_section,
         when_empty=model.digest.when_empty,
+        period=model.digest.period,
     )
     m = model.smtp
     smtp = SmtpSettings(
@@ -569,6 +575,7 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
         smtp=smtp,
         database_url=resolve_database_url(model.storage.url, path),
         queue=model.storage.queue,
+        demo=model.demo,
     )
 
 
