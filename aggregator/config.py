@@ -251,6 +251,7 @@ class DigestModel(_Strict):
     other_section_title: str | None = _DIGEST.other_section_title
     max_items_per_section: int = Field(default=10, ge=1, le=100)
     when_empty: Literal["skip", "note"] = "skip"
+    period: Duration = timedelta(days=7)
 
     @field_validator("schedule")
     @classmethod
@@ -306,6 +307,9 @@ class ConfigModel(_Strict):
     digest: DigestModel = DigestModel()
     smtp: SmtpModel = SmtpModel()
     web: WebModel = WebModel()
+    # Written by `aggregator demo`: `run` serves the bundled sample sources
+    # and a mail sink itself, so the demo's directory runs as it is.
+    demo: bool = False
 
     @field_validator("sections", "sources", mode="before")
     @classmethod
@@ -342,6 +346,7 @@ class Config:
     database_url: str
     queue: str = "none"
     web: WebSettings = field(default_factory=WebSettings)
+    demo: bool = False
 
     def source(self, source_id: str) -> Source:
         for source in self.sources:
@@ -680,6 +685,7 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
         other_section_title=model.digest.other_section_title,
         max_items_per_section=model.digest.max_items_per_section,
         when_empty=model.digest.when_empty,
+        period=model.digest.period,
     )
     m = model.smtp
     smtp = SmtpSettings(
@@ -707,6 +713,7 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
                 ipaddress.ip_network(v, strict=False) for v in model.web.trusted_proxies
             )
         ),
+        demo=model.demo,
     )
 
 

@@ -78,6 +78,8 @@ class DigestSettings:
     other_section_title: str | None = "More Korean film news"
     max_items_per_section: int = 10
     when_empty: Literal["skip", "note"] = "skip"
+    # The first issue of a new install covers at most this much of what was stored.
+    period: timedelta = timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)

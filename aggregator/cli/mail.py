@@ -262,17 +262,26 @@ def register_digest_send(digest_app: typer.Typer) -> None:
         retry_delay: Annotated[
             float, typer.Option(help="Seconds before retrying temporary failures.")
         ] = 30.0,
+        send_now: Annotated[
+            bool,
+            typer.Option(
+                "--now",
+                help="Compose an issue of what is new until now and send it, without "
+                "waiting for the scheduled slot (the first issue of an install, too).",
+            ),
+        ] = False,
     ) -> None:
         """Mail the digest to every active subscriber exactly once (resumes an interrupted run).
 
         Finishes the latest issue if a run was interrupted, else composes the
         issue that is due and sends it. Safe to run twice at once or again
-        after a crash: nobody gets an issue twice.
+        after a crash: nobody gets an issue twice. Before the first issue it
+        says when the first one is scheduled; `--now` sends it at once.
         """
         from datetime import timedelta
 
         from ..deliver import deliver_digest, send_test_copy
-        from ..digest import compose
+        from ..digest import compose, compose_now, first_issue_hint
         from ..web.app import load_secret
 
         secret = load_secret()
@@ -297,7 +306,10 @@ def register_digest_send(digest_app: typer.Typer) -> None:
             last = store.last_digest()
             if last is not None and _unfinished(store, last):
                 todo.append(last)
-            composed = compose(config, store)
+            if last is None and not send_now:
+                _print(first_issue_hint(config))
+                return
+            composed = compose_now(config, store) if send_now else compose(config, store)
             if composed is not None and all(d.id != composed.id for d in todo):
                 todo.append(composed)
             if not todo:
