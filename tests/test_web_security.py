@@ -40,6 +40,7 @@ from aggregator.store import Store
 from aggregator.tokens import Tokens
 from aggregator.web import subscribe
 from aggregator.web.app import ROW_ID_MAX, create_app, digits_up_to
+from aggregator.web.ratelimit import RateLimiter
 from aggregator.web.security import FormTokens, client_address, cross_site_reason
 from tests.support.smtp import SmtpFixture
 from tests.test_deliver import make_digest
@@ -682,3 +683,21 @@ def test_name_problem_over_generated_inputs() -> None:
         assert subscribe.name_problem(f"{prefix} {form} ") is not None, form
     for name in GOOD_NAMES:
         assert subscribe.name_problem(name) is None, name
+
+
+# ------------------------------------------------------------------ limiter memory
+
+
+def test_rate_limiter_stays_bounded_and_fails_closed_under_a_flood_of_keys() -> None:
+    limiter = RateLimiter(3, 60.0, max_keys=1000)
+    assert all(limiter.hit("victim", now=0.0) is None for _ in range(3))
+    rng = random.Random(4)
+    # A flood of fresh keys within the window: the table stays at its cap, and the
+    # victim's count is not pushed out (it would be, were old keys forgotten).
+    refused = sum(limiter.hit(f"k{rng.getrandbits(64)}", now=1.0) is not None for _ in range(5000))
+    assert len(limiter.snapshot()) == 1000
+    assert refused == 5000 - 999
+    assert limiter.hit("victim", now=2.0) is not None
+    # Once the window has passed, idle keys are dropped and newcomers get in again.
+    assert limiter.hit("newcomer", now=62.0) is None
+    assert len(limiter.snapshot()) == 1
