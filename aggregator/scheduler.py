@@ -635,7 +635,7 @@ class Service:
             port=self.port,
             log_config=None,
             lifespan="off",
-            proxy_headers=True,
+            proxy_headers=False,  # the app reads them, from web.trusted_proxies only
         )
         self._server = EmbeddedServer(config)
         sockets = [self._socket] if self._socket is not None else None
