@@ -129,6 +129,7 @@ class SiteModel(_Strict):
     hub: str | None = None
     feed_size: int = Field(default=_SITE.feed_size, ge=1, le=10000)
     output_dir: str = _SITE.output_dir
+    templates: str | None = None
 
     _tz = field_validator("timezone")(_check_timezone)
     _url = field_validator("url")(_check_url)
@@ -518,6 +519,7 @@ def parse_config(text: str, *, path: Path | None = None) -> Config:
         raise ConfigErrors(errors) if len(errors) > 1 else errors[0] from None
 
     problems = _cross_checks(model, name, lines)
+    problems += _check_templates(model, path, name, lines)
     if problems:
         raise ConfigErrors(problems) if len(problems) > 1 else problems[0]
     return _to_config(model, path)
@@ -562,6 +564,46 @@ def _syntax_error(exc: yaml.MarkedYAMLError, name: str) -> ConfigError:
             line=found,
         )
     return ConfigError(f"YAML syntax error: {problem}", path=name, line=found or started)
+
+
+# What an override directory must hold at least one of; anything else means a wrong path.
+_TEMPLATE_NAMES = (
+    "digest.mjml.j2",
+    "digest.txt.j2",
+    "archive.html.j2",
+    "home.html.j2",
+    "_page.html.j2",
+    "mail/page.html.j2",
+    "mail/confirm.html.j2",
+    "mail/confirm.txt.j2",
+)
+
+
+def _templates_path(value: str, path: Path | None) -> Path:
+    """``site.templates`` as an absolute path; a relative one starts at feeds.yaml's directory."""
+    directory = Path(value).expanduser()
+    if not directory.is_absolute():
+        directory = (path.parent if path is not None else Path.cwd()) / directory
+    return directory
+
+
+def _check_templates(
+    model: ConfigModel, path: Path | None, name: str, lines: Mapping[Any, int]
+) -> list[ConfigError]:
+    if model.site.templates is None:
+        return []
+    directory = _templates_path(model.site.templates, path)
+    if not directory.is_dir():
+        problem = f"{directory} is not a directory"
+    elif not any((directory / template).is_file() for template in _TEMPLATE_NAMES):
+        problem = (
+            f"{directory} holds none of the templates it could override "
+            f"({', '.join(_TEMPLATE_NAMES)})"
+        )
+    else:
+        return []
+    line = _line_for(("site", "templates"), lines)
+    return [ConfigError(problem, path=name, line=line, key="site.templates")]
 
 
 def _cross_checks(model: ConfigModel, name: str, lines: Mapping[Any, int]) -> list[ConfigError]:
@@ -635,6 +677,9 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
         hub_url=site_model.hub,
         feed_size=site_model.feed_size,
         output_dir=site_model.output_dir,
+        templates=(
+            str(_templates_path(site_model.templates, path)) if site_model.templates else None
+        ),
     )
     sources = tuple(
         Source(

@@ -62,7 +62,8 @@ def run_command(
     if config.queue == "procrastinate":
         from ..queue import run_distributed
 
-        asyncio.run(run_distributed(config, role=role, host=host, port=port))
+        if asyncio.run(run_distributed(config, role=role, host=host, port=port)):
+            raise typer.Exit(INTERRUPTED)
         return
     if role != "worker" and not config.demo and not os.environ.get(SECRET_ENV):
         log.warning(
@@ -240,7 +241,8 @@ def worker_command(
 
     config = load_config()
     require_distributed(config, "workers")
-    asyncio.run(run_distributed(config, role="worker", concurrency=concurrency))
+    if asyncio.run(run_distributed(config, role="worker", concurrency=concurrency)):
+        raise typer.Exit(INTERRUPTED)
 
 
 def register(app: typer.Typer) -> None:
