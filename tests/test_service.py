@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -493,3 +494,43 @@ def test_published_feeds_follow_a_new_site_url_at_once(
     asyncio.run(first_run())
     if how == "restart":
         asyncio.run(second_run())
+
+
+@pytest.mark.parametrize(
+    ("zone", "schedule"),
+    [("Asia/Seoul", "mon 09:00"), ("America/New_York", "sun 23:30"), ("UTC", "fri 00:00")],
+)
+def test_started_service_reports_its_addresses_and_next_digest_in_the_site_zone(
+    tmp_path: Path, zone: str, schedule: str
+) -> None:
+    from aggregator.digest import next_slot
+    from aggregator.scheduler import ServiceInfo
+
+    port = free_port()
+    path = write_config(
+        tmp_path, "  - {id: a, url: 'http://127.0.0.1:1/'}\n", port=port, schedule=schedule
+    )
+    path.write_text(
+        path.read_text(encoding="utf-8").replace("title: Test Digest,", f"timezone: {zone},"),
+        encoding="utf-8",
+    )
+    config = load_config(path)
+    seen: list[ServiceInfo] = []
+
+    async def scenario() -> None:
+        service = Service(config, port=0, secret=SECRET, watch=False, on_ready=seen.append)
+        task = await running(service)
+        service.stop()
+        await task
+
+    asyncio.run(scenario())
+    (info,) = seen
+    assert info.home_url is not None and info.home_url.startswith("http://127.0.0.1:")
+    assert info.home_url != "http://127.0.0.1:0/"  # the port actually bound
+    assert info.feed_url == info.home_url + "feed.atom"
+    assert info.sources == 1
+    expected = next_slot(config.digest, config.site, utcnow())
+    assert info.next_digest == expected
+    assert info.next_digest is not None
+    local = info.next_digest.astimezone(ZoneInfo(zone))
+    assert f"{local:%a %H:%M}".lower() == schedule
