@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -81,10 +82,10 @@ def run_command(
         watch=watch,
         on_ready=lambda info: _print_started(info, config),
     )
-    try:
+    # Ctrl-C before the service took over the signals: nothing ran yet.
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(service.run())
-    except KeyboardInterrupt:
-        console.print("stopped")
+    console.print("aggregator stopped", highlight=False)
 
 
 def _print_started(info: ServiceInfo, config: Config) -> None:
