@@ -229,9 +229,11 @@ class Service:
         """Run until :meth:`stop` (or SIGTERM/SIGINT); returns after a clean shutdown."""
         global _current
         try:
-            self._lock = await asyncio.to_thread(
-                acquire_service_lock, self.store, holder=f"pid {os.getpid()}"
-            )
+            if self.role in ("all", "worker"):
+                # One scheduler per database; web-only processes may be many.
+                self._lock = await asyncio.to_thread(
+                    acquire_service_lock, self.store, holder=f"pid {os.getpid()}"
+                )
             if self.role in ("all", "web"):
                 self._socket = bind_web_socket(self.host, self.port)
                 self.port = int(self._socket.getsockname()[1])
