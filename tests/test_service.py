@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from aggregator.config import load_config
+from aggregator.models import utcnow
 from aggregator.scheduler import Service
 from aggregator.store import Store
 from tests.support.feeds import simple_rss
