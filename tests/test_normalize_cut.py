@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aggregator.models import RawEntry, Source
 from aggregator.digest import Period, build_digest
+from aggregator.models import RawEntry, Source
 from aggregator.normalize import normalize, trim_cut_html, trim_cut_text
 from aggregator.publish import publish_from_store
 from aggregator.store import Store
