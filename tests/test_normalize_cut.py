@@ -98,7 +98,7 @@ def test_property_normalize_never_shows_the_fragment(words: list[str], where: fl
         return  # the whole text is one cut word: nothing else to show
     for shown in (item.text, item.excerpt, item.summary_html or item.content_html):
         assert "..." not in shown
-        assert original[fragment_start:cut] + "…" not in shown
+        assert original[:cut] + "…" not in shown  # the text up to the fragment, cut
     assert item.text.endswith("…")
     assert _is_whole_word_prefix(item.text, original)
     again = normalize(
@@ -181,3 +181,15 @@ def test_a_kobiz_board_with_cut_excerpts_reaches_feed_and_digest_in_whole_words(
         summary, content = shown[title]
         assert summary == text and in_digest[title] == text
         assert text in content and "..." not in content
+
+
+@pytest.mark.parametrize("korean", [False, True])
+def test_a_full_article_ending_in_dots_is_left_as_written(korean: bool) -> None:
+    sentence = "봉준호 감독은 다음 작품을 준비 중이다. " if korean else "The director is at work. "
+    ending = "그리고..." if korean else "And then..."
+    body = sentence * (1200 // len(sentence) + 1) + ending
+    entry = RawEntry(
+        guid="1", link="https://outlet.example/1", title="Long read", content_html=f"<p>{body}</p>"
+    )
+    item = normalize(SOURCE, entry, sections=(), now=NOW, fallback_base=SOURCE.url)
+    assert item.text.endswith(ending) and item.content_html.endswith(f"{ending}</p>")
