@@ -215,10 +215,10 @@ def test_items_over_the_cap_are_announced_with_a_link_to_the_archive(
 def test_the_public_copy_does_not_say_you_subscribed(
     sqlite_url: str, smtp_server: SmtpFixture
 ) -> None:
-    config = parse_config(config_yaml(cap=10))
+    config = parse_config(config_yaml(cap=2))
     store = Store.open(sqlite_url)
     try:
-        fill(store, config, per_section=2, korean=False)
+        fill(store, config, per_section=3, korean=False)
         received = send_issue(store, config, smtp_server)
         [listed] = store.list_digests(1)
         assert listed.id is not None
@@ -231,6 +231,8 @@ def test_the_public_copy_does_not_say_you_subscribed(
     assert notice in mailed
     public = public_issue_html(digest.html, subscribe_url="https://digest.example.org/subscribe")
     assert notice not in public
+    assert "and 1 more in this section" in public  # said, but not linked to itself
+    assert 'class="to-archive"' not in public
     assert ">Ko-pick columns<" in public  # the issue itself is all there
     web = render_digest(digest, config.site, view_url=view_url(config, digest.id), web=True)
     assert notice not in web.html and "Unsubscribe" not in web.html
@@ -426,4 +428,5 @@ def test_the_archive_page_served_by_the_app_does_not_say_you_subscribed(
     assert page.status_code == 200
     assert "Ko-pick columns" in page.text  # the issue is there ...
     assert "You are receiving this" not in page.text  # ... without the subscriber's notice
+    assert "more in this section" not in page.text  # nothing over the cap here
     assert 'lang="ko"' in page.text  # and its Korean stories are marked Korean
