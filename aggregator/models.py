@@ -12,9 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from ipaddress import IPv4Network, IPv6Network
 from typing import Literal
 
 SourceType = Literal["feed", "html"]
+# Entries kept from one fetch of one source (feeds.yaml ``max_items``): the newest.
+DEFAULT_MAX_ITEMS = 500
 
 
 def utcnow() -> datetime:
@@ -75,6 +78,8 @@ class DigestSettings:
     other_section_title: str | None = "More Korean film news"
     max_items_per_section: int = 10
     when_empty: Literal["skip", "note"] = "skip"
+    # The first issue of a new install covers at most this much of what was stored.
+    period: timedelta = timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,18 @@ class SmtpSettings:
     timeout: float = 30.0
     rate_per_second: float = 0.0  # 0 means unlimited
     max_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    """The web app's own settings (``web:`` in feeds.yaml).
+
+    ``trusted_proxies`` are the networks (``127.0.0.1``, ``10.0.0.0/8``) whose
+    ``X-Forwarded-For`` is believed; from any other peer the header is ignored,
+    so a client cannot pick its own address for the rate limits.
+    """
+
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +139,7 @@ class Source:
     timezone: str = "Asia/Seoul"
     date_format: str | None = None
     max_pages: int = 1
+    max_items: int = DEFAULT_MAX_ITEMS
     full_text: bool = False
     section: str | None = None
     enabled: bool = True

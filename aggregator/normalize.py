@@ -16,6 +16,7 @@ never looks like an update.
 from __future__ import annotations
 
 import html
+import html.entities
 import logging
 import re
 import unicodedata
@@ -28,9 +29,10 @@ import nh3
 from selectolax.lexbor import LexborHTMLParser
 
 from .dedupe import canonical_url, content_hash, fingerprint
-from .errors import ParseError
+from .errors import EntryTooLarge, ParseError
 from .models import Item, RawEntry, SectionRule, Source
 from .sources.dates import is_plausible, parse_date
+from .sources.markup import cap_nesting
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,20 @@ DROP_WITH_CONTENT = frozenset(
 _URL_ATTRIBUTES = frozenset({"href", "src"})
 
 MAX_TITLE_CHARS = 1000
+# What one entry may store (SECURITY.md, "Stored sizes"). A link or guid over
+# its cap refuses the entry: cut, it would point elsewhere or collide. Markup is
+# cut before sanitizing (the sanitizer closes what the cut left open) and the
+# result is held to the same cap. Real links stay under 2 KB and real
+# summaries under a few KB; the caps leave wide room while keeping a feed's
+# 500 entries (``max_items``) well under the 10 MB response cap in the store.
+MAX_LINK_CHARS = 32 * 1024  # url, canonical_url (percent-encoded) and guid
+MAX_SUMMARY_CHARS = 16 * 1024
+MAX_CONTENT_CHARS = 256 * 1024
+MAX_CATEGORY_CHARS = 200
+MAX_CATEGORIES = 50
+MAX_LANGUAGE_CHARS = 16  # items.language is String(16)
+# A named reference: "&name;". Those HTML does not define are dropped.
+_NAMED_REFERENCE = re.compile(r"&([A-Za-z][A-Za-z0-9]{0,63});")
 EXCERPT_CHARS = 300
 # A sentence end shorter than this would make a stubby excerpt; cut at a word instead.
 _MIN_SENTENCE_EXCERPT = EXCERPT_CHARS // 3
@@ -117,7 +133,7 @@ def html_text(markup: str) -> str:
     """The readable text of (sanitized) HTML, block elements separated by spaces."""
     if not markup:
         return ""
-    spaced = _BLOCK_BOUNDARY.sub(r" \g<0> ", markup)
+    spaced = _BLOCK_BOUNDARY.sub(r" \g<0> ", cap_nesting(markup))
     body = LexborHTMLParser(f"<body>{spaced}</body>").body
     return clean_text(body.text(deep=True) if body is not None else "")
 
@@ -338,7 +354,9 @@ def sanitize_html(markup: str | None, base: str = "") -> str:
     if not markup or not markup.strip():
         return ""
     markup = _INVISIBLE.sub("", _CONTROL.sub(" ", markup))
-    return _cleaner(base).clean(markup).strip()
+    # The input bound: html5ever (inside nh3) is quadratic in nesting depth, so
+    # tags nested past MAX_HTML_DEPTH are dropped (their text kept) first.
+    return _cleaner(base).clean(cap_nesting(markup)).strip()
 
 
 # ------------------------------------------------------------------- language
@@ -396,6 +414,87 @@ def item_language(declared: str | None, *, title: str, text: str) -> str | None:
         if letters and hangul / letters < 0.1:
             return None
     return declared
+
+
+# ---------------------------------------------------------------------- bounds
+
+
+def _drop_undefined(match: re.Match[str]) -> str:
+    return match.group(0) if match.group(1) + ";" in html.entities.html5 else ""
+
+
+def drop_undefined_entities(text: str | None) -> str | None:
+    """``text`` without named references that HTML does not define (``&lol9;``, ``&xxe;``).
+
+    A feed that declares its own entities (billion laughs, XXE) is parsed
+    without expanding them, which leaves the references as literal text; shown
+    to readers, they are junk at best. Repeated until stable, since removing
+    one can join the halves of another (``&&a;b;``); each round shortens the text.
+    """
+    while text and "&" in text:
+        shorter = _NAMED_REFERENCE.sub(_drop_undefined, text)
+        if shorter == text:
+            break
+        text = shorter
+    return text
+
+
+def clean_plain(text: str | None, limit: int = MAX_TITLE_CHARS) -> str:
+    """:func:`clean_text` without undefined references, cut to ``limit`` (titles, authors).
+
+    Dropping runs before and after cleaning: a double-escaped ``&amp;xxe;``
+    only becomes a reference once cleaned. A few rounds reach a fixed point,
+    so normalizing stays idempotent.
+    """
+    text = (text or "")[: 16 * limit]  # cleaning a megabyte only to cut it wastes CPU
+    for _ in range(4):
+        cleaned = clean_text(drop_undefined_entities(text))
+        if cleaned == text:
+            break
+        text = cleaned
+    return cut_title(text, limit)
+
+
+def _cut_markup(markup: str, limit: int) -> str:
+    """At most ``limit`` characters of ``markup``, not inside a tag when avoidable."""
+    if len(markup) <= limit:
+        return markup
+    tag_start = markup.rfind("<", 0, limit)
+    if tag_start > limit // 2 and markup.find(">", tag_start, limit) < 0:
+        return markup[:tag_start]  # the cut would fall inside this tag
+    return markup[:limit]
+
+
+def bounded_html(markup: str | None, base: str, limit: int) -> str:
+    """``markup`` sanitized and at most ``limit`` characters long.
+
+    The input is cut before sanitizing, so a huge field costs no more than its
+    cap. Sanitizing can lengthen text (``<`` in text becomes ``&lt;``), so an
+    output over the limit is cut and sanitized again, a little shorter each
+    round; as a last resort it becomes the escaped start of its plain text.
+    """
+    if not markup:
+        return ""
+    clean = sanitize_html(drop_undefined_entities(_cut_markup(markup, limit)), base)
+    for _ in range(3):
+        if len(clean) <= limit:
+            return clean
+        clean = sanitize_html(_cut_markup(clean, 2 * limit - len(clean)), base)
+    if len(clean) <= limit:
+        return clean
+    return html.escape(html_text(clean)[: limit // 6])  # escaping at most sextuples a char
+
+
+def _check_link_size(source: Source, entry: RawEntry, fallback_base: str, *links: str) -> None:
+    """Refuse an entry whose link or guid would be stored over ``MAX_LINK_CHARS``."""
+    longest = max(len(link) for link in links)
+    if longest > MAX_LINK_CHARS:
+        raise EntryTooLarge(
+            f"entry {(entry.title or '?')[:60]!r} refused: its link or guid is "
+            f"{longest:,} characters (the cap is {MAX_LINK_CHARS:,})",
+            source_id=source.id,
+            url=fallback_base,
+        )
 
 
 # -------------------------------------------------------------------- sections
@@ -468,6 +567,10 @@ def normalize(
     in the future are clamped to ``now``. Raises ``ParseError`` for an entry
     with no usable http(s) link, which cannot be shown or deduplicated.
     """
+    if entry.guid and len(entry.guid) > MAX_LINK_CHARS:  # before cleaning a megabyte
+        _check_link_size(source, entry, fallback_base, entry.guid)
+    if entry.link and len(entry.link) > MAX_LINK_CHARS:
+        _check_link_size(source, entry, fallback_base, entry.link)
     base = _http_url(fallback_base, entry.base_url) or fallback_base
     url = _http_url(fallback_base, entry.link)
     if url is None and entry.guid:
@@ -480,23 +583,33 @@ def normalize(
         )
     canonical = canonical_url(url, keep=source.identity_params, drop=source.drop_params)
     guid = clean_text(entry.guid) or canonical
+    _check_link_size(source, entry, fallback_base, url, canonical, guid)
 
-    content_html = sanitize_html(entry.content_html, base)
-    if entry.summary_html == entry.content_html:
+    content_html = bounded_html(entry.content_html, base, MAX_CONTENT_CHARS)
+    if entry.summary_html == entry.content_html and len(content_html) <= MAX_SUMMARY_CHARS:
         # feedparser gives an Atom entry without <summary> its content as the
         # summary: sanitize it once (a third of normalizing such an entry).
         summary_html = content_html
     else:
-        summary_html = sanitize_html(entry.summary_html, base)
+        summary_html = bounded_html(entry.summary_html, base, MAX_SUMMARY_CHARS)
     text = html_text(content_html or summary_html)
     if len(text) <= CUT_EXCERPT_MAX_CHARS:
         summary_html = trim_cut_html(summary_html)
         content_html = trim_cut_html(content_html)
         text = trim_cut_text(html_text(content_html or summary_html))
-    title = cut_title(clean_text(entry.title)) or cut_title(excerpt(text, 120)) or url
-    author = clean_text(entry.author) or None
-    categories = tuple(dict.fromkeys(c for c in map(clean_text, entry.categories) if c))
+    title = clean_plain(entry.title) or cut_title(excerpt(text, 120)) or url
+    author = clean_plain(entry.author) or None
+    categories = tuple(
+        dict.fromkeys(
+            c for c in (clean_plain(c, MAX_CATEGORY_CHARS) for c in entry.categories) if c
+        )
+    )[:MAX_CATEGORIES]
+    language = clean_plain(entry.language) or None
+    if language is not None and len(language) > MAX_LANGUAGE_CHARS:
+        language = None  # the column holds a language tag; anything longer is not one
     image_url = _http_url(base, entry.image_url)
+    if image_url is not None and len(image_url) > MAX_LINK_CHARS:
+        image_url = None  # an image is optional: drop it, keep the entry
 
     published = _date(entry.published, now) or _date(entry.updated, now)
     date_missing = False
@@ -546,6 +659,6 @@ def normalize(
         author=author,
         categories=categories,
         section=section,
-        language=item_language(source.language or entry.language, title=title, text=text),
+        language=item_language(source.language or language, title=title, text=text),
         date_missing=date_missing,
     )

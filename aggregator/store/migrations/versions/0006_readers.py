@@ -10,7 +10,7 @@
   every Message-ID, so two databases never mint the same one.
 
 Revision ID: 0006
-Revises: 0002
+Revises: 0003
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
