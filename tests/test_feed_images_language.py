@@ -163,3 +163,33 @@ def test_a_source_language_must_be_a_language_tag(tmp_path: Path) -> None:
     text = "sources:\n  - {id: a, url: 'https://a.example/feed', language: 'Korean!'}\n"
     with pytest.raises(ConfigError, match=r"feeds\.yaml:2.*language"):
         parse_config(text, path=tmp_path / "feeds.yaml")
+
+
+def test_items_stored_before_detection_are_marked_korean_by_the_migration(
+    tmp_path: Path,
+) -> None:
+    from alembic import command
+
+    from aggregator.store.engine import _alembic_config, make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    cfg = _alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0006")
+    store = Store(engine)
+    korean = replace(
+        make_item("kobiz", 1, title="부산국제영화제 개막작 발표"), text="올해 개막작이다."
+    )
+    english = make_item("kofic", 2)
+    save(store, "kobiz", [replace(korean, language=None)])
+    save(store, "kofic", [english])
+    store.close()
+
+    migrated = Store.open(url)  # applies the rest
+    try:
+        languages = {i.source_id: i.language for i in migrated.recent_items(10)}
+    finally:
+        migrated.close()
+    assert languages == {"kobiz": "ko", "kofic": None}
