@@ -247,6 +247,9 @@ _CUT_MARK = re.compile(
 # A text that is one cut word keeps it (there is nothing else to show); any
 # whole word before the fragment is better than the fragment.
 _MIN_TRIMMED = 1
+# Sites cut *excerpts*; a full article that ends in "..." ends that way on
+# purpose. Only texts up to this long are taken for cut excerpts.
+CUT_EXCERPT_MAX_CHARS = 1000
 
 
 def trim_cut_text(text: str) -> str:
@@ -589,9 +592,11 @@ def normalize(
         summary_html = content_html
     else:
         summary_html = bounded_html(entry.summary_html, base, MAX_SUMMARY_CHARS)
-    summary_html = trim_cut_html(summary_html)
-    content_html = trim_cut_html(content_html)
-    text = trim_cut_text(html_text(content_html or summary_html))
+    text = html_text(content_html or summary_html)
+    if len(text) <= CUT_EXCERPT_MAX_CHARS:
+        summary_html = trim_cut_html(summary_html)
+        content_html = trim_cut_html(content_html)
+        text = trim_cut_text(html_text(content_html or summary_html))
     title = clean_plain(entry.title) or cut_title(excerpt(text, 120)) or url
     author = clean_plain(entry.author) or None
     categories = tuple(

@@ -541,11 +541,15 @@ _SUBSCRIBER_ONLY = re.compile(
 )
 
 
+_TO_ARCHIVE = re.compile(r'<a class="to-archive"[^>]*>(?P<label>[^<]*)</a>')
+
+
 def public_issue_html(html: str, *, subscribe_url: str | None) -> str:
     """The web-archive copy of a frozen issue: no unsubscribe placeholder left in it.
 
     The subscriber-only notice ("You are receiving this because you
-    subscribed…") is removed: a web visitor subscribed to nothing.
+    subscribed…") is removed: a web visitor subscribed to nothing. The email's
+    links to this very page ("and N more in this section") become plain text.
 
     Each unsubscribe link becomes a "Subscribe" link to ``subscribe_url`` (or
     is dropped, keeping nothing, when ``subscribe_url`` is None); any other
@@ -559,6 +563,8 @@ def public_issue_html(html: str, *, subscribe_url: str | None) -> str:
         href = html_escape(safe, quote=True)
         replacement = f'<a href="{href}" style="color:#4a4a4a;">Subscribe</a>'
     html = _SUBSCRIBER_ONLY.sub("", html)
+    # On the archive page a link to the archive page would only reload it.
+    html = _TO_ARCHIVE.sub(r"\g<label>", html)
     html = _UNSUBSCRIBE_ANCHOR.sub(replacement, html)
     return html.replace(UNSUBSCRIBE_PLACEHOLDER, html_escape(safe or "", quote=True))
 
