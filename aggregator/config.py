@@ -573,8 +573,9 @@ _TEMPLATE_NAMES = (
     "archive.html.j2",
     "home.html.j2",
     "_page.html.j2",
+    "_mail_head.mjml.j2",
+    "confirm.mjml.j2",
     "mail/page.html.j2",
-    "mail/confirm.html.j2",
     "mail/confirm.txt.j2",
 )
 

@@ -40,9 +40,6 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import format_datetime, formataddr, make_msgid
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
@@ -55,8 +52,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ..deliver import message_id_domain, send_message
+from ..deliver import send_message
 from ..errors import AggregatorError, SubscriberError, TokenError
+from ..mail_confirm import confirmation_message
 from ..models import Site, SmtpSettings, Subscriber, SubscriberStatus, utcnow
 from ..render import template_dirs
 from ..subscribers import clean_name, normalize_email
@@ -141,27 +139,6 @@ def _site_context(site: Site) -> dict[str, Any]:
         "language": site.language,
         "postal_address": site.postal_address,
     }
-
-
-def confirmation_message(site: Site, subscriber: Subscriber, confirm_url: str) -> bytes:
-    """The double opt-in email: text and HTML, UTF-8, with a fresh Message-ID."""
-    # No name: a stranger typed it, and this mail goes to someone who did not.
-    context = {
-        **_site_context(site),
-        "email": subscriber.email,
-        "confirm_url": confirm_url,
-        "valid_days": 7,
-    }
-    message = EmailMessage()
-    message["From"] = formataddr((site.sender_name or site.title, site.sender_email))
-    message["To"] = subscriber.email
-    message["Subject"] = f"Confirm your subscription to {site.title}"
-    message["Date"] = format_datetime(utcnow())
-    message["Message-ID"] = make_msgid("confirm", domain=message_id_domain(site))
-    message["Auto-Submitted"] = "auto-replied"
-    message.set_content(_template(site, "confirm.txt.j2", context), cte="quoted-printable")
-    message.add_alternative(_template(site, "confirm.html.j2", context), subtype="html")
-    return message.as_bytes(policy=SMTP)
 
 
 async def _send_confirmation(smtp: SmtpSettings, sender: str, recipient: str, data: bytes) -> None:
