@@ -10,17 +10,19 @@ built from the dataclasses in :mod:`aggregator.models`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import zoneinfo
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -32,15 +34,20 @@ from pydantic import (
 
 from .errors import ConfigError, ConfigErrors
 from .models import (
+    DEFAULT_MAX_ITEMS,
     DigestSettings,
     SectionRule,
     Selectors,
     Site,
     SmtpSettings,
     Source,
+    WebSettings,
 )
 
 DEFAULT_CONFIG = "feeds.yaml"
+# Highest max_items accepted: beyond it one source's fetch holds more entries in
+# memory and in one transaction than any real feed publishes at once.
+MAX_ITEMS_LIMIT = 10_000
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -101,6 +108,10 @@ def _check_regex(value: str | None) -> str | None:
     return value
 
 
+# BCP 47 in the shape feeds use: a 2-3 letter language, optional subtags.
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
+
+
 def _check_url(value: str) -> str:
     if not re.match(r"^https?://[^\s/]+", value):
         raise ValueError(f'"{value}" is not an http(s) URL')
@@ -121,6 +132,7 @@ class SiteModel(_Strict):
     hub: str | None = None
     feed_size: int = Field(default=_SITE.feed_size, ge=1, le=10000)
     output_dir: str = _SITE.output_dir
+    templates: str | None = None
 
     _tz = field_validator("timezone")(_check_timezone)
     _url = field_validator("url")(_check_url)
@@ -130,6 +142,7 @@ class DefaultsModel(_Strict):
     interval: Duration = timedelta(hours=1)
     timeout: Duration = timedelta(seconds=20)
     timezone: str = "Asia/Seoul"
+    max_items: int = Field(default=DEFAULT_MAX_ITEMS, ge=1, le=MAX_ITEMS_LIMIT)
 
     _tz = field_validator("timezone")(_check_timezone)
 
@@ -182,12 +195,24 @@ class SourceModel(_Strict):
     timezone: str | None = None
     date_format: str | None = None
     max_pages: int = Field(default=1, ge=1, le=50)
+    max_items: int | None = Field(default=None, ge=1, le=MAX_ITEMS_LIMIT)
     full_text: bool = False
     section: str | None = None
     enabled: bool = True
     encoding: str | None = None
+    # Which copy of a story readers get when several sources carry it: higher wins.
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    # The language of its items, over what the feed or page declares (Korean text is detected).
+    language: str | None = None
 
     _url = field_validator("url")(_check_url)
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str | None) -> str | None:
+        if value is not None and not _LANGUAGE_TAG.fullmatch(value):
+            raise ValueError(f'"{value}" is not a language tag (use e.g. ko, en, ko-KR)')
+        return value
 
     @field_validator("id")
     @classmethod
@@ -230,6 +255,7 @@ class DigestModel(_Strict):
     other_section_title: str | None = _DIGEST.other_section_title
     max_items_per_section: int = Field(default=10, ge=1, le=100)
     when_empty: Literal["skip", "note"] = "skip"
+    period: Duration = timedelta(days=7)
 
     @field_validator("schedule")
     @classmethod
@@ -274,6 +300,21 @@ class SubscribersModel(_Strict):
         return value
 
 
+def _check_network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(
+            f'"{value}" is not an IP address or network (e.g. 127.0.0.1 or 10.0.0.0/8)'
+        ) from None
+    return value
+
+
+class WebModel(_Strict):
+    # Validated item by item so an error names the line of the bad entry.
+    trusted_proxies: list[Annotated[str, AfterValidator(_check_network)]] = []
+
+
 class ConfigModel(_Strict):
     site: SiteModel = SiteModel()
     defaults: DefaultsModel = DefaultsModel()
@@ -283,6 +324,10 @@ class ConfigModel(_Strict):
     digest: DigestModel = DigestModel()
     smtp: SmtpModel = SmtpModel()
     subscribers: SubscribersModel = SubscribersModel()
+    web: WebModel = WebModel()
+    # Written by `aggregator demo`: `run` serves the bundled sample sources
+    # and a mail sink itself, so the demo's directory runs as it is.
+    demo: bool = False
 
     @field_validator("sections", "sources", mode="before")
     @classmethod
@@ -319,6 +364,8 @@ class Config:
     database_url: str
     queue: str = "none"
     pending_expiry: timedelta = PENDING_EXPIRY
+    web: WebSettings = field(default_factory=WebSettings)
+    demo: bool = False
 
     def source(self, source_id: str) -> Source:
         for source in self.sources:
@@ -424,9 +471,31 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(
             "file not found (create it, or pass --config PATH)", path=str(file)
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", path=str(file)) from None
-    return parse_config(text, path=file)
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(file, exc) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", path=str(file)) from None
+    return parse_config(text.removeprefix("\ufeff"), path=file)
+
+
+def _not_utf8(file: Path, exc: UnicodeDecodeError) -> ConfigError:
+    """Where the first non-UTF-8 byte sits, and how to fix it (Korean editors often save CP949)."""
+    raw = exc.object if isinstance(exc.object, bytes) else b""
+    line = raw.count(b"\n", 0, exc.start) + 1
+    hint = "save it as UTF-8"
+    try:
+        raw.decode("cp949")
+    except UnicodeDecodeError:
+        pass
+    else:
+        hint = "it looks like CP949/EUC-KR: save it as UTF-8"
+    return ConfigError(
+        f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); {hint}"
+        if raw
+        else f"not UTF-8 text; {hint}",
+        path=str(file),
+        line=line,
+    )
 
 
 def parse_config(text: str, *, path: Path | None = None) -> Config:
@@ -468,6 +537,7 @@ def parse_config(text: str, *, path: Path | None = None) -> Config:
         raise ConfigErrors(errors) if len(errors) > 1 else errors[0] from None
 
     problems = _cross_checks(model, name, lines)
+    problems += _check_templates(model, path, name, lines)
     if problems:
         raise ConfigErrors(problems) if len(problems) > 1 else problems[0]
     return _to_config(model, path)
@@ -512,6 +582,47 @@ def _syntax_error(exc: yaml.MarkedYAMLError, name: str) -> ConfigError:
             line=found,
         )
     return ConfigError(f"YAML syntax error: {problem}", path=name, line=found or started)
+
+
+# What an override directory must hold at least one of; anything else means a wrong path.
+_TEMPLATE_NAMES = (
+    "digest.mjml.j2",
+    "digest.txt.j2",
+    "archive.html.j2",
+    "home.html.j2",
+    "_page.html.j2",
+    "_mail_head.mjml.j2",
+    "confirm.mjml.j2",
+    "mail/page.html.j2",
+    "mail/confirm.txt.j2",
+)
+
+
+def _templates_path(value: str, path: Path | None) -> Path:
+    """``site.templates`` as an absolute path; a relative one starts at feeds.yaml's directory."""
+    directory = Path(value).expanduser()
+    if not directory.is_absolute():
+        directory = (path.parent if path is not None else Path.cwd()) / directory
+    return directory
+
+
+def _check_templates(
+    model: ConfigModel, path: Path | None, name: str, lines: Mapping[Any, int]
+) -> list[ConfigError]:
+    if model.site.templates is None:
+        return []
+    directory = _templates_path(model.site.templates, path)
+    if not directory.is_dir():
+        problem = f"{directory} is not a directory"
+    elif not any((directory / template).is_file() for template in _TEMPLATE_NAMES):
+        problem = (
+            f"{directory} holds none of the templates it could override "
+            f"({', '.join(_TEMPLATE_NAMES)})"
+        )
+    else:
+        return []
+    line = _line_for(("site", "templates"), lines)
+    return [ConfigError(problem, path=name, line=line, key="site.templates")]
 
 
 def _cross_checks(model: ConfigModel, name: str, lines: Mapping[Any, int]) -> list[ConfigError]:
@@ -585,6 +696,9 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
         hub_url=site_model.hub,
         feed_size=site_model.feed_size,
         output_dir=site_model.output_dir,
+        templates=(
+            str(_templates_path(site_model.templates, path)) if site_model.templates else None
+        ),
     )
     sources = tuple(
         Source(
@@ -600,10 +714,13 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
             timezone=s.timezone or d.timezone,
             date_format=s.date_format,
             max_pages=s.max_pages,
+            max_items=s.max_items or d.max_items,
             full_text=s.full_text,
             section=s.section,
             enabled=s.enabled,
             encoding=s.encoding,
+            priority=s.priority,
+            language=s.language,
         )
         for s in model.sources
     )
@@ -632,6 +749,7 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
         other_section_title=model.digest.other_section_title,
         max_items_per_section=model.digest.max_items_per_section,
         when_empty=model.digest.when_empty,
+        period=model.digest.period,
     )
     m = model.smtp
     smtp = SmtpSettings(
@@ -655,6 +773,12 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
         database_url=resolve_database_url(model.storage.url, path),
         queue=model.storage.queue,
         pending_expiry=model.subscribers.expire_pending_after,
+        web=WebSettings(
+            trusted_proxies=tuple(
+                ipaddress.ip_network(v, strict=False) for v in model.web.trusted_proxies
+            )
+        ),
+        demo=model.demo,
     )
 
 

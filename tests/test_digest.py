@@ -20,6 +20,7 @@ from aggregator.digest import (
     compose,
     latest_slot,
     next_period,
+    upcoming_period,
     view_url,
 )
 from aggregator.models import Item, Source
@@ -131,10 +132,20 @@ def test_latest_slot_is_monday_nine_in_seoul(config: Config) -> None:
     assert latest_slot(config.digest, config.site, SLOT - timedelta(seconds=1)) == SLOT - WEEK
 
 
-def test_first_period_is_the_week_before_the_slot(config: Config, sqlite_store: Store) -> None:
-    period = next_period(config, sqlite_store, now=SLOT + timedelta(hours=5))
+@pytest.mark.parametrize("after_slot", [timedelta(0), timedelta(hours=5), timedelta(days=3)])
+@pytest.mark.parametrize("period_days", [1, 7, 14])
+def test_first_period_is_what_was_stored_until_now(
+    config: Config, sqlite_store: Store, after_slot: timedelta, period_days: int
+) -> None:
+    # A fresh install fetches after the slot: its first issue must not be the
+    # empty week before that slot, but what was stored, at most digest.period.
+    config = replace(config, digest=replace(config.digest, period=timedelta(days=period_days)))
+    now = SLOT + after_slot
 
-    assert period == Period(SLOT - WEEK, SLOT)
+    period = next_period(config, sqlite_store, now=now)
+
+    assert period == Period(now - timedelta(days=period_days), now)
+    assert upcoming_period(config, sqlite_store, now=now) == period
 
 
 def test_period_must_end_after_it_starts() -> None:
@@ -245,7 +256,7 @@ def test_empty_week_is_skipped_or_noted(config: Config, sqlite_store: Store) -> 
 def test_compose_freezes_subject_items_html_and_text(config: Config, sqlite_store: Store) -> None:
     week_of_news(sqlite_store)
 
-    issue = compose(config, sqlite_store, now=SLOT + timedelta(minutes=1))
+    issue = compose(config, sqlite_store, now=SLOT)
 
     assert issue is not None and issue.id is not None
     assert (issue.period_start, issue.period_end) == (SLOT - WEEK, SLOT)

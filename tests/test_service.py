@@ -19,17 +19,14 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from apscheduler.job import Job
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-from apscheduler.schedulers.background import BackgroundScheduler
 
 from aggregator.config import load_config
-from aggregator.digest import latest_slot
 from aggregator.models import utcnow
-from aggregator.scheduler import DIGEST_JOB, DIGEST_MISFIRE_GRACE, Service, digest_trigger
+from aggregator.scheduler import Service
 from aggregator.store import Store
 from tests.support.feeds import simple_rss
 from tests.support.http import FixtureServer
@@ -138,105 +135,6 @@ def _insert_last_week_items(store: Store, slot: Any) -> None:
     store.save_items("kobiz", items, fetched_at=seen, next_fetch_at=slot + timedelta(days=30))
 
 
-def _simulate_downtime(store: Store, path: Path, *, missed_by: timedelta) -> None:
-    """Leave the persistent digest job as a service that went down would: due in the past.
-
-    Written straight into the job store: a scheduler started just for this
-    could process the due job itself while shutting down.
-    """
-    from aggregator.scheduler import weekly_digest_job
-
-    config = load_config(path)
-    jobstore = SQLAlchemyJobStore(engine=store.engine, tablename="apscheduler_jobs")
-    owner = BackgroundScheduler()  # never started; jobs need a scheduler reference
-    jobstore.start(owner, "persistent")
-    jobstore.add_job(
-        Job(
-            owner,
-            id=DIGEST_JOB,
-            func=weekly_digest_job,
-            trigger=digest_trigger(config),
-            executor="default",
-            args=(),
-            kwargs={},
-            name="weekly digest",
-            misfire_grace_time=int(DIGEST_MISFIRE_GRACE.total_seconds()),
-            coalesce=True,
-            max_instances=1,
-            next_run_time=utcnow() - missed_by,
-        )
-    )
-    jobstore.shutdown()
-
-
-def test_missed_digest_after_downtime_is_sent_exactly_once(
-    http_server: FixtureServer, tmp_path: Path
-) -> None:
-    port = free_port()
-    path = write_config(tmp_path, "  - {id: kobiz, url: 'http://127.0.0.1:1/'}\n", port=port)
-    config = load_config(path)
-    store = Store.open(config.database_url)
-    slot = latest_slot(config.digest, config.site, utcnow())
-    _insert_last_week_items(store, slot)
-    _simulate_downtime(store, path, missed_by=timedelta(hours=30))
-    store.close()
-    sends: list[int | None] = []
-
-    async def record(service: Service) -> None:
-        last = service.store.last_digest()
-        sends.append(last.id if last else None)
-
-    async def one_run(extra_firing: bool = False) -> None:
-        service = Service(
-            load_config(path), port=free_port(), secret=SECRET, watch=False, send_digest=record
-        )
-        task = await running(service)
-        try:
-            await asyncio.sleep(1.5)  # let the scheduler process misfires
-            if extra_firing:
-                await service.digest_now()  # a duplicate firing changes nothing stored
-        finally:
-            service.stop()
-            await task
-
-    asyncio.run(one_run())
-    assert len(sends) == 1 and sends[0] is not None
-    asyncio.run(one_run())  # restart: the job's next run is next week now
-    assert len(sends) == 1
-
-    store = Store.open(config.database_url)
-    try:
-        digests = store.list_digests()
-        assert len(digests) == 1
-        assert digests[0].period_end == slot
-        assert digests[0].item_count == 3
-    finally:
-        store.close()
-
-
-def test_digest_missed_by_more_than_the_grace_is_skipped(tmp_path: Path) -> None:
-    port = free_port()
-    path = write_config(tmp_path, "  - {id: kobiz, url: 'http://127.0.0.1:1/'}\n", port=port)
-    config = load_config(path)
-    store = Store.open(config.database_url)
-    _simulate_downtime(store, path, missed_by=DIGEST_MISFIRE_GRACE + timedelta(hours=1))
-    store.close()
-    sends: list[int] = []
-
-    async def record(service: Service) -> None:
-        sends.append(1)
-
-    async def one_run() -> None:
-        service = Service(config, port=port, secret=SECRET, watch=False, send_digest=record)
-        task = await running(service)
-        await asyncio.sleep(1.0)
-        service.stop()
-        await task
-
-    asyncio.run(one_run())
-    assert sends == []
-
-
 def test_hot_reload_applies_valid_edits_and_keeps_config_on_invalid_ones(
     http_server: FixtureServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -335,7 +233,11 @@ def test_sigterm_during_fetch_shuts_down_cleanly(
             proc.kill()
     assert proc.returncode == 0, output
     assert "stopped" in output, output
-    assert took < 30  # the grace period, then the trickling fetch is cancelled
+    # The README: "give running fetches ten seconds to finish, then cancel them".
+    # The trickling fetch needs a minute, so the stop takes the whole grace and
+    # little more (closing the web server and the store).
+    assert "waiting up to 10s for 1 running jobs" in output, output
+    assert 10.0 <= took < 15.0, took
     db = sqlite3.connect(tmp_path / "service.db")
     try:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -345,3 +247,190 @@ def test_sigterm_during_fetch_shuts_down_cleanly(
     finally:
         db.close()
     assert not (tmp_path / "data" / "aggregator.pid").exists()
+
+
+@pytest.mark.parametrize("how", ["sighup", "reload"])
+@pytest.mark.parametrize("old, new", [("1h", "1s"), ("6h", "2s")])
+def test_a_shorter_interval_applied_by_reload_takes_effect_at_once(
+    http_server: FixtureServer, tmp_path: Path, how: str, old: str, new: str
+) -> None:
+    http_server.add("/a.xml", rss(2, "alpha"), etag='"a1"')
+    port = free_port()
+    path = write_config(
+        tmp_path, f"  - {{id: a, url: '{http_server.url('/a.xml')}', interval: {old}}}\n", port=port
+    )
+    new_seconds = int(new.removesuffix("s"))
+
+    async def scenario() -> None:
+        service = Service(load_config(path), port=port, secret=SECRET, watch=False)
+        task = await running(service)
+        try:
+            await eventually(lambda: http_server.count("/a.xml") == 1, what="first fetch")
+            await eventually(
+                lambda: (s := service.store.source_state("a")) is not None and s.next_fetch_at,
+                what="next fetch stored",
+            )
+            path.write_text(
+                path.read_text(encoding="utf-8").replace(f"interval: {old}", f"interval: {new}"),
+                encoding="utf-8",
+            )
+            before = utcnow()
+            if how == "sighup":
+                os.kill(os.getpid(), signal.SIGHUP)
+                await eventually(lambda: service.reloads == 1, what="reload by SIGHUP")
+            else:
+                assert await service.reload()
+            state = service.store.source_state("a")
+            assert state is not None and state.next_fetch_at is not None
+            # The stored time follows the new interval, not the old one's hour.
+            assert state.next_fetch_at <= utcnow() + timedelta(seconds=new_seconds)
+            await eventually(
+                lambda: http_server.count("/a.xml") >= 3,
+                timeout=6 * new_seconds + 10,
+                what=f"fetched again every {new}",
+            )
+            assert utcnow() - before < timedelta(minutes=1)
+        finally:
+            service.stop()
+            await task
+
+    asyncio.run(scenario())
+
+
+def test_config_watcher_ignores_files_next_to_feeds_yaml(
+    http_server: FixtureServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    http_server.add("/a.xml", rss(1, "alpha"))
+    port = free_port()
+    path = write_config(tmp_path, f"  - {{id: a, url: '{http_server.url('/a.xml')}'}}\n", port=port)
+    log_file = tmp_path / "aggregator.log"
+    nested = tmp_path / "logs" / "deep" / "run.log"
+    nested.parent.mkdir(parents=True)
+
+    async def scenario() -> None:
+        service = Service(load_config(path), port=port, secret=SECRET, watch=True)
+        task = await running(service)
+        try:
+            await asyncio.sleep(0.5)  # the watcher is up
+            caplog.clear()
+            for n in range(25):
+                for target in (log_file, nested):
+                    with target.open("a", encoding="utf-8") as handle:
+                        handle.write(f"line {n}\n")
+                await asyncio.sleep(0.04)
+            await asyncio.sleep(1.0)  # past the watcher's debounce
+            assert service.reloads == 0
+            noticed = [r for r in caplog.records if "detected" in r.getMessage()]
+            assert noticed == [], [r.getMessage() for r in noticed]
+
+            path.write_text(
+                path.read_text(encoding="utf-8").replace("Test Digest", "Edited Digest"),
+                encoding="utf-8",
+            )
+            await eventually(lambda: service.reloads == 1, what="reload after editing feeds.yaml")
+            await asyncio.sleep(1.0)
+            assert service.reloads == 1
+            assert service.config.site.title == "Edited Digest"
+        finally:
+            service.stop()
+            await task
+
+    with caplog.at_level(logging.DEBUG, logger="watchfiles"):
+        asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "new_url",
+    [
+        "https://news.example.org/",
+        "https://example.org/korean-film/digest/",
+        "http://127.0.0.1:9/",
+    ],
+)
+@pytest.mark.parametrize("how", ["reload", "restart"])
+def test_published_feeds_follow_a_new_site_url_at_once(
+    http_server: FixtureServer, tmp_path: Path, new_url: str, how: str
+) -> None:
+    http_server.add("/a.xml", rss(3, "alpha"), etag='"a1"')
+    port = free_port()
+    path = write_config(tmp_path, f"  - {{id: a, url: '{http_server.url('/a.xml')}'}}\n", port=port)
+    atom = tmp_path / "public" / "feed.atom"
+    old_url = f"http://127.0.0.1:{port}/"
+
+    async def first_run() -> None:
+        service = Service(load_config(path), port=port, secret=SECRET, watch=False)
+        service.publish_delay = timedelta(milliseconds=100)
+        task = await running(service)
+        try:
+            await eventually(lambda: atom.exists(), what="first publish")
+            assert old_url + "feed.atom" in atom.read_text(encoding="utf-8")
+            path.write_text(
+                path.read_text(encoding="utf-8").replace(old_url, new_url), encoding="utf-8"
+            )
+            if how == "reload":
+                assert await service.reload()
+                items = service.store.count_items()
+                text = atom.read_text(encoding="utf-8")
+                assert new_url + "feed.atom" in text and old_url not in text
+                assert service.store.count_items() == items  # no new item was needed
+        finally:
+            service.stop()
+            await task
+
+    async def second_run() -> None:
+        service = Service(load_config(path), port=free_port(), secret=SECRET, watch=False)
+        task = await running(service)
+        try:
+            await eventually(
+                lambda: new_url + "feed.atom" in atom.read_text(encoding="utf-8"),
+                what="feed rebuilt at start",
+            )
+            assert old_url not in atom.read_text(encoding="utf-8")
+            assert service.store.count_items() == 3
+        finally:
+            service.stop()
+            await task
+
+    asyncio.run(first_run())
+    if how == "restart":
+        asyncio.run(second_run())
+
+
+@pytest.mark.parametrize(
+    ("zone", "schedule"),
+    [("Asia/Seoul", "mon 09:00"), ("America/New_York", "sun 23:30"), ("UTC", "fri 00:00")],
+)
+def test_started_service_reports_its_addresses_and_next_digest_in_the_site_zone(
+    tmp_path: Path, zone: str, schedule: str
+) -> None:
+    from aggregator.digest import next_slot
+    from aggregator.scheduler import ServiceInfo
+
+    port = free_port()
+    path = write_config(
+        tmp_path, "  - {id: a, url: 'http://127.0.0.1:1/'}\n", port=port, schedule=schedule
+    )
+    path.write_text(
+        path.read_text(encoding="utf-8").replace("title: Test Digest,", f"timezone: {zone},"),
+        encoding="utf-8",
+    )
+    config = load_config(path)
+    seen: list[ServiceInfo] = []
+
+    async def scenario() -> None:
+        service = Service(config, port=0, secret=SECRET, watch=False, on_ready=seen.append)
+        task = await running(service)
+        service.stop()
+        await task
+
+    asyncio.run(scenario())
+    (info,) = seen
+    assert info.home_url is not None and info.home_url.startswith("http://127.0.0.1:")
+    assert info.home_url != "http://127.0.0.1:0/"  # the port actually bound
+    assert info.feed_url == info.home_url + "feed.atom"
+    assert info.sources == 1
+    expected = next_slot(config.digest, config.site, utcnow())
+    assert info.next_digest == expected
+    assert info.next_digest is not None
+    local = info.next_digest.astimezone(ZoneInfo(zone))
+    assert f"{local:%a %H:%M}".lower() == schedule

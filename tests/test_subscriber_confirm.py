@@ -10,7 +10,7 @@ import pytest
 from aggregator.models import SubscriberStatus
 from aggregator.store import Store
 from tests.support.cli import CliResult, run_cli
-from tests.test_subscribe_web import SECRET, Web, web  # noqa: F401  (the web fixture)
+from tests.test_subscribe_web import SECRET, Web, confirm, web  # noqa: F401  (the web fixture)
 
 if TYPE_CHECKING:
     from tests.support.smtp import SmtpFixture
@@ -62,7 +62,7 @@ def test_add_without_active_mails_a_link_the_web_app_accepts(
     assert "박찬욱" in mail["To"] or "Pending.Reader@example.org" in mail["To"]
 
     url = web.confirm_url(smtp_server, "Pending.Reader@example.org")
-    assert web.client.get(url).status_code == 200
+    assert confirm(web.client, url).status_code == 200
     subscriber = store.subscriber_by_email("pending.reader@example.org")
     assert subscriber is not None and subscriber.status is SubscriberStatus.ACTIVE
 
@@ -99,7 +99,7 @@ def test_confirm_mail_resends_to_pending_only(
         "p1@example.org",
         "p2@example.org",
     ]
-    web.client.get(web.confirm_url(smtp_server, "p2@example.org"))
+    confirm(web.client, web.confirm_url(smtp_server, "p2@example.org"))
     confirmed = store.subscriber_by_email("p2@example.org")
     assert confirmed is not None and confirmed.status is SubscriberStatus.ACTIVE
 

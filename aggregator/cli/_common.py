@@ -19,7 +19,19 @@ from ..config import Config
 from ..config import load_config as _load_config_file
 from ..store import Store
 
-__all__ = ["ago", "console", "err_console", "load_config", "log", "open_store", "state"]
+__all__ = [
+    "INTERRUPTED",
+    "ago",
+    "console",
+    "err_console",
+    "load_config",
+    "log",
+    "open_store",
+    "state",
+]
+
+# The exit code after Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
 
 console = Console()
 err_console = Console(stderr=True)

@@ -80,6 +80,16 @@ def _warn(text: str) -> None:
 # --------------------------------------------------------------------- subscribers
 
 
+def _address(raw: str, param_hint: str) -> str:
+    """An address typed on the command line; a malformed one is a usage error (exit 2)."""
+    from ..subscribers import normalize_email
+
+    try:
+        return normalize_email(raw)
+    except SubscriberError as exc:
+        raise typer.BadParameter(str(exc), param_hint=param_hint) from None
+
+
 def _link_secret(hint: str) -> str:
     """The secret the web app signs confirm links with; the links the CLI mails must match."""
     from ..web.app import load_secret
@@ -99,8 +109,8 @@ def _send_confirmations(
     (``subscribers.expire_pending_after``) before they expire.
     """
     from ..deliver import send_message
+    from ..mail_confirm import confirmation_message
     from ..tokens import Tokens
-    from ..web.subscribe import confirmation_message
 
     tokens = Tokens(secret)
 
@@ -158,9 +168,9 @@ def add(
     one the web app runs with. An address that unsubscribed stays
     unsubscribed: only its owner can subscribe again, through the web form.
     """
-    from ..subscribers import clean_name, normalize_email
+    from ..subscribers import clean_name
 
-    address = normalize_email(email)
+    address = _address(email, "EMAIL")
     secret = None
     if not active and not no_mail:
         secret = _link_secret("it signs the confirmation link (or use --active or --no-mail)")
@@ -195,8 +205,6 @@ def confirm_mail(
 
     Active subscribers need no link; nobody who unsubscribed is mailed.
     """
-    from ..subscribers import normalize_email
-
     if not emails and not all_pending:
         _warn("[red]error[/red] name one or more addresses, or pass --all-pending")
         raise typer.Exit(2)
@@ -206,7 +214,7 @@ def confirm_mail(
         if all_pending:
             todo = store.list_subscribers(SubscriberStatus.PENDING)
         for raw in emails or []:
-            address = normalize_email(raw)
+            address = _address(raw, "EMAILS")
             found = store.subscriber_by_email(address)
             if found is None:
                 raise SubscriberError(
@@ -241,9 +249,7 @@ def remove(
     ] = False,
 ) -> None:
     """Unsubscribe an address now (it is kept as suppressed), or erase it with --forget."""
-    from ..subscribers import normalize_email
-
-    address = normalize_email(email)
+    address = _address(email, "EMAIL")
     with _opened() as (_, store):
         if forget:
             found = store.forget_subscriber(address)
@@ -431,24 +437,32 @@ def register_digest_send(digest_app: typer.Typer) -> None:
         retry_delay: Annotated[
             float, typer.Option(help="Seconds before retrying temporary failures.")
         ] = 30.0,
+        send_now: Annotated[
+            bool,
+            typer.Option(
+                "--now",
+                help="Compose an issue of what is new until now and send it, without "
+                "waiting for the scheduled slot (the first issue of an install, too).",
+            ),
+        ] = False,
     ) -> None:
         """Mail the digest to every active subscriber exactly once (resumes an interrupted run).
 
         Finishes the latest issue if a run was interrupted, else composes the
         issue that is due and sends it. Safe to run twice at once or again
-        after a crash: nobody gets an issue twice.
+        after a crash: nobody gets an issue twice. Before the first issue it
+        says when the first one is scheduled; `--now` sends it at once.
         """
         from datetime import timedelta
 
         from ..deliver import deliver_digest, send_test_copy
-        from ..digest import compose
-        from ..subscribers import normalize_email
+        from ..digest import compose, compose_now, first_issue_hint
         from ..web.app import load_secret
 
         secret = load_secret()
         with _opened() as (config, store):
             if test is not None:
-                address = normalize_email(test)
+                address = _address(test, "'--test'")
                 digest = store.last_digest() or compose(config, store)
                 if digest is None:
                     _warn("no digest to send: nothing new since the last issue")
@@ -467,7 +481,10 @@ def register_digest_send(digest_app: typer.Typer) -> None:
             last = store.last_digest()
             if last is not None and _unfinished(store, last):
                 todo.append(last)
-            composed = compose(config, store)
+            if last is None and not send_now:
+                _print(first_issue_hint(config))
+                return
+            composed = compose_now(config, store) if send_now else compose(config, store)
             if composed is not None and all(d.id != composed.id for d in todo):
                 todo.append(composed)
             if not todo:

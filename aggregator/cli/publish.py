@@ -52,7 +52,7 @@ def publish_command() -> None:
 
 def serve_command(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8080,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port to listen on.")] = 8080,
 ) -> None:
     """Serve the feeds, the home page and the subscription pages with uvicorn."""
     import uvicorn
@@ -71,7 +71,7 @@ def serve_command(
     try:
         app = create_app(WebContext(config=config, store=store, secret=secret))
         console.print(f"serving on http://{host}:{port}/ (feed: /feed.atom)", highlight=False)
-        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)
     finally:
         store.close()
 

@@ -28,7 +28,7 @@ queue_app = typer.Typer(
 )
 
 
-def _distributedload_config() -> Config:
+def _distributed_config() -> Config:
     from ..queue import require_distributed
 
     config = load_config()
@@ -43,7 +43,7 @@ def status_command() -> None:
 
     from ..models import DeliveryStatus, utcnow
 
-    config = _distributedload_config()
+    config = _distributed_config()
     store = open_store(config)
     try:
         with store.engine.connect() as conn:
@@ -83,7 +83,7 @@ def dispatch_command() -> None:
     """Queue a fetch job for every source due now (what the minute tick does)."""
     from ..queue import dispatch_all_due
 
-    config = _distributedload_config()
+    config = _distributed_config()
     store = open_store(config)
     try:
         store.sync_sources(config.sources)
@@ -102,7 +102,7 @@ def recover_command(
     """Retry the running jobs of workers that stopped heart-beating (killed, machine lost)."""
     from ..queue import bound_app, recover_stalled
 
-    config = _distributedload_config()
+    config = _distributed_config()
 
     async def recover() -> int:
         tasks_app = bound_app(config)

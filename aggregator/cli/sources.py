@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -154,7 +155,7 @@ def status() -> None:
     console.print(table)
 
 
-def _since(value: str) -> datetime:
+def _since(value: str, zone: tzinfo = UTC) -> datetime:
     try:
         return datetime.now(UTC) - parse_duration(value)
     except ValueError:
@@ -163,9 +164,10 @@ def _since(value: str) -> datetime:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise typer.BadParameter(
-            f'"{value}" is neither a duration (7d, 12h) nor a date (2026-11-01)'
+            f'"{value}" is neither a duration (7d, 12h) nor a date (2026-11-01)',
+            param_hint="'--since'",
         ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)
 
 
 def items(
@@ -176,9 +178,15 @@ def items(
     ] = False,
     section: Annotated[str | None, typer.Option(help="Only this section id.")] = None,
 ) -> None:
-    """List stored items published since a time, newest first."""
+    """List stored items published since a time, newest first.
+
+    Dates are shown, and a date given to --since is read, in the site's time
+    zone (site.timezone), like every other command.
+    """
+    _since(since, UTC)  # a mistyped option is reported before the config is read
     config = load_config()
-    start = _since(since)
+    zone = ZoneInfo(config.site.timezone)
+    start = _since(since, zone)
     store = open_store(config)
     try:
         rows = store.items_published_since(start, include_duplicates=duplicates, limit=limit)
@@ -186,14 +194,19 @@ def items(
         store.close()
     if section:
         rows = [r for r in rows if r.section == section]
-    table = Table(title=f"{len(rows)} items since {start:%Y-%m-%d %H:%M} UTC")
+    local_start = start.astimezone(zone)
+    table = Table(
+        title=f"{len(rows)} items since {local_start:%Y-%m-%d %H:%M %Z}, "
+        f"times in {config.site.timezone}"
+    )
     for name in ("published", "source", "section", "title", "link"):
         table.add_column(name, overflow="fold")
     for r in rows:
         title = r.title + (
             f" [dim](duplicate of #{r.duplicate_of})[/dim]" if r.duplicate_of else ""
         )
-        table.add_row(f"{r.published_at:%Y-%m-%d}", r.source_id, r.section or "", title, r.url)
+        published = r.published_at.astimezone(zone)
+        table.add_row(f"{published:%Y-%m-%d %H:%M}", r.source_id, r.section or "", title, r.url)
     console.print(table)
 
 
@@ -223,7 +236,8 @@ def _try_target(target: str, select: list[str], kind: str | None) -> tuple[Sourc
         name, sep, css = spec.partition("=")
         if not sep or name.strip() not in _SELECT_FIELDS or not css.strip():
             raise typer.BadParameter(
-                f'"{spec}": use FIELD=CSS with FIELD one of {", ".join(_SELECT_FIELDS)}'
+                f'"{spec}": use FIELD=CSS with FIELD one of {", ".join(_SELECT_FIELDS)}',
+                param_hint="'--select'",
             )
         overrides[name.strip()] = css.strip()
     config: Config | None = None
@@ -242,7 +256,10 @@ def _try_target(target: str, select: list[str], kind: str | None) -> tuple[Sourc
         fields = {f: getattr(current, f) for f in _SELECT_FIELDS}
         fields.update(overrides)
         if not fields["item"] or not fields["title"]:
-            raise typer.BadParameter("an HTML listing needs at least --select item=... title=...")
+            raise typer.BadParameter(
+                "an HTML listing needs at least --select item=... title=...",
+                param_hint="'--select'",
+            )
         base = replace(base, select=Selectors(**fields))
     return base, config
 
@@ -269,7 +286,7 @@ def try_source(
     from ..ingest import extract
 
     if kind not in (None, "feed", "html"):
-        raise typer.BadParameter('--type must be "feed" or "html"')
+        raise typer.BadParameter(f'"{kind}": use "feed" or "html"', param_hint="'--type'")
     source, config = _try_target(target, select or [], kind)
     sections = config.sections if config else ()
 

@@ -23,7 +23,7 @@ the table, which ``deliveries``' foreign key forbids); ``email_key`` being
 unique implies it anyway.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0007
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from alembic import op
 from aggregator.store.types import UTCDateTime
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
