@@ -115,7 +115,11 @@ def clean_text(text: str | None) -> str:
 
 
 def html_text(markup: str) -> str:
-    """The readable text of (sanitized) HTML, block elements separated by spaces."""
+    """The readable text of (sanitized) HTML, block elements separated by spaces.
+
+    Expects ``sanitize_html`` output, whose nesting is already capped; other
+    markup is capped here, as lexbor is quadratic in nesting depth too.
+    """
     if not markup:
         return ""
     spaced = _BLOCK_BOUNDARY.sub(r" \g<0> ", cap_nesting(markup))
