@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from .config import Config
 from .dedupe import listing_hash
-from .errors import AggregatorError, FetchError, ScrapeError, StoreError
+from .errors import AggregatorError, EntryTooLarge, FetchError, ScrapeError, StoreError
 from .fetch import Fetcher, next_fetch_delay, redirect_allowed
 from .models import (
     FetchResult,
@@ -84,6 +84,8 @@ class Extracted:
     next_page_url: str | None = None
     error: str | None = None
     broken: bool = False
+    # Problems with some entries, stored as the source's warning (the rest is stored).
+    notes: tuple[str, ...] = ()
 
 
 def extract(
@@ -108,13 +110,47 @@ def extract(
             error=f"{source.id}: could not parse the document "
             f"({type(exc).__name__}: {exc}) ({result.url})"
         )
-    items = normalize_entries(source, parsed.entries, sections, now, result.url)
+    notes: list[str] = []
+    entries = newest_entries(parsed.entries, source.max_items)
+    if len(entries) < len(parsed.entries):
+        notes.append(
+            f"kept {len(entries):,} of {len(parsed.entries):,} entries "
+            f"(max_items: {source.max_items:,}, the newest by date)"
+        )
+        log.warning("%s: %s", source.id, notes[-1])
+    refused: list[str] = []
+    items = normalize_entries(source, entries, sections, now, result.url, refused=refused)
+    if refused:
+        notes.append(f"{len(refused)} entries refused: {refused[0]}")
     return Extracted(
         items=tuple(items),
         listing_hash=listing_hash(parsed.entries),
         warning=parsed.warning,
         next_page_url=parsed.next_page_url,
+        notes=tuple(notes),
     )
+
+
+def newest_entries(entries: Sequence[RawEntry], limit: int) -> Sequence[RawEntry]:
+    """At most ``limit`` entries: the newest by date, else the first in the document.
+
+    Dated entries rank before undated ones, newer first; ties and undated
+    entries keep document order (feeds list their newest first). The kept
+    entries stay in document order. Bounds what one response can make us
+    normalize and store (an outside test stored 20,000 items from one feed).
+    """
+    if len(entries) <= limit:
+        return entries
+
+    def rank(index: int) -> tuple[bool, float, int]:
+        entry = entries[index]
+        date = entry.published or entry.updated
+        if date is None or date.tzinfo is None:
+            return (False, 0.0, -index)
+        return (True, date.timestamp(), -index)
+
+    chosen = sorted(range(len(entries)), key=rank, reverse=True)[:limit]
+    return [entries[i] for i in sorted(chosen)]
 
 
 def normalize_entries(
@@ -123,16 +159,27 @@ def normalize_entries(
     sections: Sequence[SectionRule],
     now: datetime,
     base_url: str,
+    *,
+    refused: list[str] | None = None,
 ) -> list[Item]:
-    """Normalize entries, dropping (and logging) any single entry that fails."""
+    """Normalize entries, dropping (and logging) any single entry that fails.
+
+    Entries refused for their size are also appended to ``refused``: those are
+    worth a warning on the source, unlike an entry without a link.
+    """
     items = []
     for entry in entries:
         try:
             items.append(
                 normalize(source, entry, sections=sections, now=now, fallback_base=base_url)
             )
+        except EntryTooLarge as exc:
+            if refused is not None:
+                refused.append(str(exc))
+            log.warning("%s: %s", source.id, exc)
         except (ValueError, AggregatorError) as exc:
-            log.warning("%s: skipped an entry (%s): %s", source.id, entry.link or entry.guid, exc)
+            where = (entry.link or entry.guid or "")[:200]
+            log.warning("%s: skipped an entry (%s): %s", source.id, where, exc)
     return items
 
 
@@ -325,8 +372,15 @@ class Ingestor:
             return await self._not_modified(source, result, next_at, started)
 
         items = list(extracted.items)
+        notes = list(extracted.notes)
         if source.type == "html" and source.max_pages > 1 and extracted.next_page_url:
             items += await self._older_pages(source, fetcher, pool, extracted, items)
+            if len(items) > source.max_items:  # older pages come last: keep the first
+                notes.append(
+                    f"kept {source.max_items:,} of {len(items):,} entries from "
+                    f"{source.max_pages} pages (max_items: {source.max_items:,})"
+                )
+                items = items[: source.max_items]
 
         counts = await self._write(
             self.store.save_items,
@@ -338,7 +392,7 @@ class Ingestor:
             last_modified=result.last_modified,
             content_hash=extracted.listing_hash,
             new_url=result.permanent_url,
-            warning=extracted.warning,
+            warnings=[*notes, extracted.warning] if extracted.warning else notes,
         )
         if counts.churned:
             log.warning(
