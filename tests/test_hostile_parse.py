@@ -591,6 +591,30 @@ def test_any_character_reference_leaves_a_parseable_feed(parts: list[str]) -> No
     assert [e.title for e in parsed.entries][:3] == ["good 0", "good 1", "good 2"]
 
 
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "\\ude00\\ud83d", "\\udbff\\u0041"])
+@pytest.mark.parametrize("field", ["title", "content_html", "summary", "tags"])
+def test_json_feed_lone_surrogates_cost_one_character(escape: str, field: str) -> None:
+    items = []
+    for n in range(5):
+        item = {"id": f"{n}", "url": f"https://evil.example/{n}", "title": f"good {n}"}
+        if n == 2:
+            value = f"bad {escape} value"
+            item[field] = [value] if field == "tags" else value
+        items.append(json.dumps(item).replace("\\\\", "\\"))
+    body = (
+        '{"version": "https://jsonfeed.org/version/1.1", "title": "t", "items": ['
+        + ", ".join(items)
+        + "]}"
+    )
+    source = Source(id="json", url="https://evil.example/feed.json")
+    parsed = parse(source, fetched(source, body.encode(), "application/feed+json"))
+    assert len(parsed.entries) == 5
+    for entry in parsed.entries:
+        item = normalize(source, entry, sections=(), now=NOW, fallback_base=source.url)
+        for text in (item.title, item.content_html, item.summary_html, item.text, *item.categories):
+            text.encode("utf-8")  # no lone surrogate left: the store and feeds can encode it
+
+
 def test_try_source_reports_bad_references_without_a_traceback(
     http_server: FixtureServer, tmp_path: Path
 ) -> None:
