@@ -48,10 +48,15 @@ _VOID = frozenset(
 )
 # Elements whose end tag may be left out: the next sibling closes them, so an
 # unclosed run of them stays shallow in the tree and must not count as depth.
+# (Not rb, rt, rp, rtc and optgroup: outside their ruby or select they nest
+# without end, so they count; their parent's end tag closes them, see below.)
 _OPTIONAL_END = frozenset(
-    {"li", "dt", "dd", "p", "tr", "td", "th", "option", "optgroup", "rb", "rt", "rp", "rtc"}
+    {"li", "dt", "dd", "p", "tr", "td", "th", "option"}
     | {"thead", "tbody", "tfoot", "colgroup", "caption", "html", "head", "body"}
 )
+# Their end tag closes whatever is still open inside them (unclosed <rt>,
+# <optgroup>): the depth goes back to where they opened.
+_CLOSES_CHILDREN = frozenset({"ruby", "select"})
 # Their content is text, not markup: "<div>" inside a script is not a tag.
 _RAW_TEXT = ("script", "style", "textarea", "title", "xmp", "noscript", "iframe", "noembed")
 _RAW_END = {name: re.compile(rf"</{name}[\s/>]", re.I) for name in _RAW_TEXT}
@@ -77,6 +82,7 @@ def cap_nesting(markup: str, max_depth: int = MAX_HTML_DEPTH) -> str:
     kept_from = 0  # markup[kept_from:position] is still to be copied
     depth = 0
     foreign_at: int | None = None  # depth of the open <svg>/<math>, if any
+    reopen: dict[str, list[int]] = {}  # depths of open <ruby>/<select> elements
     position = 0
     length = len(markup)
     while position < length:
@@ -105,7 +111,12 @@ def cap_nesting(markup: str, max_depth: int = MAX_HTML_DEPTH) -> str:
             if name in _OPTIONAL_END:
                 continue
             drop = depth > max_depth
-            depth = max(0, depth - 1)
+            opened_at = reopen.get(name)
+            if opened_at:
+                depth = opened_at.pop() - 1
+                drop = False
+            else:
+                depth = max(0, depth - 1)
             if foreign_at is not None and depth < foreign_at:
                 foreign_at = None
         else:
@@ -116,6 +127,8 @@ def cap_nesting(markup: str, max_depth: int = MAX_HTML_DEPTH) -> str:
             drop = depth > max_depth
             if name in _FOREIGN and foreign_at is None and not drop:
                 foreign_at = depth
+            if name in _CLOSES_CHILDREN and not drop:
+                reopen.setdefault(name, []).append(depth)
             if name in _RAW_TEXT and not self_closing:
                 end_match = _RAW_END[name].search(markup, position)
                 if end_match is None:
