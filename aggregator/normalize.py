@@ -32,7 +32,7 @@ from .dedupe import canonical_url, content_hash, fingerprint
 from .errors import EntryTooLarge, ParseError
 from .models import Item, RawEntry, SectionRule, Source
 from .sources.dates import is_plausible, parse_date
-from .sources.markup import cap_nesting
+from .sources.markup import bound_markup
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +130,14 @@ def clean_text(text: str | None) -> str:
 
 
 def html_text(markup: str) -> str:
-    """The readable text of (sanitized) HTML, block elements separated by spaces."""
+    """The readable text of (sanitized) HTML, block elements separated by spaces.
+
+    Expects ``sanitize_html`` output, whose nesting is already capped; other
+    markup is capped here, as lexbor is quadratic in nesting depth too.
+    """
     if not markup:
         return ""
-    spaced = _BLOCK_BOUNDARY.sub(r" \g<0> ", cap_nesting(markup))
+    spaced = _BLOCK_BOUNDARY.sub(r" \g<0> ", bound_markup(markup))
     body = LexborHTMLParser(f"<body>{spaced}</body>").body
     return clean_text(body.text(deep=True) if body is not None else "")
 
@@ -355,8 +359,9 @@ def sanitize_html(markup: str | None, base: str = "") -> str:
         return ""
     markup = _INVISIBLE.sub("", _CONTROL.sub(" ", markup))
     # The input bound: html5ever (inside nh3) is quadratic in nesting depth, so
-    # tags nested past MAX_HTML_DEPTH are dropped (their text kept) first.
-    return _cleaner(base).clean(cap_nesting(markup)).strip()
+    # tags nested past MAX_HTML_DEPTH are dropped (their text kept) first, and
+    # so are attributes past MAX_ATTRIBUTES on one tag.
+    return _cleaner(base).clean(bound_markup(markup)).strip()
 
 
 # ------------------------------------------------------------------- language
