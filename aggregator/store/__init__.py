@@ -459,12 +459,13 @@ class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, StoreBase):
         source_id: str,
         new_items: Sequence[Item],
         now: datetime,
-        refused: list[str],
+        refused: list[str] | None = None,
     ) -> tuple[int, int]:
         """Insert new items; returns how many were stored, and how many of them as duplicates.
 
         Entries the database refuses are appended to ``refused`` and not counted.
         """
+        refused = [] if refused is None else refused
         t = schema.items
         canon = sorted({i.canonical_url for i in new_items})
         prints = sorted({i.fingerprint for i in new_items})
