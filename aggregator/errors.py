@@ -138,3 +138,7 @@ class PublishError(AggregatorError):
         self.reason = message
         where = path or url
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class ServiceError(AggregatorError):
+    """``aggregator run`` cannot start: its port is taken or another run holds the database."""

@@ -11,12 +11,14 @@ and fetch state are written in one transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import multiprocessing
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -39,6 +41,8 @@ from .models import (
     utcnow,
 )
 from .normalize import normalize
+from .pool import BrokenProcessPool, OverBudget, ParsePool
+from .pool import make_pool as make_pool  # re-exported: the scheduler and benchmarks use it
 from .sources import parse
 from .store import Store
 
@@ -98,6 +102,14 @@ def extract(
         return Extracted(error=str(exc), broken=True)
     except AggregatorError as exc:
         return Extracted(error=str(exc))
+    except (ValueError, LookupError, OverflowError, RecursionError, MemoryError) as exc:
+        # A parser library crashing on hostile bytes is this source's problem: it
+        # gets a message like any unreadable document, and the pass goes on.
+        log.warning("%s: parser crashed on %s", source.id, result.url, exc_info=True)
+        return Extracted(
+            error=f"{source.id}: could not parse the document "
+            f"({type(exc).__name__}: {exc}) ({result.url})"
+        )
     notes: list[str] = []
     entries = newest_entries(parsed.entries, source.max_items)
     if len(entries) < len(parsed.entries):
@@ -171,11 +183,35 @@ def normalize_entries(
     return items
 
 
-def make_pool(workers: int | None = None) -> ProcessPoolExecutor:
-    """A process pool for parsing; forkserver so workers never inherit our threads."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["aggregator.ingest"])
-    return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 2, mp_context=ctx)
+@contextlib.contextmanager
+def _pool_stops_on_sigterm(pool: ParsePool | None) -> Iterator[None]:
+    """While a one-off pass owns ``pool``, SIGTERM kills its workers before we die.
+
+    Python's default SIGTERM ends the process at once, leaving the workers to
+    the parent-death signal; this stops them first, then dies of the same
+    signal (so the exit status still says SIGTERM). Only where nobody else
+    handles SIGTERM: the scheduler and the queue worker have their own clean
+    shutdown, which shuts the pool down.
+    """
+    if (
+        pool is None
+        or threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        log.warning("SIGTERM: stopping the parse pool")
+        pool.terminate()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class Ingestor:
@@ -228,10 +264,11 @@ class Ingestor:
             pool = own_pool = make_pool()
         fetcher = self._fetcher
         try:
-            if fetcher is None:
-                async with Fetcher() as fetcher:
-                    return await self._run_all(sources, states, fetcher, pool, on_done)
-            return await self._run_all(sources, states, fetcher, pool, on_done)
+            with _pool_stops_on_sigterm(own_pool):
+                if fetcher is None:
+                    async with Fetcher() as fetcher:
+                        return await self._run_all(sources, states, fetcher, pool, on_done)
+                return await self._run_all(sources, states, fetcher, pool, on_done)
         finally:
             if own_pool is not None:
                 own_pool.shutdown(wait=True, cancel_futures=True)
@@ -355,7 +392,7 @@ class Ingestor:
             last_modified=result.last_modified,
             content_hash=extracted.listing_hash,
             new_url=result.permanent_url,
-            warnings=notes,
+            warnings=[*notes, extracted.warning] if extracted.warning else notes,
         )
         if counts.churned:
             log.warning(
@@ -387,12 +424,37 @@ class Ingestor:
     async def _extract(
         self, pool: Executor | None, source: Source, result: FetchResult
     ) -> Extracted:
+        """Run ``extract`` in the pool (or a thread), turning a budget overrun or a
+        dead worker into this source's error.
+
+        A worker that dies breaks every call in flight on the pool, not only the
+        one that killed it; so a call that fails that way is retried once on a
+        fresh pool, and only a source that breaks it twice is blamed.
+        """
         now = utcnow()
         sections = self.config.sections
         if pool is None:
             return await asyncio.to_thread(extract, source, result, sections, now)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(pool, extract, source, result, sections, now)
+        for attempt in range(2):
+            try:
+                return await loop.run_in_executor(pool, extract, source, result, sections, now)
+            except OverBudget as exc:
+                return Extracted(
+                    error=f"{source.id}: parsing {exc}; the document is too costly to read, "
+                    f"skipped until it changes or the next interval ({result.url})"
+                )
+            except BrokenProcessPool:
+                if isinstance(pool, ParsePool):
+                    pool.renew()
+                if attempt == 1 or not isinstance(pool, ParsePool):
+                    break
+        budget = getattr(pool, "cpu_budget", None)
+        limit = f" or ran past its {budget:g} s CPU budget" if budget else ""
+        return Extracted(
+            error=f"{source.id}: the parse worker died on this document (crashed{limit}) "
+            f"({result.url})"
+        )
 
     async def _not_modified(
         self, source: Source, result: FetchResult, next_at: datetime, started: float

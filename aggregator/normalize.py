@@ -32,6 +32,7 @@ from .dedupe import canonical_url, content_hash, fingerprint
 from .errors import EntryTooLarge, ParseError
 from .models import Item, RawEntry, SectionRule, Source
 from .sources.dates import is_plausible, parse_date
+from .sources.markup import cap_nesting
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def html_text(markup: str) -> str:
     """The readable text of (sanitized) HTML, block elements separated by spaces."""
     if not markup:
         return ""
-    spaced = _BLOCK_BOUNDARY.sub(r" \g<0> ", markup)
+    spaced = _BLOCK_BOUNDARY.sub(r" \g<0> ", cap_nesting(markup))
     body = LexborHTMLParser(f"<body>{spaced}</body>").body
     return clean_text(body.text(deep=True) if body is not None else "")
 
@@ -235,6 +236,75 @@ def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
     return (head or text[:cut]) + "…"
 
 
+# A listing page's own truncation mark at the very end: "...", ". . .", "……" or
+# WordPress's "[...]" / "[…]", optionally followed by closing tags and spaces. A
+# single "…" is what we write ourselves: treating it as a mark would trim one
+# more word on every pass, and normalizing must be idempotent.
+_CUT_MARK = re.compile(
+    r"(?P<mark>\s*\[\s*(?:\.\s*){2,}\.?\s*\]|\s*\[\s*…\s*\]|(?:\.\s?){2,}\.|……+)"
+    r"(?P<tail>(?:\s|</[A-Za-z][A-Za-z0-9]*\s*>)*)$"
+)
+# A text that is one cut word keeps it (there is nothing else to show); any
+# whole word before the fragment is better than the fragment.
+_MIN_TRIMMED = 1
+
+
+def trim_cut_text(text: str) -> str:
+    """``text`` whose source cut it mid-word ("…certainly il...") trimmed to a whole word.
+
+    Listing pages shorten their excerpts to a fixed number of characters and
+    append "...", so the last word is usually a fragment. When the mark touches
+    a word (no space before it), that word is dropped, trailing punctuation
+    goes with it, and the text ends with one "…"; a mark after a space only
+    becomes "…". Korean is cut at the space before the fragment, never inside
+    the word. Text without such a mark is returned unchanged; a text that is a
+    single cut word keeps it, with "…".
+    """
+    match = _CUT_MARK.search(text)
+    if match is None or match.group("tail").strip():
+        return text
+    trimmed = _trim_before(text[: match.start("mark")], match.group("mark"), _TRIM_BEFORE_ELLIPSIS)
+    return text if trimmed is None else trimmed + "…"
+
+
+def _trim_before(head: str, mark: str, strip: str) -> str | None:
+    """``head`` without a word fragment glued to ``mark`` and the punctuation before it.
+
+    None when nothing would be left (the caller keeps what it had).
+    """
+    if head and not mark[:1].isspace() and _is_word_char(head[-1]):
+        start = len(head)
+        while start > 0 and _is_word_char(head[start - 1]):
+            start -= 1
+        shorter = head[:start].rstrip(strip)
+        if len(shorter) >= _MIN_TRIMMED:
+            head = shorter
+    head = head.rstrip(strip + ".")
+    return head or None
+
+
+# In markup ";" may end a character reference ("&amp;"): never strip it there.
+_TRIM_BEFORE_ELLIPSIS_HTML = _TRIM_BEFORE_ELLIPSIS.replace(";", "")
+
+
+def trim_cut_html(markup: str) -> str:
+    """:func:`trim_cut_text` for sanitized HTML: the mark may sit before closing tags.
+
+    Only the text right before the mark is touched; when the mark follows a
+    tag rather than text, the markup is left as it is.
+    """
+    match = _CUT_MARK.search(markup)
+    if match is None:
+        return markup
+    head = markup[: match.start("mark")]
+    if head.endswith(">"):
+        return markup
+    trimmed = _trim_before(head, match.group("mark"), _TRIM_BEFORE_ELLIPSIS_HTML)
+    if trimmed is None or trimmed.endswith((">", "&")):
+        return markup
+    return trimmed + "…" + match.group("tail")
+
+
 # ------------------------------------------------------------------------- html
 
 
@@ -281,7 +351,66 @@ def sanitize_html(markup: str | None, base: str = "") -> str:
     if not markup or not markup.strip():
         return ""
     markup = _INVISIBLE.sub("", _CONTROL.sub(" ", markup))
-    return _cleaner(base).clean(markup).strip()
+    # The input bound: html5ever (inside nh3) is quadratic in nesting depth, so
+    # tags nested past MAX_HTML_DEPTH are dropped (their text kept) first.
+    return _cleaner(base).clean(cap_nesting(markup)).strip()
+
+
+# ------------------------------------------------------------------- language
+
+# Share of letters that must be Hangul for a text to count as Korean. Korean
+# news mixes in Latin names and titles (CJ ENM, "Parasite"), so not all.
+_HANGUL_SHARE = 0.5
+# Letters looked at: the opening of a text tells its language as well as the whole.
+_LANGUAGE_SAMPLE = 600
+
+
+def _is_hangul(ch: str) -> bool:
+    code = ord(ch)
+    return (
+        0xAC00 <= code <= 0xD7A3  # syllables
+        or 0x1100 <= code <= 0x11FF  # conjoining jamo
+        or 0x3130 <= code <= 0x318F  # compatibility jamo
+        or 0xA960 <= code <= 0xA97F
+        or 0xD7B0 <= code <= 0xD7FF
+    )
+
+
+def detect_language(text: str) -> str | None:
+    """``"ko"`` when most letters of ``text`` are Hangul, else None.
+
+    Only Korean is told apart: it is the one language besides the site's that
+    the sources carry, and a screen reader reading Hangul with an English voice
+    is what readers notice. None means "not detected", not "English".
+    """
+    letters = hangul = 0
+    for ch in text[:_LANGUAGE_SAMPLE]:
+        if ch.isalpha():
+            letters += 1
+            hangul += _is_hangul(ch)
+    if letters and hangul / letters >= _HANGUL_SHARE:
+        return "ko"
+    return None
+
+
+def item_language(declared: str | None, *, title: str, text: str) -> str | None:
+    """The language to mark an item with: detected Korean, else what the source declared.
+
+    A feed that declares one language for everything (often the outlet's
+    main one) is overruled by text that is plainly Korean; a declared ``ko``
+    on text with almost no Hangul is dropped rather than trusted, so the item
+    falls back to the site's language instead of being read with a Korean voice.
+    """
+    sample = f"{title} {text[:_LANGUAGE_SAMPLE]}"
+    if detect_language(sample) == "ko":
+        return "ko"
+    declared = clean_text(declared) or None
+    if declared and declared.lower().split("-")[0] == "ko":
+        letters = sum(1 for ch in sample if ch.isalpha())
+        hangul = sum(1 for ch in sample if _is_hangul(ch))
+        if letters and hangul / letters < 0.1:
+            return None
+    return declared
 
 
 # ---------------------------------------------------------------------- bounds
@@ -460,7 +589,9 @@ def normalize(
         summary_html = content_html
     else:
         summary_html = bounded_html(entry.summary_html, base, MAX_SUMMARY_CHARS)
-    text = html_text(content_html or summary_html)
+    summary_html = trim_cut_html(summary_html)
+    content_html = trim_cut_html(content_html)
+    text = trim_cut_text(html_text(content_html or summary_html))
     title = clean_plain(entry.title) or cut_title(excerpt(text, 120)) or url
     author = clean_plain(entry.author) or None
     categories = tuple(
@@ -469,6 +600,8 @@ def normalize(
         )
     )[:MAX_CATEGORIES]
     language = clean_plain(entry.language) or None
+    if language is not None and len(language) > MAX_LANGUAGE_CHARS:
+        language = None  # the column holds a language tag; anything longer is not one
     image_url = _http_url(base, entry.image_url)
     if image_url is not None and len(image_url) > MAX_LINK_CHARS:
         image_url = None  # an image is optional: drop it, keep the entry
@@ -521,7 +654,6 @@ def normalize(
         author=author,
         categories=categories,
         section=section,
-        # The column holds a language tag; anything longer is not one.
-        language=language if language and len(language) <= MAX_LANGUAGE_CHARS else None,
+        language=item_language(source.language or language, title=title, text=text),
         date_missing=date_missing,
     )

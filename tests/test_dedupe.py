@@ -31,6 +31,17 @@ IDENTITY = ("blbdComCd", "seq", "mode")
         ("https://e.kr/영화/%ea%b0%80", "https://e.kr/%EC%98%81%ED%99%94/%EA%B0%80"),
         ("  https://e.kr/p?  ", "https://e.kr/p"),
         ("mailto:desk@e.kr", "mailto:desk@e.kr"),
+        # An empty port is no port; a host is lowercased, so nothing else is stripped.
+        ("http://Example.KR:/a", "http://example.kr/a"),
+        # Empty pieces are skipped, not the end of the query.
+        ("https://e.kr/p?&b=2&&a=1", "https://e.kr/p?a=1&b=2"),
+        # Only the first "=" separates name from value.
+        ("https://e.kr/p?q=a=b", "https://e.kr/p?q=a%3Db"),
+        # Repeated names sort by value, a bare name first, and stay bare.
+        ("https://e.kr/p?a=2&a&a=1", "https://e.kr/p?a&a=1&a=2"),
+        ("https://e.kr/p?print&id=9", "https://e.kr/p?id=9&print"),
+        # Characters safe in a query value stay as they are.
+        ("https://e.kr/p?next=a:b@c/d;e", "https://e.kr/p?next=a:b@c/d;e"),
     ],
 )
 def test_canonical_url(url: str, canonical: str) -> None:
@@ -160,3 +171,58 @@ def test_dedupe_batch_keeps_the_last_copy_in_first_place() -> None:
     other = replace(item, guid="h")
     newer = replace(item, title="New")
     assert dedupe_batch([item, other, newer]) == [newer, other]
+
+
+# Fingerprints and hashes are stored with every item: a change of formula would
+# make every stored item look new or updated at the next fetch, so the exact
+# values are pinned here (Korean text included, for the encoding).
+STORY = ("[단독] 봉준호 신작, 내년 개봉", "봉준호 감독의 신작이 내년 개봉한다. " * 20)
+CONTENT = {
+    "title": "부산국제영화제 라인업 발표",
+    "url": "https://e.kr/a/1",
+    "summary_html": "<p>열 편의 영화</p>",
+    "content_html": "<p>열 편의 영화가 초청됐다.</p>",
+    "image_url": "https://e.kr/i.jpg",
+    "author": "김지운",
+    "categories": ["festival", "영화제"],
+    "published_at": datetime(2025, 11, 27, 9, 30, tzinfo=UTC),
+}
+
+
+def test_fingerprint_content_and_listing_hashes_are_pinned() -> None:
+    assert fingerprint(*STORY) == "1e6fcfcb660819115f69b647cbd5b617"
+    assert content_hash(**CONTENT) == "fdf5299234a6c14a06130e23ee089268"  # type: ignore[arg-type]
+    entries = [
+        RawEntry(
+            guid="g1",
+            link="https://e.kr/a/1",
+            title="코픽: 기대작",
+            summary_html="<p>요약</p>",
+            content_html="<p>본문</p>",
+            date_text="2025.11.27",
+            published=datetime(2025, 11, 27, tzinfo=UTC),
+            updated=datetime(2025, 11, 28, 1, 2, tzinfo=UTC),
+            image_url="https://e.kr/i.jpg",
+        ),
+        RawEntry(guid=None, link=None, title=None),
+    ]
+    assert listing_hash(entries) == "91a76080c0dbd9262490a09a6aed8df1"
+
+
+def test_fingerprint_reads_the_text_not_only_the_title() -> None:
+    title = "Ko-pick: new releases"
+    texts = ["First paragraph about one film.", "Another story entirely.", "", "x" * 5000]
+    assert len({fingerprint(title, text) for text in texts}) == len(texts)
+
+
+@pytest.mark.parametrize("before", [0, 1, 7, 150, 199, 300])
+def test_fingerprint_folds_a_hangul_syllable_split_at_the_folding_window(before: int) -> None:
+    # "가" written as two conjoining jamo (U+1100 U+1161) folds to the same key as
+    # the precomposed syllable, also when the jamo pair straddles the edge of the
+    # first window the fingerprint folds (400 characters for a 200-letter key).
+    filler = "a " * 199 + " " * (1 + before % 2)
+    decomposed = filler + "\u1100\u1161" + " tail" * 50
+    composed = filler + "가" + " tail" * 50
+    assert fingerprint("t", decomposed) == fingerprint("t", composed)
+    shifted = "a " * (199 - before // 2) + "\u1100\u1161" + " tail" * 50
+    assert fingerprint("t", shifted) == fingerprint("t", shifted.replace("\u1100\u1161", "가"))

@@ -21,8 +21,10 @@ from sqlalchemy.exc import DBAPIError
 from ..models import Item, Source, SourceState, StoredItem, utcnow
 from . import schema
 from .base import StoreBase
+from .copies import better_copies, inherited_values, load_copies, load_source_ranks, take_over
 from .deliveries import DeliveriesMixin
 from .digests import DigestsMixin
+from .installation import InstallationMixin
 from .schema import text_key
 from .subscribers import SubscribersMixin
 from .types import UTCDateTime
@@ -107,6 +109,8 @@ _ITEM_COLUMNS = (
     schema.items.c.section,
     schema.items.c.language,
     schema.items.c.duplicate_of,
+    schema.items.c.story_source_id,
+    schema.items.c.story_guid,
 )
 
 
@@ -135,6 +139,8 @@ def _stored_item(row: Any) -> StoredItem:
         section=m["section"],
         language=m["language"],
         duplicate_of=m["duplicate_of"],
+        story_source_id=m["story_source_id"],
+        story_guid=m["story_guid"],
     )
 
 
@@ -181,7 +187,7 @@ def _state(row: Any) -> SourceState:
     )
 
 
-class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, StoreBase):
+class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, InstallationMixin, StoreBase):
     """The project's one storage object: items and sources here, the rest mixed in."""
 
     # ------------------------------------------------------------------ sources
@@ -199,7 +205,12 @@ class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, StoreBase):
             known = {
                 row.id: row
                 for row in conn.execute(
-                    select(schema.sources.c.id, schema.sources.c.config_url, schema.sources.c.title)
+                    select(
+                        schema.sources.c.id,
+                        schema.sources.c.config_url,
+                        schema.sources.c.title,
+                        schema.sources.c.priority,
+                    )
                 )
             }
             for source in sources:
@@ -214,6 +225,7 @@ class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, StoreBase):
                             title=source.title or source.id,
                             error_count=0,
                             created_at=now,
+                            priority=source.priority,
                         )
                         .on_conflict_do_nothing(index_elements=["id"])
                     )
@@ -231,13 +243,14 @@ class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, StoreBase):
                             next_fetch_at=None,
                             error_count=0,
                             broken_reason=None,
+                            priority=source.priority,
                         )
                     )
-                elif row.title != (source.title or source.id):
+                elif row.title != (source.title or source.id) or row.priority != source.priority:
                     conn.execute(
                         update(schema.sources)
                         .where(schema.sources.c.id == source.id)
-                        .values(title=source.title or source.id)
+                        .values(title=source.title or source.id, priority=source.priority)
                     )
 
     def source_state(self, source_id: str) -> SourceState | None:
@@ -329,6 +342,9 @@ class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, StoreBase):
     ) -> SaveCounts:
         """Save one source's fetched items and its fetch state in ONE transaction.
 
+        ``warning`` is the parser's (a malformed feed, replaced bytes): stored
+        on the source for ``status`` together with any warning found here.
+
         An item already stored for this source (same guid) is updated in place
         when its content hash changed, else left alone. A new item whose
         canonical link or fingerprint matches an item already stored (from any
@@ -398,10 +414,10 @@ class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, StoreBase):
                     "entries are matched by link instead"
                 )
 
-            inserted = duplicates = 0
+            inserted = duplicates = takeovers = 0
             refused: list[str] = []
             if new_items:
-                inserted, duplicates = self._insert_new(
+                inserted, duplicates, takeovers = self._insert_new(
                     conn, source_id, new_items, fetched_at, refused
                 )
             updated = 0
@@ -445,8 +461,10 @@ class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, StoreBase):
                 update(schema.sources).where(schema.sources.c.id == source_id).values(**state)
             )
         return SaveCounts(
-            new=inserted - duplicates,
-            updated=updated,
+            # A better copy of a known story is not a new story: the story's
+            # shown copy changed, which is an update to readers.
+            new=inserted - duplicates - takeovers,
+            updated=updated + takeovers,
             duplicates=duplicates,
             unchanged=unchanged,
             churned=churned,
@@ -460,10 +478,13 @@ class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, StoreBase):
         new_items: Sequence[Item],
         now: datetime,
         refused: list[str] | None = None,
-    ) -> tuple[int, int]:
-        """Insert new items; returns how many were stored, and how many of them as duplicates.
+    ) -> tuple[int, int, int]:
+        """Insert new items, marking copies of known stories; (inserted, duplicates, takeovers).
 
-        Entries the database refuses are appended to ``refused`` and not counted.
+        A new copy that is better than the stored original (see
+        :mod:`aggregator.store.copies`) takes its place instead of becoming
+        its duplicate. Entries the database refuses are appended to
+        ``refused`` and not counted.
         """
         refused = [] if refused is None else refused
         t = schema.items
@@ -471,6 +492,8 @@ class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, StoreBase):
         prints = sorted({i.fingerprint for i in new_items})
         by_canon = _first_ids(conn, t.c.canonical_url_hash, canon, hashed=True)
         by_print = _first_ids(conn, t.c.fingerprint, prints)
+        winners = self._better_copies(conn, source_id, new_items, by_canon, by_print)
+        replaced = load_copies(conn, winners.values())
 
         # Items of this batch that repeat an earlier item of the same batch are
         # inserted in a second round, once the first one has an id.
@@ -487,10 +510,29 @@ class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, StoreBase):
                 continue
             seen_canon.add(item.canonical_url)
             seen_print.add(item.fingerprint)
+            old_id = winners.get(item.guid)
+            if old_id is not None and old_id in replaced:
+                row = self._row(source_id, item, now, None)
+                row.update(inherited_values(replaced[old_id], now))
+                first_round.append(row)
+                continue
             first_round.append(self._row(source_id, item, now, original))
         stored = self._insert_rows(conn, first_round, refused)
         inserted = len(stored)
         duplicates = sum(1 for r in stored if r["duplicate_of"] is not None)
+        takeovers = 0
+        for guid, old_id in winners.items():
+            new_id = conn.execute(
+                select(t.c.id).where(t.c.source_id == source_id, t.c.guid_hash == text_key(guid))
+            ).scalar_one_or_none()
+            if new_id is None or old_id not in replaced:
+                continue
+            take_over(conn, old_id, new_id)
+            takeovers += 1
+            for mapping in (by_canon, by_print):
+                for key, value in mapping.items():
+                    if value == old_id:
+                        mapping[key] = new_id
         if later:
             for again in conn.execute(
                 select(t.c.id, t.c.canonical_url, t.c.fingerprint).where(
@@ -508,7 +550,25 @@ class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, StoreBase):
             stored = self._insert_rows(conn, rows, refused)
             inserted += len(stored)
             duplicates += sum(1 for r in stored if r["duplicate_of"] is not None)
-        return inserted, duplicates
+        return inserted, duplicates, takeovers
+
+    @staticmethod
+    def _better_copies(
+        conn: Connection,
+        source_id: str,
+        new_items: Sequence[Item],
+        by_canon: dict[str, int],
+        by_print: dict[str, int],
+    ) -> dict[str, int]:
+        """``{guid: id of the original it should replace}`` for new items better than it."""
+        candidates: dict[int, list[Item]] = {}
+        for item in new_items:
+            original = by_canon.get(item.canonical_url) or by_print.get(item.fingerprint)
+            if original is not None:
+                candidates.setdefault(original, []).append(item)
+        if not candidates:
+            return {}
+        return better_copies(conn, candidates, load_source_ranks(conn, [source_id]))
 
     @staticmethod
     def _row(source_id: str, item: Item, now: datetime, duplicate_of: int | None) -> dict[str, Any]:

@@ -70,6 +70,8 @@ sources = Table(
     Column("disabled_at", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
     Column("warning", Text),  # non-fatal, e.g. guids that change on every fetch
+    # feeds.yaml's priority: which copy of a story is kept (higher wins).
+    Column("priority", Integer, nullable=False, default=0, server_default="0"),
 )
 
 items = Table(
@@ -99,6 +101,10 @@ items = Table(
     Column("first_seen_at", UTCDateTime, nullable=False),
     Column("date_missing", Boolean, nullable=False, default=False),
     Column("duplicate_of", Integer, ForeignKey("items.id")),
+    # The (source, guid) whose feed id readers already know for this story,
+    # when a better copy took over from it; NULL: the item's own.
+    Column("story_source_id", String(64)),
+    Column("story_guid", Text),
     # Only fixed-size keys are indexed: never the feed's unbounded text.
     UniqueConstraint("source_id", "guid_hash"),
     Index("ix_items_canonical_url_hash", "canonical_url_hash"),
@@ -160,4 +166,13 @@ deliveries = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     UniqueConstraint("digest_id", "subscriber_id"),
     Index("ix_deliveries_digest_id_status", "digest_id", "status"),
+)
+
+# One row (id 1): a random id minted when the database was created, part of
+# every Message-ID so two installations (or one after a reset) never repeat one.
+installation = Table(
+    "installation",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("install_id", String(32), nullable=False),
 )
