@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from typer.testing import CliRunner
 
 from aggregator.cli import app
@@ -43,7 +45,7 @@ from aggregator.normalize import (
 from aggregator.publish import publish_from_store
 from aggregator.store import Store
 from aggregator.store.engine import _alembic_config
-from aggregator.store.schema import text_key
+from aggregator.store.schema import metadata, text_key
 from tests.support.db import _pg_admin_url
 from tests.support.http import FixtureServer
 from tests.support.items import make_item
@@ -354,6 +356,8 @@ def test_migration_0003_hashes_the_keys_of_rows_stored_at_0002(empty_db_url: str
         uniques = {u["name"]: u["column_names"] for u in inspector.get_unique_constraints("items")}
         assert uniques.get("uq_items_source_id_guid_hash") == ["source_id", "guid_hash"]
         assert "uq_items_source_id_guid" not in uniques
+        with store.engine.connect() as conn:  # the migrations and schema.py agree
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
         if store.dialect == "sqlite":
             with store.engine.connect() as conn:
                 assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
