@@ -458,7 +458,10 @@ def _cut_markup(markup: str, limit: int) -> str:
         return markup
     tag_start = markup.rfind("<", 0, limit)
     if tag_start > limit // 2 and markup.find(">", tag_start, limit) < 0:
-        return markup[:tag_start]  # the cut would fall inside this tag
+        limit = tag_start  # the cut would fall inside this tag
+    reference = markup.rfind("&", max(0, limit - 12), limit)
+    if reference >= 0 and markup.find(";", reference, limit) < 0:
+        limit = reference  # nor inside a reference such as "&lt;" ("&l" would show)
     return markup[:limit]
 
 
@@ -476,7 +479,9 @@ def bounded_html(markup: str | None, base: str, limit: int) -> str:
     for _ in range(3):
         if len(clean) <= limit:
             return clean
-        clean = sanitize_html(_cut_markup(clean, 2 * limit - len(clean)), base)
+        # Cut the output by the factor sanitizing grew it, with a little room
+        # for the end tags the sanitizer adds back.
+        clean = sanitize_html(_cut_markup(clean, limit * limit // len(clean) * 9 // 10), base)
     if len(clean) <= limit:
         return clean
     return html.escape(html_text(clean)[: limit // 6])  # escaping at most sextuples a char
