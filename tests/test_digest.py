@@ -24,6 +24,7 @@ from aggregator.digest import (
     next_period,
     view_url,
 )
+from aggregator.errors import AggregatorError
 from aggregator.models import Item, Source
 from aggregator.render import UNSUBSCRIBE_PLACEHOLDER
 from aggregator.store import Store
@@ -139,7 +140,7 @@ def test_first_period_is_the_week_before_the_slot(config: Config, sqlite_store: 
 
 
 def test_period_must_end_after_it_starts() -> None:
-    with pytest.raises(Exception, match="must end after it starts"):
+    with pytest.raises(AggregatorError, match=r"^a digest period must end after it starts: "):
         Period(SLOT, SLOT)
 
 
