@@ -10,17 +10,19 @@ built from the dataclasses in :mod:`aggregator.models`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import zoneinfo
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -32,15 +34,20 @@ from pydantic import (
 
 from .errors import ConfigError, ConfigErrors
 from .models import (
+    DEFAULT_MAX_ITEMS,
     DigestSettings,
     SectionRule,
     Selectors,
     Site,
     SmtpSettings,
     Source,
+    WebSettings,
 )
 
 DEFAULT_CONFIG = "feeds.yaml"
+# Highest max_items accepted: beyond it one source's fetch holds more entries in
+# memory and in one transaction than any real feed publishes at once.
+MAX_ITEMS_LIMIT = 10_000
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -98,6 +105,10 @@ def _check_regex(value: str | None) -> str | None:
     return value
 
 
+# BCP 47 in the shape feeds use: a 2-3 letter language, optional subtags.
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
+
+
 def _check_url(value: str) -> str:
     if not re.match(r"^https?://[^\s/]+", value):
         raise ValueError(f'"{value}" is not an http(s) URL')
@@ -118,6 +129,7 @@ class SiteModel(_Strict):
     hub: str | None = None
     feed_size: int = Field(default=_SITE.feed_size, ge=1, le=10000)
     output_dir: str = _SITE.output_dir
+    templates: str | None = None
 
     _tz = field_validator("timezone")(_check_timezone)
     _url = field_validator("url")(_check_url)
@@ -127,6 +139,7 @@ class DefaultsModel(_Strict):
     interval: Duration = timedelta(hours=1)
     timeout: Duration = timedelta(seconds=20)
     timezone: str = "Asia/Seoul"
+    max_items: int = Field(default=DEFAULT_MAX_ITEMS, ge=1, le=MAX_ITEMS_LIMIT)
 
     _tz = field_validator("timezone")(_check_timezone)
 
@@ -179,12 +192,24 @@ class SourceModel(_Strict):
     timezone: str | None = None
     date_format: str | None = None
     max_pages: int = Field(default=1, ge=1, le=50)
+    max_items: int | None = Field(default=None, ge=1, le=MAX_ITEMS_LIMIT)
     full_text: bool = False
     section: str | None = None
     enabled: bool = True
     encoding: str | None = None
+    # Which copy of a story readers get when several sources carry it: higher wins.
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    # The language of its items, over what the feed or page declares (Korean text is detected).
+    language: str | None = None
 
     _url = field_validator("url")(_check_url)
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str | None) -> str | None:
+        if value is not None and not _LANGUAGE_TAG.fullmatch(value):
+            raise ValueError(f'"{value}" is not a language tag (use e.g. ko, en, ko-KR)')
+        return value
 
     @field_validator("id")
     @classmethod
@@ -227,6 +252,7 @@ class DigestModel(_Strict):
     other_section_title: str | None = _DIGEST.other_section_title
     max_items_per_section: int = Field(default=10, ge=1, le=100)
     when_empty: Literal["skip", "note"] = "skip"
+    period: Duration = timedelta(days=7)
 
     @field_validator("schedule")
     @classmethod
@@ -258,6 +284,21 @@ class StorageModel(_Strict):
     queue: Literal["none", "procrastinate"] = "none"
 
 
+def _check_network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(
+            f'"{value}" is not an IP address or network (e.g. 127.0.0.1 or 10.0.0.0/8)'
+        ) from None
+    return value
+
+
+class WebModel(_Strict):
+    # Validated item by item so an error names the line of the bad entry.
+    trusted_proxies: list[Annotated[str, AfterValidator(_check_network)]] = []
+
+
 class ConfigModel(_Strict):
     site: SiteModel = SiteModel()
     defaults: DefaultsModel = DefaultsModel()
@@ -266,6 +307,16 @@ class ConfigModel(_Strict):
     sources: list[SourceModel] = []
     digest: DigestModel = DigestModel()
     smtp: SmtpModel = SmtpModel()
+    web: WebModel = WebModel()
+    # Written by `aggregator demo`: `run` serves the bundled sample sources
+    # and a mail sink itself, so the demo's directory runs as it is.
+    demo: bool = False
+
+    @field_validator("sections", "sources", mode="before")
+    @classmethod
+    def _empty_list(cls, value: object) -> object:
+        # "sources:" with every entry commented out is an empty list, not an error.
+        return [] if value is None else value
 
 
 def parse_schedule(value: str) -> tuple[str, int, int]:
@@ -295,6 +346,8 @@ class Config:
     smtp: SmtpSettings
     database_url: str
     queue: str = "none"
+    web: WebSettings = field(default_factory=WebSettings)
+    demo: bool = False
 
     def source(self, source_id: str) -> Source:
         for source in self.sources:
@@ -400,9 +453,31 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(
             "file not found (create it, or pass --config PATH)", path=str(file)
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", path=str(file)) from None
-    return parse_config(text, path=file)
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(file, exc) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", path=str(file)) from None
+    return parse_config(text.removeprefix("\ufeff"), path=file)
+
+
+def _not_utf8(file: Path, exc: UnicodeDecodeError) -> ConfigError:
+    """Where the first non-UTF-8 byte sits, and how to fix it (Korean editors often save CP949)."""
+    raw = exc.object if isinstance(exc.object, bytes) else b""
+    line = raw.count(b"\n", 0, exc.start) + 1
+    hint = "save it as UTF-8"
+    try:
+        raw.decode("cp949")
+    except UnicodeDecodeError:
+        pass
+    else:
+        hint = "it looks like CP949/EUC-KR: save it as UTF-8"
+    return ConfigError(
+        f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); {hint}"
+        if raw
+        else f"not UTF-8 text; {hint}",
+        path=str(file),
+        line=line,
+    )
 
 
 def parse_config(text: str, *, path: Path | None = None) -> Config:
@@ -411,12 +486,18 @@ def parse_config(text: str, *, path: Path | None = None) -> Config:
     try:
         node = yaml.compose(text, Loader=_LineLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError(f"YAML syntax error: {problem}", path=name, line=line) from None
+        raise _syntax_error(exc, name) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML error: {exc}", path=name) from None
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.value == ""):
+        # An empty file (or only comments) would otherwise load as "all defaults":
+        # a site with no sources that `run` starts and that does nothing.
+        raise ConfigError(
+            "the file is empty: it needs at least site: and sources: "
+            "(see the feeds.yaml shipped with the project)",
+            path=name,
+            line=1,
+        )
     lines: dict[Any, int] = {}
     try:
         data = _construct(node, (), lines) if node is not None else {}
@@ -438,9 +519,91 @@ def parse_config(text: str, *, path: Path | None = None) -> Config:
         raise ConfigErrors(errors) if len(errors) > 1 else errors[0] from None
 
     problems = _cross_checks(model, name, lines)
+    problems += _check_templates(model, path, name, lines)
     if problems:
         raise ConfigErrors(problems) if len(problems) > 1 else problems[0]
     return _to_config(model, path)
+
+
+# Errors raised while PyYAML is still inside a construct that began earlier (a
+# quote or a bracket never closed): the problem is only noticed lines later,
+# often at the end of the file, but the admin must look where it started.
+_OPENED_AT_CONTEXT = (
+    "while scanning a quoted scalar",
+    "while parsing a flow",
+    "while scanning a block scalar",
+)
+_OPENED_NAMES = {
+    "while scanning a quoted scalar": "a quoted string",
+    "while parsing a flow sequence": 'a list opened with "["',
+    "while parsing a flow mapping": 'a mapping opened with "{"',
+    "while scanning a block scalar": "a block of text (| or >)",
+}
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError, name: str) -> ConfigError:
+    """One error whose line is where the admin has to look, not where PyYAML gave up."""
+    problem = exc.problem or exc.context or "invalid YAML"
+    found = exc.problem_mark.line + 1 if exc.problem_mark else None
+    started = exc.context_mark.line + 1 if exc.context_mark else None
+    context = exc.context or ""
+    if started is not None and context.startswith(_OPENED_AT_CONTEXT) and started != found:
+        what = _OPENED_NAMES.get(context, "a construct")
+        return ConfigError(
+            f"YAML syntax error: {what} starts here and is never closed "
+            f"({problem} at line {found})",
+            path=name,
+            line=started,
+        )
+    if "expected <block end>" in problem:
+        # A list item or key indented differently from its neighbours.
+        return ConfigError(
+            "YAML syntax error: this line is indented differently from the lines above it "
+            f"(the block starting at line {started})",
+            path=name,
+            line=found,
+        )
+    return ConfigError(f"YAML syntax error: {problem}", path=name, line=found or started)
+
+
+# What an override directory must hold at least one of; anything else means a wrong path.
+_TEMPLATE_NAMES = (
+    "digest.mjml.j2",
+    "digest.txt.j2",
+    "archive.html.j2",
+    "home.html.j2",
+    "_page.html.j2",
+    "mail/page.html.j2",
+    "mail/confirm.html.j2",
+    "mail/confirm.txt.j2",
+)
+
+
+def _templates_path(value: str, path: Path | None) -> Path:
+    """``site.templates`` as an absolute path; a relative one starts at feeds.yaml's directory."""
+    directory = Path(value).expanduser()
+    if not directory.is_absolute():
+        directory = (path.parent if path is not None else Path.cwd()) / directory
+    return directory
+
+
+def _check_templates(
+    model: ConfigModel, path: Path | None, name: str, lines: Mapping[Any, int]
+) -> list[ConfigError]:
+    if model.site.templates is None:
+        return []
+    directory = _templates_path(model.site.templates, path)
+    if not directory.is_dir():
+        problem = f"{directory} is not a directory"
+    elif not any((directory / template).is_file() for template in _TEMPLATE_NAMES):
+        problem = (
+            f"{directory} holds none of the templates it could override "
+            f"({', '.join(_TEMPLATE_NAMES)})"
+        )
+    else:
+        return []
+    line = _line_for(("site", "templates"), lines)
+    return [ConfigError(problem, path=name, line=line, key="site.templates")]
 
 
 def _cross_checks(model: ConfigModel, name: str, lines: Mapping[Any, int]) -> list[ConfigError]:
@@ -480,6 +643,20 @@ def _cross_checks(model: ConfigModel, name: str, lines: Mapping[Any, int]) -> li
                     key=f"sources[{i}].section",
                 )
             )
+    if model.storage.queue == "procrastinate":
+        # The same rule `run` and `worker` apply, found by `check` before a deploy.
+        url = resolve_database_url(model.storage.url, Path(name))
+        if not url.startswith(("postgresql", "postgres:")):
+            problems.append(
+                ConfigError(
+                    "procrastinate needs PostgreSQL, but the database is "
+                    f"{url.split(':', 1)[0]} (set storage.url or DATABASE_URL to a "
+                    "postgresql:// URL, or use queue: none)",
+                    path=name,
+                    line=_line_for(("storage", "queue"), lines),
+                    key="storage.queue",
+                )
+            )
     return problems
 
 
@@ -500,6 +677,9 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
         hub_url=site_model.hub,
         feed_size=site_model.feed_size,
         output_dir=site_model.output_dir,
+        templates=(
+            str(_templates_path(site_model.templates, path)) if site_model.templates else None
+        ),
     )
     sources = tuple(
         Source(
@@ -515,10 +695,13 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
             timezone=s.timezone or d.timezone,
             date_format=s.date_format,
             max_pages=s.max_pages,
+            max_items=s.max_items or d.max_items,
             full_text=s.full_text,
             section=s.section,
             enabled=s.enabled,
             encoding=s.encoding,
+            priority=s.priority,
+            language=s.language,
         )
         for s in model.sources
     )
@@ -547,6 +730,7 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
         other_section_title=model.digest.other_section_title,
         max_items_per_section=model.digest.max_items_per_section,
         when_empty=model.digest.when_empty,
+        period=model.digest.period,
     )
     m = model.smtp
     smtp = SmtpSettings(
@@ -569,6 +753,12 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
         smtp=smtp,
         database_url=resolve_database_url(model.storage.url, path),
         queue=model.storage.queue,
+        web=WebSettings(
+            trusted_proxies=tuple(
+                ipaddress.ip_network(v, strict=False) for v in model.web.trusted_proxies
+            )
+        ),
+        demo=model.demo,
     )
 
 

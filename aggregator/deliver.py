@@ -66,6 +66,7 @@ __all__ = [
     "MessageBuilder",
     "SmtpConnection",
     "deliver_digest",
+    "list_id",
     "message_id_domain",
     "message_id_tag",
     "send_message",
@@ -88,9 +89,29 @@ def unsubscribe_url(site: Site, tokens: Tokens, subscriber_id: int, email: str) 
     return f"{base}unsubscribe/{tokens.unsubscribe_token(subscriber_id, email)}"
 
 
-def message_id_tag(secret: str) -> str:
-    """A per-installation tag in every Message-ID, so two sites never mint the same one."""
+def message_id_tag(secret: str, install_id: str | None = None) -> str:
+    """The per-installation part of every digest Message-ID.
+
+    The database's random installation id (:meth:`Store.install_id`) when
+    given: two installations that share ``AGGREGATOR_SECRET``, or one whose
+    database was reset (digest and subscriber numbers start again), then
+    never mint the same Message-ID. Without it, a tag derived from the
+    secret, which such installations would share.
+    """
+    if install_id:
+        return install_id
     return hmac.new(secret.encode(), b"message-id", hashlib.sha256).hexdigest()[:12]
+
+
+def list_id(site: Site) -> str:
+    """The RFC 2919 ``List-Id`` of the newsletter: ``Site title <weekly.domain>``.
+
+    The label is under the sender's domain (the domain we speak for), so it
+    is globally unique; mail clients use it to filter and to offer unsubscribing.
+    """
+    label = f"weekly.{message_id_domain(site)}"
+    phrase = " ".join(site.title.replace('"', "").split())
+    return f"{_encode_header(phrase, 'List-Id')} <{label}>" if phrase else f"<{label}>"
 
 
 def message_id_domain(site: Site) -> str:
@@ -114,7 +135,7 @@ def open_ledger(
     if sum(counts.values()) == 0:
         store.create_deliveries(
             digest_id,
-            message_id_tag=message_id_tag(secret),
+            message_id_tag=message_id_tag(secret, store.install_id()),
             message_id_domain=message_id_domain(site),
             now=utcnow(),
         )
@@ -159,8 +180,10 @@ class MessageBuilder:
         )
         # "=" cannot occur in quoted-printable output unescaped, so the boundary
         # can never collide with a body line.
-        self._head = f"From: {from_header}\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n"
-        self._mailto = f"mailto:{site.sender_email}?subject=unsubscribe"
+        self._head = (
+            f"From: {from_header}\r\nSubject: {subject}\r\nList-Id: {list_id(site)}\r\n"
+            "MIME-Version: 1.0\r\n"
+        )
         self._text = digest.text
         self._html = digest.html
 
@@ -182,7 +205,9 @@ class MessageBuilder:
             f"To: {_address(name, email)}\r\n"
             f"Date: {format_datetime(date or utcnow())}\r\n"
             f"Message-ID: {message_id}\r\n"
-            f"List-Unsubscribe: <{unsubscribe}>,\r\n <{self._mailto}>\r\n"
+            # Only the one-click URL: a mailto: to the sender address would go
+            # to a mailbox nothing reads (no bounce/unsubscribe mailbox yet).
+            f"List-Unsubscribe: <{unsubscribe}>\r\n"
             "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
             f'Content-Type: multipart/alternative; boundary="{b}"\r\n'
             "\r\n"

@@ -3,8 +3,13 @@
 The period is decided by the store and the schedule, not by a scheduler's
 memory. An issue ends at the latest scheduled slot (``digest.schedule``, e.g.
 Monday 09:00 in the site's time zone) that is not in the future, and starts
-where the last composed issue ended (or one week before its end for the very
-first issue). So:
+where the last composed issue ended. The very first issue of an install is
+the exception: it covers what has been stored until the moment it is composed
+(at most ``digest.period``, a week by default), so ``digest compose`` right
+after the first ``fetch`` gives an issue instead of waiting up to a week for
+the next slot. ``digest preview``, ``digest send --now`` and the first issue
+all use :func:`upcoming_period`, so they agree on which items an issue holds.
+So:
 
 - composing twice in the same week finds the same period and returns the issue
   already frozen for it;
@@ -33,10 +38,14 @@ __all__ = [
     "Period",
     "build_digest",
     "compose",
+    "compose_now",
+    "first_issue_hint",
     "group_items",
     "latest_slot",
     "next_period",
+    "next_slot",
     "render_parts",
+    "upcoming_period",
     "view_url",
 ]
 
@@ -85,17 +94,46 @@ def latest_slot(settings: DigestSettings, site: Site, now: datetime) -> datetime
     return slot.astimezone(now.tzinfo)
 
 
+def next_slot(settings: DigestSettings, site: Site, now: datetime) -> datetime:
+    """The first scheduled digest time after ``now``, as an aware datetime in ``site.timezone``."""
+    zone = ZoneInfo(site.timezone)
+    # The latest slot a week on is the first one after now (wall-clock
+    # arithmetic in the zone, so a DST change keeps 09:00 at 09:00).
+    later = (now.astimezone(zone).replace(tzinfo=None) + timedelta(days=7)).replace(tzinfo=zone)
+    slot = latest_slot(settings, site, later).astimezone(zone)
+    if slot <= now:
+        slot = (slot.replace(tzinfo=None) + timedelta(days=7)).replace(tzinfo=zone)
+    return slot
+
+
+def upcoming_period(config: Config, store: Store, *, now: datetime | None = None) -> Period:
+    """The next issue as it stands at ``now``: from the end of the last one until now.
+
+    With no issue yet it starts ``digest.period`` (a week) before now, so the
+    first issue of an install holds what has been stored, not a week of
+    nothing before a slot that passed before the first fetch.
+    """
+    end = now or utcnow()
+    last = store.last_digest()
+    start = last.period_end if last is not None else end - config.digest.period
+    if start >= end:
+        start = end - timedelta(seconds=1)  # an issue just composed: nothing new yet
+    return Period(start=start, end=end)
+
+
 def next_period(config: Config, store: Store, *, now: datetime | None = None) -> Period:
     """The period of the issue due at ``now``.
 
     It ends at :func:`latest_slot` and starts at the end of the last composed
-    issue, or one week earlier when there is none. When the last issue already
-    reaches that slot, its own period is returned: the due issue exists.
+    issue. When the last issue already reaches that slot, its own period is
+    returned: the due issue exists. With no issue yet, the first one is
+    :func:`upcoming_period`: what was stored in the last ``digest.period``.
     """
-    end = latest_slot(config.digest, config.site, now or utcnow())
+    now = now or utcnow()
+    end = latest_slot(config.digest, config.site, now)
     last = store.last_digest()
     if last is None:
-        return Period(start=end - DEFAULT_PERIOD, end=end)
+        return upcoming_period(config, store, now=now)
     if last.period_end >= end:
         return Period(start=last.period_start, end=last.period_end)
     return Period(start=last.period_end, end=end)
@@ -105,6 +143,8 @@ def group_items(
     items: Sequence[StoredItem], config: Config, *, max_per_section: int | None = None
 ) -> tuple[DigestSection, ...]:
     """Sections in the configured order, then the "other" section; newest first, capped.
+
+    A section's ``more`` counts the items the cap left out, so readers are told.
 
     An item goes to its own section when that section is one of
     ``digest.sections``, else to the "other" section (``digest.other_section_title``;
@@ -125,13 +165,23 @@ def group_items(
         else:
             other.append(item)
     sections = [
-        DigestSection(sid, config.section_title(sid), tuple(buckets[sid][:cap]))
+        DigestSection(
+            sid,
+            config.section_title(sid),
+            tuple(buckets[sid][:cap]),
+            more=max(0, len(buckets[sid]) - cap),
+        )
         for sid in wanted
         if buckets[sid]
     ]
     if other and config.digest.other_section_title:
         sections.append(
-            DigestSection(OTHER_SECTION, config.digest.other_section_title, tuple(other[:cap]))
+            DigestSection(
+                OTHER_SECTION,
+                config.digest.other_section_title,
+                tuple(other[:cap]),
+                more=max(0, len(other) - cap),
+            )
         )
     return tuple(sections)
 
@@ -204,3 +254,27 @@ def compose(
     stored = store.save_digest(digest, lambda d: render_parts(config, d), now=now)
     log.info("composed digest #%s (%d items): %s", stored.id, stored.item_count, stored.subject)
     return stored
+
+
+def compose_now(config: Config, store: Store, *, now: datetime | None = None) -> Digest | None:
+    """Compose and freeze what is new until ``now`` without waiting for the slot.
+
+    The issue holds exactly what ``digest preview`` shows (:func:`upcoming_period`);
+    the next scheduled issue starts where this one ends, so nothing is sent twice.
+    """
+    now = now or utcnow()
+    period = upcoming_period(config, store, now=now)
+    if store.last_digest() is not None and not store.items_first_seen_between(
+        period.start, period.end
+    ):
+        return None  # nothing since the last issue: not even a "no news" note on demand
+    return compose(config, store, now=now, period=period)
+
+
+def first_issue_hint(config: Config, *, now: datetime | None = None) -> str:
+    """What is true before the first issue: when it goes out, and how to send it at once."""
+    slot = next_slot(config.digest, config.site, now or utcnow())
+    return (
+        f"no issue yet; next scheduled {slot:%a %Y-%m-%d %H:%M %Z}; "
+        "`aggregator digest send --now` sends the first one today"
+    )

@@ -88,6 +88,10 @@ class ParseError(SourceError):
     """The downloaded bytes are not a feed or page we can read."""
 
 
+class EntryTooLarge(ParseError):
+    """One entry's link or guid is over its stored-size cap: that entry is refused."""
+
+
 class ScrapeError(ParseError):
     """An HTML listing no longer matches its selectors (the site changed)."""
 
@@ -134,3 +138,7 @@ class PublishError(AggregatorError):
         self.reason = message
         where = path or url
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class ServiceError(AggregatorError):
+    """``aggregator run`` cannot start: its port is taken or another run holds the database."""

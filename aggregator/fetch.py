@@ -388,6 +388,7 @@ class Fetcher:
             ),
             trust_env=trust_env,
             transport=transport,
+            event_hooks={"response": [_check_redirect]},
         )
         self._total_slots = asyncio.Semaphore(max_connections)
         self._host_slots: dict[str, asyncio.Semaphore] = {}
@@ -570,8 +571,16 @@ class Fetcher:
         try:
             request = self._client.build_request("GET", url, headers=headers, timeout=timeout)
             response = await self._client.send(request, stream=True)
+        except _UnusableRedirect as exc:
+            raise exc.as_fetch_error(source_id) from None
         except httpx.HTTPError as exc:
             raise _translate(exc, source_id, where) from exc
+        except httpx.InvalidURL as exc:
+            # Not an HTTPError: httpx raises it while preparing a redirect it will
+            # not follow. The hook below catches the cases we know; this is the net.
+            raise FetchError(
+                f"redirect to an invalid URL: {_describe(exc)}", source_id=source_id, url=where
+            ) from exc
         try:
             status = response.status_code
             if status in _REDIRECTS:
@@ -603,32 +612,10 @@ class Fetcher:
             await response.aclose()
 
     def _location(self, response: httpx.Response, source_id: str) -> httpx.URL:
-        location = response.headers.get("Location")
-        status = response.status_code
-        if not location:
-            raise FetchError(
-                f"HTTP {status} redirect without a Location header",
-                source_id=source_id,
-                url=str(response.url),
-                status=status,
-            )
         try:
-            target = response.url.join(location.strip())
-        except httpx.InvalidURL as exc:
-            raise FetchError(
-                f"HTTP {status} redirect to an invalid URL {location!r}",
-                source_id=source_id,
-                url=str(response.url),
-                status=status,
-            ) from exc
-        if target.scheme not in ("http", "https"):
-            raise FetchError(
-                f"HTTP {status} redirect to unsupported URL {location!r}",
-                source_id=source_id,
-                url=str(response.url),
-                status=status,
-            )
-        return target.copy_with(fragment=None)
+            return _redirect_target(response)
+        except _UnusableRedirect as exc:
+            raise exc.as_fetch_error(source_id) from None
 
     async def _read_body(self, response: httpx.Response, source_id: str) -> bytes:
         """The decoded body, stopped as soon as it (or the raw stream) exceeds ``max_bytes``."""
@@ -691,6 +678,59 @@ class Fetcher:
                 status=response.status_code,
             ) from exc
         return b"".join(parts)
+
+
+class _UnusableRedirect(Exception):
+    """A redirect whose Location is missing, malformed or not http(s)."""
+
+    def __init__(self, message: str, *, url: str, status: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.url = url
+        self.status = status
+
+    def as_fetch_error(self, source_id: str) -> FetchError:
+        return FetchError(self.message, source_id=source_id, url=self.url, status=self.status)
+
+
+def _redirect_target(response: httpx.Response) -> httpx.URL:
+    """The absolute http(s) URL a redirect points to, without its fragment.
+
+    Raises ``_UnusableRedirect`` for a missing, malformed or non-http(s)
+    ``Location`` (``javascript:``, ``data:``, ``file:``): a feed server that
+    sends one is broken or hostile, and the source's error should say which.
+    """
+    location = response.headers.get("Location")
+    status = response.status_code
+    url = str(response.url)
+    if not location or not location.strip():
+        raise _UnusableRedirect(
+            f"HTTP {status} redirect without a Location header", url=url, status=status
+        )
+    try:
+        target = response.url.join(location.strip())
+    except httpx.InvalidURL:
+        raise _UnusableRedirect(
+            f"HTTP {status} redirect to an invalid URL {location[:200]!r}", url=url, status=status
+        ) from None
+    if target.scheme not in ("http", "https"):
+        raise _UnusableRedirect(
+            f"HTTP {status} redirect to a non-http(s) URL {location[:200]!r} refused",
+            url=url,
+            status=status,
+        )
+    return target.copy_with(fragment=None)
+
+
+async def _check_redirect(response: httpx.Response) -> None:
+    """Response hook: vet a redirect's Location before httpx prepares the next request.
+
+    httpx builds the follow-up request even with redirects off, and raises
+    ``InvalidURL`` (not an ``HTTPError``) on ``javascript:alert(1)``; checking
+    first turns that into a FetchError that names the Location.
+    """
+    if response.status_code in _REDIRECTS and "Location" in response.headers:
+        _redirect_target(response)
 
 
 class _Hop:

@@ -11,12 +11,14 @@ and fetch state are written in one transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import multiprocessing
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -24,7 +26,7 @@ from typing import Any, TypeVar
 
 from .config import Config
 from .dedupe import listing_hash
-from .errors import AggregatorError, FetchError, ScrapeError, StoreError
+from .errors import AggregatorError, EntryTooLarge, FetchError, ScrapeError, StoreError
 from .fetch import Fetcher, next_fetch_delay, redirect_allowed
 from .models import (
     FetchResult,
@@ -39,6 +41,8 @@ from .models import (
     utcnow,
 )
 from .normalize import normalize
+from .pool import BrokenProcessPool, OverBudget, ParsePool
+from .pool import make_pool as make_pool  # re-exported: the scheduler and benchmarks use it
 from .sources import parse
 from .store import Store
 
@@ -80,6 +84,8 @@ class Extracted:
     next_page_url: str | None = None
     error: str | None = None
     broken: bool = False
+    # Problems with some entries, stored as the source's warning (the rest is stored).
+    notes: tuple[str, ...] = ()
 
 
 def extract(
@@ -96,13 +102,55 @@ def extract(
         return Extracted(error=str(exc), broken=True)
     except AggregatorError as exc:
         return Extracted(error=str(exc))
-    items = normalize_entries(source, parsed.entries, sections, now, result.url)
+    except (ValueError, LookupError, OverflowError, RecursionError, MemoryError) as exc:
+        # A parser library crashing on hostile bytes is this source's problem: it
+        # gets a message like any unreadable document, and the pass goes on.
+        log.warning("%s: parser crashed on %s", source.id, result.url, exc_info=True)
+        return Extracted(
+            error=f"{source.id}: could not parse the document "
+            f"({type(exc).__name__}: {exc}) ({result.url})"
+        )
+    notes: list[str] = []
+    entries = newest_entries(parsed.entries, source.max_items)
+    if len(entries) < len(parsed.entries):
+        notes.append(
+            f"kept {len(entries):,} of {len(parsed.entries):,} entries "
+            f"(max_items: {source.max_items:,}, the newest by date)"
+        )
+        log.warning("%s: %s", source.id, notes[-1])
+    refused: list[str] = []
+    items = normalize_entries(source, entries, sections, now, result.url, refused=refused)
+    if refused:
+        notes.append(f"{len(refused)} entries refused: {refused[0]}")
     return Extracted(
         items=tuple(items),
         listing_hash=listing_hash(parsed.entries),
         warning=parsed.warning,
         next_page_url=parsed.next_page_url,
+        notes=tuple(notes),
     )
+
+
+def newest_entries(entries: Sequence[RawEntry], limit: int) -> Sequence[RawEntry]:
+    """At most ``limit`` entries: the newest by date, else the first in the document.
+
+    Dated entries rank before undated ones, newer first; ties and undated
+    entries keep document order (feeds list their newest first). The kept
+    entries stay in document order. Bounds what one response can make us
+    normalize and store (an outside test stored 20,000 items from one feed).
+    """
+    if len(entries) <= limit:
+        return entries
+
+    def rank(index: int) -> tuple[bool, float, int]:
+        entry = entries[index]
+        date = entry.published or entry.updated
+        if date is None or date.tzinfo is None:
+            return (False, 0.0, -index)
+        return (True, date.timestamp(), -index)
+
+    chosen = sorted(range(len(entries)), key=rank, reverse=True)[:limit]
+    return [entries[i] for i in sorted(chosen)]
 
 
 def normalize_entries(
@@ -111,24 +159,59 @@ def normalize_entries(
     sections: Sequence[SectionRule],
     now: datetime,
     base_url: str,
+    *,
+    refused: list[str] | None = None,
 ) -> list[Item]:
-    """Normalize entries, dropping (and logging) any single entry that fails."""
+    """Normalize entries, dropping (and logging) any single entry that fails.
+
+    Entries refused for their size are also appended to ``refused``: those are
+    worth a warning on the source, unlike an entry without a link.
+    """
     items = []
     for entry in entries:
         try:
             items.append(
                 normalize(source, entry, sections=sections, now=now, fallback_base=base_url)
             )
+        except EntryTooLarge as exc:
+            if refused is not None:
+                refused.append(str(exc))
+            log.warning("%s: %s", source.id, exc)
         except (ValueError, AggregatorError) as exc:
-            log.warning("%s: skipped an entry (%s): %s", source.id, entry.link or entry.guid, exc)
+            where = (entry.link or entry.guid or "")[:200]
+            log.warning("%s: skipped an entry (%s): %s", source.id, where, exc)
     return items
 
 
-def make_pool(workers: int | None = None) -> ProcessPoolExecutor:
-    """A process pool for parsing; forkserver so workers never inherit our threads."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["aggregator.ingest"])
-    return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 2, mp_context=ctx)
+@contextlib.contextmanager
+def _pool_stops_on_sigterm(pool: ParsePool | None) -> Iterator[None]:
+    """While a one-off pass owns ``pool``, SIGTERM kills its workers before we die.
+
+    Python's default SIGTERM ends the process at once, leaving the workers to
+    the parent-death signal; this stops them first, then dies of the same
+    signal (so the exit status still says SIGTERM). Only where nobody else
+    handles SIGTERM: the scheduler and the queue worker have their own clean
+    shutdown, which shuts the pool down.
+    """
+    if (
+        pool is None
+        or threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        log.warning("SIGTERM: stopping the parse pool")
+        pool.terminate()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class Ingestor:
@@ -181,10 +264,11 @@ class Ingestor:
             pool = own_pool = make_pool()
         fetcher = self._fetcher
         try:
-            if fetcher is None:
-                async with Fetcher() as fetcher:
-                    return await self._run_all(sources, states, fetcher, pool, on_done)
-            return await self._run_all(sources, states, fetcher, pool, on_done)
+            with _pool_stops_on_sigterm(own_pool):
+                if fetcher is None:
+                    async with Fetcher() as fetcher:
+                        return await self._run_all(sources, states, fetcher, pool, on_done)
+                return await self._run_all(sources, states, fetcher, pool, on_done)
         finally:
             if own_pool is not None:
                 own_pool.shutdown(wait=True, cancel_futures=True)
@@ -288,8 +372,15 @@ class Ingestor:
             return await self._not_modified(source, result, next_at, started)
 
         items = list(extracted.items)
+        notes = list(extracted.notes)
         if source.type == "html" and source.max_pages > 1 and extracted.next_page_url:
             items += await self._older_pages(source, fetcher, pool, extracted, items)
+            if len(items) > source.max_items:  # older pages come last: keep the first
+                notes.append(
+                    f"kept {source.max_items:,} of {len(items):,} entries from "
+                    f"{source.max_pages} pages (max_items: {source.max_items:,})"
+                )
+                items = items[: source.max_items]
 
         counts = await self._write(
             self.store.save_items,
@@ -301,6 +392,7 @@ class Ingestor:
             last_modified=result.last_modified,
             content_hash=extracted.listing_hash,
             new_url=result.permanent_url,
+            warnings=[*notes, extracted.warning] if extracted.warning else notes,
         )
         if counts.churned:
             log.warning(
@@ -332,12 +424,37 @@ class Ingestor:
     async def _extract(
         self, pool: Executor | None, source: Source, result: FetchResult
     ) -> Extracted:
+        """Run ``extract`` in the pool (or a thread), turning a budget overrun or a
+        dead worker into this source's error.
+
+        A worker that dies breaks every call in flight on the pool, not only the
+        one that killed it; so a call that fails that way is retried once on a
+        fresh pool, and only a source that breaks it twice is blamed.
+        """
         now = utcnow()
         sections = self.config.sections
         if pool is None:
             return await asyncio.to_thread(extract, source, result, sections, now)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(pool, extract, source, result, sections, now)
+        for attempt in range(2):
+            try:
+                return await loop.run_in_executor(pool, extract, source, result, sections, now)
+            except OverBudget as exc:
+                return Extracted(
+                    error=f"{source.id}: parsing {exc}; the document is too costly to read, "
+                    f"skipped until it changes or the next interval ({result.url})"
+                )
+            except BrokenProcessPool:
+                if isinstance(pool, ParsePool):
+                    pool.renew()
+                if attempt == 1 or not isinstance(pool, ParsePool):
+                    break
+        budget = getattr(pool, "cpu_budget", None)
+        limit = f" or ran past its {budget:g} s CPU budget" if budget else ""
+        return Extracted(
+            error=f"{source.id}: the parse worker died on this document (crashed{limit}) "
+            f"({result.url})"
+        )
 
     async def _not_modified(
         self, source: Source, result: FetchResult, next_at: datetime, started: float

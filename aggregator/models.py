@@ -12,9 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from ipaddress import IPv4Network, IPv6Network
 from typing import Literal
 
 SourceType = Literal["feed", "html"]
+# Entries kept from one fetch of one source (feeds.yaml ``max_items``): the newest.
+DEFAULT_MAX_ITEMS = 500
 
 
 def utcnow() -> datetime:
@@ -62,6 +65,9 @@ class Site:
     hub_url: str | None = None  # WebSub hub announced in the feed and pinged on change
     feed_size: int = 100
     output_dir: str = "public"
+    # A directory whose templates replace the bundled ones of the same name
+    # (absolute; feeds.yaml's relative path is resolved against its directory).
+    templates: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +81,8 @@ class DigestSettings:
     other_section_title: str | None = "More Korean film news"
     max_items_per_section: int = 10
     when_empty: Literal["skip", "note"] = "skip"
+    # The first issue of a new install covers at most this much of what was stored.
+    period: timedelta = timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +98,18 @@ class SmtpSettings:
     timeout: float = 30.0
     rate_per_second: float = 0.0  # 0 means unlimited
     max_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    """The web app's own settings (``web:`` in feeds.yaml).
+
+    ``trusted_proxies`` are the networks (``127.0.0.1``, ``10.0.0.0/8``) whose
+    ``X-Forwarded-For`` is believed; from any other peer the header is ignored,
+    so a client cannot pick its own address for the rate limits.
+    """
+
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +142,16 @@ class Source:
     timezone: str = "Asia/Seoul"
     date_format: str | None = None
     max_pages: int = 1
+    max_items: int = DEFAULT_MAX_ITEMS
     full_text: bool = False
     section: str | None = None
     enabled: bool = True
     encoding: str | None = None
     line: int | None = None  # line in feeds.yaml, for error messages
+    # Which copy of a story is kept when several sources carry it (higher wins,
+    # after the source that owns the story's link); see Store.save_items.
+    priority: int = 0
+    language: str | None = None  # its items' language, over what the feed declares
 
     @property
     def display_name(self) -> str:
@@ -282,6 +307,17 @@ class StoredItem:
     duplicate_of: int | None = None
     # The source gave no usable date: ``published_at`` is when we first saw it.
     date_missing: bool = False
+    # Set when this copy took over from an earlier, worse copy of the story:
+    # the (source, guid) readers already know its feed entry by.
+    story_source_id: str | None = None
+    story_guid: str | None = None
+
+    @property
+    def feed_key(self) -> tuple[str, str]:
+        """The (source, guid) the published feed id is made from: stable across takeovers."""
+        if self.story_source_id is not None and self.story_guid is not None:
+            return self.story_source_id, self.story_guid
+        return self.source_id, self.guid
 
 
 class IngestOutcome(StrEnum):
@@ -315,6 +351,9 @@ class DigestSection:
     id: str
     title: str
     items: tuple[StoredItem, ...]
+    # Items of the period left out by ``digest.max_items_per_section``: the
+    # email says "and N more in this section" instead of dropping them silently.
+    more: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ never looks like an update.
 from __future__ import annotations
 
 import html
+import html.entities
 import logging
 import re
 import unicodedata
@@ -28,9 +29,10 @@ import nh3
 from selectolax.lexbor import LexborHTMLParser
 
 from .dedupe import canonical_url, content_hash, fingerprint
-from .errors import ParseError
+from .errors import EntryTooLarge, ParseError
 from .models import Item, RawEntry, SectionRule, Source
 from .sources.dates import is_plausible, parse_date
+from .sources.markup import cap_nesting
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,20 @@ DROP_WITH_CONTENT = frozenset(
 _URL_ATTRIBUTES = frozenset({"href", "src"})
 
 MAX_TITLE_CHARS = 1000
+# What one entry may store (SECURITY.md, "Stored sizes"). A link or guid over
+# its cap refuses the entry: cut, it would point elsewhere or collide. Markup is
+# cut before sanitizing (the sanitizer closes what the cut left open) and the
+# result is held to the same cap. Real links stay under 2 KB and real
+# summaries under a few KB; the caps leave wide room while keeping a feed's
+# 500 entries (``max_items``) well under the 10 MB response cap in the store.
+MAX_LINK_CHARS = 32 * 1024  # url, canonical_url (percent-encoded) and guid
+MAX_SUMMARY_CHARS = 16 * 1024
+MAX_CONTENT_CHARS = 256 * 1024
+MAX_CATEGORY_CHARS = 200
+MAX_CATEGORIES = 50
+MAX_LANGUAGE_CHARS = 16  # items.language is String(16)
+# A named reference: "&name;". Those HTML does not define are dropped.
+_NAMED_REFERENCE = re.compile(r"&([A-Za-z][A-Za-z0-9]{0,63});")
 EXCERPT_CHARS = 300
 # A sentence end shorter than this would make a stubby excerpt; cut at a word instead.
 _MIN_SENTENCE_EXCERPT = EXCERPT_CHARS // 3
@@ -117,7 +133,7 @@ def html_text(markup: str) -> str:
     """The readable text of (sanitized) HTML, block elements separated by spaces."""
     if not markup:
         return ""
-    spaced = _BLOCK_BOUNDARY.sub(r" \g<0> ", markup)
+    spaced = _BLOCK_BOUNDARY.sub(r" \g<0> ", cap_nesting(markup))
     body = LexborHTMLParser(f"<body>{spaced}</body>").body
     return clean_text(body.text(deep=True) if body is not None else "")
 
@@ -220,6 +236,78 @@ def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
     return (head or text[:cut]) + "…"
 
 
+# A listing page's own truncation mark at the very end: "...", ". . .", "……" or
+# WordPress's "[...]" / "[…]", optionally followed by closing tags and spaces. A
+# single "…" is what we write ourselves: treating it as a mark would trim one
+# more word on every pass, and normalizing must be idempotent.
+_CUT_MARK = re.compile(
+    r"(?P<mark>\s*\[\s*(?:\.\s*){2,}\.?\s*\]|\s*\[\s*…\s*\]|(?:\.\s?){2,}\.|……+)"
+    r"(?P<tail>(?:\s|</[A-Za-z][A-Za-z0-9]*\s*>)*)$"
+)
+# A text that is one cut word keeps it (there is nothing else to show); any
+# whole word before the fragment is better than the fragment.
+_MIN_TRIMMED = 1
+# Sites cut *excerpts*; a full article that ends in "..." ends that way on
+# purpose. Only texts up to this long are taken for cut excerpts.
+CUT_EXCERPT_MAX_CHARS = 1000
+
+
+def trim_cut_text(text: str) -> str:
+    """``text`` whose source cut it mid-word ("…certainly il...") trimmed to a whole word.
+
+    Listing pages shorten their excerpts to a fixed number of characters and
+    append "...", so the last word is usually a fragment. When the mark touches
+    a word (no space before it), that word is dropped, trailing punctuation
+    goes with it, and the text ends with one "…"; a mark after a space only
+    becomes "…". Korean is cut at the space before the fragment, never inside
+    the word. Text without such a mark is returned unchanged; a text that is a
+    single cut word keeps it, with "…".
+    """
+    match = _CUT_MARK.search(text)
+    if match is None or match.group("tail").strip():
+        return text
+    trimmed = _trim_before(text[: match.start("mark")], match.group("mark"), _TRIM_BEFORE_ELLIPSIS)
+    return text if trimmed is None else trimmed + "…"
+
+
+def _trim_before(head: str, mark: str, strip: str) -> str | None:
+    """``head`` without a word fragment glued to ``mark`` and the punctuation before it.
+
+    None when nothing would be left (the caller keeps what it had).
+    """
+    if head and not mark[:1].isspace() and _is_word_char(head[-1]):
+        start = len(head)
+        while start > 0 and _is_word_char(head[start - 1]):
+            start -= 1
+        shorter = head[:start].rstrip(strip)
+        if len(shorter) >= _MIN_TRIMMED:
+            head = shorter
+    head = head.rstrip(strip + ".")
+    return head or None
+
+
+# In markup ";" may end a character reference ("&amp;"): never strip it there.
+_TRIM_BEFORE_ELLIPSIS_HTML = _TRIM_BEFORE_ELLIPSIS.replace(";", "")
+
+
+def trim_cut_html(markup: str) -> str:
+    """:func:`trim_cut_text` for sanitized HTML: the mark may sit before closing tags.
+
+    Only the text right before the mark is touched; when the mark follows a
+    tag rather than text, the markup is left as it is.
+    """
+    match = _CUT_MARK.search(markup)
+    if match is None:
+        return markup
+    head = markup[: match.start("mark")]
+    if head.endswith(">"):
+        return markup
+    trimmed = _trim_before(head, match.group("mark"), _TRIM_BEFORE_ELLIPSIS_HTML)
+    if trimmed is None or trimmed.endswith((">", "&")):
+        return markup
+    return trimmed + "…" + match.group("tail")
+
+
 # ------------------------------------------------------------------------- html
 
 
@@ -266,7 +354,147 @@ def sanitize_html(markup: str | None, base: str = "") -> str:
     if not markup or not markup.strip():
         return ""
     markup = _INVISIBLE.sub("", _CONTROL.sub(" ", markup))
-    return _cleaner(base).clean(markup).strip()
+    # The input bound: html5ever (inside nh3) is quadratic in nesting depth, so
+    # tags nested past MAX_HTML_DEPTH are dropped (their text kept) first.
+    return _cleaner(base).clean(cap_nesting(markup)).strip()
+
+
+# ------------------------------------------------------------------- language
+
+# Share of letters that must be Hangul for a text to count as Korean. Korean
+# news mixes in Latin names and titles (CJ ENM, "Parasite"), so not all.
+_HANGUL_SHARE = 0.5
+# Letters looked at: the opening of a text tells its language as well as the whole.
+_LANGUAGE_SAMPLE = 600
+
+
+def _is_hangul(ch: str) -> bool:
+    code = ord(ch)
+    return (
+        0xAC00 <= code <= 0xD7A3  # syllables
+        or 0x1100 <= code <= 0x11FF  # conjoining jamo
+        or 0x3130 <= code <= 0x318F  # compatibility jamo
+        or 0xA960 <= code <= 0xA97F
+        or 0xD7B0 <= code <= 0xD7FF
+    )
+
+
+def detect_language(text: str) -> str | None:
+    """``"ko"`` when most letters of ``text`` are Hangul, else None.
+
+    Only Korean is told apart: it is the one language besides the site's that
+    the sources carry, and a screen reader reading Hangul with an English voice
+    is what readers notice. None means "not detected", not "English".
+    """
+    letters = hangul = 0
+    for ch in text[:_LANGUAGE_SAMPLE]:
+        if ch.isalpha():
+            letters += 1
+            hangul += _is_hangul(ch)
+    if letters and hangul / letters >= _HANGUL_SHARE:
+        return "ko"
+    return None
+
+
+def item_language(declared: str | None, *, title: str, text: str) -> str | None:
+    """The language to mark an item with: detected Korean, else what the source declared.
+
+    A feed that declares one language for everything (often the outlet's
+    main one) is overruled by text that is plainly Korean; a declared ``ko``
+    on text with almost no Hangul is dropped rather than trusted, so the item
+    falls back to the site's language instead of being read with a Korean voice.
+    """
+    sample = f"{title} {text[:_LANGUAGE_SAMPLE]}"
+    if detect_language(sample) == "ko":
+        return "ko"
+    declared = clean_text(declared) or None
+    if declared and declared.lower().split("-")[0] == "ko":
+        letters = sum(1 for ch in sample if ch.isalpha())
+        hangul = sum(1 for ch in sample if _is_hangul(ch))
+        if letters and hangul / letters < 0.1:
+            return None
+    return declared
+
+
+# ---------------------------------------------------------------------- bounds
+
+
+def _drop_undefined(match: re.Match[str]) -> str:
+    return match.group(0) if match.group(1) + ";" in html.entities.html5 else ""
+
+
+def drop_undefined_entities(text: str | None) -> str | None:
+    """``text`` without named references that HTML does not define (``&lol9;``, ``&xxe;``).
+
+    A feed that declares its own entities (billion laughs, XXE) is parsed
+    without expanding them, which leaves the references as literal text; shown
+    to readers, they are junk at best. Repeated until stable, since removing
+    one can join the halves of another (``&&a;b;``); each round shortens the text.
+    """
+    while text and "&" in text:
+        shorter = _NAMED_REFERENCE.sub(_drop_undefined, text)
+        if shorter == text:
+            break
+        text = shorter
+    return text
+
+
+def clean_plain(text: str | None, limit: int = MAX_TITLE_CHARS) -> str:
+    """:func:`clean_text` without undefined references, cut to ``limit`` (titles, authors).
+
+    Dropping runs before and after cleaning: a double-escaped ``&amp;xxe;``
+    only becomes a reference once cleaned. A few rounds reach a fixed point,
+    so normalizing stays idempotent.
+    """
+    text = (text or "")[: 16 * limit]  # cleaning a megabyte only to cut it wastes CPU
+    for _ in range(4):
+        cleaned = clean_text(drop_undefined_entities(text))
+        if cleaned == text:
+            break
+        text = cleaned
+    return cut_title(text, limit)
+
+
+def _cut_markup(markup: str, limit: int) -> str:
+    """At most ``limit`` characters of ``markup``, not inside a tag when avoidable."""
+    if len(markup) <= limit:
+        return markup
+    tag_start = markup.rfind("<", 0, limit)
+    if tag_start > limit // 2 and markup.find(">", tag_start, limit) < 0:
+        return markup[:tag_start]  # the cut would fall inside this tag
+    return markup[:limit]
+
+
+def bounded_html(markup: str | None, base: str, limit: int) -> str:
+    """``markup`` sanitized and at most ``limit`` characters long.
+
+    The input is cut before sanitizing, so a huge field costs no more than its
+    cap. Sanitizing can lengthen text (``<`` in text becomes ``&lt;``), so an
+    output over the limit is cut and sanitized again, a little shorter each
+    round; as a last resort it becomes the escaped start of its plain text.
+    """
+    if not markup:
+        return ""
+    clean = sanitize_html(drop_undefined_entities(_cut_markup(markup, limit)), base)
+    for _ in range(3):
+        if len(clean) <= limit:
+            return clean
+        clean = sanitize_html(_cut_markup(clean, 2 * limit - len(clean)), base)
+    if len(clean) <= limit:
+        return clean
+    return html.escape(html_text(clean)[: limit // 6])  # escaping at most sextuples a char
+
+
+def _check_link_size(source: Source, entry: RawEntry, fallback_base: str, *links: str) -> None:
+    """Refuse an entry whose link or guid would be stored over ``MAX_LINK_CHARS``."""
+    longest = max(len(link) for link in links)
+    if longest > MAX_LINK_CHARS:
+        raise EntryTooLarge(
+            f"entry {(entry.title or '?')[:60]!r} refused: its link or guid is "
+            f"{longest:,} characters (the cap is {MAX_LINK_CHARS:,})",
+            source_id=source.id,
+            url=fallback_base,
+        )
 
 
 # -------------------------------------------------------------------- sections
@@ -339,6 +567,10 @@ def normalize(
     in the future are clamped to ``now``. Raises ``ParseError`` for an entry
     with no usable http(s) link, which cannot be shown or deduplicated.
     """
+    if entry.guid and len(entry.guid) > MAX_LINK_CHARS:  # before cleaning a megabyte
+        _check_link_size(source, entry, fallback_base, entry.guid)
+    if entry.link and len(entry.link) > MAX_LINK_CHARS:
+        _check_link_size(source, entry, fallback_base, entry.link)
     base = _http_url(fallback_base, entry.base_url) or fallback_base
     url = _http_url(fallback_base, entry.link)
     if url is None and entry.guid:
@@ -351,19 +583,33 @@ def normalize(
         )
     canonical = canonical_url(url, keep=source.identity_params, drop=source.drop_params)
     guid = clean_text(entry.guid) or canonical
+    _check_link_size(source, entry, fallback_base, url, canonical, guid)
 
-    content_html = sanitize_html(entry.content_html, base)
-    if entry.summary_html == entry.content_html:
+    content_html = bounded_html(entry.content_html, base, MAX_CONTENT_CHARS)
+    if entry.summary_html == entry.content_html and len(content_html) <= MAX_SUMMARY_CHARS:
         # feedparser gives an Atom entry without <summary> its content as the
         # summary: sanitize it once (a third of normalizing such an entry).
         summary_html = content_html
     else:
-        summary_html = sanitize_html(entry.summary_html, base)
+        summary_html = bounded_html(entry.summary_html, base, MAX_SUMMARY_CHARS)
     text = html_text(content_html or summary_html)
-    title = cut_title(clean_text(entry.title)) or cut_title(excerpt(text, 120)) or url
-    author = clean_text(entry.author) or None
-    categories = tuple(dict.fromkeys(c for c in map(clean_text, entry.categories) if c))
+    if len(text) <= CUT_EXCERPT_MAX_CHARS:
+        summary_html = trim_cut_html(summary_html)
+        content_html = trim_cut_html(content_html)
+        text = trim_cut_text(html_text(content_html or summary_html))
+    title = clean_plain(entry.title) or cut_title(excerpt(text, 120)) or url
+    author = clean_plain(entry.author) or None
+    categories = tuple(
+        dict.fromkeys(
+            c for c in (clean_plain(c, MAX_CATEGORY_CHARS) for c in entry.categories) if c
+        )
+    )[:MAX_CATEGORIES]
+    language = clean_plain(entry.language) or None
+    if language is not None and len(language) > MAX_LANGUAGE_CHARS:
+        language = None  # the column holds a language tag; anything longer is not one
     image_url = _http_url(base, entry.image_url)
+    if image_url is not None and len(image_url) > MAX_LINK_CHARS:
+        image_url = None  # an image is optional: drop it, keep the entry
 
     published = _date(entry.published, now) or _date(entry.updated, now)
     date_missing = False
@@ -413,6 +659,6 @@ def normalize(
         author=author,
         categories=categories,
         section=section,
-        language=clean_text(entry.language) or None,
+        language=item_language(source.language or language, title=title, text=text),
         date_missing=date_missing,
     )

@@ -5,7 +5,11 @@ item's, never the build time, so the same items always give the same bytes and
 :func:`write_if_changed` leaves an unchanged feed (and its mtime, and so every
 reader's conditional GET) alone. Entry ids are derived from ``(source_id,
 guid)``, the store's identity of an item, so an entry keeps its id when its
-title, text or date changes and when the site moves to another address.
+title, text or date changes and when the site moves to another address; when
+a better copy of a story took over from the one readers saw first, the id is
+that first copy's (``StoredItem.feed_key``), so readers see one entry, updated.
+Entries with an image carry it as Media RSS and, when its type is known, as
+an ``enclosure`` link.
 
 HTML handed in here was sanitized by normalize before it was stored. It is
 cleaned once more on the way out (:func:`defend_html`, nh3 with a narrow allow
@@ -37,6 +41,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 import nh3
@@ -178,11 +183,11 @@ def _feed_updated(items: Sequence[StoredItem]) -> datetime:
 
 
 def _unique(items: Iterable[StoredItem]) -> list[StoredItem]:
-    """``items`` in order, without a second item for an (source_id, guid) already seen."""
+    """``items`` in order, without a second item for a feed id already seen."""
     seen: set[tuple[str, str]] = set()
     unique: list[StoredItem] = []
     for item in items:
-        key = (item.source_id, item.guid)
+        key = item.feed_key
         if key not in seen:
             seen.add(key)
             unique.append(item)
@@ -269,6 +274,30 @@ def _generator_version() -> str | None:
         return None
 
 
+_IMAGE_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".avif": "image/avif",
+    ".svg": "image/svg+xml",
+}
+
+
+def _image_url(item: StoredItem) -> str | None:
+    """The item's image if it is an http(s) URL (normalize only stores those; check anyway)."""
+    url = clean_text(item.image_url or "").strip()
+    return url if url.lower().startswith(("https://", "http://")) and " " not in url else None
+
+
+def _image_type(url: str) -> str | None:
+    """The MIME type an image URL's file name suggests, or None (many CDNs use none)."""
+    path = urlsplit(url).path.lower()
+    dot = path.rfind(".")
+    return _IMAGE_TYPES.get(path[dot:]) if dot >= 0 else None
+
+
 # --------------------------------------------------------------------------- Atom
 
 
@@ -312,7 +341,7 @@ def build_atom(
 
     for item in entries:
         fe = fg.add_entry(order="append")  # feedgen would reverse the list otherwise
-        fe.id(entry_id(item.source_id, item.guid))
+        fe.id(entry_id(*item.feed_key))
         fe.title(_title(item))
         fe.updated(_item_updated(item))
         if not item.date_missing:  # never claim a publication date the source did not give
@@ -335,7 +364,14 @@ def build_atom(
             if term != item.section:
                 fe.category(term=term)
 
+        image = _image_url(item)
+        if image:
+            media_type = _image_type(image)
+            if media_type:
+                # An enclosure too: the form newsboat and podcast-style readers list.
+                fe.link(href=image, rel="enclosure", type=media_type)
         ext = entry_extension(fe)
+        ext.image(image, _image_type(image) if image else None)
         if item.language and item.language != site.language:
             ext.language(clean_text(item.language))
         ext.source(
@@ -391,7 +427,7 @@ def build_json_feed(
 
 def _json_item(item: StoredItem) -> dict[str, Any]:
     entry: dict[str, Any] = {
-        "id": entry_id(item.source_id, item.guid),
+        "id": entry_id(*item.feed_key),
         "url": clean_text(item.url),
         "title": _title(item),
     }

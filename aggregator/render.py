@@ -7,13 +7,16 @@ plain text (titles, excerpts, source names), never as HTML: mjml-python passes
 raw HTML straight through, so an unescaped ``</mj-text>`` in a title would
 break the layout and a ``<script>`` would reach the mailbox.
 
-Templates live in the repository's ``templates/`` directory; set
-``AGGREGATOR_TEMPLATES`` to use another directory (an installed copy, a
-customised theme).
+Templates ship with the package (the repository's top-level ``templates/``,
+copied into the wheel as ``aggregator/templates``). An admin overrides any of
+them with a directory named by ``site.templates`` in feeds.yaml, or by
+``$AGGREGATOR_TEMPLATES``: a template found there wins, the others still come
+from the bundled set.
 """
 
 from __future__ import annotations
 
+import binascii
 import math
 import os
 import re
@@ -23,6 +26,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
 from html import escape as html_escape
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,17 +39,22 @@ from .errors import RenderError
 from .models import Digest, DigestSettings, Site, StoredItem
 
 __all__ = [
+    "ENCODED_HTML_BUDGET",
     "HTML_BUDGET_BYTES",
     "TEMPLATES_ENV_VAR",
     "UNSUBSCRIBE_PLACEHOLDER",
+    "RenderedConfirmation",
     "RenderedDigest",
     "build_preheader",
     "default_feed_urls",
+    "encoded_html_size",
     "format_subject",
     "public_issue_html",
     "render_archive_index",
+    "render_confirmation",
     "render_digest",
     "render_home",
+    "template_dirs",
     "templates_dir",
 ]
 
@@ -55,11 +64,16 @@ UNSUBSCRIBE_PLACEHOLDER = "%%UNSUBSCRIBE_URL%%"
 TEMPLATES_ENV_VAR = "AGGREGATOR_TEMPLATES"
 
 HTML_BUDGET_BYTES = 98_000
-"""Largest digest HTML we emit, in UTF-8 bytes.
+"""Largest digest HTML we emit, in UTF-8 bytes (see also :data:`ENCODED_HTML_BUDGET`)."""
 
-Gmail clips messages whose HTML exceeds about 102 KB. We stay under 100 KB
-and keep 2 KB spare for delivery swapping the placeholder for a real
-unsubscribe URL (it occurs a handful of times).
+ENCODED_HTML_BUDGET = 88_000
+"""Largest digest HTML part *as sent*: quoted-printable, CRLF line ends, in bytes.
+
+Gmail clips a message whose HTML is over about 102 KB, and counts what it
+received, not the decoded text: Korean is 3 UTF-8 bytes a syllable and 9 once
+quoted-printable, so an issue that is 98 KB decoded was 104 KB on the wire.
+We aim under 90 KB as sent, and keep 2 KB of that for delivery swapping the
+unsubscribe placeholder for each subscriber's real URL.
 """
 
 FONT_STACK = (
@@ -68,6 +82,8 @@ FONT_STACK = (
 )
 
 DIGEST_MJML_TEMPLATE = "digest.mjml.j2"
+CONFIRM_MJML_TEMPLATE = "confirm.mjml.j2"
+CONFIRM_TEXT_TEMPLATE = "mail/confirm.txt.j2"
 DIGEST_TEXT_TEMPLATE = "digest.txt.j2"
 ARCHIVE_TEMPLATE = "archive.html.j2"
 HOME_TEMPLATE = "home.html.j2"
@@ -97,21 +113,41 @@ class RenderedDigest:
 
 
 def templates_dir() -> Path:
-    """The template directory: ``$AGGREGATOR_TEMPLATES`` if set, else the repository's."""
-    override = os.environ.get(TEMPLATES_ENV_VAR)
-    if override:
-        return Path(override)
+    """The bundled templates: inside the installed package, or the checkout's ``templates/``.
+
+    A wheel carries them as ``aggregator/templates`` (see setup.py); a source
+    checkout or an editable install reads the top-level directory in place.
+    """
+    packaged = resources.files(__package__ or "aggregator") / "templates"
+    if packaged.is_dir():
+        return Path(str(packaged))
     return Path(__file__).resolve().parent.parent / "templates"
 
 
+def template_dirs(site: Site | None = None) -> tuple[Path, ...]:
+    """Where templates are looked up, first match wins.
+
+    ``$AGGREGATOR_TEMPLATES``, then ``site.templates`` (feeds.yaml), then the
+    bundled set, so an override directory need only hold the templates it changes.
+    """
+    dirs: list[Path] = []
+    override = os.environ.get(TEMPLATES_ENV_VAR)
+    if override:
+        dirs.append(Path(override))
+    if site is not None and site.templates:
+        dirs.append(Path(site.templates))
+    dirs.append(templates_dir())
+    return tuple(dirs)
+
+
 @lru_cache(maxsize=8)
-def _environment(directory: str) -> jinja2.Environment:
+def _environment(directories: tuple[str, ...]) -> jinja2.Environment:
     def autoescape(name: str | None) -> bool:
         # Only the plain-text part is unescaped; its values are plain text anyway.
         return not (name or "").endswith(".txt.j2")
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(directory),
+        loader=jinja2.FileSystemLoader(list(directories)),
         autoescape=autoescape,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -121,26 +157,33 @@ def _environment(directory: str) -> jinja2.Environment:
     return env
 
 
-def _render_template(name: str, context: Mapping[str, Any]) -> str:
-    directory = templates_dir()
-    env = _environment(str(directory))
+def _template(name: str, site: Site) -> jinja2.Template:
+    directories = template_dirs(site)
+    env = _environment(tuple(str(d) for d in directories))
     try:
-        return env.get_template(name).render(context)
+        return env.get_template(name)
     except jinja2.TemplateNotFound as error:
-        raise RenderError(f"template {name} not found in {directory}") from error
+        where = ", ".join(str(d) for d in directories)
+        raise RenderError(f"template {name} not found in {where}") from error
     except jinja2.TemplateSyntaxError as error:
         raise RenderError(
-            f"{directory / name}:{error.lineno}: template syntax error: {error.message}"
+            f"{error.filename or name}:{error.lineno}: template syntax error: {error.message}"
         ) from error
+
+
+def _render_template(name: str, site: Site, context: Mapping[str, Any]) -> str:
+    template = _template(name, site)
+    try:
+        return template.render(context)
     except jinja2.TemplateError as error:
-        raise RenderError(f"{directory / name}: template error: {error}") from error
+        raise RenderError(f"{template.filename or name}: template error: {error}") from error
 
 
-def _mjml_to_html(source: str) -> str:
+def _mjml_to_html(source: str, site: Site, template: str = DIGEST_MJML_TEMPLATE) -> str:
     try:
         return mjml.mjml2html(source, fonts={}, disable_comments=True)
     except Exception as error:  # mjml-python raises ValueError; be safe with the Rust layer
-        path = templates_dir() / DIGEST_MJML_TEMPLATE
+        path = _template(template, site).filename or template
         raise RenderError(f"{path}: MJML could not be rendered: {error}") from error
 
 
@@ -261,6 +304,7 @@ class _SectionView:
     title: str
     items: tuple[_ItemView, ...]
     more: int = 0  # items left out to keep the email under Gmail's clipping size
+    over_cap: int = 0  # items of the period beyond digest.max_items_per_section
 
 
 def _item_view(item: StoredItem, zone: ZoneInfo, site_language: str) -> _ItemView:
@@ -283,6 +327,7 @@ def _section_views(digest: Digest, zone: ZoneInfo, site_language: str) -> list[_
             id=section.id,
             title=_defuse(section.title),
             items=tuple(_item_view(item, zone, site_language) for item in section.items),
+            over_cap=section.more,
         )
         for section in digest.sections
         if section.items
@@ -299,6 +344,16 @@ def _drop_from_largest(sections: list[_SectionView], count: int) -> list[_Sectio
             break
         result[index] = replace(section, items=section.items[:-1], more=section.more + 1)
     return result
+
+
+def encoded_html_size(html: str) -> int:
+    """Bytes the HTML part takes on the wire: quoted-printable with CRLF line ends.
+
+    The same encoding :mod:`aggregator.deliver` uses (``binascii.b2a_qp``), so
+    this is the size Gmail's clipping sees, minus the part headers.
+    """
+    encoded = binascii.b2a_qp(html.encode("utf-8"), istext=True)
+    return len(encoded) + encoded.count(b"\n")  # each LF goes out as CRLF
 
 
 # --------------------------------------------------------------------------- digest
@@ -346,6 +401,7 @@ def render_digest(
     *,
     view_url: str,
     unsubscribe_url: str = UNSUBSCRIBE_PLACEHOLDER,
+    web: bool = False,
 ) -> RenderedDigest:
     """Render one issue as an HTML email (via MJML) and its plain-text alternative.
 
@@ -354,8 +410,14 @@ def render_digest(
     ``view_url`` ("View in browser") and ``unsubscribe_url`` links. If the HTML
     would exceed :data:`HTML_BUDGET_BYTES`, items are dropped from the end of the
     largest section and a "N more on the website" line takes their place; the
-    text part always lists every item. Raises :class:`RenderError` when a
-    template or its MJML is broken.
+    text part always lists every item. The budget is
+    :data:`ENCODED_HTML_BUDGET`, on the size as sent (:func:`encoded_html_size`).
+    A section that had more items than ``digest.max_items_per_section`` says
+    "and N more in this section", linked to the web archive (``view_url``).
+
+    ``web=True`` renders the public web copy: no "you are receiving this"
+    notice and no unsubscribe link (nobody subscribed to a web page).
+    Raises :class:`RenderError` when a template or its MJML is broken.
     """
     safe_view_url = _safe_url(view_url)
     if safe_view_url is None:
@@ -387,33 +449,81 @@ def render_digest(
         "view_url": safe_view_url,
         "unsubscribe_url": unsubscribe_url,
         "font_stack": FONT_STACK,
+        "web": web,
     }
 
     def render_html(views: list[_SectionView]) -> str:
-        source = _render_template(DIGEST_MJML_TEMPLATE, {**context, "sections": views})
-        return _mjml_to_html(source)
+        source = _render_template(DIGEST_MJML_TEMPLATE, site, {**context, "sections": views})
+        return _mjml_to_html(source, site)
 
     html = render_html(sections)
-    size = len(html.encode())
+    size = _over_budget(html)
     shown = sum(len(s.items) for s in sections)
-    while size > HTML_BUDGET_BYTES and shown > 0:
+    while size > 0 and shown > 0:
         # Guess how many items to drop from the average item size, then re-check;
         # dropping one at a time would re-render dozens of times for a big issue.
-        per_item = max(1, size // max(shown, 1))
-        drop = max(1, min(shown, math.ceil((size - HTML_BUDGET_BYTES) / per_item)))
+        per_item = max(1, encoded_html_size(html) // max(shown, 1))
+        drop = max(1, min(shown, math.ceil(size / per_item)))
         sections = _drop_from_largest(sections, drop)
         shown -= drop
         html = render_html(sections)
-        size = len(html.encode())
-    if size > HTML_BUDGET_BYTES:
+        size = _over_budget(html)
+    if size > 0:
         raise RenderError(
-            f"{templates_dir() / DIGEST_MJML_TEMPLATE}: the email is {size} bytes even "
-            f"without items (limit {HTML_BUDGET_BYTES})"
+            f"{_template(DIGEST_MJML_TEMPLATE, site).filename}: the email is "
+            f"{encoded_html_size(html)} bytes as sent even without items "
+            f"(limit {ENCODED_HTML_BUDGET})"
         )
 
     full_sections = _section_views(digest, zone, language)
-    text = _render_template(DIGEST_TEXT_TEMPLATE, {**context, "sections": full_sections})
+    text = _render_template(DIGEST_TEXT_TEMPLATE, site, {**context, "sections": full_sections})
     return RenderedDigest(html=html, text=text, subject=subject, preheader=preheader)
+
+
+@dataclass(frozen=True)
+class RenderedConfirmation:
+    """The double opt-in email's two parts and subject."""
+
+    html: str
+    text: str
+    subject: str
+
+
+def render_confirmation(
+    site: Site, *, name: str | None, email: str, confirm_url: str, valid_days: int = 7
+) -> RenderedConfirmation:
+    """The confirmation email in the digest's MJML design, and its plain-text part.
+
+    ``name`` and ``email`` are what the visitor typed and are escaped like feed
+    text. The HTML is responsive (MJML's one-column layout at phone widths) and
+    the long confirmation URL is shown breakable, so it never widens the page.
+    """
+    safe_confirm = _safe_url(confirm_url)
+    if safe_confirm is None:
+        raise RenderError(f"confirm_url must be an absolute http(s) URL, got {confirm_url!r}")
+    subject = f"Confirm your subscription to {site.title}"
+    context: dict[str, Any] = {
+        **_page_context(site),
+        "subject": subject,
+        "preheader": f"One click and {site.title} arrives every week.",
+        "name": _defuse(" ".join((name or "").split())) or None,
+        "email": email,
+        "confirm_url": safe_confirm,
+        "valid_days": valid_days,
+    }
+    source = _render_template(CONFIRM_MJML_TEMPLATE, site, context)
+    html = _mjml_to_html(source, site, CONFIRM_MJML_TEMPLATE)
+    text = _render_template(CONFIRM_TEXT_TEMPLATE, site, {**context, "site_url": site.url})
+    return RenderedConfirmation(html=html, text=text, subject=subject)
+
+
+def _over_budget(html: str) -> int:
+    """By how many bytes ``html`` exceeds either budget (0 when within both)."""
+    return max(
+        encoded_html_size(html) - ENCODED_HTML_BUDGET,
+        len(html.encode("utf-8")) - HTML_BUDGET_BYTES,
+        0,
+    )
 
 
 _UNSUBSCRIBE_ANCHOR = re.compile(
@@ -422,8 +532,24 @@ _UNSUBSCRIBE_ANCHOR = re.compile(
 )
 
 
+# What only a subscriber's copy says ("You are receiving this because you
+# subscribed…"): the template wraps it in this element, and the public web
+# copy of a frozen issue leaves it out. No element is nested inside it.
+SUBSCRIBER_ONLY_CLASS = "subscriber-only"
+_SUBSCRIBER_ONLY = re.compile(
+    r'<div class="' + SUBSCRIBER_ONLY_CLASS + r'"[^>]*>.*?</div>', re.DOTALL
+)
+
+
+_TO_ARCHIVE = re.compile(r'<a class="to-archive"[^>]*>(?P<label>[^<]*)</a>')
+
+
 def public_issue_html(html: str, *, subscribe_url: str | None) -> str:
     """The web-archive copy of a frozen issue: no unsubscribe placeholder left in it.
+
+    The subscriber-only notice ("You are receiving this because you
+    subscribed…") is removed: a web visitor subscribed to nothing. The email's
+    links to this very page ("and N more in this section") become plain text.
 
     Each unsubscribe link becomes a "Subscribe" link to ``subscribe_url`` (or
     is dropped, keeping nothing, when ``subscribe_url`` is None); any other
@@ -436,6 +562,9 @@ def public_issue_html(html: str, *, subscribe_url: str | None) -> str:
     else:
         href = html_escape(safe, quote=True)
         replacement = f'<a href="{href}" style="color:#4a4a4a;">Subscribe</a>'
+    html = _SUBSCRIBER_ONLY.sub("", html)
+    # On the archive page a link to the archive page would only reload it.
+    html = _TO_ARCHIVE.sub(r"\g<label>", html)
     html = _UNSUBSCRIBE_ANCHOR.sub(replacement, html)
     return html.replace(UNSUBSCRIBE_PLACEHOLDER, html_escape(safe or "", quote=True))
 
@@ -494,7 +623,7 @@ def render_archive_index(
         "issues": issues,
         "subscribe_url": _safe_url(subscribe_url) if subscribe_url else None,
     }
-    return _render_template(ARCHIVE_TEMPLATE, context)
+    return _render_template(ARCHIVE_TEMPLATE, site, context)
 
 
 FEED_FILENAMES = {"atom": "feed.atom", "json": "feed.json"}
@@ -540,6 +669,7 @@ def render_home(
     views = [_item_view(item, zone, context["language"]) for item in items]
     return _render_template(
         HOME_TEMPLATE,
+        site,
         {
             **context,
             "items": views,

@@ -15,7 +15,12 @@
   decided by the store (frozen digests, the delivery ledger), never by the
   scheduler's memory, so a duplicate firing sends nobody anything twice.
 
-feeds.yaml is watched (watchfiles) and re-read on SIGHUP: a valid edit is
+Only one service runs on a database: :func:`~aggregator.store.service.acquire_service_lock`
+is taken before anything starts, and the web port is bound before the pid
+file is written, so a second ``run`` or a busy port ends at once with one
+line and touches nothing of the first service.
+
+feeds.yaml is watched (watchfiles, the file alone) and re-read on SIGHUP: a valid edit is
 applied in place, an invalid one is logged with file:line and ignored.
 SIGTERM/SIGINT stop accepting work, give running fetches a grace period to
 finish, then cancel them; every store write is one transaction, so a cancel
@@ -26,14 +31,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from apscheduler.jobstores.base import JobLookupError
@@ -44,12 +52,13 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .config import Config, load_config
-from .errors import AggregatorError, ConfigError, ConfigErrors, StoreError
+from .errors import AggregatorError, ConfigError, ConfigErrors, ServiceError, StoreError
 from .fetch import Fetcher
 from .ingest import Ingestor, make_pool
 from .metrics import Metrics
 from .models import IngestOutcome, IngestStats, Source, utcnow
 from .store import Store
+from .store.service import ServiceLock, acquire_service_lock, cap_next_fetch
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +109,50 @@ def digest_trigger(config: Config) -> CronTrigger:
     )
 
 
+def bind_web_socket(host: str, port: int) -> socket.socket:
+    """Bind the web app's listening socket now, so a busy port fails the start at once.
+
+    uvicorn binds late, inside its own task, and on failure only logs and
+    exits that task: the service around it would keep running without a web
+    app. Binding here turns the failure into one :class:`ServiceError`.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ServiceError(f"cannot listen on {host}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ServiceError(
+                f"port {port} on {host} is in use; stop what listens there or choose "
+                "another with --port"
+            ) from None
+        raise ServiceError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    # Listening now, not when uvicorn starts: a fetch of the demo's own
+    # sample sources, fired by the scheduler a moment earlier, waits in the
+    # backlog instead of being refused.
+    sock.listen(128)
+    return sock
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    """What a started service tells its admin: where it listens and what it scheduled."""
+
+    role: str
+    home_url: str | None
+    feed_url: str | None
+    public_url: str
+    sources: int
+    next_digest: datetime | None
+    pid_file: Path | None
+
+
 def source_trigger(source: Source) -> IntervalTrigger:
     seconds = max(1, int(source.interval.total_seconds()))
     jitter = min(MAX_JITTER, int(seconds * JITTER_FRACTION)) or None
@@ -125,6 +178,7 @@ class Service:
         secret: str | None = None,
         fetcher_factory: Callable[[], Fetcher] = Fetcher,
         watch: bool = True,
+        on_ready: Callable[[ServiceInfo], None] | None = None,
     ) -> None:
         if role not in ("all", "web", "worker"):
             raise ConfigError(f'unknown role "{role}" (use all, web or worker)')
@@ -153,10 +207,17 @@ class Service:
         self._ingestor: Ingestor | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
+        # Set when Ctrl-C (SIGINT) stopped the service, so the command can exit 130;
+        # SIGTERM (systemd's stop) is a normal end.
+        self.interrupted = False
         self._reload_requested = asyncio.Event()
         self._digest_lock = asyncio.Lock()
         self._publish_lock = asyncio.Lock()
         self._server: Any = None
+        self._socket: socket.socket | None = None
+        self._lock: ServiceLock | None = None
+        self._on_ready = on_ready
+        self._demo: Any = None
         self.web_ctx: Any = None
         self.ready = asyncio.Event()
         self.reloads = 0
@@ -167,12 +228,29 @@ class Service:
     async def run(self) -> None:
         """Run until :meth:`stop` (or SIGTERM/SIGINT); returns after a clean shutdown."""
         global _current
+        try:
+            if self.role in ("all", "worker"):
+                # One scheduler per database; web-only processes may be many.
+                self._lock = await asyncio.to_thread(
+                    acquire_service_lock, self.store, holder=f"pid {os.getpid()}"
+                )
+            if self.role in ("all", "web"):
+                self._socket = bind_web_socket(self.host, self.port)
+                self.port = int(self._socket.getsockname()[1])
+        except BaseException:
+            # Nothing started: leave the other service's pid file alone.
+            self._release_start()
+            if self._own_store:
+                self.store.close()
+            raise
         _current = self
         loop = asyncio.get_running_loop()
         handlers = self._install_signals(loop)
         pidfile = self._write_pid()
         tasks: list[asyncio.Task[Any]] = []
         try:
+            if self.config.demo:
+                await self._start_demo()
             if self.role in ("all", "worker"):
                 await self._start_scheduler()
             if self.role in ("all", "web"):
@@ -182,13 +260,16 @@ class Service:
             tasks.append(asyncio.create_task(self._reload_loop(), name="reload"))
             if self.role in ("all", "web"):
                 await self._wait_web_started()
+            info = self.info(pidfile)
             self.ready.set()
             log.info(
                 "aggregator running (role %s, %d sources, web %s)",
                 self.role,
-                len(self.config.sources),
-                f"http://{self.host}:{self.port}/" if self.role != "worker" else "off",
+                info.sources,
+                info.home_url or "off",
             )
+            if self._on_ready is not None:
+                self._on_ready(info)
             await self._stopping.wait()
         finally:
             await self._shutdown(tasks)
@@ -197,11 +278,55 @@ class Service:
             if pidfile is not None:
                 with contextlib.suppress(OSError):
                     pidfile.unlink()
+            self._release_start()
             if _current is self:
                 _current = None
 
+    async def _start_demo(self) -> None:
+        """``demo: true``: serve the sample sources and the mail sink the file points at."""
+        from .demo import DemoRuntime
+
+        self._demo = DemoRuntime(self.config, utcnow())
+        await asyncio.to_thread(self._demo.start)
+        site_port = urlsplit(self.config.site.url).port
+        if self.role != "worker" and site_port != self.port:
+            log.warning(
+                "demo config: site.url %s names port %s but the web app listens on %d; "
+                "the sample sources and links will not answer",
+                self.config.site.url,
+                site_port,
+                self.port,
+            )
+
+    def _release_start(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def info(self, pidfile: Path | None = None) -> ServiceInfo:
+        """Where this service listens and what it scheduled (for the start-up lines)."""
+        web = self.role in ("all", "web")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        home = f"http://{host}:{self.port}/" if web else None
+        return ServiceInfo(
+            role=self.role,
+            home_url=home,
+            feed_url=f"{home}feed.atom" if home else None,
+            public_url=self.config.site.url,
+            sources=sum(1 for s in self.config.sources if s.enabled),
+            next_digest=self.next_run(DIGEST_JOB) if self.scheduler.running else None,
+            pid_file=pidfile,
+        )
+
     def stop(self) -> None:
         self._stopping.set()
+
+    def _interrupt(self) -> None:
+        self.interrupted = True
+        self.stop()
 
     def request_reload(self) -> None:
         self._reload_requested.set()
@@ -210,7 +335,7 @@ class Service:
         installed: list[int] = []
         for sig, callback in (
             (signal.SIGTERM, self.stop),
-            (signal.SIGINT, self.stop),
+            (signal.SIGINT, self._interrupt),
             (signal.SIGHUP, self.request_reload),
         ):
             try:
@@ -258,6 +383,8 @@ class Service:
             await self._fetcher.aclose()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._demo is not None:
+            self._demo.stop()
         if self._own_store:
             self.store.close()
         log.info("stopped")
@@ -285,6 +412,10 @@ class Service:
         await self._sync_source_jobs()
         self._sync_digest_job()
         self.scheduler.resume()
+        # The feed files follow the config as it is now (site.url, title...),
+        # not as it was at the last new item: rebuilt at once, written only
+        # when their bytes change.
+        self._track(self.publish_now())
 
     def _last_ingest_age(self) -> float | None:
         last = self.store.latest_success()
@@ -316,8 +447,23 @@ class Service:
                     next_run_time=first,
                 )
             elif str(job.trigger) != str(trigger):
+                old_seconds = job.trigger.interval.total_seconds()
                 job.reschedule(trigger)
                 log.info("source %s rescheduled every %s", source.id, source.interval)
+                if source.interval.total_seconds() < old_seconds:
+                    await self._pull_next_fetch(source, now)
+
+    async def _pull_next_fetch(self, source: Source, now: datetime) -> None:
+        """A shorter interval applies now: the stored next fetch moves back to it.
+
+        Otherwise the store's ``next_fetch_at``, set from the old interval at
+        the last fetch, would make every run of the new job skip the source
+        until the old time.
+        """
+        due = now + source.interval
+        moved = await asyncio.to_thread(cap_next_fetch, self.store, source.id, due)
+        if moved:
+            log.info("source %s: next fetch moved to %s", source.id, due.isoformat())
 
     def _sync_digest_job(self) -> None:
         trigger = digest_trigger(self.config)
@@ -483,16 +629,19 @@ class Service:
             metrics_text=self.metrics.render,
         )
         app = create_app(self.web_ctx)
+        if self._demo is not None:
+            self._demo.mount(app)
         config = uvicorn.Config(
             app,
             host=self.host,
             port=self.port,
             log_config=None,
             lifespan="off",
-            proxy_headers=True,
+            proxy_headers=False,  # the app reads them, from web.trusted_proxies only
         )
         self._server = EmbeddedServer(config)
-        await self._server.serve()
+        sockets = [self._socket] if self._socket is not None else None
+        await self._server.serve(sockets=sockets)
         if not self._stopping.is_set():
             log.error("web server stopped unexpectedly (port %d in use?)", self.port)
             self.stop()
@@ -516,9 +665,22 @@ class Service:
         if self.config.path is None:
             return
         path = self.config.path.resolve()
-        async for changes in awatch(path.parent, stop_event=self._stopping, debounce=300):
-            if any(Path(p).resolve() == path for _, p in changes):
-                self.request_reload()
+
+        def is_config(_change: Any, changed: str) -> bool:
+            return Path(changed).resolve() == path
+
+        # The directory, not the file: editors save by writing a new file and
+        # renaming it over the old one, which a watch on the file's inode
+        # misses. Not recursive, and filtered to the one file, so the database,
+        # the pid file or a log next to feeds.yaml never wake the watcher.
+        async for _changes in awatch(
+            path.parent,
+            watch_filter=is_config,
+            recursive=False,
+            stop_event=self._stopping,
+            debounce=300,
+        ):
+            self.request_reload()
 
     async def _reload_loop(self) -> None:
         while not self._stopping.is_set():
@@ -547,6 +709,7 @@ class Service:
         if new.database_url != self.config.database_url:
             log.warning("storage.url changed: that needs a restart; other changes applied")
             new = replace(new, database_url=self.config.database_url)
+        site_changed = new.site != self.config.site or new.sections != self.config.sections
         self.config = new
         if self.web_ctx is not None:
             self.web_ctx.config = new
@@ -555,6 +718,10 @@ class Service:
             await asyncio.to_thread(self.store.sync_sources, new.sources)
             await self._sync_source_jobs()
             self._sync_digest_job()
+        if site_changed:
+            # Links in the published feeds are built from site.url: rebuild
+            # them now, not at the next new item.
+            await self._track(self.publish_now())
         self.reloads += 1
         log.info("feeds.yaml reloaded: %d sources", len(new.sources))
         return True

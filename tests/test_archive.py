@@ -19,8 +19,7 @@ from aggregator.digest import compose, view_url
 from aggregator.models import Digest, Source
 from aggregator.render import UNSUBSCRIBE_PLACEHOLDER
 from aggregator.store import Store
-from aggregator.web import archive
-from aggregator.web.app import WebContext
+from aggregator.web.app import WebContext, create_app
 from tests.test_digest import CONFIG_YAML, SLOT, WEEK, arrive, make_item, week_of_news
 
 
@@ -79,7 +78,8 @@ def live(sqlite_url: str) -> Iterator[Live]:
     store.sync_sources([Source(id=s.id, url=s.url, title=s.title) for s in config.sources])
     ctx = WebContext(config=config, store=store, secret="x" * 32)
     try:
-        with LiveServer(Starlette(routes=archive.routes(ctx)), port) as server:
+        # The whole app, as served: its middleware sets the security headers.
+        with LiveServer(create_app(ctx), port) as server:
             yield Live(server, config, store)
     finally:
         store.close()

@@ -106,12 +106,13 @@ def test_each_active_subscriber_gets_one_complete_message(
     assert message["To"].addresses[0].display_name == "김지운"
     assert message["Date"].datetime.tzinfo is not None
     assert message["Message-ID"] == ledger[kim.id].message_id
-    assert message["Message-ID"] == f"<{message_id_tag(SECRET)}.{digest.id}.{kim.id}@example.org>"
+    install = store.install_id()
+    assert message["Message-ID"] == f"<{install}.{digest.id}.{kim.id}@example.org>"
+    assert message_id_tag(SECRET, install) == install
     token = Tokens(SECRET).unsubscribe_token(kim.id, kim.email)
     url = f"https://digest.example.org/unsubscribe/{token}"
-    assert str(message["List-Unsubscribe"]) == (
-        f"<{url}>, <mailto:digest@example.org?subject=unsubscribe>"
-    )
+    assert str(message["List-Unsubscribe"]) == f"<{url}>"  # no mailto nothing would read
+    assert str(message["List-Id"]) == "Korean Film Digest <weekly.example.org>"
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert message.get_content_type() == "multipart/alternative"
     text = message.get_body(("plain",))

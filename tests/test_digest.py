@@ -10,8 +10,6 @@ from email import policy
 from pathlib import Path
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
 from aggregator import digest as digest_module
 from aggregator.config import Config, parse_config
@@ -22,12 +20,14 @@ from aggregator.digest import (
     compose,
     latest_slot,
     next_period,
+    upcoming_period,
     view_url,
 )
 from aggregator.errors import AggregatorError
 from aggregator.models import Item, Source
 from aggregator.render import UNSUBSCRIBE_PLACEHOLDER
 from aggregator.store import Store
+from tests.support.cli import run_cli
 from tests.support.items import make_item as build_item
 
 CONFIG_YAML = """
@@ -133,10 +133,20 @@ def test_latest_slot_is_monday_nine_in_seoul(config: Config) -> None:
     assert latest_slot(config.digest, config.site, SLOT - timedelta(seconds=1)) == SLOT - WEEK
 
 
-def test_first_period_is_the_week_before_the_slot(config: Config, sqlite_store: Store) -> None:
-    period = next_period(config, sqlite_store, now=SLOT + timedelta(hours=5))
+@pytest.mark.parametrize("after_slot", [timedelta(0), timedelta(hours=5), timedelta(days=3)])
+@pytest.mark.parametrize("period_days", [1, 7, 14])
+def test_first_period_is_what_was_stored_until_now(
+    config: Config, sqlite_store: Store, after_slot: timedelta, period_days: int
+) -> None:
+    # A fresh install fetches after the slot: its first issue must not be the
+    # empty week before that slot, but what was stored, at most digest.period.
+    config = replace(config, digest=replace(config.digest, period=timedelta(days=period_days)))
+    now = SLOT + after_slot
 
-    assert period == Period(SLOT - WEEK, SLOT)
+    period = next_period(config, sqlite_store, now=now)
+
+    assert period == Period(now - timedelta(days=period_days), now)
+    assert upcoming_period(config, sqlite_store, now=now) == period
 
 
 def test_period_must_end_after_it_starts() -> None:
@@ -247,7 +257,7 @@ def test_empty_week_is_skipped_or_noted(config: Config, sqlite_store: Store) -> 
 def test_compose_freezes_subject_items_html_and_text(config: Config, sqlite_store: Store) -> None:
     week_of_news(sqlite_store)
 
-    issue = compose(config, sqlite_store, now=SLOT + timedelta(minutes=1))
+    issue = compose(config, sqlite_store, now=SLOT)
 
     assert issue is not None and issue.id is not None
     assert (issue.period_start, issue.period_end) == (SLOT - WEEK, SLOT)
@@ -346,13 +356,8 @@ def test_a_render_failure_freezes_nothing(
 
 
 @pytest.fixture
-def cli_app(tmp_path: Path, sqlite_url: str) -> Iterator[tuple[typer.Typer, Path, Store]]:
-    """The ``aggregator`` app with the digest group, a feeds.yaml and a store with news."""
-    from aggregator import cli
-    from aggregator.cli_digest import digest_app, register
-
-    if not any(group.typer_instance is digest_app for group in cli.app.registered_groups):
-        register(cli.app)
+def cli_config(tmp_path: Path, sqlite_url: str) -> Iterator[tuple[Path, Store]]:
+    """A feeds.yaml and a store with a week of news, for ``aggregator digest ...``."""
     config_path = tmp_path / "feeds.yaml"
     config_path.write_text(
         CONFIG_YAML.replace("site:\n", "site:\n  sender_name: 코리안 필름 다이제스트\n")
@@ -363,18 +368,18 @@ def cli_app(tmp_path: Path, sqlite_url: str) -> Iterator[tuple[typer.Typer, Path
     config = parse_config(config_path.read_text(encoding="utf-8"))
     store.sync_sources([Source(id=s.id, url=s.url, title=s.title) for s in config.sources])
     week_of_news(store, datetime.now(UTC))
-    yield cli.app, config_path, store
+    yield config_path, store
     store.close()
 
 
 def test_cli_preview_writes_html_text_and_eml_without_freezing(
-    cli_app: tuple[typer.Typer, Path, Store], tmp_path: Path
+    cli_config: tuple[Path, Store], tmp_path: Path
 ) -> None:
-    app, config_path, store = cli_app
+    config_path, store = cli_config
     out = tmp_path / "preview"
 
-    result = CliRunner().invoke(
-        app, ["--config", str(config_path), "digest", "preview", "--since", "7d", "--out", str(out)]
+    result = run_cli(
+        "--config", str(config_path), "digest", "preview", "--since", "7d", "--out", str(out)
     )
 
     assert result.exit_code == 0, result.output
@@ -394,26 +399,23 @@ def test_cli_preview_writes_html_text_and_eml_without_freezing(
 
 
 def test_cli_preview_period_with_nothing_new_says_so(
-    cli_app: tuple[typer.Typer, Path, Store], tmp_path: Path
+    cli_config: tuple[Path, Store], tmp_path: Path
 ) -> None:
-    app, config_path, _ = cli_app
+    config_path, _ = cli_config
 
-    result = CliRunner().invoke(
-        app,
-        ["--config", str(config_path), "digest", "preview", "--period", "2020-01-01..2020-01-08"],
+    result = run_cli(
+        "--config", str(config_path), "digest", "preview", "--period", "2020-01-01..2020-01-08"
     )
 
     assert result.exit_code == 1
     assert "nothing new between 2020-01-01 00:00 and 2020-01-08 00:00" in result.output
 
 
-def test_cli_compose_then_list(cli_app: tuple[typer.Typer, Path, Store]) -> None:
-    app, config_path, store = cli_app
-    runner = CliRunner()
-
-    composed = runner.invoke(app, ["--config", str(config_path), "digest", "compose"])
-    again = runner.invoke(app, ["--config", str(config_path), "digest", "compose"])
-    listed = runner.invoke(app, ["--config", str(config_path), "digest", "list"])
+def test_cli_compose_then_list(cli_config: tuple[Path, Store]) -> None:
+    config_path, store = cli_config
+    composed = run_cli("--config", str(config_path), "digest", "compose")
+    again = run_cli("--config", str(config_path), "digest", "compose")
+    listed = run_cli("--config", str(config_path), "digest", "list")
 
     assert composed.exit_code == 0, composed.output
     digests = store.list_digests()

@@ -24,6 +24,7 @@ from aggregator.config import Config, parse_config
 from aggregator.errors import ConfigError, StoreError
 from aggregator.models import DeliveryStatus, utcnow
 from aggregator.store import Store
+from tests.support.cli import run_cli
 from tests.support.feeds import simple_rss
 from tests.support.http import FixtureServer
 from tests.support.items import make_item
@@ -66,7 +67,13 @@ def pg_store(pg_url: str) -> Store:
 
 
 def test_sqlite_refuses_distributed_mode(tmp_path: Path) -> None:
-    config = make_config(tmp_path, f"sqlite:///{tmp_path}/x.db", "  - {id: a, url: 'http://x/'}\n")
+    # Refused when feeds.yaml is loaded (so `check` finds it), and by the queue itself.
+    with pytest.raises(ConfigError, match=r"storage\.queue: procrastinate needs PostgreSQL"):
+        make_config(tmp_path, f"sqlite:///{tmp_path}/x.db", "  - {id: a, url: 'http://x/'}\n")
+    config = replace(
+        make_config(tmp_path, "postgresql://u@h/d", "  - {id: a, url: 'http://x/'}\n"),
+        database_url="sqlite://",
+    )
     with pytest.raises(ConfigError, match=r"storage\.queue: procrastinate needs PostgreSQL"):
         queue.require_postgres(config)
 
@@ -673,18 +680,16 @@ def test_cleanup_deletes_jobs_finished_long_ago_and_keeps_the_rest(
     assert sorted(args) == ["j1", "j2", "j4", "j5"], (args, left)
 
 
-def test_queue_commands_dispatch_and_report(tmp_path: Path, pg_url: str, pg_store: Store) -> None:
-    from typer.testing import CliRunner
-
-    from aggregator.cli import app
-
+def test_queue_commands_dispatch_and_report(
+    tmp_path: Path, pg_url: str, pg_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = make_config(tmp_path, pg_url, unreachable(4, "q"))
-    runner = CliRunner()
+    monkeypatch.setenv("COLUMNS", "200")
     base = ["-c", str(config.path)]
-    dispatched = runner.invoke(app, [*base, "queue", "dispatch"], env={"COLUMNS": "200"})
+    dispatched = run_cli(*base, "queue", "dispatch")
     assert dispatched.exit_code == 0, dispatched.output
     assert "queued 4 fetch jobs" in dispatched.output
-    status = runner.invoke(app, [*base, "queue", "status"], env={"COLUMNS": "200"})
+    status = run_cli(*base, "queue", "status")
     assert status.exit_code == 0, status.output
     assert "aggregator.fetch_source" in status.output and "todo" in status.output
     assert "0 sources due" in status.output

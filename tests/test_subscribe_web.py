@@ -7,15 +7,16 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import itsdangerous.timed
 import pytest
 import uvicorn
-from starlette.applications import Starlette
 
 from aggregator.config import Config
 from aggregator.deliver import deliver_digest
@@ -23,7 +24,8 @@ from aggregator.models import DigestSettings, Site, SubscriberStatus
 from aggregator.store import Store
 from aggregator.tokens import Tokens
 from aggregator.web import subscribe
-from aggregator.web.app import WebContext
+from aggregator.web.app import WebContext, create_app
+from aggregator.web.server import EmbeddedServer
 from tests.support.http import unused_port
 from tests.test_deliver import make_digest
 
@@ -53,22 +55,36 @@ class Web:
         pytest.fail(f"no confirmation mail reached {email}")
 
 
-@pytest.fixture
-def web(store: Store, smtp_server: SmtpFixture) -> Iterator[Web]:
-    port = unused_port()
-    base = f"http://127.0.0.1:{port}/"
-    config = Config(
+def web_config(store: Store, smtp: SmtpFixture, base: str, output_dir: Path, **kw: Any) -> Config:
+    """The config the web tests serve: this base URL, the test SMTP server, ``kw`` on top."""
+    site = Site(
+        title="Korean Film Digest",
+        url=base,
+        sender_email="digest@example.org",
+        output_dir=str(output_dir),
+    )
+    return Config(
         path=None,
-        site=Site(title="Korean Film Digest", url=base, sender_email="digest@example.org"),
+        site=site,
         sources=(),
         sections=(),
         digest=DigestSettings(),
-        smtp=smtp_server.settings(),
+        smtp=smtp.settings(),
         database_url=str(store.engine.url),
+        **kw,
     )
-    ctx = WebContext(config=config, store=store, secret=SECRET)
-    app = Starlette(routes=subscribe.routes(ctx))
-    server = uvicorn.Server(
+
+
+@contextmanager
+def serve_web(store: Store, smtp: SmtpFixture, output_dir: Path, **kw: Any) -> Iterator[Web]:
+    """The whole app (:func:`create_app`) under uvicorn on 127.0.0.1, and a client for it."""
+    port = unused_port()
+    base = f"http://127.0.0.1:{port}/"
+    ctx = WebContext(
+        config=web_config(store, smtp, base, output_dir, **kw), store=store, secret=SECRET
+    )
+    app = create_app(ctx)
+    server = EmbeddedServer(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     )
     thread = threading.Thread(target=server.run, daemon=True)
@@ -77,14 +93,40 @@ def web(store: Store, smtp_server: SmtpFixture) -> Iterator[Web]:
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.01)
     assert server.started, "uvicorn did not start"
-    with httpx.Client(base_url=base, timeout=10) as client:
-        yield Web(base, ctx, client)
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        with httpx.Client(base_url=base, timeout=10) as client:
+            yield Web(base, ctx, client)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
-def _subscribe(web: Web, email: str, name: str = "") -> httpx.Response:
-    return web.client.post("/subscribe", data={"email": email, "name": name})
+@pytest.fixture
+def web(store: Store, smtp_server: SmtpFixture, tmp_path: Path) -> Iterator[Web]:
+    with serve_web(store, smtp_server, tmp_path / "public") as running:
+        yield running
+
+
+def form_token(client: httpx.Client) -> str:
+    """Load the subscribe form as a browser would (the client keeps its cookie); its token."""
+    page = client.get("/subscribe")
+    assert page.status_code == 200
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found, "the subscribe form has no CSRF token"
+    return found.group(1)
+
+
+def _subscribe(web: Web, email: str, name: str = "", **headers: str) -> httpx.Response:
+    data = {"email": email, "name": name, "csrf": form_token(web.client)}
+    return web.client.post("/subscribe", data=data, headers=headers)
+
+
+def confirm(client: httpx.Client, url: str) -> httpx.Response:
+    """Press the button on the confirmation page (GET alone confirms nothing)."""
+    page = client.get(url)
+    assert page.status_code == 200, page.text
+    assert f'action="{url}"' in page.text
+    return client.post(url, data={"confirm": "yes"})
 
 
 def test_double_opt_in_over_http(web: Web, store: Store, smtp_server: SmtpFixture) -> None:
@@ -105,7 +147,15 @@ def test_double_opt_in_over_http(web: Web, store: Store, smtp_server: SmtpFixtur
     assert html is not None and url in html.get_content()
     assert url.startswith(web.url + "confirm/")
 
-    confirmed = web.client.get(url)
+    # Opening the link (as a mail scanner would) shows a button and confirms nothing.
+    for _ in range(2):
+        assert web.client.head(url).status_code == 200
+        opened = web.client.get(url)
+        assert opened.status_code == 200 and f'action="{url}"' in opened.text
+    still = store.get_subscriber(subscriber.id)
+    assert still is not None and still.status is SubscriberStatus.PENDING
+
+    confirmed = confirm(web.client, url)
     assert confirmed.status_code == 200
     assert "You are subscribed" in confirmed.text
     assert confirmed.headers["referrer-policy"] == "no-referrer"
@@ -179,7 +229,10 @@ def test_forged_and_misdirected_tokens_are_rejected(web: Web, store: Store) -> N
     ]
     for path in attempts:
         if path.startswith("/unsubscribe/"):
-            assert web.client.post(path).status_code == 400, path
+            one_click = {"List-Unsubscribe": "One-Click"}
+            assert web.client.post(path, data=one_click).status_code == 400, path
+        else:
+            assert web.client.post(path, data={"confirm": "yes"}).status_code == 400, path
         assert web.client.get(path).status_code == 400, path
     assert {s.status for s in store.list_subscribers()} == {SubscriberStatus.ACTIVE}
 
@@ -208,11 +261,13 @@ def test_expired_confirm_link_is_refused(
 def test_old_confirm_link_does_not_undo_an_unsubscribe(web: Web, store: Store) -> None:
     subscriber, _ = store.add_subscriber("fickle@example.org", now=datetime.now(UTC))
     token = Tokens(SECRET).confirm_token(subscriber.id, subscriber.email)
-    assert web.client.get(f"/confirm/{token}").status_code == 200
+    url = f"{web.url}confirm/{token}"
+    assert confirm(web.client, url).status_code == 200
     time.sleep(1.1)  # confirm tokens carry whole seconds
     store.unsubscribe_subscriber(subscriber.id, subscriber.email, now=datetime.now(UTC))
 
-    assert web.client.get(f"/confirm/{token}").status_code == 400
+    assert web.client.get(url).status_code == 400
+    assert web.client.post(url, data={"confirm": "yes"}).status_code == 400
     row = store.get_subscriber(subscriber.id)
     assert row is not None and row.status is SubscriberStatus.UNSUBSCRIBED
 
@@ -238,18 +293,23 @@ def test_list_unsubscribe_from_a_delivered_digest_works_over_http(
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert response.status_code == 200
-    # A person: GET shows a page with a form (GET alone must not unsubscribe), then POST.
+    # A person: GET (and HEAD) show a page with a button and change nothing, then POST.
+    assert httpx.head(by_page.group(1)).status_code == 200
     page = httpx.get(by_page.group(1))
     assert page.status_code == 200
     assert f'action="{by_page.group(1)}"' in page.text
+    assert 'name="unsubscribe" value="yes"' in page.text
     assert store.subscriber_by_email("clicker@example.org").status is SubscriberStatus.ACTIVE  # type: ignore[union-attr]
-    assert httpx.post(by_page.group(1)).status_code == 200
+    # A POST that is neither the button nor RFC 8058's body (a prefetcher) does nothing.
+    assert httpx.post(by_page.group(1)).status_code == 400
+    assert store.subscriber_by_email("clicker@example.org").status is SubscriberStatus.ACTIVE  # type: ignore[union-attr]
+    assert httpx.post(by_page.group(1), data={"unsubscribe": "yes"}).status_code == 200
 
     for email in ("reader@example.org", "clicker@example.org"):
         row = store.subscriber_by_email(email)
         assert row is not None and row.status is SubscriberStatus.UNSUBSCRIBED
     # Unsubscribing twice is harmless, and nobody who left gets the next issue.
-    assert httpx.post(one_click.group(1)).status_code == 200
+    assert httpx.post(one_click.group(1), data={"List-Unsubscribe": "One-Click"}).status_code == 200
     later = make_digest(store, subject="Next week")
     later_report = asyncio.run(
         deliver_digest(store, later, site=config.site, smtp=config.smtp, secret=SECRET)

@@ -8,16 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
-from aggregator.cli import app
-from aggregator.cli_mail import register, register_digest_send
 from aggregator.errors import SubscriberError, TokenError
 from aggregator.models import DeliveryStatus, SubscriberStatus
 from aggregator.store import Store
 from aggregator.subscribers import export_text, import_csv, normalize_email
 from aggregator.tokens import Tokens
+from tests.support.cli import run_cli
 from tests.test_deliver import make_digest
 
 if TYPE_CHECKING:
@@ -152,20 +149,6 @@ def test_tokens_are_bound_to_purpose_subscriber_and_secret() -> None:
 # -------------------------------------------------------------------------------- CLI
 
 
-def _cli() -> typer.Typer:
-    """The real ``aggregator`` app, with this module's commands whether or not cli.py wired them."""
-    groups = {group.name: group.typer_instance for group in app.registered_groups}
-    if "subscribers" not in groups:
-        register(app)
-    digest_app = groups.get("digest")
-    if digest_app is None:
-        digest_app = typer.Typer()
-        app.add_typer(digest_app, name="digest")
-    if not any(command.name == "send" for command in digest_app.registered_commands):
-        register_digest_send(digest_app)
-    return app
-
-
 def _config_file(tmp_path: Path, url: str, smtp_port: int) -> Path:
     path = tmp_path / "feeds.yaml"
     path.write_text(
@@ -186,11 +169,9 @@ def test_newcomer_adds_two_subscribers_and_sends_once_each(
 ) -> None:
     monkeypatch.setenv("AGGREGATOR_SECRET", "cli-test-secret-0123456789")
     config = _config_file(tmp_path, sqlite_url, smtp_server.port)
-    runner = CliRunner()
-    cli = _cli()
 
     def run(*args: str) -> str:
-        result = runner.invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
+        result = run_cli("--config", str(config), *args)
         assert result.exit_code == 0, result.output
         return result.output
 
@@ -223,9 +204,7 @@ def test_cli_import_names_bad_lines(
     config = _config_file(tmp_path, sqlite_url, smtp_server.port)
     people = tmp_path / "people.csv"
     people.write_text("good@example.org\nbad-address\nalso@example.org\n", encoding="utf-8")
-    result = CliRunner().invoke(
-        _cli(), ["--config", str(config), "subscribers", "import", str(people)]
-    )
+    result = run_cli("--config", str(config), "subscribers", "import", str(people))
     assert result.exit_code == 1
     assert f"{people}:2" in result.output.replace("\n", "")
     assert "imported 2 new" in result.output

@@ -1,12 +1,18 @@
 """``aggregator demo``: the whole pipeline on one machine with no internet.
 
-It serves bundled sample sources from 127.0.0.1 (listing pages shaped like
-the Korean Film Biz Zone Ko-pick and news boards, one of them in EUC-KR, plus
-RSS, Atom and JSON Feed outlets; English and Korean), starts a local SMTP
-sink, and then runs exactly the production code on a fresh SQLite database:
-ingest, publish, compose the weekly digest, deliver it to two demo
-subscribers, and serve the web app. Everything lands in one directory that
-the command prints, with the URLs to open.
+It serves bundled sample sources (listing pages shaped like the Korean Film
+Biz Zone Ko-pick and news boards, one of them in EUC-KR, plus RSS, Atom and
+JSON Feed outlets; English and Korean) from its own web app under
+``/demo-sources/``, starts a local SMTP sink, and then runs exactly the
+production code on a fresh SQLite database: ingest, publish, compose the
+first digest, deliver it to two demo subscribers, and serve the web app.
+Everything lands in one directory that the command prints.
+
+The feeds.yaml it writes says ``demo: true``: ``aggregator -c DIR/feeds.yaml
+run`` then serves the same sample sources and mail sink itself, on the port
+of ``site.url``, so the directory keeps working after the demo exits. The
+demo never writes into a directory that already holds a feeds.yaml or a
+database.
 
 The sample pages carry date placeholders filled in at serve time, so the
 items are always from "this week" whenever the demo runs.
@@ -16,26 +22,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import logging
 import re
+import signal
 import socket
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 from zoneinfo import ZoneInfo
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..errors import AggregatorError
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from ..config import Config
 
 log = logging.getLogger(__name__)
 
 SEOUL = ZoneInfo("Asia/Seoul")
 DEMO_SECRET = "demo-secret-not-for-production-use"
+SOURCES_PATH = "demo-sources"
+# Files whose presence means "an installation lives here": the demo never overwrites them.
+_INSTALLATION_FILES = ("feeds.yaml", "demo.db", "data/aggregator.db")
+_DATABASE_PATTERNS = ("*.db", "*.sqlite", "*.sqlite3")
 SUBSCRIBERS = (("reader@example.org", "김민지"), ("critic@example.org", "Daniel Park"))
 
 _PLACEHOLDER = re.compile(rb"\{\{(base|date|korean_date|rfc822|iso)(?::(\d+))?\}\}")
@@ -83,64 +104,57 @@ def fill_placeholders(data: bytes, base: str, now: datetime, encoding: str = "ut
     return _PLACEHOLDER.sub(one, data)
 
 
-class _SampleHandler(BaseHTTPRequestHandler):
-    server: _SampleServer
+def sample_page(path: str, query: str, base: str, now: datetime) -> tuple[int, bytes, str | None]:
+    """One response of the sample sources: status, body (placeholders filled), content type.
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("demo source: " + format, *args)
-
-    def do_GET(self) -> None:
-        parts = urlsplit(self.path)
-        query = parse_qs(parts.query)
-        path = parts.path
-        if path == "/eng/news/ko_pick.jsp" and query.get("mode") != ["VIEW"]:
-            page = "kopick_2.html" if query.get("pageIndex") == ["2"] else "kopick_1.html"
-            self._send(site_file(page), "text/html; charset=utf-8")
-        elif path in _FILES:
-            name, content_type = _FILES[path]
-            self._send(site_file(name), content_type)
-        elif path.endswith(".jsp") or path.count("/") >= 2:
-            title = path.rsplit("/", 1)[-1].replace("-", " ") or "article"
-            body = (
-                '<!DOCTYPE html><html><head><meta charset="utf-8"><title>Demo article</title>'
-                f"</head><body><h1>Demo article: {title}</h1><p>This page stands in for the "
-                "original article on the publisher's site.</p></body></html>"
-            )
-            self._send(body.encode(), "text/html; charset=utf-8")
-        else:
-            self._send(b"not found\n", "text/plain", status=404)
-
-    def _send(self, data: bytes, content_type: str | None, status: int = 200) -> None:
-        encoding = "euc-kr" if self.path.startswith("/kor/") else "utf-8"
-        data = fill_placeholders(data, self.server.base, self.server.now, encoding)
-        self.send_response(status)
-        if content_type:
-            self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    ``path`` is relative to the sources' root (``/previews.xml``), ``base`` the
+    absolute URL of that root, which the pages' own links start with.
+    """
+    params = parse_qs(query)
+    content_type: str | None
+    if path == "/eng/news/ko_pick.jsp" and params.get("mode") != ["VIEW"]:
+        page = "kopick_2.html" if params.get("pageIndex") == ["2"] else "kopick_1.html"
+        data, content_type = site_file(page), "text/html; charset=utf-8"
+        status = 200
+    elif path in _FILES:
+        name, content_type = _FILES[path]
+        data, status = site_file(name), 200
+    elif path.endswith(".jsp") or path.count("/") >= 2:
+        title = path.rsplit("/", 1)[-1].replace("-", " ") or "article"
+        body = (
+            '<!DOCTYPE html><html><head><meta charset="utf-8"><title>Demo article</title>'
+            f"</head><body><h1>Demo article: {html.escape(title)}</h1><p>This page stands in "
+            "for the original article on the publisher's site.</p></body></html>"
+        )
+        data, content_type, status = body.encode(), "text/html; charset=utf-8", 200
+    else:
+        data, content_type, status = b"not found\n", "text/plain", 404
+    encoding = "euc-kr" if path.startswith("/kor/") else "utf-8"
+    return status, fill_placeholders(data, base, now, encoding), content_type
 
 
-class _SampleServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, port: int, now: datetime) -> None:
-        super().__init__(("127.0.0.1", port), _SampleHandler)
-        self.base = f"http://127.0.0.1:{self.server_address[1]}"
-        self.now = now
+def sources_base_url(site_url: str) -> str:
+    """Where the web app serves the sample sources: ``<site.url>demo-sources``."""
+    return site_url.rstrip("/") + "/" + SOURCES_PATH
 
 
-@contextlib.contextmanager
-def sample_sources(now: datetime) -> Iterator[str]:
-    """Serve the bundled sample sources; yields their base URL."""
-    server = _SampleServer(0, now)
-    thread = threading.Thread(target=server.serve_forever, name="demo-sources", daemon=True)
-    thread.start()
-    try:
-        yield server.base
-    finally:
-        server.shutdown()
-        server.server_close()
+def mount_samples(app: Starlette, site_url: str, now: datetime) -> None:
+    """Serve the sample sources from ``app`` itself, under ``/demo-sources/``.
+
+    So the demo's feeds.yaml names sources on the same port as its web app,
+    and ``aggregator run`` on that file finds them as long as it runs.
+    """
+    base = sources_base_url(site_url)
+
+    async def endpoint(request: Request) -> Response:
+        path = "/" + str(request.path_params["path"])
+        status, data, content_type = sample_page(path, request.url.query, base, now)
+        headers = {"Content-Type": content_type} if content_type else {}
+        log.debug("demo source: %s %s %d", request.method, request.url.path, status)
+        return Response(data, status_code=status, headers=headers)
+
+    route = Route(f"/{SOURCES_PATH}/{{path:path}}", endpoint, methods=["GET", "HEAD"])
+    app.router.routes.insert(0, route)
 
 
 @dataclass
@@ -152,34 +166,67 @@ class MailSink:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         for rcpt in envelope.rcpt_tos:
-            n = len(self.files) + 1
+            # Numbered after what is already there: a restarted `run` adds, never overwrites.
+            n = len(list(self.directory.glob("*.eml"))) + 1
             path = self.directory / f"{n:02d}-{rcpt}.eml"
             path.write_bytes(envelope.original_content or envelope.content)
             self.files.append(path)
         return "250 OK: stored by the demo mail sink"
 
 
-@contextlib.contextmanager
-def mail_sink(directory: Path) -> Iterator[tuple[int, MailSink]]:
+def start_mail_sink(directory: Path, port: int, host: str = "127.0.0.1") -> tuple[Any, MailSink]:
+    """An SMTP server on ``host:port`` that files each message in ``directory``."""
     from aiosmtpd.controller import Controller
 
     directory.mkdir(parents=True, exist_ok=True)
     handler = MailSink(directory)
+    controller = Controller(handler, hostname=host, port=port)
+    try:
+        controller.start()
+    except (OSError, RuntimeError) as exc:
+        raise AggregatorError(f"demo mail sink cannot listen on {host}:{port}: {exc}") from None
+    return controller, handler
+
+
+@contextlib.contextmanager
+def mail_sink(directory: Path) -> Iterator[tuple[int, MailSink]]:
     port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
+    controller, handler = start_mail_sink(directory, port)
     try:
         yield port, handler
     finally:
         controller.stop()
 
 
-def demo_config_text(sources_base: str, web_port: int, smtp_port: int, directory: Path) -> str:
+def refuse_installation(directory: Path) -> None:
+    """Raise if ``directory`` holds a feeds.yaml or a database: the demo overwrites nothing."""
+    found = [name for name in _INSTALLATION_FILES if (directory / name).exists()]
+    found += sorted(
+        p.name for pattern in _DATABASE_PATTERNS for p in directory.glob(pattern) if p.is_file()
+    )
+    if found:
+        names = ", ".join(dict.fromkeys(found))
+        raise AggregatorError(
+            f"{directory} already holds {names}: the demo never overwrites an installation; "
+            "give it a new or empty directory with --dir (or run without --dir), or serve "
+            f"this one with `aggregator -c {directory / 'feeds.yaml'} run`"
+        )
+
+
+def demo_config_text(web_port: int, smtp_port: int, directory: Path) -> str:
+    """The demo's feeds.yaml: everything on 127.0.0.1, runnable by ``aggregator run`` as is."""
+    site_url = f"http://127.0.0.1:{web_port}/"
+    sources_base = sources_base_url(site_url)
     return f"""\
-# Written by `aggregator demo`: the bundled sample sources on 127.0.0.1.
+# Written by `aggregator demo`. Serve it with `aggregator -c {directory / "feeds.yaml"} run`:
+# with `demo: true`, `run` listens on the port of site.url, serves the sample
+# sources itself under {sources_base}/ and files the digest mails it sends
+# in {directory / "mail"} (an SMTP sink on 127.0.0.1:{smtp_port}).
+demo: true
+
 site:
   title: Korean Film Digest (demo)
-  url: http://127.0.0.1:{web_port}/
+  url: {site_url}
   description: Ko-pick columns, film previews and Korean film industry news, weekly.
   language: en
   timezone: Asia/Seoul
@@ -260,6 +307,31 @@ class DemoResult:
     duplicates: int
     digest_id: int | None
     digest_items: int
+    serving: bool = False
+
+
+async def _serve_until_signal(web_task: asyncio.Task[None]) -> None:
+    """Wait for Ctrl-C or SIGTERM (or the web server's end); the caller then stops the server.
+
+    Without this, asyncio's own Ctrl-C handling cancels every task mid-await
+    and the user gets a screenful of tracebacks instead of a clean stop.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue  # not the main thread
+        installed.append(sig)
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({waiter, web_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        for number in installed:
+            loop.remove_signal_handler(number)
 
 
 async def run_demo(
@@ -270,16 +342,21 @@ async def run_demo(
     on_step: Callable[[str], None] | None = None,
     on_ready: Callable[[DemoResult], None] | None = None,
 ) -> DemoResult:
-    """Run the pipeline once against the sample sources; optionally keep serving."""
+    """Run the pipeline once against the sample sources; optionally keep serving.
+
+    Raises :class:`AggregatorError` before writing anything when ``directory``
+    already holds an installation.
+    """
     import uvicorn
 
     from ..config import load_config
     from ..deliver import deliver_digest
-    from ..digest import Period, compose
+    from ..digest import compose
     from ..ingest import Ingestor
     from ..models import utcnow
     from ..publish import publish_from_store
     from ..render import UNSUBSCRIBE_PLACEHOLDER
+    from ..scheduler import bind_web_socket
     from ..store import Store
     from ..web.app import WebContext, create_app
     from ..web.server import EmbeddedServer
@@ -289,21 +366,36 @@ async def run_demo(
         if on_step is not None:
             on_step(text)
 
-    directory = Path(directory or tempfile.mkdtemp(prefix="aggregator-demo-")).resolve()
+    if directory is None:
+        directory = Path(tempfile.mkdtemp(prefix="aggregator-demo-"))
+    directory = directory.resolve()
+    refuse_installation(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    web_port = web_port or free_port()
+    listener = bind_web_socket("127.0.0.1", web_port)
+    web_port = int(listener.getsockname()[1])
     now = utcnow()
-    with sample_sources(now) as base, mail_sink(directory / "mail") as (smtp_port, sink):
+    with contextlib.ExitStack() as stack:
+        stack.callback(listener.close)
+        smtp_port, sink = stack.enter_context(mail_sink(directory / "mail"))
         config_path = directory / "feeds.yaml"
-        config_path.write_text(
-            demo_config_text(base, web_port, smtp_port, directory), encoding="utf-8"
-        )
+        config_path.write_text(demo_config_text(web_port, smtp_port, directory), encoding="utf-8")
         config = load_config(config_path)
         store = Store.open(config.database_url)
-        server: EmbeddedServer | None = None
-        web_task: asyncio.Task[None] | None = None
+        stack.callback(store.close)
+        app = create_app(WebContext(config=config, store=store, secret=DEMO_SECRET))
+        mount_samples(app, config.site.url, now)
+        server = EmbeddedServer(
+            # No lifespan: the app needs none, and a lifespan task cancelled
+            # by Ctrl-C logs a traceback.
+            uvicorn.Config(
+                app, host="127.0.0.1", port=web_port, log_level="warning", lifespan="off"
+            )
+        )
+        web_task = asyncio.create_task(server.serve(sockets=[listener]))
         try:
-            step(f"sample sources on {base}; mail sink on 127.0.0.1:{smtp_port}")
+            while not server.started and not web_task.done():
+                await asyncio.sleep(0.05)
+            step(f"web app and sample sources on {config.site.url}; mail sink on port {smtp_port}")
             store.sync_sources(config.sources)
             # The KoBiz boards first, so a story they share with an outlet is
             # stored as KoBiz's and the outlet's copy is the marked duplicate.
@@ -314,21 +406,16 @@ async def run_demo(
             for s in stats:
                 step(f"ingest {s.source_id}: {s.outcome.value}, {s.new} new, {s.duplicates} dup")
             sections = {s.id: s.title for s in config.sections}
-            published = publish_from_store(store, config.site, config.output_dir, sections=sections)
+            published = await asyncio.to_thread(
+                publish_from_store, store, config.site, config.output_dir, sections=sections
+            )
             step(f"published {published.item_count} items to {published.atom_path}")
 
             for email, name in SUBSCRIBERS:
                 store.add_subscriber(email, name=name, active=True, now=now)
-            period = Period(start=now - timedelta(days=7), end=utcnow() + timedelta(seconds=1))
-            digest = compose(config, store, now=utcnow(), period=period)
-
-            app = create_app(WebContext(config=config, store=store, secret=DEMO_SECRET))
-            server = EmbeddedServer(
-                uvicorn.Config(app, host="127.0.0.1", port=web_port, log_level="warning")
-            )
-            web_task = asyncio.create_task(server.serve())
-            while not server.started and not web_task.done():
-                await asyncio.sleep(0.05)
+            # The install's first issue: what was just stored. The next one,
+            # sent by `run` at the weekly slot, starts where it ends.
+            digest = compose(config, store, now=utcnow())
 
             preview_dir = directory / "preview"
             preview_dir.mkdir(exist_ok=True)
@@ -360,16 +447,44 @@ async def run_demo(
                 duplicates=store.count_items() - visible,
                 digest_id=digest.id if digest else None,
                 digest_items=digest.item_count if digest else 0,
+                serving=serve_forever,
             )
             if on_ready is not None:
                 on_ready(result)
             if serve_forever:
-                await web_task
+                await _serve_until_signal(web_task)
             return result
         finally:
-            if server is not None:
-                server.should_exit = True
-            if web_task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await web_task
-            store.close()
+            server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await web_task
+
+
+class DemoRuntime:
+    """What ``aggregator run`` adds for a feeds.yaml written by the demo (``demo: true``).
+
+    The sample sources, served by the service's own web app, and the mail
+    sink on the port the file names, filing messages in ``mail/`` beside it.
+    """
+
+    def __init__(self, config: Config, now: datetime) -> None:
+        self.config = config
+        self.now = now
+        self.mail_dir = (config.path.parent if config.path else Path.cwd()) / "mail"
+        self._controller: Any = None
+
+    def start(self) -> None:
+        """Start the mail sink; a busy port is logged, not fatal (the web app still works)."""
+        smtp = self.config.smtp
+        try:
+            self._controller, _ = start_mail_sink(self.mail_dir, smtp.port, smtp.host)
+        except AggregatorError as exc:
+            log.warning("%s: digests cannot be delivered in this demo run", exc)
+
+    def mount(self, app: Starlette) -> None:
+        mount_samples(app, self.config.site.url, self.now)
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None

@@ -10,14 +10,12 @@ what the specifications ask for.
 
 from __future__ import annotations
 
-import calendar
 import functools
 import hashlib
 import html
 import logging
-import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import feedparser
@@ -26,7 +24,9 @@ from selectolax.lexbor import LexborHTMLParser
 
 from ..errors import ParseError
 from ..models import FetchResult, ParsedFeed, RawEntry, Source
-from .decode import korean_as_utf8
+from .dates import parse_date
+from .decode import damaged_utf8_as_utf8, korean_as_utf8
+from .markup import cap_nesting, neutralize_char_ref_bytes
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +48,21 @@ def html_to_text(markup: str) -> str:
     """The text of an HTML fragment (tags dropped, entities decoded)."""
     if "<" not in markup and "&" not in markup:
         return markup
-    root = LexborHTMLParser(f"<body>{markup}</body>").body
+    root = LexborHTMLParser(f"<body>{cap_nesting(markup)}</body>").body
     return root.text(deep=True) if root is not None else markup
 
 
-def _utc(parsed: time.struct_time | None) -> datetime | None:
-    """feedparser's UTC ``struct_time`` → an aware datetime (None if absent or absurd)."""
-    if not parsed:
+def _date(text: object, source: Source, now: datetime) -> datetime | None:
+    """A feed's date string read by ``dates.parse_date``, or None.
+
+    feedparser's own ``*_parsed`` values are not used: it reads an unknown
+    zone name (``KST``) as UTC and ``2025.11.27`` as 2025-11-01, silently.
+    Ours reads named zones, dotted and Korean dates, and returns None for what
+    it cannot read unambiguously; normalize then flags the item ``date_missing``.
+    """
+    if not isinstance(text, str):
         return None
-    try:
-        return datetime.fromtimestamp(calendar.timegm(parsed), UTC)
-    except (OverflowError, ValueError, OSError):
-        return None
+    return parse_date(text, tz=source.timezone, fmt=source.date_format, now=now)
 
 
 def _detail_html(value: str, detail: Mapping[str, Any] | None) -> str:
@@ -143,7 +146,13 @@ def synthetic_guid(title: str | None, date_text: str | None) -> str:
     return f"sha256:{digest[:32]}"
 
 
-def _entry(entry: Mapping[str, Any], feed_link: str | None, feed_language: str | None) -> RawEntry:
+def _entry(
+    entry: Mapping[str, Any],
+    feed_link: str | None,
+    feed_language: str | None,
+    source: Source,
+    now: datetime,
+) -> RawEntry:
     title = entry.get("title")
     if title is not None:
         detail = entry.get("title_detail") or {}
@@ -163,8 +172,9 @@ def _entry(entry: Mapping[str, Any], feed_link: str | None, feed_language: str |
         title=title,
         summary_html=summary_html,
         content_html=content_html,
-        published=_utc(entry.get("published_parsed") or entry.get("created_parsed")),
-        updated=_utc(entry.get("updated_parsed")),
+        published=_date(entry.get("published"), source, now)
+        or _date(entry.get("created"), source, now),
+        updated=_date(entry.get("updated"), source, now),
         date_text=date_text,
         author=_author(entry),
         categories=_categories(entry),
@@ -185,6 +195,7 @@ def parse_feed(source: Source, result: FetchResult) -> ParsedFeed:
     headers = {"content-location": result.url}
     if result.content_type:
         headers["content-type"] = result.content_type
+    warnings: list[str] = []
     if source.encoding:
         headers["content-type"] = f"application/xml; charset={source.encoding}"
     elif (recoded := korean_as_utf8(content)) is not None:
@@ -192,12 +203,28 @@ def parse_feed(source: Source, result: FetchResult) -> ParsedFeed:
         # windows-1252 and store mojibake.
         content = recoded
         headers["content-type"] = "application/xml; charset=utf-8"
-    parsed = feedparser.parse(
-        content,
-        response_headers=headers,
-        sanitize_html=False,
-        resolve_relative_uris=False,
-    )
+    elif (damaged := damaged_utf8_as_utf8(content, result.charset)) is not None:
+        # A few invalid bytes in UTF-8: feedparser would drop UTF-8 for the whole
+        # document and garble every item. Replace just those bytes.
+        content = damaged.text.encode("utf-8")
+        headers["content-type"] = "application/xml; charset=utf-8"
+        warnings.append(damaged.warning or "invalid UTF-8 replaced")
+    content = neutralize_char_ref_bytes(content)
+    try:
+        parsed = feedparser.parse(
+            content,
+            response_headers=headers,
+            sanitize_html=False,
+            resolve_relative_uris=False,
+        )
+    except (ValueError, OverflowError, LookupError, RecursionError) as crash:
+        # feedparser's loose parser has crashed on inputs nothing above defuses
+        # (it raises instead of flagging): that is this source's error, not ours.
+        raise ParseError(
+            f"feedparser could not read this document ({type(crash).__name__}: {crash})",
+            source_id=source.id,
+            url=result.url,
+        ) from crash
     feed = parsed.get("feed") or {}
     raw_entries = parsed.get("entries") or []
     warning = None
@@ -215,12 +242,15 @@ def parse_feed(source: Source, result: FetchResult) -> ParsedFeed:
         log.info(
             "%s: malformed feed, %d entries recovered: %s", source.id, len(raw_entries), warning
         )
+        warnings.append(f"malformed feed, {len(raw_entries)} entries recovered: {warning}")
     feed_link = feed.get("link") or None
     language = feed.get("language") or None
     return ParsedFeed(
         title=html_to_text(feed["title"]) if feed.get("title") else None,
         link=feed_link,
-        entries=tuple(_entry(e, feed_link, language) for e in raw_entries),
+        entries=tuple(
+            _entry(e, feed_link, language, source, result.fetched_at) for e in raw_entries
+        ),
         language=language,
-        warning=warning,
+        warning="; ".join(warnings) or None,
     )

@@ -26,7 +26,8 @@ from ..dedupe import canonical_url
 from ..errors import ParseError, ScrapeError
 from ..models import FetchResult, ParsedFeed, RawEntry, Selectors, Source
 from .dates import parse_date
-from .decode import decode_html
+from .decode import decode_document
+from .markup import cap_nesting, neutralize_char_refs
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,11 @@ def parse_listing(source: Source, result: FetchResult) -> ParsedFeed:
     if select is None:
         raise ParseError('type "html" needs a "select" block', source_id=source.id, url=source.url)
     url = result.url
-    text = decode_html(result.content or b"", http_charset=result.charset, override=source.encoding)
-    tree = LexborHTMLParser(text)
+    decoded = decode_document(
+        result.content or b"", http_charset=result.charset, override=source.encoding
+    )
+    # Depth beyond the cap makes the HTML5 tree builder quadratic (markup.py).
+    tree = LexborHTMLParser(cap_nesting(neutralize_char_refs(decoded.text)))
     base = url
     base_node = tree.css_first("base[href]")
     if base_node is not None and (base_href := _absolute(url, base_node.attributes.get("href"))):
@@ -207,7 +211,7 @@ def parse_listing(source: Source, result: FetchResult) -> ParsedFeed:
     }
     dated = [r for r in rows if r.date_text]
     failed = [r for r in dated if dates[id(r)] is None]
-    warnings: list[str] = []
+    warnings: list[str] = [decoded.warning] if decoded.warning else []
     if dated and len(failed) == len(dated):
         raise _scrape_error(
             source,

@@ -10,7 +10,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import StoreError
@@ -86,17 +86,43 @@ def _alembic_config() -> AlembicConfig:
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision (a no-op when it is current)."""
     cfg = _alembic_config()
+    sqlite = engine.dialect.name == "sqlite"
     try:
-        with engine.begin() as conn:
-            current = MigrationContext.configure(conn).get_current_revision()
-            head = ScriptDirectory.from_config(cfg).get_current_head()
-            if current == head:
-                return
-            log.info("migrating database from %s to %s", current or "empty", head)
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        with engine.connect() as conn:
+            if sqlite:
+                # Batch migrations copy a table, drop the original and rename
+                # the copy; with enforcement on, dropping ``items`` would
+                # fail on (or delete) the rows that reference it. SQLite only
+                # honours this pragma outside a transaction, hence before begin.
+                conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                conn.commit()
+            try:
+                with conn.begin():
+                    current = MigrationContext.configure(conn).get_current_revision()
+                    head = ScriptDirectory.from_config(cfg).get_current_head()
+                    if current == head:
+                        return
+                    log.info("migrating database from %s to %s", current or "empty", head)
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
+                    if sqlite:
+                        _check_foreign_keys(conn)
+            finally:
+                if sqlite:
+                    conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                    conn.commit()
     except SQLAlchemyError as exc:
         raise StoreError(
             f"cannot migrate database {safe_url(str(engine.url))}: {exc.__class__.__name__}: "
             f"{str(exc).splitlines()[0]}"
         ) from None
+
+
+def _check_foreign_keys(conn: Connection) -> None:
+    """Fail the migration (rolled back) if it left a dangling reference on SQLite."""
+    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        raise StoreError(
+            f"migration left {len(broken)} rows with a dangling reference "
+            f"(first: table {broken[0][0]}, row {broken[0][1]}); nothing was changed"
+        )

@@ -7,6 +7,8 @@ of truth for existing databases; this module must describe the same schema.
 
 from __future__ import annotations
 
+import hashlib
+
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -22,6 +24,22 @@ from sqlalchemy import (
 )
 
 from .types import UTCDateTime
+
+# Hex digits of a text key (sha256): what the indexes hold instead of the text.
+KEY_HASH_CHARS = 64
+
+
+def text_key(value: str) -> str:
+    """The fixed-size index key of an unbounded text (a guid, a canonical link).
+
+    PostgreSQL refuses an index row over ~2.7 KB (``index row size exceeds
+    btree maximum``), and a feed controls how long its links and guids are:
+    indexing the text itself lets one entry stop a source's whole write. A
+    sha256 digest is 64 characters whatever the input; lookups compare the
+    digest (collisions are not a practical concern at 256 bits).
+    """
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -52,6 +70,8 @@ sources = Table(
     Column("disabled_at", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
     Column("warning", Text),  # non-fatal, e.g. guids that change on every fetch
+    # feeds.yaml's priority: which copy of a story is kept (higher wins).
+    Column("priority", Integer, nullable=False, default=0, server_default="0"),
 )
 
 items = Table(
@@ -60,8 +80,10 @@ items = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("source_id", String(64), ForeignKey("sources.id"), nullable=False),
     Column("guid", Text, nullable=False),
+    Column("guid_hash", String(KEY_HASH_CHARS), nullable=False),  # text_key(guid)
     Column("url", Text, nullable=False),
     Column("canonical_url", Text, nullable=False),
+    Column("canonical_url_hash", String(KEY_HASH_CHARS), nullable=False),
     Column("fingerprint", String(64), nullable=False),
     Column("content_hash", String(64), nullable=False),
     Column("title", Text, nullable=False),
@@ -79,8 +101,13 @@ items = Table(
     Column("first_seen_at", UTCDateTime, nullable=False),
     Column("date_missing", Boolean, nullable=False, default=False),
     Column("duplicate_of", Integer, ForeignKey("items.id")),
-    UniqueConstraint("source_id", "guid"),
-    Index("ix_items_canonical_url", "canonical_url"),
+    # The (source, guid) whose feed id readers already know for this story,
+    # when a better copy took over from it; NULL: the item's own.
+    Column("story_source_id", String(64)),
+    Column("story_guid", Text),
+    # Only fixed-size keys are indexed: never the feed's unbounded text.
+    UniqueConstraint("source_id", "guid_hash"),
+    Index("ix_items_canonical_url_hash", "canonical_url_hash"),
     Index("ix_items_fingerprint", "fingerprint"),
     Index("ix_items_published_at", "published_at"),
     Index("ix_items_first_seen_at", "first_seen_at"),
@@ -139,4 +166,13 @@ deliveries = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     UniqueConstraint("digest_id", "subscriber_id"),
     Index("ix_deliveries_digest_id_status", "digest_id", "status"),
+)
+
+# One row (id 1): a random id minted when the database was created, part of
+# every Message-ID so two installations (or one after a reset) never repeat one.
+installation = Table(
+    "installation",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("install_id", String(32), nullable=False),
 )

@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..digest import view_url
 from ..render import public_issue_html, render_archive_index
-from .app import WebContext
+from .app import WebContext  # also registers the ``rowid`` path convertor
 
 __all__ = ["ARCHIVE_LIMIT", "SUBSCRIBE_PATH", "routes"]
 
@@ -56,16 +56,10 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         if digest is None or not digest.html:
             raise HTTPException(404, f"No issue number {digest_id}.")
         html = public_issue_html(digest.html, subscribe_url=_subscribe_url(ctx))
-        return HTMLResponse(
-            html,
-            headers={
-                "Cache-Control": _ISSUE_CACHE,
-                # The email HTML carries no script of its own; forbid any.
-                "Content-Security-Policy": "script-src 'none'; object-src 'none'; base-uri 'none'",
-            },
-        )
+        # The email HTML carries no script of its own; the app's CSP forbids any.
+        return HTMLResponse(html, headers={"Cache-Control": _ISSUE_CACHE})
 
     return [
         Route("/digests/", index, methods=["GET", "HEAD"], name="digest_index"),
-        Route("/digests/{digest_id:int}", issue, methods=["GET", "HEAD"], name="digest_issue"),
+        Route("/digests/{digest_id:rowid}", issue, methods=["GET", "HEAD"], name="digest_issue"),
     ]

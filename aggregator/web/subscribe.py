@@ -1,19 +1,33 @@
 """Double opt-in: ``/subscribe``, ``/confirm/<token>``, ``/unsubscribe/<token>``.
 
-- ``GET /subscribe`` shows the form; ``POST /subscribe`` answers with the same
-  page whatever the address's state (new, pending, active, unsubscribed), so
-  the form cannot be used to find out who subscribes. A confirmation email goes
+Safe methods never change anything. Every path has a GET handler (Starlette
+answers HEAD with it) that only reads, and a separate POST handler; mail link
+scanners, which follow links with HEAD and GET, cannot subscribe, confirm or
+unsubscribe anyone.
+
+- ``GET /subscribe`` shows the form with a CSRF token (its nonce in a
+  cookie). ``POST /subscribe`` is refused with 403 when the token is missing,
+  forged or stale, or when ``Origin``/``Referer``/``Sec-Fetch-Site`` say the
+  form came from another site. Otherwise it answers with the same page
+  whatever the address's state (new, pending, active, unsubscribed), so the
+  form cannot be used to find out who subscribes. A confirmation email goes
   out after the response (a background task), so timing does not tell either;
-  an address that is already active gets no mail. Each client IP may post
-  :data:`SUBSCRIBE_LIMIT` times per :data:`SUBSCRIBE_WINDOW` seconds, then gets
-  429 with ``Retry-After``. Behind a reverse proxy run uvicorn with
-  ``--proxy-headers --forwarded-allow-ips`` so the client IP is the real one.
-- ``GET /confirm/<token>`` activates the subscriber named in a valid,
-  unexpired confirm token (see :mod:`aggregator.tokens`).
-- ``GET /unsubscribe/<token>`` shows a confirmation page with a POST form;
-  ``POST /unsubscribe/<token>`` unsubscribes at once. The POST also serves
-  RFC 8058 one-click requests (body ``List-Unsubscribe=One-Click``) from mail
-  clients, which need no page, only a 2xx.
+  an address that is already active gets no mail.
+- Limits: each client address (see :func:`~aggregator.web.security.client_address`;
+  ``X-Forwarded-For`` counts only from ``web.trusted_proxies``) may post
+  :data:`SUBSCRIBE_LIMIT` times per :data:`SUBSCRIBE_WINDOW` seconds, then
+  gets 429 with ``Retry-After``; each mailbox gets at most
+  :data:`CONFIRM_MAILS_PER_ADDRESS` confirmation mails per
+  :data:`CONFIRM_MAIL_WINDOW`, whatever the number of clients asking (past
+  that the answer is unchanged and no mail is sent).
+- The name field may not hold a web or email address and is never put into
+  the confirmation mail: that mail goes to an address nobody has vouched for
+  yet, so nothing a stranger typed may appear in it.
+- ``GET /confirm/<token>`` checks the token and shows a page with a button;
+  its ``POST`` activates the subscriber (see :mod:`aggregator.tokens`).
+- ``GET /unsubscribe/<token>`` shows a page with a button; ``POST`` with the
+  button's field, or RFC 8058's ``List-Unsubscribe=One-Click`` body from a
+  mail client, unsubscribes.
 
 Pages are Jinja2 templates under ``templates/mail/`` with autoescaping. Token
 pages are sent with ``Referrer-Policy: no-referrer`` and ``Cache-Control:
@@ -24,17 +38,19 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections import deque
+import re
+from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, formataddr, make_msgid
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -42,17 +58,57 @@ from starlette.routing import BaseRoute, Route
 from ..deliver import message_id_domain, send_message
 from ..errors import AggregatorError, SubscriberError, TokenError
 from ..models import Site, SmtpSettings, Subscriber, SubscriberStatus, utcnow
-from ..render import templates_dir
+from ..render import template_dirs
 from ..subscribers import clean_name, normalize_email
 from ..tokens import Tokens
 from .app import WebContext
+from .ratelimit import RateLimiter
+from .security import FormTokens, client_address, cross_site_reason
 
-__all__ = ["SUBSCRIBE_LIMIT", "SUBSCRIBE_WINDOW", "RateLimiter", "routes"]
+__all__ = [
+    "CONFIRM_MAILS_PER_ADDRESS",
+    "CONFIRM_MAIL_WINDOW",
+    "CSRF_COOKIE",
+    "FORM_MAX_AGE",
+    "FORM_SALT",
+    "MAX_NAME_LENGTH",
+    "SUBSCRIBE_LIMIT",
+    "SUBSCRIBE_WINDOW",
+    "RateLimiter",
+    "mailbox_key",
+    "name_problem",
+    "routes",
+]
 
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_LIMIT = 5
 SUBSCRIBE_WINDOW = 3600.0
+
+CONFIRM_MAILS_PER_ADDRESS = 3
+CONFIRM_MAIL_WINDOW = 86400
+"""At most :data:`CONFIRM_MAILS_PER_ADDRESS` confirmation mails per mailbox in this many seconds."""
+
+MAX_NAME_LENGTH = 100
+
+FORM_MAX_AGE = 86400
+"""Seconds a subscribe form's CSRF token stays valid (a tab left open overnight works)."""
+CSRF_COOKIE = "subscribe_csrf"
+FORM_SALT = "aggregator.subscribe.form.v1"
+
+# The buttons' fields: a POST must carry one of these to change anything, so a
+# stray POST with an empty body (a prefetcher, a crawler) does nothing.
+CONFIRM_FIELD = ("confirm", "yes")
+UNSUBSCRIBE_FIELD = ("unsubscribe", "yes")
+ONE_CLICK = ("List-Unsubscribe", "One-Click")
+
+# What mail clients turn into links: a scheme, "www.", an address, or a dotted
+# host name (full-width and ideographic dots too, which IDNA reads as dots).
+_URL_LIKE = re.compile(
+    r"://|\b(?:mailto|javascript|data|vbscript|file|tel|sms):|www[.。．｡]|@"
+    r"|[\w-][.。．｡]\w{2,}",
+    re.IGNORECASE,
+)
 
 _PRIVATE_HEADERS = {
     "Cache-Control": "no-store",
@@ -61,36 +117,10 @@ _PRIVATE_HEADERS = {
 }
 
 
-class RateLimiter:
-    """A sliding-window counter per key (client IP), in memory, for one process."""
-
-    def __init__(self, limit: int, window: float) -> None:
-        self.limit = limit
-        self.window = window
-        self._hits: dict[str, deque[float]] = {}
-
-    def hit(self, key: str, now: float | None = None) -> float | None:
-        """Count one request; None if allowed, else seconds until the next one is."""
-        now = time.monotonic() if now is None else now
-        if len(self._hits) > 10_000:  # keep memory bounded under a flood of addresses
-            self._forget_idle(now)
-        hits = self._hits.setdefault(key, deque())
-        while hits and hits[0] <= now - self.window:
-            hits.popleft()
-        if len(hits) >= self.limit:
-            return hits[0] + self.window - now
-        hits.append(now)
-        return None
-
-    def _forget_idle(self, now: float) -> None:
-        for key in [k for k, v in self._hits.items() if not v or v[-1] <= now - self.window]:
-            del self._hits[key]
-
-
 @lru_cache(maxsize=4)
-def _environment(directory: str) -> jinja2.Environment:
+def _environment(directories: tuple[str, ...]) -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(directory),
+        loader=jinja2.FileSystemLoader(list(directories)),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2")),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -98,8 +128,10 @@ def _environment(directory: str) -> jinja2.Environment:
     )
 
 
-def _template(template: str, context: dict[str, Any]) -> str:
-    return _environment(str(templates_dir() / "mail")).get_template(template).render(context)
+def _template(site: Site, template: str, context: dict[str, Any]) -> str:
+    """``mail/<template>`` from the first template directory that has it (render.template_dirs)."""
+    directories = tuple(str(d / "mail") for d in template_dirs(site))
+    return _environment(directories).get_template(template).render(context)
 
 
 def _site_context(site: Site) -> dict[str, Any]:
@@ -113,9 +145,9 @@ def _site_context(site: Site) -> dict[str, Any]:
 
 def confirmation_message(site: Site, subscriber: Subscriber, confirm_url: str) -> bytes:
     """The double opt-in email: text and HTML, UTF-8, with a fresh Message-ID."""
+    # No name: a stranger typed it, and this mail goes to someone who did not.
     context = {
         **_site_context(site),
-        "name": subscriber.name,
         "email": subscriber.email,
         "confirm_url": confirm_url,
         "valid_days": 7,
@@ -127,8 +159,8 @@ def confirmation_message(site: Site, subscriber: Subscriber, confirm_url: str) -
     message["Date"] = format_datetime(utcnow())
     message["Message-ID"] = make_msgid("confirm", domain=message_id_domain(site))
     message["Auto-Submitted"] = "auto-replied"
-    message.set_content(_template("confirm.txt.j2", context), cte="quoted-printable")
-    message.add_alternative(_template("confirm.html.j2", context), subtype="html")
+    message.set_content(_template(site, "confirm.txt.j2", context), cte="quoted-printable")
+    message.add_alternative(_template(site, "confirm.html.j2", context), subtype="html")
     return message.as_bytes(policy=SMTP)
 
 
@@ -140,9 +172,33 @@ async def _send_confirmation(smtp: SmtpSettings, sender: str, recipient: str, da
         log.error("confirmation mail to %s not sent: %s", recipient, error)
 
 
+def mailbox_key(email: str) -> str:
+    """One key per inbox: case folded and ``+tag`` dropped, so variants share a quota."""
+    local, _, domain = email.rpartition("@")
+    return f"{local.split('+', 1)[0]}@{domain}".lower()
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be stored (it would carry a link into our mail), or None."""
+    if len(name) > MAX_NAME_LENGTH:
+        return f"A name can have at most {MAX_NAME_LENGTH} characters."
+    if _URL_LIKE.search(name):
+        return "A name cannot contain a web or email address."
+    return None
+
+
 def routes(ctx: WebContext) -> list[BaseRoute]:
-    """The subscribe, confirm and unsubscribe routes, sharing one rate limiter."""
-    limiter = RateLimiter(SUBSCRIBE_LIMIT, SUBSCRIBE_WINDOW)
+    """The subscribe, confirm and unsubscribe routes, sharing their rate limiters.
+
+    Each path has one handler for GET (and so HEAD), which only reads, and a
+    separate one for POST, which may write (:func:`_read_or_write`): a safe
+    method cannot reach code that changes anything.
+    """
+    per_client = RateLimiter(SUBSCRIBE_LIMIT, SUBSCRIBE_WINDOW)
+    per_mailbox = RateLimiter(CONFIRM_MAILS_PER_ADDRESS, CONFIRM_MAIL_WINDOW)
+    ctx.rate_limiters["subscribe.client"] = per_client
+    ctx.rate_limiters["subscribe.mailbox"] = per_mailbox
+    form_tokens = FormTokens(ctx.secret, salt=FORM_SALT, max_age=FORM_MAX_AGE)
 
     def tokens() -> Tokens:
         return Tokens(ctx.secret)
@@ -156,10 +212,13 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             "action": "",
             "email": "",
             "name": "",
+            "csrf": "",
+            "button": "",
+            "button_field": ("", ""),
             **context,
         }
         return HTMLResponse(
-            _template("page.html.j2", values),
+            _template(ctx.config.site, "page.html.j2", values),
             status_code=status,
             headers={**_PRIVATE_HEADERS, **(headers or {})},
         )
@@ -168,11 +227,48 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         url = ctx.config.site.url
         return url if url.endswith("/") else url + "/"
 
+    def form_page(request: Request, status: int = 200, **context: Any) -> Response:
+        """The subscribe form, with a CSRF token and its cookie."""
+        cookie, token = form_tokens.issue(request.cookies.get(CSRF_COOKIE))
+        response = page(
+            status,
+            heading="Subscribe",
+            form="subscribe",
+            action=f"{base_url()}subscribe",
+            csrf=token,
+            **context,
+        )
+        response.set_cookie(
+            CSRF_COOKIE,
+            cookie,
+            max_age=FORM_MAX_AGE,
+            path=urlsplit(base_url()).path + "subscribe",
+            secure=base_url().startswith("https:"),
+            httponly=True,
+            samesite="strict",
+        )
+        return response
+
+    def invalid_link(error: Exception, **context: Any) -> Response:
+        return page(400, heading="Link not valid", error=f"{str(error).capitalize()}.", **context)
+
+    async def show_form(request: Request) -> Response:
+        return form_page(request)
+
     async def subscribe(request: Request) -> Response:
-        if request.method == "GET":
-            return page(heading="Subscribe", form="subscribe", action=f"{base_url()}subscribe")
-        client = request.client.host if request.client else "unknown"
-        wait = limiter.hit(client)
+        reason = cross_site_reason(request.headers, ctx.config.site.url)
+        if reason is None:
+            form = await request.form()
+            reason = form_tokens.check(_field(form, "csrf"), request.cookies.get(CSRF_COOKIE))
+        if reason is not None:
+            log.warning("subscribe form refused (403): %s", reason)
+            return form_page(
+                request,
+                403,
+                error=f"This form could not be accepted: {reason}. "
+                "Please submit it again from this page.",
+            )
+        wait = per_client.hit(client_address(request.scope, ctx.config.web.trusted_proxies))
         if wait is not None:
             seconds = max(1, math.ceil(wait))
             return page(
@@ -181,35 +277,47 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
                 heading="Too many requests",
                 error=f"Please try again in {math.ceil(seconds / 60)} minutes.",
             )
-        form = await request.form()
-        raw_email = str(form.get("email", ""))
-        raw_name = str(form.get("name", ""))
+        raw_email = _field(form, "email")
+        raw_name = _field(form, "name")
+        name = clean_name(raw_name) or ""
+        problem = name_problem(name)
         try:
             email = normalize_email(raw_email)
         except SubscriberError:
-            return page(
+            problem = "That does not look like an email address."
+        if problem is not None:
+            return form_page(
+                request,
                 400,
-                heading="Subscribe",
-                form="subscribe",
-                action=f"{base_url()}subscribe",
-                error="That does not look like an email address.",
+                error=problem,
                 email=raw_email[:320],
-                name=raw_name[:200],
+                name=raw_name[: MAX_NAME_LENGTH * 2],
             )
         subscriber, _ = await run_in_threadpool(
-            ctx.store.add_subscriber, email, name=clean_name(raw_name), now=utcnow()
+            ctx.store.add_subscriber, email, name=name or None, now=utcnow()
         )
         task = None
         if subscriber.status is not SubscriberStatus.ACTIVE:
-            token = tokens().confirm_token(subscriber.id, subscriber.email)
-            data = confirmation_message(ctx.config.site, subscriber, f"{base_url()}confirm/{token}")
-            task = BackgroundTask(
-                _send_confirmation,
-                ctx.config.smtp,
-                ctx.config.site.sender_email,
-                subscriber.email,
-                data,
-            )
+            if per_mailbox.hit(mailbox_key(subscriber.email)) is not None:
+                # Same answer as always (the page must not tell what happened), no mail.
+                log.warning(
+                    "no confirmation mail to %s: %d already sent in the last %d hours",
+                    subscriber.email,
+                    CONFIRM_MAILS_PER_ADDRESS,
+                    CONFIRM_MAIL_WINDOW // 3600,
+                )
+            else:
+                token = tokens().confirm_token(subscriber.id, subscriber.email)
+                data = confirmation_message(
+                    ctx.config.site, subscriber, f"{base_url()}confirm/{token}"
+                )
+                task = BackgroundTask(
+                    _send_confirmation,
+                    ctx.config.smtp,
+                    ctx.config.site.sender_email,
+                    subscriber.email,
+                    data,
+                )
         response = page(
             heading="Check your inbox",
             message=(
@@ -220,48 +328,91 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         response.background = task
         return response
 
-    async def confirm(request: Request) -> Response:
+    async def read_confirm(token: str) -> Subscriber:
+        """The subscriber a valid confirm token names; reads only."""
+        claims = tokens().read_confirm(token)
+        subscriber = await run_in_threadpool(ctx.store.get_subscriber, claims.subscriber_id)
+        if subscriber is None or subscriber.email != claims.email:
+            raise TokenError("this confirmation link is not valid")
+        left = subscriber.unsubscribed_at
+        if (
+            left is not None
+            and claims.issued_at is not None
+            and claims.issued_at < left.replace(microsecond=0)
+        ):
+            raise TokenError("this confirmation link is older than your unsubscribe")
+        return subscriber
+
+    async def confirm_page(request: Request) -> Response:
+        token = request.path_params["token"]
         try:
-            claims = tokens().read_confirm(request.path_params["token"])
-            subscriber = await run_in_threadpool(ctx.store.get_subscriber, claims.subscriber_id)
-            if subscriber is None or subscriber.email != claims.email:
-                raise TokenError("this confirmation link is not valid")
-            left = subscriber.unsubscribed_at
-            if (
-                left is not None
-                and claims.issued_at is not None
-                and claims.issued_at < left.replace(microsecond=0)
-            ):
-                raise TokenError("this confirmation link is older than your unsubscribe")
+            subscriber = await read_confirm(token)
+        except (TokenError, SubscriberError) as error:
+            return invalid_link(error, message="You can subscribe again at any time.")
+        if subscriber.status is SubscriberStatus.ACTIVE:
+            return page(
+                heading="You are subscribed",
+                message=f"{subscriber.email} gets {ctx.config.site.title} every week.",
+            )
+        return page(
+            heading="Confirm your subscription",
+            message=f"Send {ctx.config.site.title} to {subscriber.email} every week?",
+            form="button",
+            action=f"{base_url()}confirm/{token}",
+            button="Confirm my subscription",
+            button_field=CONFIRM_FIELD,
+        )
+
+    async def confirm(request: Request) -> Response:
+        token = request.path_params["token"]
+        form = await request.form()
+        if _field(form, CONFIRM_FIELD[0]) != CONFIRM_FIELD[1]:
+            return page(
+                400,
+                heading="Not confirmed",
+                error="This request did not come from the confirmation button.",
+            )
+        try:
+            subscriber = await read_confirm(token)
             await run_in_threadpool(
                 ctx.store.confirm_subscriber, subscriber.id, subscriber.email, now=utcnow()
             )
         except (TokenError, SubscriberError) as error:
-            return page(
-                400,
-                heading="Link not valid",
-                error=f"{str(error).capitalize()}.",
-                message="You can subscribe again at any time.",
-            )
+            return invalid_link(error, message="You can subscribe again at any time.")
         return page(
             heading="You are subscribed",
             message=f"{subscriber.email} will get {ctx.config.site.title} every week.",
         )
 
-    async def unsubscribe(request: Request) -> Response:
+    async def unsubscribe_page(request: Request) -> Response:
         token = request.path_params["token"]
         try:
             claims = tokens().read_unsubscribe(token)
-            if request.method == "GET":
-                subscriber = await run_in_threadpool(ctx.store.get_subscriber, claims.subscriber_id)
-                if subscriber is None or subscriber.email != claims.email:
-                    raise TokenError("this unsubscribe link is not valid")
-                return page(
-                    heading="Unsubscribe",
-                    message=f"Stop sending {ctx.config.site.title} to {subscriber.email}?",
-                    form="unsubscribe",
-                    action=f"{base_url()}unsubscribe/{token}",
-                )
+            subscriber = await run_in_threadpool(ctx.store.get_subscriber, claims.subscriber_id)
+            if subscriber is None or subscriber.email != claims.email:
+                raise TokenError("this unsubscribe link is not valid")
+        except (TokenError, SubscriberError) as error:
+            return invalid_link(error)
+        return page(
+            heading="Unsubscribe",
+            message=f"Stop sending {ctx.config.site.title} to {subscriber.email}?",
+            form="button",
+            action=f"{base_url()}unsubscribe/{token}",
+            button="Unsubscribe",
+            button_field=UNSUBSCRIBE_FIELD,
+        )
+
+    async def unsubscribe(request: Request) -> Response:
+        form = await request.form()
+        # RFC 8058's one-click body, or the button on our own page: nothing else.
+        if not any(_field(form, key) == value for key, value in (ONE_CLICK, UNSUBSCRIBE_FIELD)):
+            return page(
+                400,
+                heading="Not unsubscribed",
+                error="This request did not come from the unsubscribe button.",
+            )
+        try:
+            claims = tokens().read_unsubscribe(request.path_params["token"])
             await run_in_threadpool(
                 ctx.store.unsubscribe_subscriber,
                 claims.subscriber_id,
@@ -269,14 +420,37 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
                 now=utcnow(),
             )
         except (TokenError, SubscriberError) as error:
-            return page(400, heading="Link not valid", error=f"{str(error).capitalize()}.")
+            return invalid_link(error)
         return page(
             heading="You are unsubscribed",
             message=f"{claims.email} will get no more email from {ctx.config.site.title}.",
         )
 
     return [
-        Route("/subscribe", subscribe, methods=["GET", "POST"]),
-        Route("/confirm/{token}", confirm, methods=["GET"]),
-        Route("/unsubscribe/{token}", unsubscribe, methods=["GET", "POST"]),
+        _read_or_write("/subscribe", show_form, subscribe),
+        _read_or_write("/confirm/{token}", confirm_page, confirm),
+        _read_or_write("/unsubscribe/{token}", unsubscribe_page, unsubscribe),
     ]
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _read_or_write(path: str, read: Endpoint, write: Endpoint) -> Route:
+    """One route: POST goes to ``write``; GET and HEAD, and nothing else, to ``read``.
+
+    ``read`` must only read. Keeping the choice here, in one line, is what
+    makes "a link scanner cannot change anything" hold for every path, while
+    a 405 still lists every method the path allows.
+    """
+
+    async def endpoint(request: Request) -> Response:
+        return await (write if request.method == "POST" else read)(request)
+
+    return Route(path, endpoint, methods=["GET", "POST"])
+
+
+def _field(form: FormData, key: str) -> str:
+    """A text field of the form, "" when absent or a file (a junk multipart body)."""
+    value = form.get(key)
+    return value if isinstance(value, str) else ""

@@ -1,8 +1,8 @@
 """``aggregator digest ...``: preview, compose and list the weekly digest.
 
-Wired into the main command by :mod:`aggregator.cli` with :func:`register`;
+Wired into the main command by :mod:`aggregator.cli.main` with :func:`register`;
 other modules add commands to the same group through :data:`digest_app`
-(``aggregator digest send`` lives in :mod:`aggregator.cli_mail`).
+(``aggregator digest send`` lives in :mod:`aggregator.cli.mail`).
 
 Examples::
 
@@ -27,10 +27,11 @@ from zoneinfo import ZoneInfo
 
 import typer
 
-from .config import Config, parse_duration
-from .models import Digest, utcnow
+from ..config import Config, parse_duration
+from ..models import Digest, utcnow
+from ._common import console, err_console, load_config, open_store
 
-__all__ = ["build_eml", "digest_app", "parse_moment", "parse_period", "register"]
+__all__ = ["build_eml", "digest_app", "parse_moment", "parse_period", "register", "span"]
 
 digest_app = typer.Typer(
     no_args_is_help=True,
@@ -86,6 +87,17 @@ def _since(value: str, zone: ZoneInfo) -> datetime:
         return parse_moment(value, zone)
 
 
+def span(duration: timedelta) -> str:
+    """``7 days``, ``12h``: a duration as the admin wrote it in feeds.yaml, near enough."""
+    seconds = int(duration.total_seconds())
+    if seconds % 86400 == 0:
+        days = seconds // 86400
+        return f"{days} day" + ("" if days == 1 else "s")
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    return str(duration)
+
+
 # -------------------------------------------------------------------------- email
 
 
@@ -127,29 +139,29 @@ def preview_command(
 ) -> None:
     """Write the upcoming issue to files to look at; nothing is frozen or sent.
 
-    By default the period runs from the end of the last composed issue (or a
-    week ago) until now.
+    By default the period runs from the end of the last composed issue until
+    now; before the first issue, over the last `digest.period` (7 days). That
+    is the issue `digest send --now` would send, and the first `digest compose`
+    would freeze.
     """
-    from .cli import _config, _store, console, err_console
-    from .digest import DEFAULT_PERIOD, Period, build_digest, render_parts
+    from ..digest import Period, build_digest, render_parts, upcoming_period
 
     if period and since:
         raise typer.BadParameter("use either --period or --since, not both")
-    config = _config()
+    config = load_config()
     zone = ZoneInfo(config.site.timezone)
-    store = _store(config)
+    store = open_store(config)
     try:
         if period:
             start, end = parse_period(period, zone)
-        else:
+        elif since:
             end = utcnow()
-            if since:
-                start = _since(since, zone)
-            else:
-                last = store.last_digest()
-                start = last.period_end if last else end - DEFAULT_PERIOD
+            start = _since(since, zone)
             if end <= start:
                 start = end - timedelta(seconds=1)
+        else:
+            upcoming = upcoming_period(config, store)
+            start, end = upcoming.start, upcoming.end
         digest = build_digest(config, store, Period(start, end))
     finally:
         store.close()
@@ -176,18 +188,33 @@ def preview_command(
 
 @digest_app.command("compose")
 def compose_command() -> None:
-    """Freeze the issue due now (idempotent: the same week gives the same issue)."""
-    from .cli import _config, _store, console, err_console
-    from .digest import compose
+    """Freeze the issue due now (idempotent: the same week gives the same issue).
 
-    config = _config()
-    store = _store(config)
+    The first issue of an install holds what has been stored in the last
+    `digest.period` (7 days), the items `digest preview` shows.
+    """
+    from ..digest import compose
+
+    config = load_config()
+    zone = ZoneInfo(config.site.timezone)
+    store = open_store(config)
     try:
+        last = store.last_digest()
         digest = compose(config, store)
     finally:
         store.close()
     if digest is None:
-        err_console.print("no digest: nothing new since the last issue", highlight=False)
+        if last is None:
+            reason = (
+                f"nothing stored in the last {span(config.digest.period)}; "
+                "run `aggregator fetch` first"
+            )
+        else:
+            reason = (
+                f"nothing new since issue #{last.id} "
+                f"(it ends {last.period_end.astimezone(zone):%Y-%m-%d %H:%M %Z})"
+            )
+        err_console.print(f"no digest: {reason}", highlight=False)
         raise typer.Exit(1)
     console.print(
         f"digest #{digest.id}: {digest.subject} ({digest.item_count} items)", highlight=False
@@ -201,11 +228,9 @@ def list_command(
     """Frozen issues, newest first."""
     from rich.table import Table
 
-    from .cli import _config, _store, console
-
-    config = _config()
+    config = load_config()
     zone = ZoneInfo(config.site.timezone)
-    store = _store(config)
+    store = open_store(config)
     try:
         digests = store.list_digests(limit)
     finally:

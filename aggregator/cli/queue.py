@@ -17,7 +17,8 @@ from typing import Annotated
 import typer
 from sqlalchemy import text
 
-from .config import Config
+from ..config import Config
+from ._common import console, load_config, open_store
 
 __all__ = ["queue_app", "register"]
 
@@ -28,10 +29,9 @@ queue_app = typer.Typer(
 
 
 def _distributed_config() -> Config:
-    from .cli import _config
-    from .queue import require_distributed
+    from ..queue import require_distributed
 
-    config = _config()
+    config = load_config()
     require_distributed(config, "these commands")
     return config
 
@@ -41,11 +41,10 @@ def status_command() -> None:
     """Jobs per task and state, sources due now, and digest ledger rows not yet sent."""
     from rich.table import Table
 
-    from .cli import _store, console
-    from .models import DeliveryStatus, utcnow
+    from ..models import DeliveryStatus, utcnow
 
     config = _distributed_config()
-    store = _store(config)
+    store = open_store(config)
     try:
         with store.engine.connect() as conn:
             jobs = conn.execute(
@@ -82,11 +81,10 @@ def status_command() -> None:
 @queue_app.command("dispatch")
 def dispatch_command() -> None:
     """Queue a fetch job for every source due now (what the minute tick does)."""
-    from .cli import _store, console
-    from .queue import dispatch_all_due
+    from ..queue import dispatch_all_due
 
     config = _distributed_config()
-    store = _store(config)
+    store = open_store(config)
     try:
         store.sync_sources(config.sources)
         queued = dispatch_all_due(store, config)
@@ -102,8 +100,7 @@ def recover_command(
     ] = 10.0,
 ) -> None:
     """Retry the running jobs of workers that stopped heart-beating (killed, machine lost)."""
-    from .cli import console
-    from .queue import bound_app, recover_stalled
+    from ..queue import bound_app, recover_stalled
 
     config = _distributed_config()
 

@@ -1,6 +1,6 @@
 """``aggregator subscribers ...`` and ``aggregator digest send``.
 
-Wired into the main command by :mod:`aggregator.cli`::
+Wired into the main command by :mod:`aggregator.cli.main`::
 
     register(app)                    # adds the "subscribers" group
     register_digest_send(digest_app) # adds "send" to the "digest" group
@@ -28,14 +28,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from .errors import SubscriberError
-from .models import DeliveryStatus, SubscriberStatus, utcnow
+from ..errors import SubscriberError
+from ..models import DeliveryStatus, SubscriberStatus, utcnow
+from ._common import console, err_console, load_config, open_store
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .deliver import DeliveryReport
-    from .models import Digest
-    from .store import Store
+    from ..config import Config
+    from ..deliver import DeliveryReport
+    from ..models import Digest
+    from ..store import Store
 
 __all__ = ["register", "register_digest_send", "subscribers_app"]
 
@@ -53,10 +54,9 @@ def register(app: typer.Typer) -> None:
 @contextlib.contextmanager
 def _opened() -> Iterator[tuple[Config, Store]]:
     """feeds.yaml and the store it names, closed again when the command is done."""
-    from .cli import _config, _store
 
-    config = _config()
-    store = _store(config)
+    config = load_config()
+    store = open_store(config)
     try:
         yield config, store
     finally:
@@ -64,18 +64,26 @@ def _opened() -> Iterator[tuple[Config, Store]]:
 
 
 def _print(text: str) -> None:
-    from .cli import console
 
     console.print(text, highlight=False)
 
 
 def _warn(text: str) -> None:
-    from .cli import err_console
 
     err_console.print(text, highlight=False)
 
 
 # --------------------------------------------------------------------- subscribers
+
+
+def _address(raw: str, param_hint: str) -> str:
+    """An address typed on the command line; a malformed one is a usage error (exit 2)."""
+    from ..subscribers import normalize_email
+
+    try:
+        return normalize_email(raw)
+    except SubscriberError as exc:
+        raise typer.BadParameter(str(exc), param_hint=param_hint) from None
 
 
 @subscribers_app.command("add")
@@ -92,9 +100,9 @@ def add(
     An address that unsubscribed stays unsubscribed: only its owner can
     subscribe again, through the web form and the confirmation link.
     """
-    from .subscribers import clean_name, normalize_email
+    from ..subscribers import clean_name
 
-    address = normalize_email(email)
+    address = _address(email, "EMAIL")
     with _opened() as (_, store):
         subscriber, created = store.add_subscriber(
             address, name=clean_name(name), active=active, now=utcnow()
@@ -123,9 +131,7 @@ def remove(
     ] = False,
 ) -> None:
     """Unsubscribe an address now (it is kept as suppressed), or erase it with --forget."""
-    from .subscribers import normalize_email
-
-    address = normalize_email(email)
+    address = _address(email, "EMAIL")
     with _opened() as (_, store):
         if forget:
             found = store.forget_subscriber(address)
@@ -157,7 +163,6 @@ def list_(
             f"{s.confirmed_at:%Y-%m-%d}" if s.confirmed_at else "",
             f"{s.unsubscribed_at:%Y-%m-%d}" if s.unsubscribed_at else "",
         )
-    from .cli import console
 
     console.print(table)
 
@@ -175,7 +180,7 @@ def import_(
     ``unsubscribed`` are imported as unsubscribed; nobody who unsubscribed is
     reactivated.
     """
-    from .subscribers import import_csv
+    from ..subscribers import import_csv
 
     with _opened() as (_, store), file.open(encoding="utf-8-sig", newline="") as handle:
         report = import_csv(store, handle, now=utcnow(), active=active)
@@ -199,7 +204,7 @@ def export(
     ] = None,
 ) -> None:
     """Write all subscribers (or one status) as CSV, unsubscribed ones included."""
-    from .subscribers import export_csv
+    from ..subscribers import export_csv
 
     with _opened() as (_, store):
         rows = store.list_subscribers(status)
@@ -257,24 +262,32 @@ def register_digest_send(digest_app: typer.Typer) -> None:
         retry_delay: Annotated[
             float, typer.Option(help="Seconds before retrying temporary failures.")
         ] = 30.0,
+        send_now: Annotated[
+            bool,
+            typer.Option(
+                "--now",
+                help="Compose an issue of what is new until now and send it, without "
+                "waiting for the scheduled slot (the first issue of an install, too).",
+            ),
+        ] = False,
     ) -> None:
         """Mail the digest to every active subscriber exactly once (resumes an interrupted run).
 
         Finishes the latest issue if a run was interrupted, else composes the
         issue that is due and sends it. Safe to run twice at once or again
-        after a crash: nobody gets an issue twice.
+        after a crash: nobody gets an issue twice. Before the first issue it
+        says when the first one is scheduled; `--now` sends it at once.
         """
         from datetime import timedelta
 
-        from .deliver import deliver_digest, send_test_copy
-        from .digest import compose
-        from .subscribers import normalize_email
-        from .web.app import load_secret
+        from ..deliver import deliver_digest, send_test_copy
+        from ..digest import compose, compose_now, first_issue_hint
+        from ..web.app import load_secret
 
         secret = load_secret()
         with _opened() as (config, store):
             if test is not None:
-                address = normalize_email(test)
+                address = _address(test, "'--test'")
                 digest = store.last_digest() or compose(config, store)
                 if digest is None:
                     _warn("no digest to send: nothing new since the last issue")
@@ -293,7 +306,10 @@ def register_digest_send(digest_app: typer.Typer) -> None:
             last = store.last_digest()
             if last is not None and _unfinished(store, last):
                 todo.append(last)
-            composed = compose(config, store)
+            if last is None and not send_now:
+                _print(first_issue_hint(config))
+                return
+            composed = compose_now(config, store) if send_now else compose(config, store)
             if composed is not None and all(d.id != composed.id for d in todo):
                 todo.append(composed)
             if not todo:

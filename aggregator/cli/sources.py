@@ -1,105 +1,37 @@
-"""The ``aggregator`` command.
+"""Commands about feeds.yaml's sources and what they stored.
 
-Every command loads feeds.yaml (``--config``, or ``AGGREGATOR_CONFIG``, or
-./feeds.yaml), opens the store it names, does one job and exits. Errors of the
-project's own kinds print as one red line and a non-zero exit code; a
-traceback here is a bug.
+``check``, ``fetch``, ``status``, ``items``, ``migrate`` and ``try-source``;
+added to the main app by :func:`register`. Each loads feeds.yaml, opens the
+store it names, does one job and exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import sys
 from dataclasses import replace
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import UTC, datetime, tzinfo
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
-import click
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .config import Config, load_config, parse_duration
-from .errors import AggregatorError, ConfigError, ConfigErrors
-from .logs import setup_logging
-from .models import FetchResult, IngestOutcome, IngestStats, Selectors, Source, utcnow
-from .store import Store
+from ..config import Config, parse_duration
+from ..errors import ConfigError, ConfigErrors
+from ..models import FetchResult, IngestOutcome, IngestStats, Selectors, Source, utcnow
+from ._common import ago, console, err_console, load_config, open_store
 
-app = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
-    help="Korean film news aggregator: fetch sources, publish one feed, mail a weekly digest.",
-)
-opml_app = typer.Typer(no_args_is_help=True, help="Convert between OPML and feeds.yaml sources.")
-app.add_typer(opml_app, name="opml")
-
-console = Console()
-err_console = Console(stderr=True)
-log = logging.getLogger("aggregator")
-
-
-class _State:
-    config_path: Path = Path("feeds.yaml")
-
-
-_state = _State()
-
-
-@app.callback()
-def _options(
-    config: Annotated[
-        Path,
-        typer.Option("--config", "-c", envvar="AGGREGATOR_CONFIG", help="Path to feeds.yaml."),
-    ] = Path("feeds.yaml"),
-    verbose: Annotated[
-        int, typer.Option("--verbose", "-v", count=True, help="-v info, -vv debug.")
-    ] = 0,
-    log_json: Annotated[
-        bool | None,
-        typer.Option("--log-json/--log-text", help="Log format (default: JSON when not a TTY)."),
-    ] = None,
-) -> None:
-    _state.config_path = config
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    setup_logging(level, json_format=log_json)
-
-
-def _config() -> Config:
-    return load_config(_state.config_path)
-
-
-def _store(config: Config) -> Store:
-    return Store.open(config.database_url)
-
-
-def _ago(when: datetime | None, now: datetime) -> str:
-    if when is None:
-        return "never"
-    delta = now - when
-    future = delta.total_seconds() < 0
-    seconds = abs(int(delta.total_seconds()))
-    if seconds < 90:
-        text = f"{seconds}s"
-    elif seconds < 5400:
-        text = f"{seconds // 60}m"
-    elif seconds < 172800:
-        text = f"{seconds // 3600}h"
-    else:
-        text = f"{seconds // 86400}d"
-    return f"in {text}" if future else f"{text} ago"
+__all__ = ["register"]
 
 
 # ------------------------------------------------------------------------ commands
 
 
-@app.command()
 def check() -> None:
     """Validate feeds.yaml; print every problem with file:line and key."""
-    config = _config()
+    config = load_config()
     feeds = sum(1 for s in config.sources if s.type == "feed")
     pages = len(config.sources) - feeds
     console.print(
@@ -109,7 +41,6 @@ def check() -> None:
     )
 
 
-@app.command()
 def fetch(
     source: Annotated[
         list[str] | None, typer.Option("--source", "-s", help="Only this source id (repeatable).")
@@ -119,10 +50,10 @@ def fetch(
     ] = False,
 ) -> None:
     """Run one ingest pass: fetch, parse, normalize, deduplicate and store."""
-    from .ingest import Ingestor
+    from ..ingest import Ingestor
 
-    config = _config()
-    store = _store(config)
+    config = load_config()
+    store = open_store(config)
     chosen = source or [s.id for s in config.sources if s.enabled]
     results: list[IngestStats] = []
     try:
@@ -180,11 +111,10 @@ def _fetch_table(results: list[IngestStats]) -> None:
             err_console.print(f"[red]error[/red] {r.error}", highlight=False)
 
 
-@app.command()
 def status() -> None:
     """List sources with last fetch, next fetch, error count and last error."""
-    config = _config()
-    store = _store(config)
+    config = load_config()
+    store = open_store(config)
     try:
         store.sync_sources(config.sources)
         states = {s.id: s for s in store.source_states()}
@@ -216,16 +146,16 @@ def status() -> None:
             source.id + ("" if source.enabled else " (disabled)"),
             source.type,
             str(counts.get(source.id, 0)),
-            _ago(st.last_fetched_at, now),
-            _ago(st.last_success_at, now),
-            _ago(st.next_fetch_at, now) if st.next_fetch_at else "now",
+            ago(st.last_fetched_at, now),
+            ago(st.last_success_at, now),
+            ago(st.next_fetch_at, now) if st.next_fetch_at else "now",
             f"[{status_style}]{st.error_count}[/{status_style}]" if status_style else "0",
             ("BROKEN: " if st.broken_reason else "") + problem[:300],
         )
     console.print(table)
 
 
-def _since(value: str) -> datetime:
+def _since(value: str, zone: tzinfo = UTC) -> datetime:
     try:
         return datetime.now(UTC) - parse_duration(value)
     except ValueError:
@@ -234,12 +164,12 @@ def _since(value: str) -> datetime:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise typer.BadParameter(
-            f'"{value}" is neither a duration (7d, 12h) nor a date (2026-11-01)'
+            f'"{value}" is neither a duration (7d, 12h) nor a date (2026-11-01)',
+            param_hint="'--since'",
         ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)
 
 
-@app.command()
 def items(
     since: Annotated[str, typer.Option(help="A duration (7d, 12h) or an ISO date.")] = "7d",
     limit: Annotated[int, typer.Option(help="At most this many rows.")] = 200,
@@ -248,35 +178,45 @@ def items(
     ] = False,
     section: Annotated[str | None, typer.Option(help="Only this section id.")] = None,
 ) -> None:
-    """List stored items published since a time, newest first."""
-    config = _config()
-    start = _since(since)
-    store = _store(config)
+    """List stored items published since a time, newest first.
+
+    Dates are shown, and a date given to --since is read, in the site's time
+    zone (site.timezone), like every other command.
+    """
+    _since(since, UTC)  # a mistyped option is reported before the config is read
+    config = load_config()
+    zone = ZoneInfo(config.site.timezone)
+    start = _since(since, zone)
+    store = open_store(config)
     try:
         rows = store.items_published_since(start, include_duplicates=duplicates, limit=limit)
     finally:
         store.close()
     if section:
         rows = [r for r in rows if r.section == section]
-    table = Table(title=f"{len(rows)} items since {start:%Y-%m-%d %H:%M} UTC")
+    local_start = start.astimezone(zone)
+    table = Table(
+        title=f"{len(rows)} items since {local_start:%Y-%m-%d %H:%M %Z}, "
+        f"times in {config.site.timezone}"
+    )
     for name in ("published", "source", "section", "title", "link"):
         table.add_column(name, overflow="fold")
     for r in rows:
         title = r.title + (
             f" [dim](duplicate of #{r.duplicate_of})[/dim]" if r.duplicate_of else ""
         )
-        table.add_row(f"{r.published_at:%Y-%m-%d}", r.source_id, r.section or "", title, r.url)
+        published = r.published_at.astimezone(zone)
+        table.add_row(f"{published:%Y-%m-%d %H:%M}", r.source_id, r.section or "", title, r.url)
     console.print(table)
 
 
-@app.command()
 def migrate() -> None:
     """Create or upgrade the database schema (also done automatically on start)."""
-    config = _config()
-    store = _store(config)
+    config = load_config()
+    store = open_store(config)
     try:
         if config.queue == "procrastinate":
-            from .queue import apply_schema, require_postgres
+            from ..queue import apply_schema, require_postgres
 
             require_postgres(config)
             for name in apply_schema(store):
@@ -284,31 +224,6 @@ def migrate() -> None:
     finally:
         store.close()
     console.print("[green]ok[/green] database schema is current")
-
-
-@opml_app.command("import")
-def opml_import(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False)]) -> None:
-    """Append the feeds of an OPML file to feeds.yaml (comments are kept)."""
-    from .opml import import_opml
-
-    added = import_opml(file, _state.config_path)
-    console.print(f"[green]ok[/green] added {added} sources to {_state.config_path}")
-
-
-@opml_app.command("export")
-def opml_export(
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")
-    ] = None,
-) -> None:
-    """Print (or write) the feed sources of feeds.yaml as OPML 2.0."""
-    from .opml import export_opml
-
-    text = export_opml(_config())
-    if out:
-        out.write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
 
 
 _SELECT_FIELDS = ("item", "title", "link", "summary", "date", "image", "author", "next_page")
@@ -321,17 +236,18 @@ def _try_target(target: str, select: list[str], kind: str | None) -> tuple[Sourc
         name, sep, css = spec.partition("=")
         if not sep or name.strip() not in _SELECT_FIELDS or not css.strip():
             raise typer.BadParameter(
-                f'"{spec}": use FIELD=CSS with FIELD one of {", ".join(_SELECT_FIELDS)}'
+                f'"{spec}": use FIELD=CSS with FIELD one of {", ".join(_SELECT_FIELDS)}',
+                param_hint="'--select'",
             )
         overrides[name.strip()] = css.strip()
     config: Config | None = None
     if "://" in target:
         with contextlib.suppress(ConfigError, ConfigErrors, OSError):
-            config = _config()
+            config = load_config()
         html = kind == "html" or (kind is None and bool(overrides))
         base = Source(id="try", url=target, type="html" if html else "feed")
     else:
-        config = _config()
+        config = load_config()
         base = config.source(target)
         if kind is not None:
             base = replace(base, type="html" if kind == "html" else "feed")
@@ -340,12 +256,14 @@ def _try_target(target: str, select: list[str], kind: str | None) -> tuple[Sourc
         fields = {f: getattr(current, f) for f in _SELECT_FIELDS}
         fields.update(overrides)
         if not fields["item"] or not fields["title"]:
-            raise typer.BadParameter("an HTML listing needs at least --select item=... title=...")
+            raise typer.BadParameter(
+                "an HTML listing needs at least --select item=... title=...",
+                param_hint="'--select'",
+            )
         base = replace(base, select=Selectors(**fields))
     return base, config
 
 
-@app.command("try-source")
 def try_source(
     target: Annotated[str, typer.Argument(help="A source id from feeds.yaml, or a URL.")],
     select: Annotated[
@@ -364,11 +282,11 @@ def try_source(
     Nothing is written. For admins writing selectors: the breakage alarms that
     would mark the source broken are printed as errors here.
     """
-    from .fetch import Fetcher
-    from .ingest import extract
+    from ..fetch import Fetcher
+    from ..ingest import extract
 
     if kind not in (None, "feed", "html"):
-        raise typer.BadParameter('--type must be "feed" or "html"')
+        raise typer.BadParameter(f'"{kind}": use "feed" or "html"', param_hint="'--type'")
     source, config = _try_target(target, select or [], kind)
     sections = config.sections if config else ()
 
@@ -397,43 +315,11 @@ def try_source(
         console.print(f"next page: {extracted.next_page_url}", highlight=False)
 
 
-# ---------------------------------------------------------------------- other commands
-
-
-def _register_commands() -> None:
-    """Commands living in their own modules (kept small, imported lazily at run time)."""
-    from . import cli_digest, cli_mail, cli_publish, cli_queue, cli_service
-
-    cli_publish.register(app)
-    cli_digest.register(app)
-    cli_mail.register(app)
-    cli_mail.register_digest_send(cli_digest.digest_app)
-    cli_service.register(app)
-    cli_queue.register(app)
-
-
-_register_commands()
-
-# ---------------------------------------------------------------------- entry point
-
-
-def main() -> None:
-    """Console entry point: project errors become one line and exit code 1."""
-    try:
-        result = app(standalone_mode=False)
-    except ConfigError as exc:
-        err_console.print(f"[red]config error[/red] {exc}", highlight=False)
-        sys.exit(2)
-    except AggregatorError as exc:
-        err_console.print(f"[red]error[/red] {exc}", highlight=False)
-        sys.exit(1)
-    except click.exceptions.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    if isinstance(result, int) and result:
-        sys.exit(result)
+def register(app: typer.Typer) -> None:
+    """Add the commands about sources and what they stored to the main app."""
+    app.command()(check)
+    app.command()(fetch)
+    app.command()(status)
+    app.command()(items)
+    app.command()(migrate)
+    app.command("try-source")(try_source)

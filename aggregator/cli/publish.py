@@ -15,6 +15,8 @@ from typing import Annotated
 
 import typer
 
+from ._common import console, err_console, load_config, open_store
+
 log = logging.getLogger("aggregator")
 
 __all__ = ["publish_command", "register", "serve_command"]
@@ -22,11 +24,10 @@ __all__ = ["publish_command", "register", "serve_command"]
 
 def publish_command() -> None:
     """Write the combined feed (Atom and JSON Feed) of the newest items; ping the hub if changed."""
-    from .cli import _config, _store, console, err_console
-    from .publish import ping_pending, publish_from_store
+    from ..publish import ping_pending, publish_from_store
 
-    config = _config()
-    store = _store(config)
+    config = load_config()
+    store = open_store(config)
     try:
         sections = {section.id: section.title for section in config.sections}
         result = publish_from_store(store, config.site, config.output_dir, sections=sections)
@@ -51,15 +52,14 @@ def publish_command() -> None:
 
 def serve_command(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8080,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port to listen on.")] = 8080,
 ) -> None:
     """Serve the feeds, the home page and the subscription pages with uvicorn."""
     import uvicorn
 
-    from .cli import _config, _store, console
-    from .web.app import SECRET_ENV, WebContext, create_app, load_secret
+    from ..web.app import SECRET_ENV, WebContext, create_app, load_secret
 
-    config = _config()
+    config = load_config()
     if not os.environ.get(SECRET_ENV):
         log.warning(
             "%s is not set: using a random secret, so confirm and unsubscribe links "
@@ -67,11 +67,11 @@ def serve_command(
             SECRET_ENV,
         )
     secret = load_secret(required=False)
-    store = _store(config)
+    store = open_store(config)
     try:
         app = create_app(WebContext(config=config, store=store, secret=secret))
         console.print(f"serving on http://{host}:{port}/ (feed: /feed.atom)", highlight=False)
-        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)
     finally:
         store.close()
 
