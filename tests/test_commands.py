@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -116,9 +117,9 @@ def site(tmp_path: Path, http_server: FixtureServer) -> Site:
     return Site(tmp_path, http_server)
 
 
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    """A user error: exit 2, no traceback, the message on stderr."""
-    assert result.returncode == 2, (result.stdout, result.stderr)
+def one_error_line(result: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    """A user error: exit 2 (1 for a failed operation), no traceback, one line on stderr."""
+    assert result.returncode == code, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr + result.stdout
     return result.stderr
 
@@ -154,12 +155,41 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
                 proc.wait(timeout=5)
 
 
-def stop(proc: subprocess.Popen[str]) -> str:
+class Output:
+    """Collects a running command's output lines as they come, so a test can wait for one."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._proc = proc
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self.lines.append(line)
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in list(self.lines))
+
+    def wait_for(self, text: str, *, times: int = 1, timeout: float = 30) -> None:
+        wait_until(lambda: self.count(text) >= times, timeout=timeout, what=repr(text))
+
+    def text(self) -> str:
+        self._thread.join(timeout=30)
+        return "".join(self.lines)
+
+
+def stop(proc: subprocess.Popen[str], output: Output | None = None) -> str:
     """SIGTERM, then everything it printed; it must exit 0."""
     proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, output
-    return output
+    if output is None:
+        text, _ = proc.communicate(timeout=30)
+    else:
+        proc.wait(timeout=30)
+        text = output.text()
+    assert proc.returncode == 0, text
+    return text
 
 
 # ---------------------------------------------------------------------------- check
@@ -453,7 +483,10 @@ def test_run_role_worker_fetches_without_serving(
 
 def test_run_refuses_an_unknown_role(site: Site) -> None:
     err = one_error_line(site.cli("run", "--role", "everything", "--port", str(unused_port())))
-    assert 'unknown role "everything" (use all, web or worker)' in err
+    assert err == (
+        "usage error aggregator run: Invalid value for '--role': \"everything\":"
+        " use all, web or worker (see 'aggregator run --help')\n"
+    )
 
 
 # ------------------------------------------------- reload, SIGHUP, AGGREGATOR_PID_FILE
@@ -465,6 +498,7 @@ def test_reload_and_sighup_apply_sources_sections_schedule_and_intervals(
     pid_file = site.dir / "run" / "service.pid"
     env = site.env(AGGREGATOR_PID_FILE=str(pid_file))
     proc, _ = _run(site, processes, "--no-watch", AGGREGATOR_PID_FILE=str(pid_file))
+    log = Output(proc)
     wait_until(pid_file.exists, what="the pid file")
     assert int(pid_file.read_text(encoding="ascii")) == proc.pid
     wait_until(lambda: site.server.count("/b.xml") == 1, what="first fetch")
@@ -494,7 +528,7 @@ def test_reload_and_sighup_apply_sources_sections_schedule_and_intervals(
         timeout=60,
     )
     assert asked.returncode == 0, asked.stderr
-    assert asked.stdout.strip() == f"asked process {proc.pid} to reload {site.config}"
+    assert asked.stdout.strip() == f"asked process {proc.pid} to reload feeds.yaml"
     wait_until(lambda: site.server.count("/g.xml") == 1, what="the new source fetched")
     wait_until(lambda: site.server.count("/a.xml") >= 3, what="alpha every second")
     sections = dict(site.rows("SELECT source_id, section FROM items WHERE source_id='gamma'"))
@@ -515,16 +549,17 @@ def test_reload_and_sighup_apply_sources_sections_schedule_and_intervals(
             timeout=60,
         )
     )
-    assert f'{site.config}:13: sources[0].interval: "often" is not a duration' in refused
+    assert 'feeds.yaml:10: sources[0].interval: "often" is not a duration' in refused
 
     # Back to the first file by SIGHUP: gamma leaves the schedule, alpha hourly again.
     site.config.write_text(text, encoding="utf-8")
     os.kill(proc.pid, signal.SIGHUP)
-    output = stop(proc)
+    log.wait_for("feeds.yaml reloaded: 2 sources")
+    output = stop(proc, log)
     assert "weekly digest scheduled: cron[day_of_week='mon', hour='9', minute='0']" in output
     assert "weekly digest rescheduled: cron[day_of_week='fri', hour='18', minute='30']" in output
     assert "source alpha rescheduled every 0:00:01" in output
-    assert f"{site.config}:13: sources[0].interval" in output  # the refused edit, logged
+    assert "feeds.yaml:10: sources[0].interval" in output  # the refused edit, logged
     assert "feeds.yaml reloaded: 3 sources" in output
     assert output.count("feeds.yaml reloaded: 2 sources") == 1
     assert "source gamma removed from the schedule" in output
@@ -533,8 +568,12 @@ def test_reload_and_sighup_apply_sources_sections_schedule_and_intervals(
 
 def test_reload_without_a_running_service_names_the_pid_file(site: Site) -> None:
     pid_file = site.dir / "nowhere.pid"
-    err = one_error_line(site.cli("reload", env=site.env(AGGREGATOR_PID_FILE=str(pid_file))))
-    assert f"no running service found ({pid_file} is missing or unreadable)" in err
+    env = site.env(AGGREGATOR_PID_FILE=str(pid_file))
+    err = one_error_line(site.cli("reload", env=env), code=1)
+    assert err == (
+        f"error no running service found ({pid_file} is missing or unreadable);"
+        " is `aggregator run` up?\n"
+    )
     pid_file.write_text("999999\n", encoding="ascii")
-    err = one_error_line(site.cli("reload", env=site.env(AGGREGATOR_PID_FILE=str(pid_file))))
+    err = one_error_line(site.cli("reload", env=env), code=1)
     assert f"process 999999 from {pid_file} is not running" in err
