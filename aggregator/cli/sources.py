@@ -38,6 +38,9 @@ def check() -> None:
         f"({feeds} feeds, {pages} HTML listings), {len(config.sections)} sections, "
         f"digest {config.digest.schedule_day} {config.digest.schedule_time} {config.site.timezone}"
     )
+    from .dkim import print_dns_records
+
+    print_dns_records(config)
 
 
 def fetch(
