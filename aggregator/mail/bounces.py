@@ -149,8 +149,9 @@ def read_report(raw: bytes) -> BounceReport:
         raise MalformedReport("no header block")
     own_id = _text(message.get("Message-ID")).strip()
     report_id = own_id or "sha256:" + hashlib.sha256(raw).hexdigest()
-    head_end = raw.find(b"\n\n")
-    body = raw[head_end:] if head_end >= 0 else b""
+    blank = re.search(rb"\r?\n\r?\n", raw)
+    head_end = blank.start() if blank else len(raw)
+    body = raw[head_end:]
     quoted_ids = tuple(
         dict.fromkeys(m.decode("ascii", "replace") for m in _MESSAGE_ID.findall(body))
     )
@@ -159,9 +160,7 @@ def read_report(raw: bytes) -> BounceReport:
         for name in ("Delivered-To", "X-Original-To", "Envelope-To", "To")
         if message.get(name)
     ]
-    verp.extend(
-        m.decode("ascii", "replace") for m in _VERP_IN_TEXT.findall(raw[: max(head_end, 0)])
-    )
+    verp.extend(m.decode("ascii", "replace") for m in _VERP_IN_TEXT.findall(raw[:head_end]))
     if _is_report(message, "feedback-report"):
         rcpts, senders = _feedback_fields(message)
         if not rcpts:
@@ -258,8 +257,10 @@ def _matched_deliveries(
     for address in report.verp_addresses:
         token = read_verp_address(secret, address)
         if token is None:
+            # Made by someone without the secret: the addresses it names are
+            # not believed either, or the token would protect nothing.
             log.warning("bounce %s: VERP address %s has a bad signature", report.report_id, address)
-            continue
+            return [], "forged VERP"
         ref = store.delivery_ref(token.digest_id, token.subscriber_id)
         if ref is not None:
             return [ref], "VERP"
@@ -293,6 +294,9 @@ def process_message(
         log.warning("bounce mailbox: skipped %s: %s", label, exc)
         return
     refs, how = _matched_deliveries(store, report, secret)
+    if not refs and how == "forged VERP":
+        summary.skipped += 1
+        return
     if not refs:
         summary.skipped += 1
         named = sorted(report.complained | report.permanent | report.temporary)
