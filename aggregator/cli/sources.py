@@ -155,6 +155,13 @@ def status() -> None:
             ("BROKEN: " if st.broken_reason else "") + problem[:300],
         )
     console.print(table)
+    from .bounces import print_bounce_summary
+
+    store = open_store(config)
+    try:
+        print_bounce_summary(store)
+    finally:
+        store.close()
 
 
 def _since(value: str) -> datetime:
