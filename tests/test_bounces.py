@@ -446,3 +446,60 @@ def test_bounce_settings_reach_the_sender() -> None:
     assert config.smtp.return_path == ReturnPath(address=None, verp_domain="bounces.example.org")
     assert config.bounces is not None and config.bounces.imap is not None
     assert config.bounces.imap.port == 993 and config.bounces.imap.tls
+
+
+def test_service_polls_the_mailbox_and_shows_counts_on_metrics(
+    tmp_path: Path,
+    smtp_server: SmtpFixture,
+    imap_server: ImapFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import httpx
+
+    from aggregator.config import load_config
+    from aggregator.scheduler import Service
+    from tests.test_service import eventually, free_port, running
+
+    for name, value in imap_server.environ.items():
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "feeds.yaml"
+    path.write_text(
+        "site: {title: T, url: 'http://127.0.0.1:9/', sender_email: digest@example.org,"
+        f" output_dir: '{tmp_path / 'public'}'}}\n"
+        f"storage: {{url: 'sqlite:///{tmp_path / 'service.db'}'}}\n"
+        f"smtp: {{host: 127.0.0.1, port: {smtp_server.port}}}\n"
+        "bounces:\n  address: bounces@example.org\n  poll: 1s\n  imap:\n"
+        f"    host: 127.0.0.1\n    port: {imap_server.port}\n    tls: false\n"
+        "    username_env: TEST_IMAP_USER\n    password_env: TEST_IMAP_PASSWORD\n",
+        encoding="utf-8",
+    )
+    config = load_config(path)
+    store = Store.open(config.database_url)
+    try:
+        subscribe_all(store, ["kim@example.org", "gone@example.org"])
+        send_issue(store, config.smtp)
+    finally:
+        store.close()
+    gone = next(m for m in smtp_server.messages if m.recipients == ("gone@example.org",))
+    imap_server.append(_dsn("gone@example.org", "5.1.1", original=gone.data))
+
+    async def scenario() -> str:
+        service = Service(config, port=free_port(), secret=SECRET, watch=False)
+        task = await running(service)
+        try:
+            await eventually(
+                lambda: status_of(service.store, "gone@example.org") is SubscriberStatus.BOUNCED,
+                timeout=30,
+                what="the scheduled poll to mark the address bounced",
+            )
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.port}") as client:
+                return (await client.get("/metrics")).text
+        finally:
+            service.stop()
+            await task
+
+    metrics = asyncio.run(scenario())
+    assert "aggregator_bounces_hard 1" in metrics
+    assert "aggregator_suppressed_addresses 1" in metrics
+    assert "aggregator_complaints 0" in metrics
+    assert all(PROCESSED_KEYWORD in f for f in imap_server.flags().values())
