@@ -122,6 +122,7 @@ def test_sample_mailbox_marks_subscribers_and_second_pass_changes_nothing(
     assert summary.messages == len(names) == 11
     assert summary.hard == 8 and summary.soft == 2 and summary.complaints == 2
     assert summary.skipped == 0
+    assert summary.bounced == 7  # Google and Exchange bounced the same address
     for addrs in HARD.values():
         for a in addrs:
             assert status_of(store, a) is SubscriberStatus.BOUNCED, a
@@ -382,6 +383,11 @@ def test_end_to_end_send_bounce_cli_next_issue_skips(
     status = run_cli("-c", str(config), "bounces", "status", "--suppressed")
     assert status.exit_code == 0, status.output
     assert "dead@example.org" in status.stdout and "1 hard" in status.stdout
+    overview = run_cli("-c", str(config), "status")
+    assert overview.exit_code == 0, overview.output
+    assert "1 hard, 0 soft, 0 complaints; 1 addresses suppressed" in " ".join(
+        overview.stdout.split()
+    )
 
 
 def test_unreachable_or_refusing_mailbox_is_one_clear_error(

@@ -111,10 +111,16 @@ def unsuppress(
     A subscriber marked ``bounced`` becomes active again; one who complained
     stays unsubscribed until they subscribe again.
     """
+    from ..subscribers import normalize_email
+
+    try:
+        address = normalize_email(email)
+    except SubscriberError as exc:
+        raise typer.BadParameter(str(exc), param_hint="EMAIL") from None
     config = load_config()
     store = open_store(config)
     try:
-        lifted = store.unsuppress(email.strip())
+        lifted = store.unsuppress(address)
     finally:
         store.close()
     if not lifted:

@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -66,7 +67,14 @@ def keygen(
     The private key file is created readable by its owner only and never
     overwritten: rotating keys means a new selector.
     """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", selector):
+        raise typer.BadParameter(
+            f'"{selector}" is not a DKIM selector (letters, digits, - _ .)',
+            param_hint="--selector",
+        )
     domain = (domain or _default_domain()).strip().rstrip(".").lower()
+    if not re.fullmatch(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}", domain):
+        raise typer.BadParameter(f'"{domain}" is not a domain name', param_hint="--domain")
     key_path = out / f"{selector}.private"
     record_path = out / f"{selector}.txt"
     for path in (key_path, record_path):

@@ -209,11 +209,15 @@ class MailboxSummary:
     hard: int = 0
     soft: int = 0
     complaints: int = 0
-    bounced: int = 0
     duplicates: int = 0
     unknown: int = 0
     skipped: int = 0
     outcomes: list[BounceOutcome] = field(default_factory=list)
+
+    @property
+    def bounced(self) -> int:
+        """Distinct subscribers this pass marked bounced (two reports about one count once)."""
+        return len({o.subscriber_id for o in self.outcomes if o.action == "bounced"})
 
     def add(self, kind: BounceKind, outcome: BounceOutcome) -> None:
         self.outcomes.append(outcome)
@@ -229,8 +233,6 @@ class MailboxSummary:
             self.soft += 1
         else:
             self.complaints += 1
-        if outcome.action == "bounced":
-            self.bounced += 1
 
 
 def _kind(report: BounceReport, email_address: str | None) -> BounceKind | None:
