@@ -15,11 +15,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from aggregator.config import parse_config
 from aggregator.deliver import deliver_digest
 from aggregator.errors import BounceError, SubscriberError
-from aggregator.mail.bounces import MAX_REPORT_BYTES, process_mailbox
+from aggregator.mail.bounces import (
+    MAX_REPORT_BYTES,
+    MalformedReport,
+    process_mailbox,
+    read_report,
+)
 from aggregator.mail.imap import PROCESSED_KEYWORD
 from aggregator.mail.verp import read_verp_address, verp_address
 from aggregator.models import (
@@ -509,3 +516,47 @@ def test_service_polls_the_mailbox_and_shows_counts_on_metrics(
     assert "aggregator_suppressed_addresses 1" in metrics
     assert "aggregator_complaints 0" in metrics
     assert all(PROCESSED_KEYWORD in f for f in imap_server.flags().values())
+
+
+# ------------------------------------------------------------- hostile input, generated
+
+_PIECES = st.sampled_from(
+    [
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=x\r\n",
+        b'Content-Type: multipart/report; report-type=feedback-report; boundary="\r\n',
+        b"Content-Type: message/rfc822\r\n",
+        b"Content-Type: text/rfc822-headers\r\n",
+        b"Content-Type: message/delivery-status\r\n",
+        b"Content-Type: message/feedback-report\r\n",
+        b"--x\r\n",
+        b"--x--\r\n",
+        b"\r\n",
+        b"Status: 5.1.1\r\n",
+        b"Action: failed\r\n",
+        b"Final-Recipient: rfc822; \xff\xfe@\x00\r\n",
+        b"Original-Rcpt-To: <>\r\n",
+        b"Message-ID: <a@b>\r\n",
+        b"To: bounces+1.2.abcdefghijklmnop@example.org\r\n",
+        b"From: \r\n",
+        b"Subject: =?utf-8?b?7ZWc6rWt?=\r\n",
+        "Subject: 한국 영화\r\n".encode("euc-kr"),
+    ]
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(_PIECES, st.binary(max_size=40)), max_size=30))
+def test_read_report_never_raises_anything_but_malformed(pieces: list[bytes]) -> None:
+    raw = b"".join(pieces)
+    try:
+        report = read_report(raw)
+    except MalformedReport:
+        return
+    assert report.report_id
+    assert all(isinstance(a, str) for a in report.permanent | report.temporary)
+
+
+@pytest.mark.parametrize("size", [MAX_REPORT_BYTES + 1, MAX_REPORT_BYTES * 3])
+def test_oversized_report_is_refused_before_parsing(size: int) -> None:
+    with pytest.raises(MalformedReport, match="cap"):
+        read_report(b"Subject: x\r\n\r\n" + b"a" * size)

@@ -44,6 +44,7 @@ __all__ = [
     "MAX_REPORT_BYTES",
     "BounceReport",
     "MailboxSummary",
+    "MalformedReport",
     "process_mailbox",
     "process_message",
     "read_report",
@@ -294,6 +295,12 @@ def process_message(
     except MalformedReport as exc:
         summary.skipped += 1
         log.warning("bounce mailbox: skipped %s: %s", label, exc)
+        return
+    except Exception as exc:  # hostile MIME can trip the stdlib parser in odd places
+        summary.skipped += 1
+        log.warning(
+            "bounce mailbox: skipped %s: unreadable (%s: %s)", label, type(exc).__name__, exc
+        )
         return
     refs, how = _matched_deliveries(store, report, secret)
     if not refs and how == "forged VERP":
