@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from ..models import Item, Source, SourceState, StoredItem, utcnow
 from . import schema
 from .base import StoreBase
+from .bounces import BouncesMixin
 from .copies import better_copies, inherited_values, load_copies, load_source_ranks, take_over
 from .deliveries import DeliveriesMixin
 from .digests import DigestsMixin
@@ -187,7 +188,9 @@ def _state(row: Any) -> SourceState:
     )
 
 
-class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, InstallationMixin, StoreBase):
+class Store(
+    DigestsMixin, SubscribersMixin, DeliveriesMixin, BouncesMixin, InstallationMixin, StoreBase
+):
     """The project's one storage object: items and sources here, the rest mixed in."""
 
     # ------------------------------------------------------------------ sources

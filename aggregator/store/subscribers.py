@@ -221,6 +221,7 @@ class SubscribersMixin(StoreBase):
         """
         with self.transaction() as conn:
             row = _token_row(conn, subscriber_id, email)
+            _refuse_suppressed(conn, row.email)
             if row.status != SubscriberStatus.ACTIVE.value:
                 conn.execute(
                     update(_t)
@@ -272,6 +273,8 @@ class SubscribersMixin(StoreBase):
             if sid is None:
                 return False
             conn.execute(delete(schema.deliveries).where(schema.deliveries.c.subscriber_id == sid))
+            b = schema.bounce_events
+            conn.execute(delete(b).where(b.c.subscriber_id == sid))
             conn.execute(delete(_t).where(_t.c.id == sid))
         return True
 
@@ -326,6 +329,16 @@ class SubscribersMixin(StoreBase):
                     conn.execute(select(_t.c.email_key).where(_t.c.email_key.in_(chunk))).scalars()
                 )
         return {e for e in given if email_key(e) in found}
+
+
+def _refuse_suppressed(conn: Connection, email: str) -> None:
+    """A hard-bounced or complaining address never comes back by a link: only an admin lifts it."""
+    x = schema.suppressions
+    if conn.execute(select(x.c.email).where(x.c.email == email.lower())).first() is not None:
+        raise SubscriberError(
+            "this address cannot be subscribed: mail to it bounced or was reported as spam "
+            "(an administrator can lift this with: aggregator subscribers unsuppress EMAIL)"
+        )
 
 
 def _token_row(conn: Connection, subscriber_id: int, email: str) -> Row[Any]:
