@@ -66,7 +66,7 @@ def before_email_key(url: str, digests: int) -> list[int]:
         for n in range(digests)
     ]
     store.close()
-    previous = ScriptDirectory.from_config(_alembic_config()).get_revision("0004").down_revision
+    previous = ScriptDirectory.from_config(_alembic_config()).get_revision("0008").down_revision
     assert isinstance(previous, str)
     _migrate(url, previous, down=True)
     return ids

@@ -22,7 +22,7 @@ On SQLite the unique constraint on ``email`` stays (dropping it would rebuild
 the table, which ``deliveries``' foreign key forbids); ``email_key`` being
 unique implies it anyway.
 
-Revision ID: 0004
+Revision ID: 0008
 Revises: 0007
 """
 
@@ -37,7 +37,7 @@ from alembic import op
 
 from aggregator.store.types import UTCDateTime
 
-revision = "0004"
+revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None
