@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..digest import view_url
 from ..render import public_issue_html, render_archive_index
-from .app import WebContext  # also registers the ``rowid`` path convertor
+from .context import WebContext  # importing it also registers the ``rowid`` convertor
 
 __all__ = ["ARCHIVE_LIMIT", "SUBSCRIBE_PATH", "routes"]
 

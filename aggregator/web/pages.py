@@ -22,7 +22,7 @@ from .. import render
 from ..errors import RenderError
 from ..models import Site, StoredItem
 from ..publish import feed_urls
-from .app import WebContext
+from .context import WebContext
 
 __all__ = ["HOME_ITEM_COUNT", "fallback_home", "routes"]
 

@@ -61,7 +61,7 @@ from ..models import Site, SmtpSettings, Subscriber, SubscriberStatus, utcnow
 from ..render import template_dirs
 from ..subscribers import clean_name, normalize_email
 from ..tokens import Tokens
-from .app import WebContext
+from .context import WebContext
 from .ratelimit import RateLimiter
 from .security import FormTokens, client_address, cross_site_reason
 
