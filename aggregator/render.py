@@ -38,6 +38,7 @@ from markupsafe import Markup
 
 from .errors import RenderError
 from .models import Digest, DigestSettings, Site, StoredItem
+from .normalize import detect_language
 
 __all__ = [
     "ENCODED_HTML_BUDGET",
@@ -531,6 +532,8 @@ def render_confirmation(
         "subject": subject,
         "preheader": f"One click and {site.title} arrives every week.",
         "name": _defuse(" ".join((name or "").split())) or None,
+        # A name in Hangul is read with a Korean voice (the only language told apart).
+        "name_language": detect_language(name or ""),
         "email": email,
         "confirm_url": safe_confirm,
         "valid_days": valid_days,
