@@ -38,7 +38,7 @@ import uvicorn
 
 from aggregator.config import Config, parse_config
 from aggregator.digest import compose
-from aggregator.models import Source, SubscriberStatus, utcnow
+from aggregator.models import Source, utcnow
 from aggregator.render import render_confirmation, render_digest
 from aggregator.store import Store
 from aggregator.tokens import Tokens
@@ -92,7 +92,8 @@ _RUNNER = """
       if (!hangul.test(node.data)) continue;
       var owner = node.parentElement.closest("[lang]");
       var lang = owner ? owner.getAttribute("lang") : "";
-      if (lang.slice(0, 2) !== "ko") out.push(node.data.trim().slice(0, 40) + " (lang=" + lang + ")");
+      if (lang.slice(0, 2) === "ko") continue;
+      out.push(node.data.trim().slice(0, 40) + " (lang=" + lang + ")");
     }
     return out;
   }
@@ -180,7 +181,7 @@ class AxeReport:
 
 
 def run_axe(page_html: str, name: str, axe: Path, *, page_rules: bool) -> AxeReport:
-    """Save ``page_html`` as ``<name>.html`` with axe injected, run it in Chromium, read the result."""
+    """Save ``page_html`` as ``<name>.html`` with axe injected; run it in Chromium; the result."""
     folder = ARTIFACTS / "axe"
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(axe, folder / "axe.min.js")

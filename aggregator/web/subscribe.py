@@ -204,6 +204,8 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         values = {
             "error": "",
             "error_field": "",
+            # The page's own heading is its one <h1>; the site title is a plain line.
+            "masthead_heading": False,
             "kicker": "",
             "subscribe_again": False,
             "message": "",
@@ -522,6 +524,9 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
                 email=raw_email[:320],
             )
         subscriber = await run_in_threadpool(ctx.store.subscriber_by_email, email)
+        if subscriber is None and email != email.lower():
+            # Stored as typed at sign-up; most people type it in lower case later (or earlier).
+            subscriber = await run_in_threadpool(ctx.store.subscriber_by_email, email.lower())
         task = None
         if subscriber is not None and subscriber.status is not SubscriberStatus.UNSUBSCRIBED:
             if unsubscribe_mailbox.hit(mailbox_key(subscriber.email)) is not None:
