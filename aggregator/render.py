@@ -38,7 +38,6 @@ from markupsafe import Markup
 
 from .errors import RenderError
 from .models import Digest, DigestSettings, Site, StoredItem
-from .normalize import detect_language
 
 __all__ = [
     "ENCODED_HTML_BUDGET",
@@ -532,8 +531,6 @@ def render_confirmation(
         "subject": subject,
         "preheader": f"One click and {site.title} arrives every week.",
         "name": _defuse(" ".join((name or "").split())) or None,
-        # A name in Hangul is read with a Korean voice (the only language told apart).
-        "name_language": detect_language(name or ""),
         "email": email,
         "confirm_url": safe_confirm,
         "valid_days": valid_days,
@@ -568,11 +565,15 @@ _SUBSCRIBER_ONLY = re.compile(
 )
 
 
+_TO_ARCHIVE = re.compile(r'<a class="to-archive"[^>]*>(?P<label>[^<]*)</a>')
+
+
 def public_issue_html(html: str, *, subscribe_url: str | None, site: Site | None = None) -> str:
     """The web-archive copy of a frozen issue: no unsubscribe placeholder left in it.
 
     The subscriber-only notice ("You are receiving this because you
-    subscribed…") is removed: a web visitor subscribed to nothing.
+    subscribed…") is removed: a web visitor subscribed to nothing. The email's
+    links to this very page ("and N more in this section") become plain text.
 
     Each unsubscribe link becomes a "Subscribe" link to ``subscribe_url`` (or
     is dropped, keeping nothing, when ``subscribe_url`` is None); any other
@@ -590,6 +591,8 @@ def public_issue_html(html: str, *, subscribe_url: str | None, site: Site | None
         href = html_escape(safe, quote=True)
         replacement = f'<a href="{href}" style="color:#4a4a4a;">Subscribe</a>'
     html = _SUBSCRIBER_ONLY.sub("", html)
+    # On the archive page a link to the archive page would only reload it.
+    html = _TO_ARCHIVE.sub(r"\g<label>", html)
     html = _UNSUBSCRIBE_ANCHOR.sub(replacement, html)
     html = html.replace(UNSUBSCRIBE_PLACEHOLDER, html_escape(safe or "", quote=True))
     if site is not None and "</head>" in html:

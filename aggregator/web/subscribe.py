@@ -347,7 +347,12 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             ctx.store.add_subscriber, email, name=name or None, now=utcnow()
         )
         task = None
-        if subscriber.status is not SubscriberStatus.ACTIVE:
+        suppressed = await run_in_threadpool(ctx.store.is_suppressed, subscriber.email)
+        if suppressed:
+            # Hard-bounced or complained: never mailed again, not even a
+            # confirmation (same answer as always: the page tells nothing).
+            log.warning("no confirmation mail to %s: the address is suppressed", subscriber.email)
+        elif subscriber.status is not SubscriberStatus.ACTIVE:
             if per_mailbox.hit(mailbox_key(subscriber.email)) is not None:
                 # Same answer as always (the page must not tell what happened), no mail.
                 log.warning(
@@ -528,7 +533,12 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             # Stored as typed at sign-up; most people type it in lower case later (or earlier).
             subscriber = await run_in_threadpool(ctx.store.subscriber_by_email, email.lower())
         task = None
-        if subscriber is not None and subscriber.status is not SubscriberStatus.UNSUBSCRIBED:
+        if subscriber is not None and await run_in_threadpool(
+            ctx.store.is_suppressed, subscriber.email
+        ):
+            # Hard-bounced or complained: never mailed again (the answer stays the same).
+            log.warning("no unsubscribe-link mail to %s: the address is suppressed", email)
+        elif subscriber is not None and subscriber.status is not SubscriberStatus.UNSUBSCRIBED:
             if unsubscribe_mailbox.hit(mailbox_key(subscriber.email)) is not None:
                 log.warning(
                     "no unsubscribe-link mail to %s: %d already sent in the last %d hours",
