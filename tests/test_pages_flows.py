@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from aggregator.errors import RenderError
 from aggregator.models import SubscriberStatus
+from aggregator.render import css_value
 from aggregator.store import Store
 from aggregator.tokens import Tokens
 from aggregator.web import subscribe
@@ -193,3 +195,33 @@ def test_route_modules_import_the_context_not_the_app() -> None:
         isinstance(node, ast.ImportFrom) and node.level == 1 and node.module in {"app", "pages"}
         for node in ast.walk(context)
     )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "-apple-system, 'Segoe UI', sans-serif",
+        '"Noto Sans KR", 맑은 고딕, serif',
+        "#9c2b23",
+        "12.5px",
+        "rgb(10, 20, 30)",
+    ],
+)
+def test_css_filter_passes_css_values_unescaped(value: str) -> None:
+    assert str(css_value(value)) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "sans-serif; } body { display: none",
+        "sans-serif</style><script>alert(1)</script>",
+        "url(javascript:alert(1))",
+        "a\\62 c",
+        "x { }",
+        "sans-serif\n@import 'x'",
+    ],
+)
+def test_css_filter_refuses_what_could_leave_the_declaration(value: str) -> None:
+    with pytest.raises(RenderError, match="not a safe CSS value"):
+        css_value(value)
