@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..digest import view_url
 from ..render import public_issue_html, render_archive_index
-from .app import WebContext  # also registers the ``rowid`` path convertor
+from .context import WebContext  # importing it also registers the ``rowid`` convertor
 
 __all__ = ["ARCHIVE_LIMIT", "SUBSCRIBE_PATH", "routes"]
 
@@ -55,7 +55,9 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         digest = await asyncio.to_thread(ctx.store.get_digest, digest_id)
         if digest is None or not digest.html:
             raise HTTPException(404, f"No issue number {digest_id}.")
-        html = public_issue_html(digest.html, subscribe_url=_subscribe_url(ctx))
+        html = public_issue_html(
+            digest.html, subscribe_url=_subscribe_url(ctx), site=ctx.config.site
+        )
         # The email HTML carries no script of its own; the app's CSP forbids any.
         return HTMLResponse(html, headers={"Cache-Control": _ISSUE_CACHE})
 
