@@ -577,3 +577,68 @@ def test_reload_without_a_running_service_names_the_pid_file(site: Site) -> None
     pid_file.write_text("999999\n", encoding="ascii")
     err = one_error_line(site.cli("reload", env=env), code=1)
     assert f"process 999999 from {pid_file} is not running" in err
+
+
+# ------------------------------------------- distributed: run --role worker, queue recover
+
+
+@pytest.mark.postgres
+def test_distributed_worker_fetches_dispatched_sources_and_queue_recover_requeues_a_dead_ones_job(
+    site: Site, processes: list[subprocess.Popen[str]], pg_url: str
+) -> None:
+    import sqlalchemy as sa
+
+    site.server.add("/stall.xml", simple_rss("stall", 1), delay=60)
+    site.config.write_text(
+        site.config.read_text(encoding="utf-8").replace(
+            "storage: {url: 'sqlite:///data/aggregator.db'}",
+            f"storage: {{url: '{pg_url}', queue: procrastinate}}",
+        )
+        + f"  - {{id: stall, url: '{site.server.url('/stall.xml')}'}}\n",
+        encoding="utf-8",
+    )
+    migrated = site.cli("migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    dispatched = site.cli("queue", "dispatch")
+    assert dispatched.returncode == 0, dispatched.stderr
+    assert dispatched.stdout.strip() == "ok queued 3 fetch jobs"
+
+    worker, base = _run(site, processes, "--role", "worker")
+    engine = sa.create_engine(pg_url)
+    try:
+
+        def items() -> dict[str, int]:
+            with engine.connect() as conn:
+                rows = conn.execute(sa.text("SELECT source_id, count(*) FROM items GROUP BY 1"))
+                return {str(r[0]): int(r[1]) for r in rows}
+
+        wait_until(lambda: items() == {"alpha": 3, "beta": 2}, timeout=60, what="items")
+        wait_until(lambda: site.server.count("/stall.xml") == 1, what="the stalled fetch")
+        assert get(base + "/") is None  # a worker serves nothing
+        worker.kill()  # SIGKILL: its running job stays "doing"
+        worker.wait(timeout=10)
+        time.sleep(2.5)  # no heartbeat for longer than --silent-for (workers beat every 2 s)
+
+        with engine.connect() as conn:
+            doing = conn.execute(
+                sa.text(
+                    "SELECT task_name, coalesce(lock, '') FROM procrastinate_jobs"
+                    " WHERE status = 'doing' ORDER BY id"
+                )
+            ).all()
+        assert ("aggregator.fetch_source", "fetch:stall") in doing
+        recovered = site.cli("queue", "recover", "--silent-for", "2")
+        assert recovered.returncode == 0, recovered.stderr
+        # Every job the dead worker held (the stalled fetch, and the periodic
+        # jobs it had started) goes back, and only those.
+        assert recovered.stdout.strip() == f"ok retried {len(doing)} stalled jobs"
+        with engine.connect() as conn:
+            states = conn.execute(
+                sa.text(
+                    "SELECT status::text FROM procrastinate_jobs"
+                    " WHERE queueing_lock = 'fetch:stall' OR lock = 'fetch:stall'"
+                )
+            ).all()
+        assert [s[0] for s in states] == ["todo"]
+    finally:
+        engine.dispose()
