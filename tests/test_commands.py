@@ -29,6 +29,7 @@ import pytest
 
 from tests.support.feeds import simple_rss
 from tests.support.http import FixtureServer, unused_port
+from tests.support.smtp import SmtpFixture
 
 ROOT = Path(__file__).resolve().parent.parent
 # The newest migration file's revision, read from the files, not the code.
@@ -642,3 +643,39 @@ def test_distributed_worker_fetches_dispatched_sources_and_queue_recover_requeue
         assert [s[0] for s in states] == ["todo"]
     finally:
         engine.dispose()
+
+
+# ------------------------------------------------- subscribers and digest commands
+
+
+def test_subscribers_and_digest_compose_list_send_through_the_entry_point(
+    site: Site, smtp_server: SmtpFixture
+) -> None:
+    with site.config.open("a", encoding="utf-8") as f:
+        f.write(f"smtp: {{host: 127.0.0.1, port: {smtp_server.port}, starttls: false}}\n")
+    for email in ("kim@example.org", "lee@example.org"):
+        added = site.cli("subscribers", "add", email, "--active")
+        assert added.returncode == 0, added.stderr
+    listed = site.cli("subscribers", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert re.findall(r"\w+@example\.org", listed.stdout) == ["kim@example.org", "lee@example.org"]
+    assert site.cli("fetch").returncode == 0
+
+    sent = site.cli("digest", "send", "--now", "--retry-delay", "0.1")
+    assert sent.returncode == 0, sent.stderr
+    smtp_server.wait_for(2)
+    subjects = {str(m.message["Subject"]) for m in smtp_server.messages}
+    [(digest_id, subject)] = site.rows("SELECT id, subject FROM digests")
+    assert subjects == {subject}
+    assert sorted(r for m in smtp_server.messages for r in m.recipients) == [
+        "kim@example.org",
+        "lee@example.org",
+    ]
+    listed = site.cli("digest", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert str(subject) in listed.stdout and f"{digest_id}" in listed.stdout
+
+    again = site.cli("digest", "send")  # exactly once: nobody is left
+    assert again.returncode == 0, again.stderr
+    assert len(smtp_server.messages) == 2
+    assert site.rows("SELECT status, count(*) FROM deliveries GROUP BY status") == [("sent", 2)]
