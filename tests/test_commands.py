@@ -493,6 +493,7 @@ def test_run_refuses_an_unknown_role(site: Site) -> None:
 # ------------------------------------------------- reload, SIGHUP, AGGREGATOR_PID_FILE
 
 
+@pytest.mark.slow  # 30-45 s: several commands and a running service
 def test_reload_and_sighup_apply_sources_sections_schedule_and_intervals(
     site: Site, processes: list[subprocess.Popen[str]]
 ) -> None:
@@ -584,6 +585,7 @@ def test_reload_without_a_running_service_names_the_pid_file(site: Site) -> None
 
 
 @pytest.mark.postgres
+@pytest.mark.slow  # ~45 s: migrate, dispatch, a worker, a kill, recover
 def test_distributed_worker_fetches_dispatched_sources_and_queue_recover_requeues_a_dead_ones_job(
     site: Site, processes: list[subprocess.Popen[str]], pg_url: str
 ) -> None:
@@ -648,6 +650,7 @@ def test_distributed_worker_fetches_dispatched_sources_and_queue_recover_requeue
 # ------------------------------------------------- subscribers and digest commands
 
 
+@pytest.mark.slow  # 30-45 s: several commands and a running service
 def test_subscribers_and_digest_compose_list_send_through_the_entry_point(
     site: Site, smtp_server: SmtpFixture
 ) -> None:
