@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.config import Config, parse_config
+from aggregator.config import Config, load_config, parse_config
+from aggregator.errors import ConfigError
 from aggregator.models import (
     DigestSettings,
     SectionRule,
@@ -251,3 +252,70 @@ def test_database_url_from_the_environment_wins(
         path=tmp_path / "feeds.yaml",
     )
     assert config.database_url == "postgresql://digest@db/digest"
+
+
+# ------------------------------------------------------- syntax errors and reading the file
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "site: {title: T, url: 'https://x/'\nsources: []\n",
+            ':1: YAML syntax error: a mapping opened with "{" starts here and is never closed'
+            " (expected ',' or '}', but got '<scalar>' at line 2)",
+        ),
+        (
+            "site: {title: T, url: 'https://x/'}\nsources: [\n  {id: a, url: 'https://a/'}\n",
+            ':2: YAML syntax error: a list opened with "[" starts here and is never closed'
+            " (expected ',' or ']', but got '<stream end>' at line 4)",
+        ),
+        (
+            "site: {title: T, url: 'https://x/'}\nsources:\n  - {id: a, url: 'https://a/'}\n"
+            "   - {id: b, url: 'https://b/'}\n",
+            ":4: YAML syntax error: this line is indented differently from the lines above it"
+            " (the block starting at line 3)",
+        ),
+        ("site:\n\ttitle: T\n", ":2: YAML syntax error: found character '\\t' that cannot start"),
+        (
+            "site: {title: 'T, url: https://x/}\nsources: []\n",
+            ":1: YAML syntax error: a quoted string starts here and is never closed"
+            " (found unexpected end of stream at line 3)",
+        ),
+    ],
+)
+def test_a_yaml_syntax_error_points_at_the_line_to_fix(
+    text: str, message: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "feeds.yaml"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, path=path)
+    assert str(caught.value).startswith(f"{path}{message}")
+
+
+def test_reading_the_file_missing_not_utf8_bom_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(missing)
+    assert str(caught.value) == f"{missing}: file not found (create it, or pass --config PATH)"
+
+    korean = tmp_path / "cp949.yaml"
+    korean.write_bytes("site: {title: '한국', url: 'https://x/'}\nsources: []\n".encode("cp949"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(korean)
+    assert str(caught.value) == (
+        f"{korean}:1: not UTF-8 text (byte 0xc7); it looks like CP949/EUC-KR: save it as UTF-8"
+    )
+    garbage = tmp_path / "garbage.yaml"
+    garbage.write_bytes(b"site: {title: T}\nsources: []\n# \xff\xfe\xfd\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(garbage)
+    assert str(caught.value) == f"{garbage}:3: not UTF-8 text (byte 0xff); save it as UTF-8"
+
+    bom = tmp_path / "bom.yaml"
+    bom.write_bytes("\ufeffsite: {title: BOM, url: 'https://x/'}\nsources: []\n".encode())
+    assert load_config(bom).site.title == "BOM"
+    monkeypatch.setenv("AGGREGATOR_CONFIG", str(bom))
+    assert load_config().path == bom
