@@ -560,3 +560,31 @@ def test_read_report_never_raises_anything_but_malformed(pieces: list[bytes]) ->
 def test_oversized_report_is_refused_before_parsing(size: int) -> None:
     with pytest.raises(MalformedReport, match="cap"):
         read_report(b"Subject: x\r\n\r\n" + b"a" * size)
+
+
+def test_migration_0005_downgrades_and_upgrades_again(db_url: str) -> None:
+    """The bounce tables come and go with their revision; rows survive an upgrade after it."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from aggregator.store.engine import _alembic_config
+
+    store = Store.open(db_url)
+    try:
+        subscribe_all(store, ["kim@example.org"])
+        store.suppress("kim@example.org", "test", now=datetime.now(UTC))
+        cfg = _alembic_config()
+        with store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0006")
+        tables = set(inspect(store.engine).get_table_names())
+        assert not {"bounce_events", "suppressions"} & tables
+        assert store.subscriber_by_email("kim@example.org") is not None
+        with store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        assert not store.is_suppressed("kim@example.org")
+        store.suppress("kim@example.org", "again", now=datetime.now(UTC))
+        assert store.is_suppressed("kim@example.org")
+    finally:
+        store.close()
