@@ -86,6 +86,9 @@ def parse_duration(value: object) -> timedelta:
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
+# How long a pending subscriber may take to confirm (the confirm link's life too).
+PENDING_EXPIRY = timedelta(days=7)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -133,6 +136,7 @@ class SiteModel(_Strict):
     hub: str | None = None
     feed_size: int = Field(default=_SITE.feed_size, ge=1, le=10000)
     output_dir: str = _SITE.output_dir
+    templates: str | None = None
 
     _tz = field_validator("timezone")(_check_timezone)
     _url = field_validator("url")(_check_url)
@@ -381,6 +385,19 @@ class StorageModel(_Strict):
     queue: Literal["none", "procrastinate"] = "none"
 
 
+class SubscribersModel(_Strict):
+    # Pending subscribers who never click their confirmation link are removed
+    # after this long: no consent was given, so the address must not be kept.
+    expire_pending_after: Duration = PENDING_EXPIRY
+
+    @field_validator("expire_pending_after")
+    @classmethod
+    def _at_least_a_day(cls, value: timedelta) -> timedelta:
+        if value < timedelta(days=1):
+            raise ValueError("must be at least 1d (people need time to open their mail)")
+        return value
+
+
 def _check_network(value: str) -> str:
     try:
         ipaddress.ip_network(value, strict=False)
@@ -404,6 +421,7 @@ class ConfigModel(_Strict):
     sources: list[SourceModel] = []
     digest: DigestModel = DigestModel()
     smtp: SmtpModel = SmtpModel()
+    subscribers: SubscribersModel = SubscribersModel()
     web: WebModel = WebModel()
     bounces: BouncesModel | None = None
     # Written by `aggregator demo`: `run` serves the bundled sample sources
@@ -444,6 +462,7 @@ class Config:
     smtp: SmtpSettings
     database_url: str
     queue: str = "none"
+    pending_expiry: timedelta = PENDING_EXPIRY
     web: WebSettings = field(default_factory=WebSettings)
     demo: bool = False
     bounces: BounceSettings | None = None
@@ -618,6 +637,7 @@ def parse_config(text: str, *, path: Path | None = None) -> Config:
         raise ConfigErrors(errors) if len(errors) > 1 else errors[0] from None
 
     problems = _cross_checks(model, name, lines)
+    problems += _check_templates(model, path, name, lines)
     if problems:
         raise ConfigErrors(problems) if len(problems) > 1 else problems[0]
     return _to_config(model, path)
@@ -662,6 +682,47 @@ def _syntax_error(exc: yaml.MarkedYAMLError, name: str) -> ConfigError:
             line=found,
         )
     return ConfigError(f"YAML syntax error: {problem}", path=name, line=found or started)
+
+
+# What an override directory must hold at least one of; anything else means a wrong path.
+_TEMPLATE_NAMES = (
+    "digest.mjml.j2",
+    "digest.txt.j2",
+    "archive.html.j2",
+    "home.html.j2",
+    "_page.html.j2",
+    "_mail_head.mjml.j2",
+    "confirm.mjml.j2",
+    "mail/page.html.j2",
+    "mail/confirm.txt.j2",
+)
+
+
+def _templates_path(value: str, path: Path | None) -> Path:
+    """``site.templates`` as an absolute path; a relative one starts at feeds.yaml's directory."""
+    directory = Path(value).expanduser()
+    if not directory.is_absolute():
+        directory = (path.parent if path is not None else Path.cwd()) / directory
+    return directory
+
+
+def _check_templates(
+    model: ConfigModel, path: Path | None, name: str, lines: Mapping[Any, int]
+) -> list[ConfigError]:
+    if model.site.templates is None:
+        return []
+    directory = _templates_path(model.site.templates, path)
+    if not directory.is_dir():
+        problem = f"{directory} is not a directory"
+    elif not any((directory / template).is_file() for template in _TEMPLATE_NAMES):
+        problem = (
+            f"{directory} holds none of the templates it could override "
+            f"({', '.join(_TEMPLATE_NAMES)})"
+        )
+    else:
+        return []
+    line = _line_for(("site", "templates"), lines)
+    return [ConfigError(problem, path=name, line=line, key="site.templates")]
 
 
 def _cross_checks(model: ConfigModel, name: str, lines: Mapping[Any, int]) -> list[ConfigError]:
@@ -803,6 +864,9 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
         hub_url=site_model.hub,
         feed_size=site_model.feed_size,
         output_dir=site_model.output_dir,
+        templates=(
+            str(_templates_path(site_model.templates, path)) if site_model.templates else None
+        ),
     )
     sources = tuple(
         Source(
@@ -887,6 +951,7 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
         smtp=smtp,
         database_url=resolve_database_url(model.storage.url, path),
         queue=model.storage.queue,
+        pending_expiry=model.subscribers.expire_pending_after,
         web=WebSettings(
             trusted_proxies=tuple(
                 ipaddress.ip_network(v, strict=False) for v in model.web.trusted_proxies

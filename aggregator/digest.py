@@ -263,7 +263,12 @@ def compose_now(config: Config, store: Store, *, now: datetime | None = None) ->
     the next scheduled issue starts where this one ends, so nothing is sent twice.
     """
     now = now or utcnow()
-    return compose(config, store, now=now, period=upcoming_period(config, store, now=now))
+    period = upcoming_period(config, store, now=now)
+    if store.last_digest() is not None and not store.items_first_seen_between(
+        period.start, period.end
+    ):
+        return None  # nothing since the last issue: not even a "no news" note on demand
+    return compose(config, store, now=now, period=period)
 
 
 def first_issue_hint(config: Config, *, now: datetime | None = None) -> str:

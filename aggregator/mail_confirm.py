@@ -22,11 +22,12 @@ from .deliver import message_id_domain
 from .models import Site, Subscriber, utcnow
 from .render import render_confirmation
 from .subscribers import clean_name
+from .tokens import CONFIRM_MAX_AGE
 
 __all__ = ["CONFIRM_VALID_DAYS", "confirmation_message"]
 
-CONFIRM_VALID_DAYS = 7
-"""How long the link works, as the email says (the token's own expiry must match)."""
+CONFIRM_VALID_DAYS = CONFIRM_MAX_AGE.days
+"""How long the link works, as the email says: the confirm token's own expiry."""
 
 
 def confirmation_message(

@@ -65,6 +65,9 @@ class Site:
     hub_url: str | None = None  # WebSub hub announced in the feed and pinged on change
     feed_size: int = 100
     output_dir: str = "public"
+    # A directory whose templates replace the bundled ones of the same name
+    # (absolute; feeds.yaml's relative path is resolved against its directory).
+    templates: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,11 @@ item's, never the build time, so the same items always give the same bytes and
 :func:`write_if_changed` leaves an unchanged feed (and its mtime, and so every
 reader's conditional GET) alone. Entry ids are derived from ``(source_id,
 guid)``, the store's identity of an item, so an entry keeps its id when its
-title, text or date changes and when the site moves to another address.
+title, text or date changes and when the site moves to another address; when
+a better copy of a story took over from the one readers saw first, the id is
+that first copy's (``StoredItem.feed_key``), so readers see one entry, updated.
+Entries with an image carry it as Media RSS and, when its type is known, as
+an ``enclosure`` link.
 
 HTML handed in here was sanitized by normalize before it was stored. It is
 cleaned once more on the way out (:func:`defend_html`, nh3 with a narrow allow

@@ -535,16 +535,21 @@ async def weekly_digest(timestamp: int) -> int:
 
 
 async def cleanup(timestamp: int) -> None:
-    """Hourly: delete finished jobs, so the queue table does not grow forever.
+    """Hourly: delete finished jobs, so the queue table does not grow forever,
+    and pending subscribers who never confirmed.
 
     Every due source is one job: 100,000 sources fetched hourly leave 2.4
     million finished jobs a day. Succeeded jobs go after a day (``aggregator
     queue status`` still shows the recent ones), failed jobs after a week, so
     there is time to look at them (their errors are in the workers' logs too).
     """
-    manager: Any = _rt().tasks.job_manager
+    rt = _rt()
+    manager: Any = rt.tasks.job_manager
     await manager.delete_old_jobs(nb_hours=KEEP_SUCCEEDED_HOURS)
     await manager.delete_old_jobs(nb_hours=KEEP_FAILED_HOURS, include_failed=True)
+    # Pending subscribers past subscribers.expire_pending_after, as `run` does hourly.
+    cutoff = utcnow() - rt.config.pending_expiry
+    await asyncio.to_thread(rt.store.expire_pending, added_before=cutoff)
 
 
 async def send_digest(digest_id: int) -> dict[str, Any]:
@@ -580,8 +585,16 @@ async def run_distributed(
     host: str = "127.0.0.1",
     port: int = 8080,
     concurrency: int = 4,
-) -> None:
-    """``aggregator run`` / ``aggregator worker`` in distributed mode."""
+) -> bool:
+    """``aggregator run`` / ``aggregator worker`` in distributed mode; True if Ctrl-C stopped it.
+
+    This function owns SIGINT and SIGTERM (neither uvicorn nor procrastinate
+    installs handlers): either one stops the web server and lets the worker
+    finish its running jobs, instead of asyncio cancelling everything mid-await
+    or the web server outliving a stopped worker.
+    """
+    import signal
+
     import uvicorn
 
     from .web.app import WebContext, create_app, load_secret
@@ -592,29 +605,60 @@ async def run_distributed(
     tasks_app = bound_app(config)
     rt = await start_runtime(config, secret=secret, tasks=tasks_app)
     await asyncio.to_thread(apply_schema, rt.store)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals_received: list[int] = []
+
+    def on_signal(number: int) -> None:
+        signals_received.append(number)
+        stop.set()
+
+    installed: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue  # not the main thread (tests run it in threads)
+        installed.append(sig)
     server: EmbeddedServer | None = None
     try:
         async with tasks_app.open_async():
-            jobs = []
+            jobs: list[asyncio.Task[Any]] = []
+            worker: asyncio.Task[Any] | None = None
             if role in ("all", "web"):
                 web = create_app(WebContext(config=config, store=rt.store, secret=secret))
                 server = EmbeddedServer(uvicorn.Config(web, host=host, port=port, log_config=None))
-                jobs.append(server.serve())
+                jobs.append(asyncio.create_task(server.serve(), name="web"))
             if role in ("all", "worker"):
-                jobs.append(
+                worker = asyncio.create_task(
                     tasks_app.run_worker_async(
                         queues=[QUEUE],
                         concurrency=concurrency,
-                        install_signal_handlers=True,
+                        install_signal_handlers=False,
                         update_heartbeat_interval=HEARTBEAT,
                         listen_notify=listen_notify(),
                         fetch_job_polling_interval=POLL_INTERVAL,
                         stalled_worker_timeout=STALLED_AFTER,
-                    )
+                    ),
+                    name="worker",
                 )
-            await asyncio.gather(*jobs)
+                jobs.append(worker)
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({*jobs, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            # A signal, or one part ended on its own: stop the others too.
+            stopped.cancel()
+            if server is not None:
+                server.should_exit = True
+            if worker is not None:
+                worker.cancel()  # procrastinate waits for the running jobs, then stops
+            for outcome in await asyncio.gather(*jobs, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    raise outcome
     finally:
+        for number in installed:
+            loop.remove_signal_handler(number)
         if server is not None:
             server.should_exit = True
         await stop_runtime()
         rt.store.close()
+    return signal.SIGINT in signals_received

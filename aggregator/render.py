@@ -7,9 +7,11 @@ plain text (titles, excerpts, source names), never as HTML: mjml-python passes
 raw HTML straight through, so an unescaped ``</mj-text>`` in a title would
 break the layout and a ``<script>`` would reach the mailbox.
 
-Templates live in the repository's ``templates/`` directory; set
-``AGGREGATOR_TEMPLATES`` to use another directory (an installed copy, a
-customised theme).
+Templates ship with the package (the repository's top-level ``templates/``,
+copied into the wheel as ``aggregator/templates``). An admin overrides any of
+them with a directory named by ``site.templates`` in feeds.yaml, or by
+``$AGGREGATOR_TEMPLATES``: a template found there wins, the others still come
+from the bundled set.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
 from html import escape as html_escape
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,6 +54,7 @@ __all__ = [
     "render_confirmation",
     "render_digest",
     "render_home",
+    "template_dirs",
     "templates_dir",
 ]
 
@@ -109,21 +113,41 @@ class RenderedDigest:
 
 
 def templates_dir() -> Path:
-    """The template directory: ``$AGGREGATOR_TEMPLATES`` if set, else the repository's."""
-    override = os.environ.get(TEMPLATES_ENV_VAR)
-    if override:
-        return Path(override)
+    """The bundled templates: inside the installed package, or the checkout's ``templates/``.
+
+    A wheel carries them as ``aggregator/templates`` (see setup.py); a source
+    checkout or an editable install reads the top-level directory in place.
+    """
+    packaged = resources.files(__package__ or "aggregator") / "templates"
+    if packaged.is_dir():
+        return Path(str(packaged))
     return Path(__file__).resolve().parent.parent / "templates"
 
 
+def template_dirs(site: Site | None = None) -> tuple[Path, ...]:
+    """Where templates are looked up, first match wins.
+
+    ``$AGGREGATOR_TEMPLATES``, then ``site.templates`` (feeds.yaml), then the
+    bundled set, so an override directory need only hold the templates it changes.
+    """
+    dirs: list[Path] = []
+    override = os.environ.get(TEMPLATES_ENV_VAR)
+    if override:
+        dirs.append(Path(override))
+    if site is not None and site.templates:
+        dirs.append(Path(site.templates))
+    dirs.append(templates_dir())
+    return tuple(dirs)
+
+
 @lru_cache(maxsize=8)
-def _environment(directory: str) -> jinja2.Environment:
+def _environment(directories: tuple[str, ...]) -> jinja2.Environment:
     def autoescape(name: str | None) -> bool:
         # Only the plain-text part is unescaped; its values are plain text anyway.
         return not (name or "").endswith(".txt.j2")
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(directory),
+        loader=jinja2.FileSystemLoader(list(directories)),
         autoescape=autoescape,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -133,26 +157,33 @@ def _environment(directory: str) -> jinja2.Environment:
     return env
 
 
-def _render_template(name: str, context: Mapping[str, Any]) -> str:
-    directory = templates_dir()
-    env = _environment(str(directory))
+def _template(name: str, site: Site) -> jinja2.Template:
+    directories = template_dirs(site)
+    env = _environment(tuple(str(d) for d in directories))
     try:
-        return env.get_template(name).render(context)
+        return env.get_template(name)
     except jinja2.TemplateNotFound as error:
-        raise RenderError(f"template {name} not found in {directory}") from error
+        where = ", ".join(str(d) for d in directories)
+        raise RenderError(f"template {name} not found in {where}") from error
     except jinja2.TemplateSyntaxError as error:
         raise RenderError(
-            f"{directory / name}:{error.lineno}: template syntax error: {error.message}"
+            f"{error.filename or name}:{error.lineno}: template syntax error: {error.message}"
         ) from error
+
+
+def _render_template(name: str, site: Site, context: Mapping[str, Any]) -> str:
+    template = _template(name, site)
+    try:
+        return template.render(context)
     except jinja2.TemplateError as error:
-        raise RenderError(f"{directory / name}: template error: {error}") from error
+        raise RenderError(f"{template.filename or name}: template error: {error}") from error
 
 
-def _mjml_to_html(source: str, template: str = DIGEST_MJML_TEMPLATE) -> str:
+def _mjml_to_html(source: str, site: Site, template: str = DIGEST_MJML_TEMPLATE) -> str:
     try:
         return mjml.mjml2html(source, fonts={}, disable_comments=True)
     except Exception as error:  # mjml-python raises ValueError; be safe with the Rust layer
-        path = templates_dir() / template
+        path = _template(template, site).filename or template
         raise RenderError(f"{path}: MJML could not be rendered: {error}") from error
 
 
@@ -422,8 +453,8 @@ def render_digest(
     }
 
     def render_html(views: list[_SectionView]) -> str:
-        source = _render_template(DIGEST_MJML_TEMPLATE, {**context, "sections": views})
-        return _mjml_to_html(source)
+        source = _render_template(DIGEST_MJML_TEMPLATE, site, {**context, "sections": views})
+        return _mjml_to_html(source, site)
 
     html = render_html(sections)
     size = _over_budget(html)
@@ -439,13 +470,13 @@ def render_digest(
         size = _over_budget(html)
     if size > 0:
         raise RenderError(
-            f"{templates_dir() / DIGEST_MJML_TEMPLATE}: the email is "
+            f"{_template(DIGEST_MJML_TEMPLATE, site).filename}: the email is "
             f"{encoded_html_size(html)} bytes as sent even without items "
             f"(limit {ENCODED_HTML_BUDGET})"
         )
 
     full_sections = _section_views(digest, zone, language)
-    text = _render_template(DIGEST_TEXT_TEMPLATE, {**context, "sections": full_sections})
+    text = _render_template(DIGEST_TEXT_TEMPLATE, site, {**context, "sections": full_sections})
     return RenderedDigest(html=html, text=text, subject=subject, preheader=preheader)
 
 
@@ -480,9 +511,9 @@ def render_confirmation(
         "confirm_url": safe_confirm,
         "valid_days": valid_days,
     }
-    source = _render_template(CONFIRM_MJML_TEMPLATE, context)
-    html = _mjml_to_html(source, CONFIRM_MJML_TEMPLATE)
-    text = _render_template(CONFIRM_TEXT_TEMPLATE, {**context, "site_url": site.url})
+    source = _render_template(CONFIRM_MJML_TEMPLATE, site, context)
+    html = _mjml_to_html(source, site, CONFIRM_MJML_TEMPLATE)
+    text = _render_template(CONFIRM_TEXT_TEMPLATE, site, {**context, "site_url": site.url})
     return RenderedConfirmation(html=html, text=text, subject=subject)
 
 
@@ -510,11 +541,15 @@ _SUBSCRIBER_ONLY = re.compile(
 )
 
 
+_TO_ARCHIVE = re.compile(r'<a class="to-archive"[^>]*>(?P<label>[^<]*)</a>')
+
+
 def public_issue_html(html: str, *, subscribe_url: str | None) -> str:
     """The web-archive copy of a frozen issue: no unsubscribe placeholder left in it.
 
     The subscriber-only notice ("You are receiving this because you
-    subscribed…") is removed: a web visitor subscribed to nothing.
+    subscribed…") is removed: a web visitor subscribed to nothing. The email's
+    links to this very page ("and N more in this section") become plain text.
 
     Each unsubscribe link becomes a "Subscribe" link to ``subscribe_url`` (or
     is dropped, keeping nothing, when ``subscribe_url`` is None); any other
@@ -528,6 +563,8 @@ def public_issue_html(html: str, *, subscribe_url: str | None) -> str:
         href = html_escape(safe, quote=True)
         replacement = f'<a href="{href}" style="color:#4a4a4a;">Subscribe</a>'
     html = _SUBSCRIBER_ONLY.sub("", html)
+    # On the archive page a link to the archive page would only reload it.
+    html = _TO_ARCHIVE.sub(r"\g<label>", html)
     html = _UNSUBSCRIBE_ANCHOR.sub(replacement, html)
     return html.replace(UNSUBSCRIBE_PLACEHOLDER, html_escape(safe or "", quote=True))
 
@@ -586,7 +623,7 @@ def render_archive_index(
         "issues": issues,
         "subscribe_url": _safe_url(subscribe_url) if subscribe_url else None,
     }
-    return _render_template(ARCHIVE_TEMPLATE, context)
+    return _render_template(ARCHIVE_TEMPLATE, site, context)
 
 
 FEED_FILENAMES = {"atom": "feed.atom", "json": "feed.json"}
@@ -632,6 +669,7 @@ def render_home(
     views = [_item_view(item, zone, context["language"]) for item in items]
     return _render_template(
         HOME_TEMPLATE,
+        site,
         {
             **context,
             "items": views,

@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 
 DIGEST_JOB = "weekly-digest"
 PUBLISH_JOB = "publish"
+EXPIRE_JOB = "expire-pending"
+EXPIRE_EVERY = timedelta(hours=1)
 BOUNCE_JOB = "bounce-mailbox"
 PERSISTENT = "persistent"
 # A weekly issue missed by less than this is still sent after a restart.
@@ -230,9 +232,11 @@ class Service:
         """Run until :meth:`stop` (or SIGTERM/SIGINT); returns after a clean shutdown."""
         global _current
         try:
-            self._lock = await asyncio.to_thread(
-                acquire_service_lock, self.store, holder=f"pid {os.getpid()}"
-            )
+            if self.role in ("all", "worker"):
+                # One scheduler per database; web-only processes may be many.
+                self._lock = await asyncio.to_thread(
+                    acquire_service_lock, self.store, holder=f"pid {os.getpid()}"
+                )
             if self.role in ("all", "web"):
                 self._socket = bind_web_socket(self.host, self.port)
                 self.port = int(self._socket.getsockname()[1])
@@ -410,6 +414,15 @@ class Service:
         self.scheduler.start(paused=True)
         await self._sync_source_jobs()
         self._sync_digest_job()
+        self.scheduler.add_job(
+            self.expire_pending_now,
+            IntervalTrigger(seconds=int(EXPIRE_EVERY.total_seconds())),
+            id=EXPIRE_JOB,
+            name="expire unconfirmed subscribers",
+            jobstore="default",
+            next_run_time=utcnow(),
+            replace_existing=True,
+        )
         self._sync_bounce_job()
         self._bounce_gauges()
         self.scheduler.resume()
@@ -554,6 +567,18 @@ class Service:
         )
 
     # ------------------------------------------------------------------ jobs
+
+    async def expire_pending_now(self) -> list[str]:
+        """Remove pending subscribers past ``subscribers.expire_pending_after`` (no consent)."""
+        cutoff = utcnow() - self.config.pending_expiry
+        try:
+            gone = await asyncio.to_thread(self.store.expire_pending, added_before=cutoff)
+        except StoreError as exc:
+            log.error("expiring unconfirmed subscribers failed: %s", exc)
+            return []
+        if gone:
+            log.info("removed %d pending subscribers who never confirmed", len(gone))
+        return gone
 
     def _track(self, coro: Awaitable[Any]) -> Awaitable[Any]:
         task = asyncio.ensure_future(coro)
@@ -704,7 +729,7 @@ class Service:
             port=self.port,
             log_config=None,
             lifespan="off",
-            proxy_headers=True,
+            proxy_headers=False,  # the app reads them, from web.trusted_proxies only
         )
         self._server = EmbeddedServer(config)
         sockets = [self._socket] if self._socket is not None else None

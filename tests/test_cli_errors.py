@@ -327,3 +327,24 @@ def test_ctrl_c_stops_run_in_one_line(config: Path) -> None:
     assert code == 130, out + err
     assert "Traceback" not in out + err and "CancelledError" not in err
     assert err.strip().splitlines() == ["stopped by Ctrl-C"]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_ctrl_c_stops_distributed_run_in_one_line(tmp_path: Path, pg_url: str) -> None:
+    config = tmp_path / "feeds.yaml"
+    config.write_text(
+        "site: {title: T, url: 'http://127.0.0.1:9/'}\n"
+        f"storage: {{url: '{pg_url}', queue: procrastinate}}\n"
+        "sources: []\n",
+        encoding="utf-8",
+    )
+    port = unused_port()
+    code, out, err = _interrupt_when_ready(
+        ["-c", str(config), "run", "--port", str(port)],
+        tmp_path,
+        lambda _: _listening(port),
+    )
+    assert code == 130, out + err
+    assert "Traceback" not in out + err and "CancelledError" not in err
+    assert err.strip().splitlines() == ["stopped by Ctrl-C"]

@@ -23,7 +23,7 @@ def test_demo_runs_the_whole_pipeline_offline(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # Not serving: no web address that would not answer, only how to serve it.
     assert "Feed file" in proc.stdout and "Feed (Atom)" not in proc.stdout
-    assert f"aggregator -c {out / 'feeds.yaml'} run" in proc.stdout.replace("\n", "")
+    assert f"Serve it: aggregator -c {out / 'feeds.yaml'} run" in proc.stdout
     assert "WARNING" not in proc.stderr and "ERROR" not in proc.stderr, proc.stderr
 
     feed = feedparser.parse((out / "public" / "feed.atom").read_bytes())

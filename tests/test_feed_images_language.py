@@ -122,3 +122,74 @@ def test_newsboat_reads_entries_with_media_elements(
     entry = rows["https://kobiz.example/articles/300"]
     assert entry["title"] == "kobiz story 300: 부산국제영화제 line-up"
     assert "Story <b>300</b>" in entry["content"]
+
+
+@pytest.mark.parametrize(
+    ("configured", "declared", "title", "text", "expected"),
+    [
+        (
+            None,
+            "en",
+            "봉준호 신작 개봉",
+            "CJ ENM은 내년 개봉한다고 밝혔다.",
+            "ko",
+        ),  # mislabelled feed
+        (None, None, "부산국제영화제 개막", "올해 개막작이 발표됐다.", "ko"),  # a page with no lang
+        (None, "en-US", "Exhuma tops box office", "The occult thriller led again.", "en-US"),
+        ("en-GB", "en-US", "Exhuma tops box office", "The occult thriller led.", "en-GB"),
+        (None, "ko", "Exhuma tops box office", "The occult thriller led again.", None),
+        (None, None, "Exhuma tops box office", "The occult thriller led again.", None),
+    ],
+)
+def test_item_language_from_text_source_or_feed(
+    configured: str | None, declared: str | None, title: str, text: str, expected: str | None
+) -> None:
+    source = replace(KOBIZ, language=configured)
+    entry = RawEntry(
+        guid="1",
+        link="https://www.koreanfilm.or.kr/eng/news/1",
+        title=title,
+        summary_html=f"<p>{text}</p>",
+        language=declared,
+    )
+    item = normalize(source, entry, sections=(), now=NOW, fallback_base=KOBIZ.url)
+    assert item.language == expected
+
+
+def test_a_source_language_must_be_a_language_tag(tmp_path: Path) -> None:
+    from aggregator.config import parse_config
+    from aggregator.errors import ConfigError
+
+    text = "sources:\n  - {id: a, url: 'https://a.example/feed', language: 'Korean!'}\n"
+    with pytest.raises(ConfigError, match=r"feeds\.yaml:2.*language"):
+        parse_config(text, path=tmp_path / "feeds.yaml")
+
+
+def test_items_stored_before_detection_are_marked_korean_by_the_migration(
+    tmp_path: Path,
+) -> None:
+    from alembic import command
+
+    from aggregator.store.engine import _alembic_config, make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    cfg = _alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0006")
+    store = Store(engine)
+    korean = replace(
+        make_item("kobiz", 1, title="부산국제영화제 개막작 발표"), text="올해 개막작이다."
+    )
+    english = make_item("kofic", 2)
+    save(store, "kobiz", [replace(korean, language=None)])
+    save(store, "kofic", [english])
+    store.close()
+
+    migrated = Store.open(url)  # applies the rest
+    try:
+        languages = {i.source_id: i.language for i in migrated.recent_items(10)}
+    finally:
+        migrated.close()
+    assert languages == {"kobiz": "ko", "kofic": None}

@@ -140,28 +140,38 @@ def html_part(received: ReceivedMessage) -> tuple[int, str]:
 # ------------------------------------------------------------------ size as sent
 
 
-@pytest.mark.parametrize("korean", [True, False], ids=["korean", "english"])
+@pytest.mark.parametrize(
+    ("korean", "cap"),
+    [(True, 10), (False, 10), (True, 40)],
+    ids=["korean-default-cap", "english-default-cap", "korean-cap-40"],
+)
 def test_html_part_as_sent_stays_under_90kb_at_the_maximum_item_count(
-    sqlite_url: str, smtp_server: SmtpFixture, korean: bool, capsys: pytest.CaptureFixture[str]
+    sqlite_url: str,
+    smtp_server: SmtpFixture,
+    korean: bool,
+    cap: int,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    config = parse_config(config_yaml(cap=10))
+    config = parse_config(config_yaml(cap=cap))
     store = Store.open(sqlite_url)
     try:
-        fill(store, config, per_section=12, korean=korean)  # 36 long stories, 30 allowed
+        fill(store, config, per_section=cap + 2, korean=korean)  # 3 sections, each over the cap
         received = send_issue(store, config, smtp_server)
     finally:
         store.close()
 
     size, html = html_part(received)
+    most = 3 * cap
     with capsys.disabled():
-        print(f"\nencoded HTML part at 30 items ({'Korean' if korean else 'English'}): {size} B")
+        language = "Korean" if korean else "English"
+        print(f"\nencoded HTML part at {most} items ({language}): {size} B")
     assert size < GMAIL_SAFE
     shown = html.count(">Read more<")
-    assert 0 < shown <= 30
-    if korean:
-        # 30 Korean stories do not fit: the rest are announced, with a link.
-        trimmed = sum(int(n) for n in re.findall(r">(\d+) more on the website<", html))
-        assert shown + trimmed == 30
+    assert 0 < shown <= most
+    trimmed = sum(int(n) for n in re.findall(r">(\d+) more on the website<", html))
+    # What does not fit is announced with a link, never dropped silently.
+    assert shown + trimmed == most
+    if trimmed:
         assert 'href="https://digest.example.org/"' in html
 
 
@@ -205,10 +215,10 @@ def test_items_over_the_cap_are_announced_with_a_link_to_the_archive(
 def test_the_public_copy_does_not_say_you_subscribed(
     sqlite_url: str, smtp_server: SmtpFixture
 ) -> None:
-    config = parse_config(config_yaml(cap=10))
+    config = parse_config(config_yaml(cap=2))
     store = Store.open(sqlite_url)
     try:
-        fill(store, config, per_section=2, korean=False)
+        fill(store, config, per_section=3, korean=False)
         received = send_issue(store, config, smtp_server)
         [listed] = store.list_digests(1)
         assert listed.id is not None
@@ -221,6 +231,8 @@ def test_the_public_copy_does_not_say_you_subscribed(
     assert notice in mailed
     public = public_issue_html(digest.html, subscribe_url="https://digest.example.org/subscribe")
     assert notice not in public
+    assert "and 1 more in this section" in public  # said, but not linked to itself
+    assert 'class="to-archive"' not in public
     assert ">Ko-pick columns<" in public  # the issue itself is all there
     web = render_digest(digest, config.site, view_url=view_url(config, digest.id), web=True)
     assert notice not in web.html and "Unsubscribe" not in web.html
@@ -392,3 +404,29 @@ def test_a_digest_without_cap_overflow_has_no_announcement() -> None:
     digest = Digest(period_start=PERIOD.start, period_end=PERIOD.end, subject="s", sections=())
     rendered = render_digest(digest, config.site, view_url=view_url(config, 1))
     assert "more in this section" not in rendered.html + rendered.text
+
+
+def test_the_archive_page_served_by_the_app_does_not_say_you_subscribed(
+    sqlite_url: str, smtp_server: SmtpFixture
+) -> None:
+    import httpx
+
+    from aggregator.web.app import WebContext, create_app
+    from tests.test_web_feeds import LiveServer
+
+    config = parse_config(config_yaml(cap=10))
+    store = Store.open(sqlite_url)
+    try:
+        fill(store, config, per_section=2, korean=True)
+        send_issue(store, config, smtp_server)
+        digest_id = store.list_digests(1)[0].id
+        ctx = WebContext(config=config, store=store, secret=SECRET)
+        with LiveServer(create_app(ctx)) as server:
+            page = httpx.get(server.url(f"/digests/{digest_id}"), timeout=10)
+    finally:
+        store.close()
+    assert page.status_code == 200
+    assert "Ko-pick columns" in page.text  # the issue is there ...
+    assert "You are receiving this" not in page.text  # ... without the subscriber's notice
+    assert "more in this section" not in page.text  # nothing over the cap here
+    assert 'lang="ko"' in page.text  # and its Korean stories are marked Korean

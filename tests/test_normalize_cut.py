@@ -8,14 +8,22 @@ normalized again.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import feedparser
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aggregator.digest import Period, build_digest
 from aggregator.models import RawEntry, Source
 from aggregator.normalize import normalize, trim_cut_html, trim_cut_text
+from aggregator.publish import publish_from_store
+from aggregator.store import Store
+from tests.support.http import FixtureServer
+from tests.test_ingest import kobiz_listing, make_config, run
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 SOURCE = Source(id="kobiz", url="https://www.koreanfilm.or.kr/eng/news/list.jsp", type="html")
@@ -90,7 +98,7 @@ def test_property_normalize_never_shows_the_fragment(words: list[str], where: fl
         return  # the whole text is one cut word: nothing else to show
     for shown in (item.text, item.excerpt, item.summary_html or item.content_html):
         assert "..." not in shown
-        assert original[fragment_start:cut] + "…" not in shown
+        assert original[:cut] + "…" not in shown  # the text up to the fragment, cut
     assert item.text.endswith("…")
     assert _is_whole_word_prefix(item.text, original)
     again = normalize(
@@ -127,3 +135,61 @@ def test_cut_inside_markup_keeps_tags_and_entities() -> None:
         == "<p>Tom &amp; Jerry star in a long…</p>"
     )
     assert trim_cut_html("<p>Read <b>this</b>...</p>") == "<p>Read <b>this</b>...</p>"
+
+
+def test_a_kobiz_board_with_cut_excerpts_reaches_feed_and_digest_in_whole_words(
+    http_server: FixtureServer, store: Store, tmp_path: Path
+) -> None:
+    """The real path: listing page over HTTP → ingest → Atom (feedparser) and the digest."""
+    rows = [
+        (101, "Ko-pick: A long tradition", "Busan keeps its long traditio..."),
+        (102, "Ko-pick: Small budgets", "Shot in sma..."),
+        (103, "Ko-pick: Critics", "The film is certainly il..."),
+        (104, "부산의 전통", "부산국제영화제는 오랜 전통을 이어가고 있습니..."),
+    ]
+    http_server.add("/eng/news/ko_pick.jsp", kobiz_listing(rows), content_type="text/html")
+    config = make_config(
+        tmp_path,
+        f"""  - id: kobiz-kopick
+    type: html
+    url: '{http_server.url("/eng/news/ko_pick.jsp")}?blbdComCd=601029'
+    section: ko-pick
+    identity_params: [blbdComCd, seq, mode]
+    select: {{item: "ul.list > li", title: "p.tit a", summary: "p.txt", date: "span.date"}}
+""",
+    )
+    run(config, store)
+    out = tmp_path / "public"
+    publish_from_store(store, replace(config.site, output_dir=str(out)), out)
+    atom = feedparser.parse((out / "feed.atom").read_bytes())
+    digest = build_digest(
+        config,
+        store,
+        Period(start=datetime.now(UTC) - timedelta(days=1), end=datetime.now(UTC) + timedelta(1)),
+    )
+    assert digest is not None
+
+    shown = {e.title: (e.summary, e.content[0].value) for e in atom.entries}
+    in_digest = {i.title: i.excerpt for s in digest.sections for i in s.items}
+    expected = {
+        "Ko-pick: A long tradition": "Busan keeps its long…",
+        "Ko-pick: Small budgets": "Shot in…",
+        "Ko-pick: Critics": "The film is certainly…",
+        "부산의 전통": "부산국제영화제는 오랜 전통을 이어가고…",
+    }
+    for title, text in expected.items():
+        summary, content = shown[title]
+        assert summary == text and in_digest[title] == text
+        assert text in content and "..." not in content
+
+
+@pytest.mark.parametrize("korean", [False, True])
+def test_a_full_article_ending_in_dots_is_left_as_written(korean: bool) -> None:
+    sentence = "봉준호 감독은 다음 작품을 준비 중이다. " if korean else "The director is at work. "
+    ending = "그리고..." if korean else "And then..."
+    body = sentence * (1200 // len(sentence) + 1) + ending
+    entry = RawEntry(
+        guid="1", link="https://outlet.example/1", title="Long read", content_html=f"<p>{body}</p>"
+    )
+    item = normalize(SOURCE, entry, sections=(), now=NOW, fallback_base=SOURCE.url)
+    assert item.text.endswith(ending) and item.content_html.endswith(f"{ending}</p>")

@@ -19,11 +19,13 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 
 from aggregator.config import load_config
+from aggregator.models import utcnow
 from aggregator.scheduler import Service
 from aggregator.store import Store
 from tests.support.feeds import simple_rss
@@ -245,3 +247,190 @@ def test_sigterm_during_fetch_shuts_down_cleanly(
     finally:
         db.close()
     assert not (tmp_path / "data" / "aggregator.pid").exists()
+
+
+@pytest.mark.parametrize("how", ["sighup", "reload"])
+@pytest.mark.parametrize("old, new", [("1h", "1s"), ("6h", "2s")])
+def test_a_shorter_interval_applied_by_reload_takes_effect_at_once(
+    http_server: FixtureServer, tmp_path: Path, how: str, old: str, new: str
+) -> None:
+    http_server.add("/a.xml", rss(2, "alpha"), etag='"a1"')
+    port = free_port()
+    path = write_config(
+        tmp_path, f"  - {{id: a, url: '{http_server.url('/a.xml')}', interval: {old}}}\n", port=port
+    )
+    new_seconds = int(new.removesuffix("s"))
+
+    async def scenario() -> None:
+        service = Service(load_config(path), port=port, secret=SECRET, watch=False)
+        task = await running(service)
+        try:
+            await eventually(lambda: http_server.count("/a.xml") == 1, what="first fetch")
+            await eventually(
+                lambda: (s := service.store.source_state("a")) is not None and s.next_fetch_at,
+                what="next fetch stored",
+            )
+            path.write_text(
+                path.read_text(encoding="utf-8").replace(f"interval: {old}", f"interval: {new}"),
+                encoding="utf-8",
+            )
+            before = utcnow()
+            if how == "sighup":
+                os.kill(os.getpid(), signal.SIGHUP)
+                await eventually(lambda: service.reloads == 1, what="reload by SIGHUP")
+            else:
+                assert await service.reload()
+            state = service.store.source_state("a")
+            assert state is not None and state.next_fetch_at is not None
+            # The stored time follows the new interval, not the old one's hour.
+            assert state.next_fetch_at <= utcnow() + timedelta(seconds=new_seconds)
+            await eventually(
+                lambda: http_server.count("/a.xml") >= 3,
+                timeout=6 * new_seconds + 10,
+                what=f"fetched again every {new}",
+            )
+            assert utcnow() - before < timedelta(minutes=1)
+        finally:
+            service.stop()
+            await task
+
+    asyncio.run(scenario())
+
+
+def test_config_watcher_ignores_files_next_to_feeds_yaml(
+    http_server: FixtureServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    http_server.add("/a.xml", rss(1, "alpha"))
+    port = free_port()
+    path = write_config(tmp_path, f"  - {{id: a, url: '{http_server.url('/a.xml')}'}}\n", port=port)
+    log_file = tmp_path / "aggregator.log"
+    nested = tmp_path / "logs" / "deep" / "run.log"
+    nested.parent.mkdir(parents=True)
+
+    async def scenario() -> None:
+        service = Service(load_config(path), port=port, secret=SECRET, watch=True)
+        task = await running(service)
+        try:
+            await asyncio.sleep(0.5)  # the watcher is up
+            caplog.clear()
+            for n in range(25):
+                for target in (log_file, nested):
+                    with target.open("a", encoding="utf-8") as handle:
+                        handle.write(f"line {n}\n")
+                await asyncio.sleep(0.04)
+            await asyncio.sleep(1.0)  # past the watcher's debounce
+            assert service.reloads == 0
+            noticed = [r for r in caplog.records if "detected" in r.getMessage()]
+            assert noticed == [], [r.getMessage() for r in noticed]
+
+            path.write_text(
+                path.read_text(encoding="utf-8").replace("Test Digest", "Edited Digest"),
+                encoding="utf-8",
+            )
+            await eventually(lambda: service.reloads == 1, what="reload after editing feeds.yaml")
+            await asyncio.sleep(1.0)
+            assert service.reloads == 1
+            assert service.config.site.title == "Edited Digest"
+        finally:
+            service.stop()
+            await task
+
+    with caplog.at_level(logging.DEBUG, logger="watchfiles"):
+        asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "new_url",
+    [
+        "https://news.example.org/",
+        "https://example.org/korean-film/digest/",
+        "http://127.0.0.1:9/",
+    ],
+)
+@pytest.mark.parametrize("how", ["reload", "restart"])
+def test_published_feeds_follow_a_new_site_url_at_once(
+    http_server: FixtureServer, tmp_path: Path, new_url: str, how: str
+) -> None:
+    http_server.add("/a.xml", rss(3, "alpha"), etag='"a1"')
+    port = free_port()
+    path = write_config(tmp_path, f"  - {{id: a, url: '{http_server.url('/a.xml')}'}}\n", port=port)
+    atom = tmp_path / "public" / "feed.atom"
+    old_url = f"http://127.0.0.1:{port}/"
+
+    async def first_run() -> None:
+        service = Service(load_config(path), port=port, secret=SECRET, watch=False)
+        service.publish_delay = timedelta(milliseconds=100)
+        task = await running(service)
+        try:
+            await eventually(lambda: atom.exists(), what="first publish")
+            assert old_url + "feed.atom" in atom.read_text(encoding="utf-8")
+            path.write_text(
+                path.read_text(encoding="utf-8").replace(old_url, new_url), encoding="utf-8"
+            )
+            if how == "reload":
+                assert await service.reload()
+                items = service.store.count_items()
+                text = atom.read_text(encoding="utf-8")
+                assert new_url + "feed.atom" in text and old_url not in text
+                assert service.store.count_items() == items  # no new item was needed
+        finally:
+            service.stop()
+            await task
+
+    async def second_run() -> None:
+        service = Service(load_config(path), port=free_port(), secret=SECRET, watch=False)
+        task = await running(service)
+        try:
+            await eventually(
+                lambda: new_url + "feed.atom" in atom.read_text(encoding="utf-8"),
+                what="feed rebuilt at start",
+            )
+            assert old_url not in atom.read_text(encoding="utf-8")
+            assert service.store.count_items() == 3
+        finally:
+            service.stop()
+            await task
+
+    asyncio.run(first_run())
+    if how == "restart":
+        asyncio.run(second_run())
+
+
+@pytest.mark.parametrize(
+    ("zone", "schedule"),
+    [("Asia/Seoul", "mon 09:00"), ("America/New_York", "sun 23:30"), ("UTC", "fri 00:00")],
+)
+def test_started_service_reports_its_addresses_and_next_digest_in_the_site_zone(
+    tmp_path: Path, zone: str, schedule: str
+) -> None:
+    from aggregator.digest import next_slot
+    from aggregator.scheduler import ServiceInfo
+
+    port = free_port()
+    path = write_config(
+        tmp_path, "  - {id: a, url: 'http://127.0.0.1:1/'}\n", port=port, schedule=schedule
+    )
+    path.write_text(
+        path.read_text(encoding="utf-8").replace("title: Test Digest,", f"timezone: {zone},"),
+        encoding="utf-8",
+    )
+    config = load_config(path)
+    seen: list[ServiceInfo] = []
+
+    async def scenario() -> None:
+        service = Service(config, port=0, secret=SECRET, watch=False, on_ready=seen.append)
+        task = await running(service)
+        service.stop()
+        await task
+
+    asyncio.run(scenario())
+    (info,) = seen
+    assert info.home_url is not None and info.home_url.startswith("http://127.0.0.1:")
+    assert info.home_url != "http://127.0.0.1:0/"  # the port actually bound
+    assert info.feed_url == info.home_url + "feed.atom"
+    assert info.sources == 1
+    expected = next_slot(config.digest, config.site, utcnow())
+    assert info.next_digest == expected
+    assert info.next_digest is not None
+    local = info.next_digest.astimezone(ZoneInfo(zone))
+    assert f"{local:%a %H:%M}".lower() == schedule

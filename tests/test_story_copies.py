@@ -213,3 +213,37 @@ def test_priority_must_be_a_number(tmp_path: Path) -> None:
     text = "sources:\n  - {id: a, url: 'https://a.example/feed', priority: high}\n"
     with pytest.raises(ConfigError, match=r"feeds\.yaml:2.*priority"):
         parse_config(text, path=tmp_path / "feeds.yaml")
+
+
+@pytest.mark.parametrize("order", [("kobiz", "outlet"), ("outlet", "kobiz")])
+@pytest.mark.parametrize("outlet_first", [True, False])
+def test_without_owner_or_priority_the_earliest_published_copy_is_kept(
+    http_server: FixtureServer, tmp_path: Path, order: tuple[str, str], outlet_first: bool
+) -> None:
+    serve(http_server, republished_earlier=outlet_first)  # outlet: 5 h or 1 h ago
+    http_server.add(
+        "/kobiz.xml",
+        rss(
+            [
+                {
+                    "guid": "kobiz-512",
+                    "link": "https://mirror.example/512",  # not KoBiz's own host either
+                    "date": format_datetime(NOW - timedelta(hours=3)),
+                    "text": BODY,
+                }
+            ]
+        ),
+    )
+    config = config_for(http_server, tmp_path)
+    store = Store.open(f"sqlite:///{tmp_path / 'd.db'}")
+    try:
+        for source_id in order:
+            fetch(config, store, source_id)
+        result = outcome(config, store, tmp_path / "out")
+    finally:
+        store.close()
+    earliest = (
+        "https://outlet.example/culture/9001" if outlet_first else "https://mirror.example/512"
+    )
+    assert [link for link, _ in result["atom"]] == [earliest]  # type: ignore[attr-defined]
+    assert result["digest"] == [earliest]

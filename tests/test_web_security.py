@@ -638,7 +638,7 @@ GOOD_NAMES = [
 ]
 
 
-def test_names_carrying_links_are_refused_and_no_name_reaches_the_mail(
+def test_names_carrying_links_are_refused_and_names_reach_only_the_to_header(
     proxied: Web, smtp_server: SmtpFixture
 ) -> None:
     token = form_token(proxied.client)
@@ -669,6 +669,10 @@ def test_names_carrying_links_are_refused_and_no_name_reaches_the_mail(
         ]
         for name in GOOD_NAMES:
             assert all(name not in body for body in bodies), name
+        recipient = message.recipients[0]
+        given = GOOD_NAMES[int(recipient.split("@")[0][1:])]
+        assert parsed["To"].addresses[0].display_name == given.strip()
+        assert parsed["To"].addresses[0].addr_spec == recipient
         assert "Hello," in text
 
 

@@ -71,7 +71,7 @@ def serve_command(
     try:
         app = create_app(WebContext(config=config, store=store, secret=secret))
         console.print(f"serving on http://{host}:{port}/ (feed: /feed.atom)", highlight=False)
-        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)
     finally:
         store.close()
 

@@ -62,7 +62,8 @@ def run_command(
     if config.queue == "procrastinate":
         from ..queue import run_distributed
 
-        asyncio.run(run_distributed(config, role=role, host=host, port=port))
+        if asyncio.run(run_distributed(config, role=role, host=host, port=port)):
+            raise typer.Exit(INTERRUPTED)
         return
     if role != "worker" and not config.demo and not os.environ.get(SECRET_ENV):
         log.warning(
@@ -85,9 +86,12 @@ def run_command(
         watch=watch,
         on_ready=lambda info: _print_started(info, config),
     )
+    # Ctrl-C before the service took over the signals (main turns it into
+    # "stopped by Ctrl-C", exit 130): nothing ran yet.
     asyncio.run(service.run())
     if service.interrupted:
         raise typer.Exit(INTERRUPTED)
+    console.print("aggregator stopped", highlight=False)
 
 
 def _print_started(info: ServiceInfo, config: Config) -> None:
@@ -204,13 +208,17 @@ def demo_command(
             "Look around",
             f"aggregator -c {result.config_path} status\naggregator -c {result.config_path} items",
         )
-        table.add_row(
-            "Serve it",
-            f"aggregator -c {result.config_path} run\n(home page {web}, feed {web}feed.atom)",
-        )
         console.print(table)
         if keep_serving:
             console.print(f"Serving {web} — press Ctrl-C to stop.", highlight=False)
+        else:
+            # One unbroken line, to copy: the directory runs as it is.
+            console.print(
+                f"Serve it: aggregator -c {result.config_path} run  "
+                f"(home page {web}, feed {web}feed.atom)",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     def progress(text: str) -> None:
         console.print(f"[dim]•[/dim] {text}", highlight=False)
@@ -240,7 +248,8 @@ def worker_command(
 
     config = load_config()
     require_distributed(config, "workers")
-    asyncio.run(run_distributed(config, role="worker", concurrency=concurrency))
+    if asyncio.run(run_distributed(config, role="worker", concurrency=concurrency)):
+        raise typer.Exit(INTERRUPTED)
 
 
 def register(app: typer.Typer) -> None:

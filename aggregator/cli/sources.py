@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -164,7 +165,7 @@ def status() -> None:
         store.close()
 
 
-def _since(value: str) -> datetime:
+def _since(value: str, zone: tzinfo = UTC) -> datetime:
     try:
         return datetime.now(UTC) - parse_duration(value)
     except ValueError:
@@ -176,7 +177,7 @@ def _since(value: str) -> datetime:
             f'"{value}" is neither a duration (7d, 12h) nor a date (2026-11-01)',
             param_hint="'--since'",
         ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)
 
 
 def items(
@@ -187,9 +188,15 @@ def items(
     ] = False,
     section: Annotated[str | None, typer.Option(help="Only this section id.")] = None,
 ) -> None:
-    """List stored items published since a time, newest first."""
-    start = _since(since)  # a mistyped option is reported before anything is opened
+    """List stored items published since a time, newest first.
+
+    Dates are shown, and a date given to --since is read, in the site's time
+    zone (site.timezone), like every other command.
+    """
+    _since(since, UTC)  # a mistyped option is reported before the config is read
     config = load_config()
+    zone = ZoneInfo(config.site.timezone)
+    start = _since(since, zone)
     store = open_store(config)
     try:
         rows = store.items_published_since(start, include_duplicates=duplicates, limit=limit)
@@ -197,14 +204,19 @@ def items(
         store.close()
     if section:
         rows = [r for r in rows if r.section == section]
-    table = Table(title=f"{len(rows)} items since {start:%Y-%m-%d %H:%M} UTC")
+    local_start = start.astimezone(zone)
+    table = Table(
+        title=f"{len(rows)} items since {local_start:%Y-%m-%d %H:%M %Z}, "
+        f"times in {config.site.timezone}"
+    )
     for name in ("published", "source", "section", "title", "link"):
         table.add_column(name, overflow="fold")
     for r in rows:
         title = r.title + (
             f" [dim](duplicate of #{r.duplicate_of})[/dim]" if r.duplicate_of else ""
         )
-        table.add_row(f"{r.published_at:%Y-%m-%d}", r.source_id, r.section or "", title, r.url)
+        published = r.published_at.astimezone(zone)
+        table.add_row(f"{published:%Y-%m-%d %H:%M}", r.source_id, r.section or "", title, r.url)
     console.print(table)
 
 

@@ -480,7 +480,7 @@ class Store(
         source_id: str,
         new_items: Sequence[Item],
         now: datetime,
-        refused: list[str],
+        refused: list[str] | None = None,
     ) -> tuple[int, int, int]:
         """Insert new items, marking copies of known stories; (inserted, duplicates, takeovers).
 
@@ -489,6 +489,7 @@ class Store(
         its duplicate. Entries the database refuses are appended to
         ``refused`` and not counted.
         """
+        refused = [] if refused is None else refused
         t = schema.items
         canon = sorted({i.canonical_url for i in new_items})
         prints = sorted({i.fingerprint for i in new_items})

@@ -43,6 +43,11 @@ class SourceRank:
     priority: int
 
 
+# A source without a row (items saved before their source was synced): owns
+# nothing, default priority.
+_UNKNOWN = SourceRank(host="", priority=0)
+
+
 @dataclass(frozen=True, slots=True)
 class Copy:
     """A stored original, as far as choosing between copies is concerned."""
@@ -169,8 +174,8 @@ def better_copies(
         copy = copies.get(original_id)
         if copy is None:
             continue
-        current = stored_rank(copy, stored_sources.get(copy.source_id, SourceRank("", 0)))
-        best = min(items, key=lambda i: item_rank(i, sources[i.source_id]))
-        if item_rank(best, sources[best.source_id]) < current:
+        current = stored_rank(copy, stored_sources.get(copy.source_id, _UNKNOWN))
+        best = min(items, key=lambda i: item_rank(i, sources.get(i.source_id, _UNKNOWN)))
+        if item_rank(best, sources.get(best.source_id, _UNKNOWN)) < current:
             winners[best.guid] = original_id
     return winners

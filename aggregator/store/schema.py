@@ -117,12 +117,15 @@ subscribers = Table(
     "subscribers",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("email", String(320), nullable=False, unique=True),
+    Column("email", String(320), nullable=False, unique=True),  # as the person typed it
     Column("name", Text),
     Column("status", String(16), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("confirmed_at", UTCDateTime),
     Column("unsubscribed_at", UTCDateTime),
+    # The address lower-cased: Dup.Reader@ and dup.reader@ are one subscriber.
+    Column("email_key", String(320), nullable=False),
+    Index("uq_subscribers_email_key", "email_key", unique=True),
 )
 
 digests = Table(

@@ -40,9 +40,6 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import format_datetime, formataddr, make_msgid
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
@@ -55,10 +52,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ..deliver import message_id_domain, send_message
+from ..deliver import send_message
 from ..errors import AggregatorError, SubscriberError, TokenError
+from ..mail_confirm import confirmation_message
 from ..models import Site, SmtpSettings, Subscriber, SubscriberStatus, utcnow
-from ..render import templates_dir
+from ..render import template_dirs
 from ..subscribers import clean_name, normalize_email
 from ..tokens import Tokens
 from .app import WebContext
@@ -118,9 +116,9 @@ _PRIVATE_HEADERS = {
 
 
 @lru_cache(maxsize=4)
-def _environment(directory: str) -> jinja2.Environment:
+def _environment(directories: tuple[str, ...]) -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(directory),
+        loader=jinja2.FileSystemLoader(list(directories)),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2")),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -128,8 +126,10 @@ def _environment(directory: str) -> jinja2.Environment:
     )
 
 
-def _template(template: str, context: dict[str, Any]) -> str:
-    return _environment(str(templates_dir() / "mail")).get_template(template).render(context)
+def _template(site: Site, template: str, context: dict[str, Any]) -> str:
+    """``mail/<template>`` from the first template directory that has it (render.template_dirs)."""
+    directories = tuple(str(d / "mail") for d in template_dirs(site))
+    return _environment(directories).get_template(template).render(context)
 
 
 def _site_context(site: Site) -> dict[str, Any]:
@@ -139,27 +139,6 @@ def _site_context(site: Site) -> dict[str, Any]:
         "language": site.language,
         "postal_address": site.postal_address,
     }
-
-
-def confirmation_message(site: Site, subscriber: Subscriber, confirm_url: str) -> bytes:
-    """The double opt-in email: text and HTML, UTF-8, with a fresh Message-ID."""
-    # No name: a stranger typed it, and this mail goes to someone who did not.
-    context = {
-        **_site_context(site),
-        "email": subscriber.email,
-        "confirm_url": confirm_url,
-        "valid_days": 7,
-    }
-    message = EmailMessage()
-    message["From"] = formataddr((site.sender_name or site.title, site.sender_email))
-    message["To"] = subscriber.email
-    message["Subject"] = f"Confirm your subscription to {site.title}"
-    message["Date"] = format_datetime(utcnow())
-    message["Message-ID"] = make_msgid("confirm", domain=message_id_domain(site))
-    message["Auto-Submitted"] = "auto-replied"
-    message.set_content(_template("confirm.txt.j2", context), cte="quoted-printable")
-    message.add_alternative(_template("confirm.html.j2", context), subtype="html")
-    return message.as_bytes(policy=SMTP)
 
 
 async def _send_confirmation(smtp: SmtpSettings, sender: str, recipient: str, data: bytes) -> None:
@@ -216,7 +195,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             **context,
         }
         return HTMLResponse(
-            _template("page.html.j2", values),
+            _template(ctx.config.site, "page.html.j2", values),
             status_code=status,
             headers={**_PRIVATE_HEADERS, **(headers or {})},
         )

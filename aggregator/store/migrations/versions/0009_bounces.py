@@ -7,8 +7,8 @@
 - subscribers may now have the status ``bounced`` (a plain string column: no
   schema change needed for it).
 
-Revision ID: 0005
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from alembic import op
 
 from aggregator.store.types import UTCDateTime
 
-revision = "0005"
-down_revision = "0006"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
