@@ -598,3 +598,24 @@ def test_bounce_migration_downgrades_and_upgrades_again(db_url: str) -> None:
         assert store.is_suppressed("kim@example.org")
     finally:
         store.close()
+
+
+def test_confirm_mail_command_never_mails_a_suppressed_address(
+    store: Store, smtp_server: SmtpFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime.now(UTC)
+    store.add_subscriber("dead@example.org", now=now)
+    store.add_subscriber("fresh@example.org", now=now)
+    store.suppress("dead@example.org", "hard bounce: 550 5.1.1", now=now)
+    config = tmp_path / "feeds.yaml"
+    config.write_text(
+        "site:\n  title: T\n  url: https://digest.example.org/\n"
+        f"storage:\n  url: {_url(store)}\n"
+        f"smtp:\n  host: 127.0.0.1\n  port: {smtp_server.port}\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("AGGREGATOR_SECRET", SECRET)
+    result = run_cli("-c", str(config), "subscribers", "confirm-mail", "--all-pending")
+    assert result.exit_code == 1, result.output
+    assert "dead@example.org" in result.stderr and "suppressed" in result.stderr
+    assert [r for m in smtp_server.messages for r in m.recipients] == ["fresh@example.org"]
