@@ -568,12 +568,20 @@ _SUBSCRIBER_ONLY = re.compile(
 _TO_ARCHIVE = re.compile(r'<a class="to-archive"[^>]*>(?P<label>[^<]*)</a>')
 
 
-def public_issue_html(html: str, *, subscribe_url: str | None, site: Site | None = None) -> str:
+def public_issue_html(
+    html: str,
+    *,
+    subscribe_url: str | None,
+    site: Site | None = None,
+    more_html: str = "",
+) -> str:
     """The web-archive copy of a frozen issue: no unsubscribe placeholder left in it.
 
     The subscriber-only notice ("You are receiving this because you
     subscribed…") is removed: a web visitor subscribed to nothing. The email's
-    links to this very page ("and N more in this section") become plain text.
+    links to this very page ("and N more in this section") become plain text,
+    or, given ``more_html`` (:func:`render_more_items`: the items the cap left
+    out), links to that list, which is added at the end of the page.
 
     Each unsubscribe link becomes a "Subscribe" link to ``subscribe_url`` (or
     is dropped, keeping nothing, when ``subscribe_url`` is None); any other
@@ -592,7 +600,12 @@ def public_issue_html(html: str, *, subscribe_url: str | None, site: Site | None
         replacement = f'<a href="{href}" style="color:#4a4a4a;">Subscribe</a>'
     html = _SUBSCRIBER_ONLY.sub("", html)
     # On the archive page a link to the archive page would only reload it.
-    html = _TO_ARCHIVE.sub(r"\g<label>", html)
+    if more_html:
+        html = _TO_ARCHIVE.sub(
+            rf'<a href="#{MORE_ANCHOR}" style="color:#9c2b23;">\g<label></a>', html
+        )
+    else:
+        html = _TO_ARCHIVE.sub(r"\g<label>", html)
     html = _UNSUBSCRIBE_ANCHOR.sub(replacement, html)
     html = html.replace(UNSUBSCRIBE_PLACEHOLDER, html_escape(safe or "", quote=True))
     if site is not None and "</head>" in html:
@@ -608,7 +621,48 @@ def public_issue_html(html: str, *, subscribe_url: str | None, site: Site | None
     if body is not None and "<main" not in html and html.count("</body>") == 1:
         html = html[: body.end()] + "<main>" + html[body.end() :]
         html = html.replace("</body>", "</main></body>")
+    if more_html:
+        if html.count("</main>") == 1:
+            html = html.replace("</main>", more_html + "</main>")
+        else:
+            html += more_html
     return html
+
+
+MORE_ANCHOR = "more"
+"""The id of the archive page's list of the items an issue's cap left out."""
+
+
+def render_more_items(sections: Sequence[tuple[str, Sequence[StoredItem]]], site: Site) -> str:
+    """The items a frozen issue left out (its per-section cap), as a list for its web page.
+
+    The email says "and N more in this section" and links to the issue's
+    archive page; this is what that link promises. Each item keeps its own
+    language mark, like the items of the issue itself.
+    """
+    parts: list[str] = []
+    for title, items in sections:
+        if not items:
+            continue
+        entries = []
+        for item in items:
+            href = _safe_url(item.url)
+            label = html_escape(item.title)
+            marked = item.language and item.language != site.language
+            lang = f' lang="{html_escape(item.language or "", quote=True)}"' if marked else ""
+            link = f'<a href="{html_escape(href, quote=True)}">{label}</a>' if href else label
+            entries.append(
+                f'<li{lang}>{link} <span style="color:#5f5a54;">'
+                f"· {html_escape(item.source_title)}</span></li>"
+            )
+        parts.append(f"<h3>{html_escape(title)}</h3><ul>{''.join(entries)}</ul>")
+    if not parts:
+        return ""
+    return (
+        f'<section id="{MORE_ANCHOR}" style="max-width:600px;margin:24px auto;'
+        'padding:0 16px;font-family:sans-serif;color:#2b2b2b;">'
+        f"<h2>More from this issue&#8217;s week</h2>{''.join(parts)}</section>"
+    )
 
 
 _BODY_OPEN = re.compile(r"<body\b[^>]*>")
