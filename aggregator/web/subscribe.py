@@ -298,23 +298,33 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             "a new link.",
         )
 
-    async def show_form(request: Request) -> Response:
-        return form_page(request)
+    async def accepted_form(
+        request: Request,
+        tokens: FormTokens,
+        cookie: str,
+        limiter: RateLimiter,
+        refuse: Callable[..., Response],
+    ) -> FormData | Response:
+        """The posted form, or the answer when it fails a check every form post must pass.
 
-    async def subscribe(request: Request) -> Response:
+        In order: the cross-site check (Origin/Referer/Sec-Fetch-Site), the
+        signed CSRF token against its cookie (403 with the form again), then
+        the per-client limit (429 with Retry-After). Only a form that passed
+        all three reaches the code that may write or mail.
+        """
         reason = cross_site_reason(request.headers, ctx.config.site.url)
         if reason is None:
             form = await request.form()
-            reason = form_tokens.check(_field(form, "csrf"), request.cookies.get(CSRF_COOKIE))
+            reason = tokens.check(_field(form, "csrf"), request.cookies.get(cookie))
         if reason is not None:
-            log.warning("subscribe form refused (403): %s", reason)
-            return form_page(
+            log.warning("%s refused (403): %s", request.url.path, reason)
+            return refuse(
                 request,
                 403,
                 error=f"This form could not be accepted: {reason}. "
                 "Please submit it again from this page.",
             )
-        wait = per_client.hit(client_address(request.scope, ctx.config.web.trusted_proxies))
+        wait = limiter.hit(client_address(request.scope, ctx.config.web.trusted_proxies))
         if wait is not None:
             seconds = max(1, math.ceil(wait))
             return page(
@@ -323,6 +333,15 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
                 heading="Too many requests",
                 error=f"Please try again in {math.ceil(seconds / 60)} minutes.",
             )
+        return form
+
+    async def show_form(request: Request) -> Response:
+        return form_page(request)
+
+    async def subscribe(request: Request) -> Response:
+        form = await accepted_form(request, form_tokens, CSRF_COOKIE, per_client, form_page)
+        if isinstance(form, Response):
+            return form
         raw_email = _field(form, "email")
         raw_name = _field(form, "name")
         name = clean_name(raw_name) or ""
@@ -494,29 +513,15 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
 
     async def request_unsubscribe(request: Request) -> Response:
         """Mail an active subscriber their unsubscribe link; answer alike for every address."""
-        reason = cross_site_reason(request.headers, ctx.config.site.url)
-        if reason is None:
-            form = await request.form()
-            reason = unsubscribe_form_tokens.check(
-                _field(form, "csrf"), request.cookies.get(UNSUBSCRIBE_CSRF_COOKIE)
-            )
-        if reason is not None:
-            log.warning("unsubscribe form refused (403): %s", reason)
-            return unsubscribe_form_page(
-                request,
-                403,
-                error=f"This form could not be accepted: {reason}. "
-                "Please submit it again from this page.",
-            )
-        wait = unsubscribe_client.hit(client_address(request.scope, ctx.config.web.trusted_proxies))
-        if wait is not None:
-            seconds = max(1, math.ceil(wait))
-            return page(
-                429,
-                {"Retry-After": str(seconds)},
-                heading="Too many requests",
-                error=f"Please try again in {math.ceil(seconds / 60)} minutes.",
-            )
+        form = await accepted_form(
+            request,
+            unsubscribe_form_tokens,
+            UNSUBSCRIBE_CSRF_COOKIE,
+            unsubscribe_client,
+            unsubscribe_form_page,
+        )
+        if isinstance(form, Response):
+            return form
         raw_email = _field(form, "email")
         try:
             email = normalize_email(raw_email)
