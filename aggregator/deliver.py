@@ -56,7 +56,7 @@ import aiosmtplib
 from .errors import DeliveryError, RecipientRefused
 from .mail.dkim import DkimSigner
 from .models import DeliveryStatus, Digest, Site, SmtpSettings, utcnow
-from .render import UNSUBSCRIBE_PLACEHOLDER
+from .render import PREFERENCES_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER
 from .store import Store
 from .store.deliveries import ClaimedDelivery
 from .subscribers import clean_name
@@ -72,6 +72,7 @@ __all__ = [
     "list_id",
     "message_id_domain",
     "message_id_tag",
+    "preferences_url",
     "send_message",
     "send_test_copy",
     "unsubscribe_url",
@@ -90,6 +91,12 @@ def unsubscribe_url(site: Site, tokens: Tokens, subscriber_id: int, email: str) 
     """The subscriber's one-click unsubscribe URL (``site.url`` + ``unsubscribe/<token>``)."""
     base = site.url if site.url.endswith("/") else site.url + "/"
     return f"{base}unsubscribe/{tokens.unsubscribe_token(subscriber_id, email)}"
+
+
+def preferences_url(site: Site, tokens: Tokens, subscriber_id: int, email: str) -> str:
+    """The subscriber's signed link to choose sections and language (``preferences/<token>``)."""
+    base = site.url if site.url.endswith("/") else site.url + "/"
+    return f"{base}preferences/{tokens.preferences_token(subscriber_id, email)}"
 
 
 def message_id_tag(secret: str, install_id: str | None = None) -> str:
@@ -189,6 +196,8 @@ class MessageBuilder:
         )
         self._text = digest.text
         self._html = digest.html
+        base = site.url if site.url.endswith("/") else site.url + "/"
+        self._subscribe_url = f"{base}subscribe"
 
     def build(
         self,
@@ -197,12 +206,26 @@ class MessageBuilder:
         name: str | None,
         message_id: str,
         unsubscribe: str,
+        preferences: str = "",
         date: datetime | None = None,
     ) -> bytes:
-        """The complete message for one recipient, ready for ``sendmail``."""
+        """The complete message for one recipient, ready for ``sendmail``.
+
+        ``preferences`` is the recipient's preferences link; without one (a
+        test copy) the link points at the site's subscribe page instead.
+        """
         b = self._boundary
-        text = _qp(self._text.replace(UNSUBSCRIBE_PLACEHOLDER, unsubscribe))
-        html = _qp(self._html.replace(UNSUBSCRIBE_PLACEHOLDER, unsubscribe))
+        preferences = preferences or self._subscribe_url
+        text = _qp(
+            self._text.replace(UNSUBSCRIBE_PLACEHOLDER, unsubscribe).replace(
+                PREFERENCES_PLACEHOLDER, preferences
+            )
+        )
+        html = _qp(
+            self._html.replace(UNSUBSCRIBE_PLACEHOLDER, unsubscribe).replace(
+                PREFERENCES_PLACEHOLDER, preferences
+            )
+        )
         head = (
             f"{self._head}"
             f"To: {_address(name, email)}\r\n"
@@ -498,6 +521,9 @@ async def deliver_digest(
                         name=delivery.name,
                         message_id=delivery.message_id,
                         unsubscribe=unsubscribe_url(
+                            site, tokens, delivery.subscriber_id, delivery.email
+                        ),
+                        preferences=preferences_url(
                             site, tokens, delivery.subscriber_id, delivery.email
                         ),
                     )

@@ -31,12 +31,26 @@ CONFIRM_VALID_DAYS = CONFIRM_MAX_AGE.days
 
 
 def confirmation_message(
-    site: Site, subscriber: Subscriber, confirm_url: str, *, valid_days: int = CONFIRM_VALID_DAYS
+    site: Site,
+    subscriber: Subscriber,
+    confirm_url: str,
+    *,
+    valid_days: int = CONFIRM_VALID_DAYS,
+    preferences_url: str | None = None,
 ) -> bytes:
-    """The confirmation email for ``subscriber``: text and HTML, UTF-8, a fresh Message-ID."""
+    """The confirmation email for ``subscriber``: text and HTML, UTF-8, a fresh Message-ID.
+
+    ``preferences_url`` (the subscriber's signed preferences link) adds "choose
+    the sections and the language"; it only names the subscriber's own row.
+    """
     name = clean_name(subscriber.name)
     rendered = render_confirmation(
-        site, name=name, email=subscriber.email, confirm_url=confirm_url, valid_days=valid_days
+        site,
+        name=name,
+        email=subscriber.email,
+        confirm_url=confirm_url,
+        valid_days=valid_days,
+        preferences_url=preferences_url,
     )
     message = EmailMessage()
     message["From"] = formataddr((site.sender_name or site.title, site.sender_email))

@@ -455,6 +455,10 @@ class Subscriber:
     name: str | None = None
     confirmed_at: datetime | None = None
     unsubscribed_at: datetime | None = None
+    # Preferences: section ids wanted (None = every section, also ones added
+    # later) and the digest's language (None = the site's language).
+    sections: tuple[str, ...] | None = None
+    language: str | None = None
 
 
 class BounceKind(StrEnum):

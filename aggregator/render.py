@@ -42,6 +42,7 @@ from .models import Digest, DigestSettings, Site, StoredItem
 __all__ = [
     "ENCODED_HTML_BUDGET",
     "HTML_BUDGET_BYTES",
+    "PREFERENCES_PLACEHOLDER",
     "TEMPLATES_ENV_VAR",
     "UNSUBSCRIBE_PLACEHOLDER",
     "RenderedConfirmation",
@@ -63,6 +64,9 @@ __all__ = [
 ]
 
 UNSUBSCRIBE_PLACEHOLDER = "%%UNSUBSCRIBE_URL%%"
+PREFERENCES_PLACEHOLDER = "%%PREFERENCES_URL%%"
+"""Where delivery puts the subscriber's signed preferences link, like the unsubscribe one."""
+_PLACEHOLDERS = (UNSUBSCRIBE_PLACEHOLDER, PREFERENCES_PLACEHOLDER)
 """Stands in for the subscriber's unsubscribe URL; delivery replaces it per recipient."""
 
 TEMPLATES_ENV_VAR = "AGGREGATOR_TEMPLATES"
@@ -239,11 +243,12 @@ def _period_text(start: datetime, end: datetime) -> str:
 
 
 def _defuse(text: str) -> str:
-    """Keep feed text from smuggling in the per-subscriber placeholder."""
-    if UNSUBSCRIBE_PLACEHOLDER in text:
-        # A zero-width space between the closing percent signs: delivery no longer
-        # matches it, a reader sees the same characters.
-        return text.replace(UNSUBSCRIBE_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER[:-1] + "\u200b%")
+    """Keep feed text from smuggling in a per-subscriber placeholder."""
+    for placeholder in _PLACEHOLDERS:
+        if placeholder in text:
+            # A zero-width space between the closing percent signs: delivery no longer
+            # matches it, a reader sees the same characters.
+            text = text.replace(placeholder, placeholder[:-1] + "\u200b%")
     return text
 
 
@@ -257,7 +262,7 @@ def _safe_url(url: str | None) -> str | None:
     if not url:
         return None
     url = url.strip()
-    if _CONTROL_OR_SPACE.search(url) or UNSUBSCRIBE_PLACEHOLDER in url:
+    if _CONTROL_OR_SPACE.search(url) or any(p in url for p in _PLACEHOLDERS):
         return None
     try:
         parts = urlsplit(url)
@@ -425,6 +430,7 @@ def render_digest(
     *,
     view_url: str,
     unsubscribe_url: str = UNSUBSCRIBE_PLACEHOLDER,
+    preferences_url: str = PREFERENCES_PLACEHOLDER,
     web: bool = False,
 ) -> RenderedDigest:
     """Render one issue as an HTML email (via MJML) and its plain-text alternative.
@@ -472,6 +478,7 @@ def render_digest(
         "item_count": digest.item_count,
         "view_url": safe_view_url,
         "unsubscribe_url": unsubscribe_url,
+        "preferences_url": preferences_url,
         "font_stack": FONT_STACK,
         "web": web,
     }
@@ -514,7 +521,13 @@ class RenderedConfirmation:
 
 
 def render_confirmation(
-    site: Site, *, name: str | None, email: str, confirm_url: str, valid_days: int = 7
+    site: Site,
+    *,
+    name: str | None,
+    email: str,
+    confirm_url: str,
+    valid_days: int = 7,
+    preferences_url: str | None = None,
 ) -> RenderedConfirmation:
     """The confirmation email in the digest's MJML design, and its plain-text part.
 
@@ -534,6 +547,7 @@ def render_confirmation(
         "email": email,
         "confirm_url": safe_confirm,
         "valid_days": valid_days,
+        "preferences_url": _safe_url(preferences_url),
     }
     source = _render_template(CONFIRM_MJML_TEMPLATE, site, context)
     html = _mjml_to_html(source, site, CONFIRM_MJML_TEMPLATE)
@@ -552,6 +566,14 @@ def _over_budget(html: str) -> int:
 
 _UNSUBSCRIBE_ANCHOR = re.compile(
     r"<a\b[^>]*\bhref=\"" + re.escape(UNSUBSCRIBE_PLACEHOLDER) + r"\"[^>]*>(?P<label>.*?)</a>",
+    re.DOTALL,
+)
+
+
+_PREFERENCES_ANCHOR = re.compile(
+    r"(?:&#160;·&#160;|\xa0·\xa0)?\s*<a\b[^>]*\bhref=\""
+    + re.escape(PREFERENCES_PLACEHOLDER)
+    + r"\"[^>]*>.*?</a>",
     re.DOTALL,
 )
 
@@ -608,6 +630,9 @@ def public_issue_html(
         html = _TO_ARCHIVE.sub(r"\g<label>", html)
     html = _UNSUBSCRIBE_ANCHOR.sub(replacement, html)
     html = html.replace(UNSUBSCRIBE_PLACEHOLDER, html_escape(safe or "", quote=True))
+    # A web visitor has no preferences: the link and the dot before it go.
+    html = _PREFERENCES_ANCHOR.sub("", html)
+    html = html.replace(PREFERENCES_PLACEHOLDER, "")
     if site is not None and "</head>" in html:
         links = "".join(
             f'<link rel="alternate" type="{feed["type"]}" '

@@ -16,13 +16,17 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from email_validator import EmailNotValidError, validate_email
 
 from .errors import SubscriberError
 from .models import Subscriber, SubscriberStatus
+from .preferences import LANGUAGES, check_preferences
 from .store import Store
+
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = [
     "EXPORT_COLUMNS",
@@ -36,7 +40,19 @@ __all__ = [
     "read_csv_rows",
 ]
 
-EXPORT_COLUMNS = ("email", "name", "status", "created_at", "confirmed_at", "unsubscribed_at")
+EXPORT_COLUMNS = (
+    "email",
+    "name",
+    "status",
+    "created_at",
+    "confirmed_at",
+    "unsubscribed_at",
+    "sections",
+    "language",
+)
+"""``sections`` is blank for "every section", ``-`` for none, else ids joined by commas."""
+
+NO_SECTIONS = "-"
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
@@ -92,6 +108,8 @@ _HEADER_NAMES = {
     ),
     "name": ("name", "full name", "display name", "이름", "성명", "닉네임"),
     "status": ("status", "state", "상태"),
+    "sections": ("sections", "섹션"),
+    "language": ("language", "lang", "언어"),
 }
 _DELIMITERS = ",;\t"
 
@@ -193,6 +211,7 @@ def import_csv(
     active: bool = False,
     confirmed: bool = False,
     name: str = "CSV",
+    config: Config | None = None,
 ) -> ImportReport:
     """Import addresses from CSV: a header row naming an ``email`` column (and
     optionally ``name``, ``status``; Korean titles too), or headerless rows
@@ -208,11 +227,19 @@ def import_csv(
     * ``active`` rows are imported active only with ``confirmed`` (you know
       they confirmed elsewhere), otherwise pending, counted in ``held_pending``;
     * ``active=True`` makes every row that is not unsubscribed active.
+
+    ``sections`` and ``language`` columns (as :func:`export_csv` writes them)
+    give the preferences of addresses new to this installation; a known
+    subscriber keeps the choice they made here. With ``config``, section ids
+    are checked against feeds.yaml and an unknown one skips the row.
     """
     text = source if isinstance(source, str) else source.read()
     rows = read_csv_rows(text, name=name)
     report = ImportReport()
     email_col, name_col, status_col = 0, 1, None
+    sections_col: int | None = None
+    language_col: int | None = None
+    preferences: dict[str, tuple[list[str] | None, str | None]] = {}
     wanted: dict[SubscriberStatus, dict[str, str | None]] = {
         SubscriberStatus.ACTIVE: {},
         SubscriberStatus.PENDING: {},
@@ -231,6 +258,8 @@ def import_csv(
             email_col = columns["email"]
             name_col = columns["name"] if columns["name"] is not None else -1
             status_col = columns["status"]
+            sections_col = columns["sections"]
+            language_col = columns["language"]
             rows = rows[1:]
         elif not any("@" in cell for cell in first):
             raise SubscriberError(
@@ -260,11 +289,28 @@ def import_csv(
                     group = SubscriberStatus.ACTIVE
                 else:
                     report.held_pending += 1
+        wanted_sections = (
+            _sections_from_cell(row[sections_col])
+            if sections_col is not None and sections_col < len(row)
+            else None
+        )
+        language = (
+            row[language_col].strip().lower() or None
+            if language_col is not None and language_col < len(row)
+            else None
+        )
+        try:
+            checked = _check_row_preferences(config, wanted_sections, language)
+        except SubscriberError as error:
+            report.errors.append((line, str(error)))
+            continue
         key = email.lower()
         if key in seen:  # the first row for an address wins, in any letter case
             continue
         seen.add(key)
         wanted[group][email] = display
+        if checked != (None, None):
+            preferences[email] = checked
     known = store.existing_emails([e for group in wanted.values() for e in group])
     report.already_known = len(known)
     for status, people in wanted.items():
@@ -272,7 +318,27 @@ def import_csv(
             added = store.add_subscribers(people.items(), now=now, status=status)
             report.added_by_status[status] = added
             report.added += added
+    known_keys = {e.lower() for e in known}
+    store.set_preferences_many(
+        (email, sections, language)
+        for email, (sections, language) in preferences.items()
+        if email.lower() not in known_keys
+    )
     return report
+
+
+def _check_row_preferences(
+    config: Config | None, sections: list[str] | None, language: str | None
+) -> tuple[list[str] | None, str | None]:
+    """A row's preferences as stored; :class:`SubscriberError` names an unknown one."""
+    if config is not None:
+        checked = check_preferences(config, sections, language)
+        return (None if checked.sections is None else list(checked.sections), checked.language)
+    if language is not None and language not in LANGUAGES:
+        raise SubscriberError(
+            f"unknown language {language!r} (choose from: {', '.join(LANGUAGES)})"
+        )
+    return sections, language
 
 
 def export_csv(subscribers: Iterable[Subscriber], out: TextIO) -> int:
@@ -289,10 +355,28 @@ def export_csv(subscribers: Iterable[Subscriber], out: TextIO) -> int:
                 s.created_at.isoformat(),
                 s.confirmed_at.isoformat() if s.confirmed_at else "",
                 s.unsubscribed_at.isoformat() if s.unsubscribed_at else "",
+                sections_cell(s.sections),
+                s.language or "",
             ]
         )
         count += 1
     return count
+
+
+def sections_cell(sections: tuple[str, ...] | None) -> str:
+    """The export's ``sections`` cell: blank = all, ``-`` = none, else ``ko-pick,previews``."""
+    if sections is None:
+        return ""
+    return ",".join(sections) or NO_SECTIONS
+
+
+def _sections_from_cell(cell: str) -> list[str] | None:
+    cell = cell.strip()
+    if not cell:
+        return None
+    if cell == NO_SECTIONS:
+        return []
+    return [part.strip() for part in cell.split(",") if part.strip()]
 
 
 def export_text(subscribers: Iterable[Subscriber]) -> str:

@@ -29,6 +29,7 @@ CONFIRM_MAX_AGE = timedelta(days=7)
 
 _CONFIRM_SALT = "aggregator.subscribe.confirm.v1"
 _UNSUBSCRIBE_SALT = "aggregator.subscribe.unsubscribe.v1"
+_PREFERENCES_SALT = "aggregator.subscribe.preferences.v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ class Tokens:
             raise ValueError("an empty secret would make every token forgeable")
         self._confirm = URLSafeTimedSerializer(secret, salt=_CONFIRM_SALT)
         self._unsubscribe = URLSafeSerializer(secret, salt=_UNSUBSCRIBE_SALT)
+        self._preferences = URLSafeSerializer(secret, salt=_PREFERENCES_SALT)
         self.confirm_max_age = confirm_max_age
 
     def confirm_token(self, subscriber_id: int, email: str) -> str:
@@ -69,6 +71,14 @@ class Tokens:
     def unsubscribe_token(self, subscriber_id: int, email: str) -> str:
         """A token for ``/unsubscribe/<token>``; the same for the same subscriber, never expires."""
         return str(self._unsubscribe.dumps([subscriber_id, email]))
+
+    def preferences_token(self, subscriber_id: int, email: str) -> str:
+        """A token for ``/preferences/<token>``: like an unsubscribe token, it never expires.
+
+        Its own salt: a preferences link forwarded to a friend lets them
+        change what is sent, not stop it, and cannot be turned into either.
+        """
+        return str(self._preferences.dumps([subscriber_id, email]))
 
     def read_confirm(self, token: str) -> TokenClaims:
         """Check a confirm token; :class:`TokenError` if forged, expired or of another kind."""
@@ -88,4 +98,12 @@ class Tokens:
             payload = self._unsubscribe.loads(token)
         except BadSignature:
             raise TokenError("this unsubscribe link is not valid") from None
+        return _claims(payload)
+
+    def read_preferences(self, token: str) -> TokenClaims:
+        """Check a preferences token; :class:`TokenError` if forged or of another kind."""
+        try:
+            payload = self._preferences.loads(token)
+        except BadSignature:
+            raise TokenError("this preferences link is not valid") from None
         return _claims(payload)

@@ -76,6 +76,7 @@ MALFORMED: dict[tuple[str, ...], list[list[str]]] = {
     ("digest", "send"): [["--retry-delay", "soon"]],
     ("subscribers", "add"): [["not-an-email"], ["two@@example.org"], ["한글@"]],
     ("subscribers", "remove"): [["not-an-email"]],
+    ("subscribers", "set"): [["not-an-email", "--lang", "ko"], ["x@example.org"]],
     ("subscribers", "list"): [["--status", "bogus"]],
     ("subscribers", "import"): [["no-such-file.csv"]],
     ("subscribers", "export"): [["--status", "bogus"]],

@@ -111,7 +111,9 @@ def test_headerless_import_and_export_round_trip_keeps_suppression(
     store.unsubscribe_subscriber(b.id, b.email, now=NOW)
 
     exported = export_text(store.list_subscribers())
-    assert exported.splitlines()[0] == "email,name,status,created_at,confirmed_at,unsubscribed_at"
+    assert exported.splitlines()[0] == (
+        "email,name,status,created_at,confirmed_at,unsubscribed_at,sections,language"
+    )
     fresh = Store.open(f"sqlite:///{tmp_path / 'other.db'}")
     try:
         import_csv(fresh, io.StringIO(exported), now=NOW, active=True)

@@ -79,12 +79,14 @@ def seed(store: Store) -> dict[str, list[str]]:
         samples["token"] += [
             tokens.confirm_token(pending.id, pending.email),
             tokens.unsubscribe_token(pending.id, pending.email),
+            tokens.preferences_token(pending.id, pending.email),
         ]
     for email in ("active@example.org", "second@example.org"):
         active, _ = store.add_subscriber(email, now=now, active=True)
         samples["token"] += [
             tokens.unsubscribe_token(active.id, active.email),
             tokens.confirm_token(active.id, active.email),
+            tokens.preferences_token(active.id, active.email),
         ]
     digest = make_digest(store)
     store.create_deliveries(
@@ -144,7 +146,12 @@ def test_head_and_get_change_nothing_on_any_route(web: Web, smtp_server: SmtpFix
                     response = web.client.request(method, path, headers=headers)
                     assert response.status_code < 500, (method, path, response.text)
             visited.add(route.path)
-    assert {"/subscribe", "/confirm/{token}", "/unsubscribe/{token}"} <= visited
+    assert {
+        "/subscribe",
+        "/confirm/{token}",
+        "/unsubscribe/{token}",
+        "/preferences/{token}",
+    } <= visited
     time.sleep(0.3)  # a background mail, had one been queued
     assert state(web) == before
     assert smtp_server.messages == []
@@ -317,6 +324,7 @@ def test_post_routes_answer_junk_huge_and_forged_bodies_with_a_short_4xx(
     samples["token"] += [
         forged.confirm_token(1, "active@example.org"),
         forged.unsubscribe_token(4, "active@example.org"),
+        forged.preferences_token(4, "active@example.org"),
     ]
     before = database_rows(web.ctx.store)
     posts = [r for r in routes_of(web) if "POST" in (r.methods or ())]

@@ -15,6 +15,7 @@ Examples::
     aggregator subscribers list --status active
     aggregator subscribers export > subscribers.csv
     aggregator subscribers remove reader@example.org  # unsubscribes (kept as suppressed)
+    aggregator subscribers set reader@example.org --sections ko-pick,previews --lang ko
     AGGREGATOR_SECRET=... aggregator digest send --test me@example.org
     AGGREGATOR_SECRET=... aggregator digest send
 """
@@ -270,6 +271,66 @@ def remove(
     _print(f"[green]{'forgotten' if forget else 'unsubscribed'}[/green] {address}")
 
 
+@subscribers_app.command("set")
+def set_(
+    email: Annotated[str, typer.Argument(help="The subscriber's address.")],
+    sections: Annotated[
+        str | None,
+        typer.Option(
+            "--sections",
+            metavar="IDS",
+            help="Comma-separated section ids from digest.sections, or 'more' for the other "
+            "news; 'all' for every section (also ones added later), 'none' for none.",
+        ),
+    ] = None,
+    lang: Annotated[
+        str | None,
+        typer.Option(
+            "--lang",
+            metavar="LANG",
+            help="The digest's language: en, ko, or 'site' for the site's language.",
+        ),
+    ] = None,
+) -> None:
+    """Set what a subscriber gets: the digest's sections and its language.
+
+    What is not given stays as it was. The subscriber can change both
+    themselves through the preferences link in every email.
+    """
+    from ..preferences import check_preferences, describe, parse_sections
+
+    address = _address(email, "EMAIL")
+    if sections is None and lang is None:
+        raise typer.BadParameter("give --sections, --lang or both", param_hint="--sections")
+    with _opened() as (config, store):
+        found = store.subscriber_by_email(address)
+        if found is None:
+            raise SubscriberError(
+                f"{address} is not a subscriber (see: aggregator subscribers list)"
+            )
+        wanted: list[str] | None
+        if sections is None:
+            wanted = None if found.sections is None else list(found.sections)
+        elif sections.strip().lower() == "all":
+            wanted = None
+        elif sections.strip().lower() == "none":
+            wanted = []
+        else:
+            wanted = parse_sections(sections)
+        language = found.language if lang is None else lang.strip().lower()
+        if language == "site":
+            language = None
+        try:
+            chosen = check_preferences(config, wanted, language)
+        except SubscriberError as exc:
+            hint = "--lang" if "language" in str(exc) else "--sections"
+            raise typer.BadParameter(str(exc), param_hint=hint) from None
+        saved = store.set_preferences(
+            found.id, found.email, sections=chosen.sections, language=chosen.language
+        )
+    _print(f"[green]set[/green] {saved.email}: {describe(saved.sections, saved.language)}")
+
+
 @subscribers_app.command("list")
 def list_(
     status: Annotated[
@@ -352,9 +413,15 @@ def import_(
 
     try:
         text = decode_csv(file.read_bytes(), name=str(file))
-        with _opened() as (_, store):
+        with _opened() as (config, store):
             report = import_csv(
-                store, text, now=utcnow(), active=active, confirmed=confirmed, name=str(file)
+                store,
+                text,
+                now=utcnow(),
+                active=active,
+                confirmed=confirmed,
+                name=str(file),
+                config=config,
             )
     except SubscriberError as exc:
         _warn(f"[red]error[/red] {escape(str(exc))}")

@@ -125,6 +125,10 @@ subscribers = Table(
     Column("unsubscribed_at", UTCDateTime),
     # The address lower-cased: Dup.Reader@ and dup.reader@ are one subscriber.
     Column("email_key", String(320), nullable=False),
+    # Preferences (migration 0010): a JSON list of section ids, NULL = all
+    # sections; a language code, NULL = the site's language.
+    Column("sections", Text),
+    Column("language", String(16)),
     Index("uq_subscribers_email_key", "email_key", unique=True),
 )
 

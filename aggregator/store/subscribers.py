@@ -8,7 +8,8 @@ never reactivates it, so nobody is mailed again against their wish.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +33,31 @@ def _subscriber(row: Any) -> Subscriber:
         name=m["name"],
         confirmed_at=m["confirmed_at"],
         unsubscribed_at=m["unsubscribed_at"],
+        sections=sections_from_column(m["sections"]),
+        language=m["language"],
     )
+
+
+def sections_to_column(sections: Sequence[str] | None) -> str | None:
+    """The ``sections`` column's value: JSON list of ids, or NULL for "every section"."""
+    return None if sections is None else json.dumps(list(sections), ensure_ascii=False)
+
+
+def sections_from_column(value: str | None) -> tuple[str, ...] | None:
+    """The stored section ids back; a value that is not a JSON list of strings reads as NULL.
+
+    Only this module writes the column, so a bad value means someone edited the
+    row by hand: falling back to "every section" mails more, never nothing.
+    """
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(parsed, list) or not all(isinstance(x, str) for x in parsed):
+        return None
+    return tuple(parsed)
 
 
 def email_key(email: str) -> str:
@@ -186,6 +211,46 @@ class SubscribersMixin(StoreBase):
                 updated_at=now,
             )
         )
+
+    def set_preferences(
+        self,
+        subscriber_id: int,
+        email: str,
+        *,
+        sections: Sequence[str] | None,
+        language: str | None,
+    ) -> Subscriber:
+        """Store a subscriber's sections (None = all) and language (None = the site's).
+
+        Validation against the configured sections and languages is the
+        caller's (:func:`aggregator.preferences.check_preferences`): the store
+        does not know feeds.yaml. Raises :class:`SubscriberError` when no
+        subscriber has this id *and* email, like the other token-driven writes.
+        """
+        with self.transaction() as conn:
+            _token_row(conn, subscriber_id, email)
+            conn.execute(
+                update(_t)
+                .where(_t.c.id == subscriber_id)
+                .values(sections=sections_to_column(sections), language=language)
+            )
+            row = conn.execute(select(_t).where(_t.c.id == subscriber_id)).one()
+        return _subscriber(row)
+
+    def set_preferences_many(
+        self, preferences: Iterable[tuple[str, Sequence[str] | None, str | None]]
+    ) -> int:
+        """Set ``(email, sections, language)`` for addresses already stored (an import)."""
+        changed = 0
+        with self.transaction() as conn:
+            for email, sections, language in preferences:
+                result = conn.execute(
+                    update(_t)
+                    .where(_t.c.email_key == email_key(email))
+                    .values(sections=sections_to_column(sections), language=language)
+                )
+                changed += result.rowcount or 0
+        return changed
 
     def get_subscriber(self, subscriber_id: int) -> Subscriber | None:
         with self.engine.connect() as conn:

@@ -28,6 +28,12 @@ unsubscribe anyone.
 - ``GET /unsubscribe/<token>`` shows a page with a button (or says the
   address is already unsubscribed); ``POST`` with the button's field, or RFC
   8058's ``List-Unsubscribe=One-Click`` body from a mail client, unsubscribes.
+- ``GET /preferences/<token>`` (a signed link in every email and on the
+  confirmed page; no login) shows the subscriber's sections as checkboxes and
+  the digest's language as radio buttons; its ``POST`` (CSRF token and the
+  cross-site check, like the subscribe form) saves them. The "check your
+  inbox" page cannot carry the link: whoever typed the address may not own
+  it, so it says the confirmation mail has it.
 - No dead ends: an invalid or expired link shows a form to unsubscribe by
   address (``POST /unsubscribe``, CSRF-protected and rate-limited like the
   subscribe form). It answers the same whether or not the address is
@@ -64,6 +70,7 @@ from ..deliver import message_id_domain, send_message
 from ..errors import AggregatorError, SubscriberError, TokenError
 from ..mail_confirm import CONFIRM_VALID_DAYS, confirmation_message
 from ..models import Site, SmtpSettings, Subscriber, SubscriberStatus, utcnow
+from ..preferences import LANGUAGES, check_preferences, section_choices
 from ..render import render_page
 from ..subscribers import clean_name, normalize_email
 from ..tokens import Tokens
@@ -78,6 +85,7 @@ __all__ = [
     "FORM_MAX_AGE",
     "FORM_SALT",
     "MAX_NAME_LENGTH",
+    "PREFERENCES_CSRF_COOKIE",
     "SUBSCRIBE_LIMIT",
     "SUBSCRIBE_WINDOW",
     "UNSUBSCRIBE_CSRF_COOKIE",
@@ -106,6 +114,8 @@ CSRF_COOKIE = "subscribe_csrf"
 UNSUBSCRIBE_CSRF_COOKIE = "unsubscribe_csrf"
 FORM_SALT = "aggregator.subscribe.form.v1"
 UNSUBSCRIBE_FORM_SALT = "aggregator.unsubscribe.form.v1"
+PREFERENCES_CSRF_COOKIE = "preferences_csrf"
+PREFERENCES_FORM_SALT = "aggregator.preferences.form.v1"
 
 # The buttons' fields: a POST must carry one of these to change anything, so a
 # stray POST with an empty body (a prefetcher, a crawler) does nothing.
@@ -196,6 +206,11 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
     unsubscribe_form_tokens = FormTokens(
         ctx.secret, salt=UNSUBSCRIBE_FORM_SALT, max_age=FORM_MAX_AGE
     )
+    preferences_client = RateLimiter(SUBSCRIBE_LIMIT * 4, SUBSCRIBE_WINDOW)
+    ctx.rate_limiters["preferences.client"] = preferences_client
+    preferences_form_tokens = FormTokens(
+        ctx.secret, salt=PREFERENCES_FORM_SALT, max_age=FORM_MAX_AGE
+    )
 
     def tokens() -> Tokens:
         return Tokens(ctx.secret)
@@ -216,6 +231,11 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             "csrf": "",
             "button": "",
             "button_field": ("", ""),
+            "preferences_url": "",
+            "choices": (),
+            "chosen": (),
+            "languages": LANGUAGES,
+            "chosen_language": "",
             **context,
         }
         return HTMLResponse(
@@ -383,7 +403,10 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             else:
                 token = tokens().confirm_token(subscriber.id, subscriber.email)
                 data = confirmation_message(
-                    ctx.config.site, subscriber, f"{base_url()}confirm/{token}"
+                    ctx.config.site,
+                    subscriber,
+                    f"{base_url()}confirm/{token}",
+                    preferences_url=preferences_link(subscriber),
                 )
                 task = BackgroundTask(
                     _send_mail,
@@ -396,7 +419,8 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             heading="Check your inbox",
             message=(
                 f"If {email} is not subscribed yet, we have sent it a link to confirm. "
-                f"The link is valid for {CONFIRM_VALID_DAYS} days."
+                f"The link is valid for {CONFIRM_VALID_DAYS} days. The email also has a link "
+                "to choose the sections you get and their language."
             ),
         )
         response.background = task
@@ -427,6 +451,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             return page(
                 heading="You are subscribed",
                 message=f"{subscriber.email} gets {ctx.config.site.title} every week.",
+                preferences_url=preferences_link(subscriber),
             )
         return page(
             heading="Confirm your subscription",
@@ -456,6 +481,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         return page(
             heading="You are subscribed",
             message=f"{subscriber.email} will get {ctx.config.site.title} every week.",
+            preferences_url=preferences_link(subscriber),
         )
 
     async def unsubscribe_page(request: Request) -> Response:
@@ -506,6 +532,102 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             heading="You are unsubscribed",
             message=f"{claims.email} will get no more email from {ctx.config.site.title}.",
             subscribe_again=True,
+        )
+
+    def preferences_link(subscriber: Subscriber) -> str:
+        token = tokens().preferences_token(subscriber.id, subscriber.email)
+        return f"{base_url()}preferences/{token}"
+
+    async def read_preferences_token(token: str) -> Subscriber:
+        """The subscriber a valid preferences token names; reads only."""
+        claims = tokens().read_preferences(token)
+        subscriber = await run_in_threadpool(ctx.store.get_subscriber, claims.subscriber_id)
+        if subscriber is None or subscriber.email != claims.email:
+            raise TokenError("this preferences link is not valid")
+        return subscriber
+
+    def preferences_form(
+        request: Request, subscriber: Subscriber, status: int = 200, **context: Any
+    ) -> Response:
+        token = request.path_params["token"]
+        choices = section_choices(ctx.config)
+        chosen = subscriber.sections if subscriber.sections is not None else [c.id for c in choices]
+        values: dict[str, Any] = {
+            "heading": "Choose what you get",
+            "message": f"Sections and language of {ctx.config.site.title} for {subscriber.email}.",
+            "choices": choices,
+            "chosen": tuple(chosen),
+            "chosen_language": subscriber.language or ctx.config.site.language,
+            **context,
+        }
+        return with_form_token(
+            request,
+            PREFERENCES_CSRF_COOKIE,
+            "preferences",
+            preferences_form_tokens,
+            lambda csrf: page(
+                status,
+                form="preferences",
+                action=f"{base_url()}preferences/{token}",
+                csrf=csrf,
+                **values,
+            ),
+        )
+
+    async def preferences_page(request: Request) -> Response:
+        try:
+            subscriber = await read_preferences_token(request.path_params["token"])
+        except (TokenError, SubscriberError) as error:
+            return invalid_link(error, subscribe_again=True)
+        if subscriber.status is SubscriberStatus.UNSUBSCRIBED:
+            return page(
+                heading="You are unsubscribed",
+                message=f"{subscriber.email} gets no email from {ctx.config.site.title}.",
+                subscribe_again=True,
+            )
+        return preferences_form(request, subscriber)
+
+    async def save_preferences(request: Request) -> Response:
+        # The body first, as every POST here: an oversized one is refused (413)
+        # before anything else is looked at.
+        await request.form()
+        try:
+            subscriber = await read_preferences_token(request.path_params["token"])
+        except (TokenError, SubscriberError) as error:
+            return invalid_link(error, subscribe_again=True)
+
+        def refuse(request: Request, status: int, **context: Any) -> Response:
+            return preferences_form(request, subscriber, status, **context)
+
+        form = await accepted_form(
+            request,
+            preferences_form_tokens,
+            PREFERENCES_CSRF_COOKIE,
+            preferences_client,
+            refuse,
+        )
+        if isinstance(form, Response):
+            return form
+        picked = [v for v in form.getlist("section") if isinstance(v, str)]
+        language = _field(form, "language") or None
+        try:
+            chosen = check_preferences(ctx.config, picked, language)
+            saved = await run_in_threadpool(
+                ctx.store.set_preferences,
+                subscriber.id,
+                subscriber.email,
+                sections=chosen.sections,
+                language=chosen.language,
+            )
+        except SubscriberError as error:
+            return refuse(request, 400, error=f"{str(error).capitalize()}.")
+        note = (
+            "You will get no sections until you choose one here again."
+            if saved.sections == ()
+            else "The next issue follows them."
+        )
+        return preferences_form(
+            request, saved, kicker="Saved", message=f"Your choices are saved. {note}"
         )
 
     async def show_unsubscribe_form(request: Request) -> Response:
@@ -578,6 +700,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         _read_or_write("/confirm/{token}", confirm_page, confirm),
         _read_or_write("/unsubscribe", show_unsubscribe_form, request_unsubscribe),
         _read_or_write("/unsubscribe/{token}", unsubscribe_page, unsubscribe),
+        _read_or_write("/preferences/{token}", preferences_page, save_preferences),
     ]
 
 

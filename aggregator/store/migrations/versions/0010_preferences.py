@@ -1,0 +1,34 @@
+"""Subscriber preferences: which sections of the digest, and in which language.
+
+- ``subscribers.sections``: a JSON list of section ids; NULL means every
+  section (including sections added to feeds.yaml later), an empty list none.
+- ``subscribers.language``: ``en`` or ``ko``; NULL means the site's language.
+
+Both columns are nullable and NULL keeps the old behaviour, so existing
+subscribers keep getting the whole digest in the site's language.
+
+Revision ID: 0010
+Revises: 0009
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0010"
+down_revision = "0009"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("subscribers") as batch:
+        batch.add_column(sa.Column("sections", sa.Text))
+        batch.add_column(sa.Column("language", sa.String(16)))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("subscribers") as batch:
+        batch.drop_column("language")
+        batch.drop_column("sections")
