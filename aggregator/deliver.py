@@ -31,6 +31,15 @@ Messages are assembled by hand from parts prepared once per digest (the
 headers, a fixed MIME boundary, and the two bodies as quoted-printable (never
 8bit: MJML output has very long lines) with the subscriber's unsubscribe URL
 filled in.
+
+Preferences: each ledger row carries the subscriber's choice of sections and
+language as it was at the issue's first send (``deliveries.variant``). The
+issue stays frozen once; :class:`Editions` renders one view of it per
+distinct (sections, language) the rows ask for, once per run, and the whole
+issue in the site's language is the frozen HTML itself. A subscriber whose
+sections hold nothing this week gets nothing when ``digest.when_empty`` is
+``skip``: the row is marked ``skipped`` and never sent later. A resend after a
+kill reads the same ``variant`` from the row, so it sends the same edition.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from email.header import Header
 from email.utils import format_datetime, formataddr, make_msgid
@@ -55,15 +64,21 @@ import aiosmtplib
 
 from .errors import DeliveryError, RecipientRefused
 from .mail.dkim import DkimSigner
-from .models import DeliveryStatus, Digest, Site, SmtpSettings, utcnow
-from .render import PREFERENCES_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER
+from .models import DeliveryStatus, Digest, DigestSection, Site, SmtpSettings, utcnow
+from .render import (
+    PREFERENCES_PLACEHOLDER,
+    UNSUBSCRIBE_PLACEHOLDER,
+    build_preheader,
+    render_digest,
+)
 from .store import Store
-from .store.deliveries import ClaimedDelivery
+from .store.deliveries import ClaimedDelivery, parse_variant
 from .subscribers import clean_name
 from .tokens import Tokens
 
 __all__ = [
     "DeliveryReport",
+    "Editions",
     "MessageBuilder",
     "SmtpConnection",
     "deliver_digest",
@@ -249,6 +264,77 @@ class MessageBuilder:
         return b"".join((head, text, middle, html, f"\r\n--{b}--\r\n".encode("ascii")))
 
 
+class Editions:
+    """The message builders of one issue, one per distinct view a subscriber asked for.
+
+    A view is the issue's frozen sections, kept to the subscriber's choice,
+    in their language. Views are keyed by what they show, not by what was
+    asked (two choices that keep the same sections this week share one
+    render), rendered on first need and kept for the run: a send costs one
+    render per distinct view, not one per subscriber. The full issue in the
+    site's language is never re-rendered: it is the frozen HTML.
+    """
+
+    def __init__(
+        self, store: Store, digest: Digest, site: Site, *, when_empty: str = "skip"
+    ) -> None:
+        self._store = store
+        self._digest = digest
+        self._site = site
+        self._when_empty = when_empty
+        self._full = MessageBuilder(digest, site)
+        self._frozen: Digest | None = None
+        self._views: dict[tuple[tuple[str, ...], str], MessageBuilder | None] = {}
+        self.renders = 0
+
+    @property
+    def site_language(self) -> str:
+        return (self._site.language or "en").split("-")[0].lower()
+
+    def _frozen_digest(self) -> Digest:
+        # The caller's Digest may come without its item list (list_digests):
+        # views are made from the sections as stored with the issue.
+        if self._frozen is None:
+            assert self._digest.id is not None
+            self._frozen = self._store.get_digest(self._digest.id) or self._digest
+        return self._frozen
+
+    def builder(self, variant: str | None) -> MessageBuilder | None:
+        """The builder for a ledger row's ``variant``; None when that view is empty and
+        ``digest.when_empty`` is ``skip`` (nothing is sent to that subscriber)."""
+        sections, language = parse_variant(variant)
+        language = language or self.site_language
+        if sections is None and language == self.site_language:
+            return self._full
+        frozen = self._frozen_digest()
+        kept = tuple(s for s in frozen.sections if sections is None or s.id in sections)
+        if len(kept) == len(frozen.sections) and language == self.site_language:
+            return self._full
+        key = (tuple(s.id for s in kept), language)
+        if key not in self._views:
+            self._views[key] = self._render(frozen, kept, language)
+        return self._views[key]
+
+    def _render(
+        self, frozen: Digest, kept: tuple[DigestSection, ...], language: str
+    ) -> MessageBuilder | None:
+        if not any(s.items for s in kept) and self._when_empty == "skip":
+            return None
+        view = replace(frozen, sections=kept)
+        view = replace(view, preheader=build_preheader(view))
+        rendered = render_digest(
+            view,
+            self._site,
+            view_url=self._site.url.rstrip("/") + f"/digests/{frozen.id}",
+            language=language,
+        )
+        self.renders += 1
+        return MessageBuilder(
+            replace(view, html=rendered.html, text=rendered.text, subject=rendered.subject),
+            self._site,
+        )
+
+
 # ---------------------------------------------------------------------------- SMTP
 
 
@@ -432,6 +518,9 @@ class DeliveryReport:
     retried: int
     elapsed: float
     counts: dict[DeliveryStatus, int]
+    # Subscribers whose sections were empty this week, and views rendered.
+    skipped: int = 0
+    renders: int = 0
 
     @property
     def pending(self) -> int:
@@ -460,13 +549,15 @@ async def deliver_digest(
     lease: timedelta | None = None,
     retry_delay: float = 30.0,
     on_sent: Callable[[ClaimedDelivery], None] | None = None,
+    when_empty: str = "skip",
 ) -> DeliveryReport:
     """Send ``digest`` to every active subscriber who has not had it yet.
 
     Safe to run again at any time and in several processes at once; see the
     module docstring for the guarantees. ``lease`` is how long a claimed batch
     stays reserved for this sender if it dies (default: long enough for a
-    batch at the configured rate, at least a minute).
+    batch at the configured rate, at least a minute). ``when_empty`` is
+    ``digest.when_empty``, applied per subscriber (see :class:`Editions`).
     """
     if digest.id is None:
         raise DeliveryError("the digest is not stored yet: compose it before sending")
@@ -481,9 +572,9 @@ async def deliver_digest(
     open_ledger(store, digest.id, secret=secret, site=site)
     connection = SmtpConnection(smtp)
     await connection.connect()  # nothing is claimed yet: a dead server leaves all rows pending
-    builder = MessageBuilder(digest, site)
+    editions = Editions(store, digest, site, when_empty=when_empty)
     pacer = _Pacer(smtp.rate_per_second)
-    sent = failed = retried = 0
+    sent = failed = retried = skipped = 0
     held: set[int] = set()
     retried_in_pass = 0
     try:
@@ -514,6 +605,17 @@ async def deliver_digest(
                         held = store.extend_lease(owner, held, lease_until=lease_end, now=now)
                     if delivery.id not in held:
                         log.warning("lost the lease of delivery %d; not sending it", delivery.id)
+                        continue
+                    builder = editions.builder(delivery.variant)
+                    if builder is None:
+                        store.mark_skipped(
+                            delivery.id,
+                            owner=owner,
+                            reason="nothing new in the subscriber's sections",
+                            now=utcnow(),
+                        )
+                        held.discard(delivery.id)
+                        skipped += 1
                         continue
                     await pacer.wait()
                     message = builder.build(
@@ -590,12 +692,16 @@ async def deliver_digest(
         retried=retried,
         elapsed=time.monotonic() - started,
         counts=counts,
+        skipped=skipped,
+        renders=editions.renders,
     )
     log.info(
-        "digest #%d: sent %d, failed %d, still pending %d (%.1f msg/s)",
+        "digest #%d: sent %d, failed %d, skipped %d (empty sections), still pending %d "
+        "(%.1f msg/s)",
         digest.id,
         sent,
         failed,
+        skipped,
         report.pending,
         report.rate,
     )

@@ -506,3 +506,6 @@ class DeliveryStatus(StrEnum):
     SENDING = "sending"
     SENT = "sent"
     FAILED = "failed"
+    # Nothing in this subscriber's sections this week (digest.when_empty: skip):
+    # recorded, so the issue is never sent to them later.
+    SKIPPED = "skipped"

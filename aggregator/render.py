@@ -432,6 +432,7 @@ def render_digest(
     unsubscribe_url: str = UNSUBSCRIBE_PLACEHOLDER,
     preferences_url: str = PREFERENCES_PLACEHOLDER,
     web: bool = False,
+    language: str | None = None,
 ) -> RenderedDigest:
     """Render one issue as an HTML email (via MJML) and its plain-text alternative.
 
@@ -447,6 +448,7 @@ def render_digest(
 
     ``web=True`` renders the public web copy: no "you are receiving this"
     notice and no unsubscribe link (nobody subscribed to a web page).
+    ``language`` is the reader's (a subscriber's preference), else the site's.
     Raises :class:`RenderError` when a template or its MJML is broken.
     """
     safe_view_url = _safe_url(view_url)
@@ -459,7 +461,7 @@ def render_digest(
         )
     site_url = _safe_url(site.url)
     zone = _zone(site)
-    language = _language(site.language) or "en"
+    language = _language(language) or _language(site.language) or "en"
     sections = _section_views(digest, zone, language)
     preheader = " ".join((digest.preheader or build_preheader(digest)).split())
     subject = " ".join(digest.subject.split())

@@ -677,7 +677,12 @@ class Service:
         if self.secret is None:
             self.secret = load_secret(required=False)
         report = await deliver_digest(
-            self.store, digest, site=self.config.site, smtp=self.config.smtp, secret=self.secret
+            self.store,
+            digest,
+            site=self.config.site,
+            smtp=self.config.smtp,
+            secret=self.secret,
+            when_empty=self.config.digest.when_empty,
         )
         for result, amount in (("sent", report.sent), ("failed", report.failed)):
             if amount:

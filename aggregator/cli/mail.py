@@ -485,7 +485,12 @@ def _summary(report: DeliveryReport) -> str:
     return (
         f"digest #{report.digest_id}: sent {report.sent} now "
         f"({c[DeliveryStatus.SENT]} in total), failed {c[DeliveryStatus.FAILED]}, "
-        f"pending {report.pending} ({report.rate:.1f} msg/s)"
+        + (
+            f"skipped {c[DeliveryStatus.SKIPPED]} (nothing in their sections), "
+            if c[DeliveryStatus.SKIPPED]
+            else ""
+        )
+        + f"pending {report.pending} ({report.rate:.1f} msg/s)"
     )
 
 
@@ -578,6 +583,7 @@ def register_digest_send(digest_app: typer.Typer) -> None:
                         secret=secret,
                         lease=timedelta(seconds=lease) if lease else None,
                         retry_delay=retry_delay,
+                        when_empty=config.digest.when_empty,
                     )
                 )
                 _print(_summary(report))

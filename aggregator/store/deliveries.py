@@ -28,8 +28,33 @@ from sqlalchemy import String, and_, cast, func, literal, or_, select, update
 from ..models import DeliveryStatus, SubscriberStatus
 from . import schema
 from .base import StoreBase
+from .subscribers import sections_from_column
 
-__all__ = ["ClaimedDelivery", "DeliveriesMixin", "DeliveryRecord"]
+__all__ = ["ClaimedDelivery", "DeliveriesMixin", "DeliveryRecord", "parse_variant", "variant_key"]
+
+# Between the sections part and the language of a variant key. A language
+# code never holds it, so the key splits at its last occurrence.
+_VARIANT_SEPARATOR = "|"
+_ALL_SECTIONS = "*"
+
+
+def variant_key(sections_column: str | None, language: str | None) -> str:
+    """The ledger's ``variant`` for a subscriber's stored preferences (as SQL does it).
+
+    ``<sections column or *>|<language or nothing>``: the subscribers
+    columns copied, so the variant is exactly what they chose at first send.
+    """
+    return f"{sections_column or _ALL_SECTIONS}{_VARIANT_SEPARATOR}{language or ''}"
+
+
+def parse_variant(key: str | None) -> tuple[tuple[str, ...] | None, str | None]:
+    """``(sections, language)`` from a ledger ``variant`` (None, None for NULL: the full issue)."""
+    if not key:
+        return None, None
+    sections_part, _, language = key.rpartition(_VARIANT_SEPARATOR)
+    sections = None if sections_part in ("", _ALL_SECTIONS) else sections_from_column(sections_part)
+    return sections, language or None
+
 
 _d = schema.deliveries
 _s = schema.subscribers
@@ -46,6 +71,8 @@ class ClaimedDelivery:
     name: str | None
     message_id: str
     attempts: int
+    # The edition fixed at first send (see variant_key); None: the whole issue.
+    variant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +89,7 @@ class DeliveryRecord:
     lease_owner: str | None
     lease_until: datetime | None
     sent_at: datetime | None
+    variant: str | None = None
 
 
 def _record(row: Any) -> DeliveryRecord:
@@ -77,6 +105,7 @@ def _record(row: Any) -> DeliveryRecord:
         lease_owner=m["lease_owner"],
         lease_until=m["lease_until"],
         sent_at=m["sent_at"],
+        variant=m["variant"],
     )
 
 
@@ -106,6 +135,10 @@ class DeliveriesMixin(StoreBase):
             message_id,
             literal(0),
             literal(now, _d.c.updated_at.type),
+            # variant_key() in SQL: the preferences as they are at first send.
+            func.coalesce(_s.c.sections, literal(_ALL_SECTIONS, String))
+            + literal(_VARIANT_SEPARATOR, String)
+            + func.coalesce(_s.c.language, literal("", String)),
         ).where(
             _s.c.status == SubscriberStatus.ACTIVE.value,
             # The suppression list wins over any subscriber row (see store/bounces.py).
@@ -114,7 +147,15 @@ class DeliveriesMixin(StoreBase):
         statement = (
             self._insert(_d)
             .from_select(
-                ["digest_id", "subscriber_id", "status", "message_id", "attempts", "updated_at"],
+                [
+                    "digest_id",
+                    "subscriber_id",
+                    "status",
+                    "message_id",
+                    "attempts",
+                    "updated_at",
+                    "variant",
+                ],
                 source,
             )
             .on_conflict_do_nothing(index_elements=["digest_id", "subscriber_id"])
@@ -188,6 +229,7 @@ class DeliveriesMixin(StoreBase):
                     _d.c.subscriber_id,
                     _d.c.message_id,
                     _d.c.attempts,
+                    _d.c.variant,
                     _s.c.email,
                     _s.c.name,
                 )
@@ -204,6 +246,7 @@ class DeliveriesMixin(StoreBase):
                 name=r.name,
                 message_id=r.message_id,
                 attempts=r.attempts,
+                variant=r.variant,
             )
             for r in rows
         ]
@@ -242,6 +285,29 @@ class DeliveriesMixin(StoreBase):
                     sent_at=now,
                     lease_until=None,
                     last_error=None,
+                    updated_at=now,
+                )
+            )
+        return int(result.rowcount) == 1
+
+    def mark_skipped(self, delivery_id: int, *, owner: str, reason: str, now: datetime) -> bool:
+        """Record that this subscriber gets nothing of the issue (their sections are empty).
+
+        Final like ``sent``: a later run never claims the row again, so
+        news that arrives afterwards cannot turn into a late copy of this issue.
+        """
+        with self.transaction() as conn:
+            result = conn.execute(
+                update(_d)
+                .where(
+                    _d.c.id == delivery_id,
+                    _d.c.lease_owner == owner,
+                    _d.c.status == DeliveryStatus.SENDING.value,
+                )
+                .values(
+                    status=DeliveryStatus.SKIPPED.value,
+                    lease_until=None,
+                    last_error=reason[:1000],
                     updated_at=now,
                 )
             )

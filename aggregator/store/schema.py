@@ -171,6 +171,10 @@ deliveries = Table(
     Column("lease_until", UTCDateTime),
     Column("sent_at", UTCDateTime),
     Column("updated_at", UTCDateTime, nullable=False),
+    # The subscriber's preferences when the row was written (migration 0010,
+    # see store.deliveries.variant_key): a resend sends the same edition even
+    # if they changed them since. NULL: the whole issue in the site's language.
+    Column("variant", Text),
     UniqueConstraint("digest_id", "subscriber_id"),
     Index("ix_deliveries_digest_id_status", "digest_id", "status"),
 )

@@ -4,7 +4,11 @@
   section (including sections added to feeds.yaml later), an empty list none.
 - ``subscribers.language``: ``en`` or ``ko``; NULL means the site's language.
 
-Both columns are nullable and NULL keeps the old behaviour, so existing
+- ``deliveries.variant``: those preferences as they were when the ledger
+  row was written (the issue's first send), so a resend after a kill sends
+  the same edition; NULL is the whole issue in the site's language.
+
+The columns are nullable and NULL keeps the old behaviour, so existing
 subscribers keep getting the whole digest in the site's language.
 
 Revision ID: 0010
@@ -26,9 +30,13 @@ def upgrade() -> None:
     with op.batch_alter_table("subscribers") as batch:
         batch.add_column(sa.Column("sections", sa.Text))
         batch.add_column(sa.Column("language", sa.String(16)))
+    with op.batch_alter_table("deliveries") as batch:
+        batch.add_column(sa.Column("variant", sa.Text))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("deliveries") as batch:
+        batch.drop_column("variant")
     with op.batch_alter_table("subscribers") as batch:
         batch.drop_column("language")
         batch.drop_column("sections")
