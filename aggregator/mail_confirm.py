@@ -51,6 +51,7 @@ def confirmation_message(
         confirm_url=confirm_url,
         valid_days=valid_days,
         preferences_url=preferences_url,
+        language=subscriber.language,
     )
     message = EmailMessage()
     message["From"] = formataddr((site.sender_name or site.title, site.sender_email))

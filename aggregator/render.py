@@ -37,6 +37,14 @@ import mjml
 from markupsafe import Markup
 
 from .errors import RenderError
+from .i18n import (
+    format_issue_date,
+    format_item_date,
+    format_period,
+    jinja_context,
+    normalize_language,
+    translator,
+)
 from .models import Digest, DigestSettings, Site, StoredItem
 
 __all__ = [
@@ -161,6 +169,9 @@ def _environment(directories: tuple[str, ...]) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        # {% trans %} and _(): the catalog comes with each render's context
+        # (aggregator.i18n.jinja_context), in the reader's language.
+        extensions=["jinja2.ext.i18n"],
     )
     env.filters["css"] = css_value
     return env
@@ -201,8 +212,10 @@ def _template(name: str, site: Site) -> jinja2.Template:
 
 def _render_template(name: str, site: Site, context: Mapping[str, Any]) -> str:
     template = _template(name, site)
+    # The page's language picks the catalog, unless the caller brought its own.
+    values = {**jinja_context(context.get("language") or site.language), **context}
     try:
-        return template.render(context)
+        return template.render(values)
     except jinja2.TemplateError as error:
         raise RenderError(f"{template.filename or name}: template error: {error}") from error
 
@@ -336,26 +349,44 @@ class _SectionView:
     over_cap: int = 0  # items of the period beyond digest.max_items_per_section
 
 
-def _item_view(item: StoredItem, zone: ZoneInfo, site_language: str) -> _ItemView:
-    language = _language(item.language)
+def _item_view(
+    item: StoredItem, zone: ZoneInfo, reader_language: str, site_language: str | None = None
+) -> _ItemView:
+    # An item without a declared language is in the site's (its feeds') language:
+    # in an edition in another language it is still marked with its own.
+    language = _language(item.language) or site_language or reader_language
+    moment = item.published_at.astimezone(zone)
+    date = (
+        _short_date(moment)
+        if normalize_language(reader_language) == "en"
+        else format_item_date(moment, reader_language)
+    )
     return _ItemView(
         title=_defuse(item.title.strip()) or "(untitled)",
         url=_safe_url(item.url),
         source=_defuse(item.source_title.strip()),
         author=_defuse(item.author.strip()) if item.author else None,
-        date=_short_date(item.published_at.astimezone(zone)),
+        date=date,
         excerpt=_defuse(item.excerpt.strip()),
         image_url=_safe_url(item.image_url),
-        language=language if language and language != site_language else None,
+        language=language if language != reader_language else None,
     )
 
 
-def _section_views(digest: Digest, zone: ZoneInfo, site_language: str) -> list[_SectionView]:
+def _section_views(
+    digest: Digest,
+    zone: ZoneInfo,
+    reader_language: str,
+    site_language: str | None = None,
+    titles: Mapping[str, str] | None = None,
+) -> list[_SectionView]:
     return [
         _SectionView(
             id=section.id,
-            title=_defuse(section.title),
-            items=tuple(_item_view(item, zone, site_language) for item in section.items),
+            title=_defuse((titles or {}).get(section.id) or section.title),
+            items=tuple(
+                _item_view(item, zone, reader_language, site_language) for item in section.items
+            ),
             over_cap=section.more,
         )
         for section in digest.sections
@@ -433,6 +464,8 @@ def render_digest(
     preferences_url: str = PREFERENCES_PLACEHOLDER,
     web: bool = False,
     language: str | None = None,
+    section_titles: Mapping[str, str] | None = None,
+    subject: str | None = None,
 ) -> RenderedDigest:
     """Render one issue as an HTML email (via MJML) and its plain-text alternative.
 
@@ -448,7 +481,10 @@ def render_digest(
 
     ``web=True`` renders the public web copy: no "you are receiving this"
     notice and no unsubscribe link (nobody subscribed to a web page).
-    ``language`` is the reader's (a subscriber's preference), else the site's.
+    ``language`` is the reader's (a subscriber's preference), else the site's:
+    the chrome, the dates and the ``lang`` attributes follow it, each item
+    keeps its own. ``section_titles`` (id → title in that language) and
+    ``subject`` replace the frozen ones for such an edition.
     Raises :class:`RenderError` when a template or its MJML is broken.
     """
     safe_view_url = _safe_url(view_url)
@@ -461,12 +497,18 @@ def render_digest(
         )
     site_url = _safe_url(site.url)
     zone = _zone(site)
-    language = _language(language) or _language(site.language) or "en"
-    sections = _section_views(digest, zone, language)
+    site_language = _language(site.language) or "en"
+    language = _language(language) or site_language
+    sections = _section_views(digest, zone, language, site_language, section_titles)
     preheader = " ".join((digest.preheader or build_preheader(digest)).split())
-    subject = " ".join(digest.subject.split())
-    issue_date = _long_date(digest.period_end.astimezone(zone))
-    period = _period_text(digest.period_start.astimezone(zone), digest.period_end.astimezone(zone))
+    subject = " ".join((subject or digest.subject).split())
+    start, end = digest.period_start.astimezone(zone), digest.period_end.astimezone(zone)
+    issue_date = format_issue_date(end, language)
+    period = (
+        _period_text(start, end)
+        if normalize_language(language) == "en"
+        else format_period(start, end, language)
+    )
     context: dict[str, Any] = {
         "site_title": site.title,
         "site_url": site_url,
@@ -508,7 +550,7 @@ def render_digest(
             f"(limit {ENCODED_HTML_BUDGET})"
         )
 
-    full_sections = _section_views(digest, zone, language)
+    full_sections = _section_views(digest, zone, language, site_language, section_titles)
     text = _render_template(DIGEST_TEXT_TEMPLATE, site, {**context, "sections": full_sections})
     return RenderedDigest(html=html, text=text, subject=subject, preheader=preheader)
 
@@ -530,6 +572,7 @@ def render_confirmation(
     confirm_url: str,
     valid_days: int = 7,
     preferences_url: str | None = None,
+    language: str | None = None,
 ) -> RenderedConfirmation:
     """The confirmation email in the digest's MJML design, and its plain-text part.
 
@@ -540,11 +583,14 @@ def render_confirmation(
     safe_confirm = _safe_url(confirm_url)
     if safe_confirm is None:
         raise RenderError(f"confirm_url must be an absolute http(s) URL, got {confirm_url!r}")
-    subject = f"Confirm your subscription to {site.title}"
+    page = _page_context(site, language)
+    t = translator(page["language"])
+    subject = t.gettext("Confirm your subscription to %(site_title)s") % {"site_title": site.title}
     context: dict[str, Any] = {
-        **_page_context(site),
+        **page,
         "subject": subject,
-        "preheader": f"One click and {site.title} arrives every week.",
+        "preheader": t.gettext("One click and %(site_title)s arrives every week.")
+        % {"site_title": site.title},
         "name": _defuse(" ".join((name or "").split())) or None,
         "email": email,
         "confirm_url": safe_confirm,
@@ -723,13 +769,14 @@ def site_links(site: Site) -> dict[str, Any]:
     }
 
 
-def _page_context(site: Site) -> dict[str, Any]:
+def _page_context(site: Site, language: str | None = None) -> dict[str, Any]:
+    """What every page and the confirmation mail share; ``language`` is the reader's."""
     return {
         "site_title": site.title,
         "site_url": _safe_url(site.url),
         "site_description": site.description,
         "postal_address": site.postal_address,
-        "language": _language(site.language) or "en",
+        "language": _language(language) or _language(site.language) or "en",
         "font_stack": FONT_STACK,
         "current": "",
         "masthead_heading": True,
@@ -744,7 +791,9 @@ def render_page(template: str, site: Site, context: Mapping[str, Any]) -> str:
     (``mail/page.html.j2``), so they share the home page's header, footer and
     feed links. ``context`` wins over the defaults.
     """
-    return _render_template(template, site, {**_page_context(site), **context})
+    return _render_template(
+        template, site, {**_page_context(site, context.get("language")), **context}
+    )
 
 
 def _default_issue_url(site: Site) -> Callable[[Digest], str | None]:

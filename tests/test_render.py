@@ -204,7 +204,7 @@ def test_html_links_every_item_and_has_header_footer() -> None:
             # Title and "Read more" button both link to the original article.
             assert page.hrefs.count(item.url) >= 2, item.title
     assert "Korean Film Digest" in rendered.html
-    assert "November 9, 2026" in rendered.html  # issue date in the site's time zone
+    assert "Mon, Nov 9, 2026" in rendered.html  # issue date in the site's time zone (Babel)
     assert SITE.postal_address in rendered.html
     assert VIEW_URL in page.hrefs
     assert UNSUBSCRIBE_PLACEHOLDER in page.hrefs
