@@ -30,6 +30,7 @@ from babel.messages.pofile import read_po
 __all__ = [
     "DOMAIN",
     "LOCALE_DIR",
+    "N_",
     "Translator",
     "format_issue_date",
     "format_item_date",
@@ -51,6 +52,11 @@ _ISSUE_DATE = {"en": "EEE, MMM d, y", "ko": "y년 M월 d일 (E)"}
 _ITEM_DATE = {"en": "MMM d, y", "ko": "y년 M월 d일"}
 
 Translator = gettext.NullTranslations
+
+
+def N_(message: str) -> str:
+    """Mark ``message`` for extraction; it is translated where it is shown."""
+    return message
 
 
 def normalize_language(tag: str | None) -> str:

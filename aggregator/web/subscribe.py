@@ -68,6 +68,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..deliver import message_id_domain, send_message
 from ..errors import AggregatorError, SubscriberError, TokenError
+from ..i18n import N_, normalize_language, translator
 from ..mail_confirm import CONFIRM_VALID_DAYS, confirmation_message
 from ..models import Site, SmtpSettings, Subscriber, SubscriberStatus, utcnow
 from ..preferences import LANGUAGES, check_preferences, section_choices
@@ -140,6 +141,18 @@ _PRIVATE_HEADERS = {
 
 PAGE_TEMPLATE = "mail/page.html.j2"
 
+# What a bad link or a refused address says, marked for the catalogs
+# (scripts/i18n extracts N_): the pages show them in the reader's language.
+LINK_ERRORS = (
+    N_("This link is malformed."),
+    N_("This confirmation link has expired; subscribe again."),
+    N_("This confirmation link is not valid."),
+    N_("This confirmation link is older than your unsubscribe."),
+    N_("This unsubscribe link is not valid."),
+    N_("This preferences link is not valid."),
+    N_("No such subscription."),
+)
+
 
 def unsubscribe_link_message(site: Site, email: str, unsubscribe_url: str) -> bytes:
     """The mail that answers "unsubscribe me" typed on the site: the address's own link.
@@ -177,12 +190,15 @@ def mailbox_key(email: str) -> str:
     return f"{local.split('+', 1)[0]}@{domain}".lower()
 
 
-def name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be stored (it would carry a link into our mail), or None."""
+def name_problem(name: str, *, gettext: Callable[[str], str] = str) -> str | None:
+    """Why ``name`` cannot be stored (it would carry a link into our mail), or None.
+
+    ``gettext`` translates the answer (the form's language); English by default.
+    """
     if len(name) > MAX_NAME_LENGTH:
-        return f"A name can have at most {MAX_NAME_LENGTH} characters."
+        return gettext("A name can have at most %(count)d characters.") % {"count": MAX_NAME_LENGTH}
     if _URL_LIKE.search(name):
-        return "A name cannot contain a web or email address."
+        return gettext("A name cannot contain a web or email address.")
     return None
 
 
@@ -215,8 +231,22 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
     def tokens() -> Tokens:
         return Tokens(ctx.secret)
 
+    def say(language: str | None, message: str, **values: object) -> str:
+        """``message`` in ``language`` (None: the site's), ``%(name)s`` filled from ``values``."""
+        text = translator(language or ctx.config.site.language).gettext(message)
+        return text % values if values else text
+
+    def reader_language(subscriber: Subscriber | None) -> str:
+        """The language a subscriber's pages are shown in: theirs, else the site's."""
+        chosen = subscriber.language if subscriber is not None else None
+        return normalize_language(chosen or ctx.config.site.language)
+
+    def link_error(language: str | None, error: Exception) -> str:
+        return say(language, f"{str(error).capitalize()}.")
+
     def page(status: int = 200, headers: dict[str, str] | None = None, **context: Any) -> Response:
         values = {
+            "language": normalize_language(ctx.config.site.language),
             "error": "",
             "error_field": "",
             # The page's own heading is its one <h1>; the site title is a plain line.
@@ -278,7 +308,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             form_tokens,
             lambda token: page(
                 status,
-                heading="Subscribe",
+                heading=say(None, "Subscribe"),
                 form="subscribe",
                 action=f"{base_url()}subscribe",
                 csrf=token,
@@ -290,8 +320,8 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
     def unsubscribe_form_page(request: Request, status: int = 200, **context: Any) -> Response:
         """The unsubscribe-by-address form: the way forward from a link that does not work."""
         values: dict[str, Any] = {
-            "heading": "Unsubscribe",
-            "message": "Enter your address and we will email it a link to unsubscribe.",
+            "heading": say(None, "Unsubscribe"),
+            "message": say(None, "Enter your address and we will email it a link to unsubscribe."),
             **context,
         }
         # Path "unsubscribe" covers /unsubscribe and every /unsubscribe/<token> page.
@@ -306,16 +336,23 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         )
 
     def invalid_link(error: Exception, **context: Any) -> Response:
-        return page(400, heading="Link not valid", error=f"{str(error).capitalize()}.", **context)
+        return page(
+            400,
+            heading=say(context.get("language"), "Link not valid"),
+            error=link_error(context.get("language"), error),
+            **context,
+        )
 
     def invalid_unsubscribe_link(request: Request, error: Exception) -> Response:
         return unsubscribe_form_page(
             request,
             400,
-            heading="Link not valid",
-            error=f"{str(error).capitalize()}.",
-            message="You can still unsubscribe: enter your address and we will email it "
-            "a new link.",
+            heading=say(None, "Link not valid"),
+            error=link_error(None, error),
+            message=say(
+                None,
+                "You can still unsubscribe: enter your address and we will email it a new link.",
+            ),
         )
 
     async def accepted_form(
@@ -324,6 +361,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         cookie: str,
         limiter: RateLimiter,
         refuse: Callable[..., Response],
+        language: str | None = None,
     ) -> FormData | Response:
         """The posted form, or the answer when it fails a check every form post must pass.
 
@@ -341,8 +379,12 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             return refuse(
                 request,
                 403,
-                error=f"This form could not be accepted: {reason}. "
-                "Please submit it again from this page.",
+                error=say(
+                    language,
+                    "This form could not be accepted: %(reason)s. "
+                    "Please submit it again from this page.",
+                    reason=reason,
+                ),
             )
         wait = limiter.hit(client_address(request.scope, ctx.config.web.trusted_proxies))
         if wait is not None:
@@ -350,8 +392,13 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             return page(
                 429,
                 {"Retry-After": str(seconds)},
-                heading="Too many requests",
-                error=f"Please try again in {math.ceil(seconds / 60)} minutes.",
+                heading=say(language, "Too many requests"),
+                error=say(
+                    language,
+                    "Please try again in %(minutes)d minutes.",
+                    minutes=math.ceil(seconds / 60),
+                ),
+                language=normalize_language(language or ctx.config.site.language),
             )
         return form
 
@@ -365,11 +412,11 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         raw_email = _field(form, "email")
         raw_name = _field(form, "name")
         name = clean_name(raw_name) or ""
-        problem = name_problem(name)
+        problem = name_problem(name, gettext=translator(ctx.config.site.language).gettext)
         try:
             email = normalize_email(raw_email)
         except SubscriberError:
-            problem = "That does not look like an email address."
+            problem = say(None, "That does not look like an email address.")
             field = "email"
         else:
             field = "name"
@@ -416,11 +463,14 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
                     data,
                 )
         response = page(
-            heading="Check your inbox",
-            message=(
-                f"If {email} is not subscribed yet, we have sent it a link to confirm. "
-                f"The link is valid for {CONFIRM_VALID_DAYS} days. The email also has a link "
-                "to choose the sections you get and their language."
+            heading=say(None, "Check your inbox"),
+            message=say(
+                None,
+                "If %(email)s is not subscribed yet, we have sent it a link to confirm. "
+                "The link is valid for %(days)d days. The email also has a link "
+                "to choose the sections you get and their language.",
+                email=email,
+                days=CONFIRM_VALID_DAYS,
             ),
         )
         response.background = task
@@ -447,19 +497,30 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             subscriber = await read_confirm(token)
         except (TokenError, SubscriberError) as error:
             return invalid_link(error, subscribe_again=True)
+        lang = reader_language(subscriber)
+        title = ctx.config.site.title
         if subscriber.status is SubscriberStatus.ACTIVE:
             return page(
-                heading="You are subscribed",
-                message=f"{subscriber.email} gets {ctx.config.site.title} every week.",
+                heading=say(lang, "You are subscribed"),
+                message=say(
+                    lang,
+                    "%(email)s gets %(title)s every week.",
+                    email=subscriber.email,
+                    title=title,
+                ),
                 preferences_url=preferences_link(subscriber),
+                language=lang,
             )
         return page(
-            heading="Confirm your subscription",
-            message=f"Send {ctx.config.site.title} to {subscriber.email} every week?",
+            heading=say(lang, "Confirm your subscription"),
+            message=say(
+                lang, "Send %(title)s to %(email)s every week?", email=subscriber.email, title=title
+            ),
             form="button",
             action=f"{base_url()}confirm/{token}",
-            button="Confirm my subscription",
+            button=say(lang, "Confirm my subscription"),
             button_field=CONFIRM_FIELD,
+            language=lang,
         )
 
     async def confirm(request: Request) -> Response:
@@ -468,8 +529,8 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         if _field(form, CONFIRM_FIELD[0]) != CONFIRM_FIELD[1]:
             return page(
                 400,
-                heading="Not confirmed",
-                error="This request did not come from the confirmation button.",
+                heading=say(None, "Not confirmed"),
+                error=say(None, "This request did not come from the confirmation button."),
             )
         try:
             subscriber = await read_confirm(token)
@@ -478,10 +539,17 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             )
         except (TokenError, SubscriberError) as error:
             return invalid_link(error, subscribe_again=True)
+        lang = reader_language(subscriber)
         return page(
-            heading="You are subscribed",
-            message=f"{subscriber.email} will get {ctx.config.site.title} every week.",
+            heading=say(lang, "You are subscribed"),
+            message=say(
+                lang,
+                "%(email)s will get %(title)s every week.",
+                email=subscriber.email,
+                title=ctx.config.site.title,
+            ),
             preferences_url=preferences_link(subscriber),
+            language=lang,
         )
 
     async def unsubscribe_page(request: Request) -> Response:
@@ -493,20 +561,31 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
                 raise TokenError("this unsubscribe link is not valid")
         except (TokenError, SubscriberError) as error:
             return invalid_unsubscribe_link(request, error)
+        lang = reader_language(subscriber)
+        title = ctx.config.site.title
         if subscriber.status is SubscriberStatus.UNSUBSCRIBED:
             # A mail client's one-click unsubscribe got here first: say so, do not offer a button.
             return page(
-                heading="You are already unsubscribed",
-                message=f"{subscriber.email} gets no more email from {ctx.config.site.title}.",
+                heading=say(lang, "You are already unsubscribed"),
+                message=say(
+                    lang,
+                    "%(email)s gets no more email from %(title)s.",
+                    email=subscriber.email,
+                    title=title,
+                ),
                 subscribe_again=True,
+                language=lang,
             )
         return page(
-            heading="Unsubscribe",
-            message=f"Stop sending {ctx.config.site.title} to {subscriber.email}?",
+            heading=say(lang, "Unsubscribe"),
+            message=say(
+                lang, "Stop sending %(title)s to %(email)s?", email=subscriber.email, title=title
+            ),
             form="button",
             action=f"{base_url()}unsubscribe/{token}",
-            button="Unsubscribe",
+            button=say(lang, "Unsubscribe"),
             button_field=UNSUBSCRIBE_FIELD,
+            language=lang,
         )
 
     async def unsubscribe(request: Request) -> Response:
@@ -515,8 +594,8 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         if not any(_field(form, key) == value for key, value in (ONE_CLICK, UNSUBSCRIBE_FIELD)):
             return page(
                 400,
-                heading="Not unsubscribed",
-                error="This request did not come from the unsubscribe button.",
+                heading=say(None, "Not unsubscribed"),
+                error=say(None, "This request did not come from the unsubscribe button."),
             )
         try:
             claims = tokens().read_unsubscribe(request.path_params["token"])
@@ -528,10 +607,18 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             )
         except (TokenError, SubscriberError) as error:
             return invalid_unsubscribe_link(request, error)
+        gone = await run_in_threadpool(ctx.store.get_subscriber, claims.subscriber_id)
+        lang = reader_language(gone)
         return page(
-            heading="You are unsubscribed",
-            message=f"{claims.email} will get no more email from {ctx.config.site.title}.",
+            heading=say(lang, "You are unsubscribed"),
+            message=say(
+                lang,
+                "%(email)s will get no more email from %(title)s.",
+                email=claims.email,
+                title=ctx.config.site.title,
+            ),
             subscribe_again=True,
+            language=lang,
         )
 
     def preferences_link(subscriber: Subscriber) -> str:
@@ -552,9 +639,16 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         token = request.path_params["token"]
         choices = section_choices(ctx.config)
         chosen = subscriber.sections if subscriber.sections is not None else [c.id for c in choices]
+        lang = reader_language(subscriber)
         values: dict[str, Any] = {
-            "heading": "Choose what you get",
-            "message": f"Sections and language of {ctx.config.site.title} for {subscriber.email}.",
+            "heading": say(lang, "Choose what you get"),
+            "message": say(
+                lang,
+                "Sections and language of %(title)s for %(email)s.",
+                title=ctx.config.site.title,
+                email=subscriber.email,
+            ),
+            "language": lang,
             "choices": choices,
             "chosen": tuple(chosen),
             "chosen_language": subscriber.language or ctx.config.site.language,
@@ -580,10 +674,17 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         except (TokenError, SubscriberError) as error:
             return invalid_link(error, subscribe_again=True)
         if subscriber.status is SubscriberStatus.UNSUBSCRIBED:
+            lang = reader_language(subscriber)
             return page(
-                heading="You are unsubscribed",
-                message=f"{subscriber.email} gets no email from {ctx.config.site.title}.",
+                heading=say(lang, "You are unsubscribed"),
+                message=say(
+                    lang,
+                    "%(email)s gets no email from %(title)s.",
+                    email=subscriber.email,
+                    title=ctx.config.site.title,
+                ),
                 subscribe_again=True,
+                language=lang,
             )
         return preferences_form(request, subscriber)
 
@@ -605,6 +706,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             PREFERENCES_CSRF_COOKIE,
             preferences_client,
             refuse,
+            reader_language(subscriber),
         )
         if isinstance(form, Response):
             return form
@@ -621,13 +723,18 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             )
         except SubscriberError as error:
             return refuse(request, 400, error=f"{str(error).capitalize()}.")
+        # The answer is already in the language just chosen.
+        lang = reader_language(saved)
         note = (
-            "You will get no sections until you choose one here again."
+            say(lang, "You will get no sections until you choose one here again.")
             if saved.sections == ()
-            else "The next issue follows them."
+            else say(lang, "The next issue follows them.")
         )
         return preferences_form(
-            request, saved, kicker="Saved", message=f"Your choices are saved. {note}"
+            request,
+            saved,
+            kicker=say(lang, "Saved"),
+            message=say(lang, "Your choices are saved.") + " " + note,
         )
 
     async def show_unsubscribe_form(request: Request) -> Response:
@@ -651,7 +758,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             return unsubscribe_form_page(
                 request,
                 400,
-                error="That does not look like an email address.",
+                error=say(None, "That does not look like an email address."),
                 error_field="email",
                 email=raw_email[:320],
             )
@@ -688,9 +795,13 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         # The same page for every address, and the mail goes out after it, so
         # neither the answer nor its timing tells who subscribes.
         response = page(
-            heading="Check your inbox",
-            message=f"If {email} gets {ctx.config.site.title}, we have sent it a link to "
-            "unsubscribe.",
+            heading=say(None, "Check your inbox"),
+            message=say(
+                None,
+                "If %(email)s gets %(title)s, we have sent it a link to unsubscribe.",
+                email=email,
+                title=ctx.config.site.title,
+            ),
         )
         response.background = task
         return response
