@@ -6,6 +6,10 @@ the package: ``aggregator.render.templates_dir`` reads them through
 ``importlib.resources``. Package data cannot reach outside the package, so
 ``build_py`` copies the directory into the build tree. An editable install
 skips the copy and reads the checkout's directory in place.
+
+The gettext catalogs (``aggregator/locale/*/LC_MESSAGES/messages.po``) are
+compiled to ``.mo`` into the build tree here too, with Babel; an editable
+install has none and :mod:`aggregator.i18n` compiles the ``.po`` in memory.
 """
 
 from __future__ import annotations
@@ -17,6 +21,24 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+LOCALE = Path(__file__).resolve().parent / "aggregator" / "locale"
+
+
+def compile_catalogs(target: Path) -> list[Path]:
+    """Each ``LOCALE/<lang>/LC_MESSAGES/*.po`` as ``.mo`` under ``target``; the files written."""
+    from babel.messages.mofile import write_mo
+    from babel.messages.pofile import read_po
+
+    written = []
+    for po in sorted(LOCALE.glob("*/LC_MESSAGES/*.po")):
+        mo = target / po.relative_to(LOCALE).with_suffix(".mo")
+        mo.parent.mkdir(parents=True, exist_ok=True)
+        with po.open("rb") as source:
+            catalog = read_po(source, locale=po.parts[-3], domain=po.stem)
+        with mo.open("wb") as out:
+            write_mo(out, catalog)
+        written.append(mo)
+    return written
 
 
 class BuildWithTemplates(build_py):
@@ -24,6 +46,7 @@ class BuildWithTemplates(build_py):
         super().run()
         if getattr(self, "editable_mode", False):
             return
+        compile_catalogs(Path(self.build_lib) / "aggregator" / "locale")
         if not TEMPLATES.is_dir():
             raise FileNotFoundError(f"{TEMPLATES}: the templates must ship with the package")
         target = Path(self.build_lib) / "aggregator" / "templates"

@@ -116,6 +116,36 @@ def _check_regex(value: str | None) -> str | None:
 _LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
 
 
+Localized = str | dict[str, str]
+"""A text given once for every language, or per language: ``{en: ..., ko: ...}``."""
+
+
+def _check_localized(value: Localized | None) -> Localized | None:
+    if isinstance(value, dict):
+        if not value:
+            raise ValueError("give at least one language, e.g. {en: ..., ko: ...}")
+        for key, text in value.items():
+            if not _LANGUAGE_TAG.fullmatch(key):
+                raise ValueError(f'"{key}" is not a language code (use e.g. en, ko)')
+            if not text.strip():
+                raise ValueError(f"the {key} text is empty")
+    return value
+
+
+def _localized(value: Localized, site_language: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """``(text in the site's language, (language, text) pairs)`` for a :data:`Localized`.
+
+    The site's language picks the main text, else English, else the first
+    given: it is what an edition in a language not listed shows.
+    """
+    if isinstance(value, str):
+        return value, ()
+    pairs = tuple((key.lower().split("-")[0], text) for key, text in value.items())
+    given = dict(pairs)
+    site = site_language.lower().split("-")[0]
+    return given.get(site) or given.get("en") or pairs[0][1], pairs
+
+
 def _check_url(value: str) -> str:
     if not re.match(r"^https?://[^\s/]+", value):
         raise ValueError(f'"{value}" is not an http(s) URL')
@@ -162,8 +192,13 @@ class MatchModel(_Strict):
 
 class SectionModel(_Strict):
     id: str
-    title: str
+    title: Localized
     match: MatchModel = MatchModel()
+
+    @field_validator("title")
+    @classmethod
+    def _title(cls, value: Localized) -> Localized | None:
+        return _check_localized(value)
 
     @field_validator("id")
     @classmethod
@@ -254,9 +289,15 @@ class SourceModel(_Strict):
 
 class DigestModel(_Strict):
     schedule: str = "mon 09:00"
-    subject: str = _DIGEST.subject
+    subject: Localized = _DIGEST.subject
     sections: list[str] = list(_DIGEST.sections)
-    other_section_title: str | None = _DIGEST.other_section_title
+    other_section_title: Localized | None = _DIGEST.other_section_title
+
+    @field_validator("subject", "other_section_title")
+    @classmethod
+    def _localized_texts(cls, value: Localized | None) -> Localized | None:
+        return _check_localized(value)
+
     max_items_per_section: int = Field(default=10, ge=1, le=100)
     when_empty: Literal["skip", "note"] = "skip"
     period: Duration = timedelta(days=7)
@@ -474,11 +515,22 @@ class Config:
         known = ", ".join(s.id for s in self.sources) or "none"
         raise ConfigError(f'no source with id "{source_id}" (known: {known})')
 
-    def section_title(self, section_id: str) -> str:
+    def section_title(self, section_id: str, language: str | None = None) -> str:
+        """A section's title, in ``language`` when feeds.yaml gives one for it."""
         for section in self.sections:
             if section.id == section_id:
-                return section.title
+                return section.title_for(language) if language else section.title
         return section_id
+
+    def section_titles(self, language: str) -> dict[str, str]:
+        """Every digest section's title in ``language``, the "other news" one included."""
+        from .digest import OTHER_SECTION
+
+        titles = {s.id: s.title_for(language) for s in self.sections}
+        other = self.digest.other_title_for(language)
+        if other:
+            titles[OTHER_SECTION] = other
+        return titles
 
     @property
     def output_dir(self) -> Path:
@@ -895,7 +947,8 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
     sections = tuple(
         SectionRule(
             id=s.id,
-            title=s.title,
+            title=_localized(s.title, site_model.language)[0],
+            titles=_localized(s.title, site_model.language)[1],
             title_pattern=s.match.title,
             text_pattern=s.match.text,
             source_ids=tuple(s.match.sources),
@@ -904,17 +957,25 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
         for s in model.sections
     )
     day, hour, minute = parse_schedule(model.digest.schedule)
+    subject, subjects = _localized(model.digest.subject, site_model.language)
+    other_title, other_titles = (
+        _localized(model.digest.other_section_title, site_model.language)
+        if model.digest.other_section_title is not None
+        else (None, ())
+    )
     digest = DigestSettings(
         schedule_day=day,
         schedule_time=f"{hour:02d}:{minute:02d}",
-        subject=model.digest.subject,
+        subject=subject,
+        subjects=subjects,
         # The default section list only names sections that exist.
         sections=tuple(
             sid
             for sid in model.digest.sections
             if "sections" in model.digest.model_fields_set or sid in {s.id for s in model.sections}
         ),
-        other_section_title=model.digest.other_section_title,
+        other_section_title=other_title,
+        other_section_titles=other_titles,
         max_items_per_section=model.digest.max_items_per_section,
         when_empty=model.digest.when_empty,
         period=model.digest.period,

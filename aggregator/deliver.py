@@ -58,6 +58,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from email.header import Header
 from email.utils import format_datetime, formataddr, make_msgid
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiosmtplib
@@ -69,12 +70,16 @@ from .render import (
     PREFERENCES_PLACEHOLDER,
     UNSUBSCRIBE_PLACEHOLDER,
     build_preheader,
+    format_subject,
     render_digest,
 )
 from .store import Store
 from .store.deliveries import ClaimedDelivery, parse_variant
 from .subscribers import clean_name
 from .tokens import Tokens
+
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = [
     "DeliveryReport",
@@ -276,12 +281,13 @@ class Editions:
     """
 
     def __init__(
-        self, store: Store, digest: Digest, site: Site, *, when_empty: str = "skip"
+        self, store: Store, digest: Digest, site: Site, *, config: Config | None = None
     ) -> None:
         self._store = store
         self._digest = digest
         self._site = site
-        self._when_empty = when_empty
+        self._config = config
+        self._when_empty = config.digest.when_empty if config is not None else "skip"
         self._full = MessageBuilder(digest, site)
         self._frozen: Digest | None = None
         self._views: dict[tuple[tuple[str, ...], str], MessageBuilder | None] = {}
@@ -320,13 +326,28 @@ class Editions:
     ) -> MessageBuilder | None:
         if not any(s.items for s in kept) and self._when_empty == "skip":
             return None
-        view = replace(frozen, sections=kept)
-        view = replace(view, preheader=build_preheader(view))
+        titles: dict[str, str] = {}
+        subject = None
+        if self._config is not None:
+            titles = self._config.section_titles(language)
+            if language != self.site_language:
+                subject = format_subject(
+                    replace(self._config.digest, subject=self._config.digest.subject_for(language)),
+                    self._site,
+                    frozen.period_start,
+                    frozen.period_end,
+                )
+        view = replace(
+            frozen,
+            sections=tuple(replace(s, title=titles.get(s.id, s.title)) for s in kept),
+        )
+        view = replace(view, preheader=build_preheader(view, language))
         rendered = render_digest(
             view,
             self._site,
             view_url=self._site.url.rstrip("/") + f"/digests/{frozen.id}",
             language=language,
+            subject=subject,
         )
         self.renders += 1
         return MessageBuilder(
@@ -549,14 +570,15 @@ async def deliver_digest(
     lease: timedelta | None = None,
     retry_delay: float = 30.0,
     on_sent: Callable[[ClaimedDelivery], None] | None = None,
-    when_empty: str = "skip",
+    config: Config | None = None,
 ) -> DeliveryReport:
     """Send ``digest`` to every active subscriber who has not had it yet.
 
     Safe to run again at any time and in several processes at once; see the
     module docstring for the guarantees. ``lease`` is how long a claimed batch
     stays reserved for this sender if it dies (default: long enough for a
-    batch at the configured rate, at least a minute). ``when_empty`` is
+    batch at the configured rate, at least a minute). ``config`` gives the
+    editions their section titles and subject per language and
     ``digest.when_empty``, applied per subscriber (see :class:`Editions`).
     """
     if digest.id is None:
@@ -572,7 +594,7 @@ async def deliver_digest(
     open_ledger(store, digest.id, secret=secret, site=site)
     connection = SmtpConnection(smtp)
     await connection.connect()  # nothing is claimed yet: a dead server leaves all rows pending
-    editions = Editions(store, digest, site, when_empty=when_empty)
+    editions = Editions(store, digest, site, config=config)
     pacer = _Pacer(smtp.rate_per_second)
     sent = failed = retried = skipped = 0
     held: set[int] = set()

@@ -83,6 +83,35 @@ class DigestSettings:
     when_empty: Literal["skip", "note"] = "skip"
     # The first issue of a new install covers at most this much of what was stored.
     period: timedelta = timedelta(days=7)
+    # Per language (feeds.yaml ``subject: {en: ..., ko: ...}``); ``subject``
+    # above is the site language's. A language not given gets its default.
+    subjects: tuple[tuple[str, str], ...] = ()
+    other_section_titles: tuple[tuple[str, str], ...] = ()
+
+    def subject_for(self, language: str) -> str:
+        """The subject format for an edition in ``language``, with a default per language."""
+        given = dict(self.subjects)
+        return given.get(language) or DEFAULT_SUBJECTS.get(language) or self.subject
+
+    def other_title_for(self, language: str) -> str | None:
+        """The "other news" section's title in ``language``."""
+        given = dict(self.other_section_titles)
+        if language in given:
+            return given[language]
+        if not self.other_section_titles and self.other_section_title == _OTHER_NEWS_EN:
+            return DEFAULT_OTHER_TITLES.get(language, self.other_section_title)
+        return self.other_section_title
+
+
+_OTHER_NEWS_EN = "More Korean film news"
+DEFAULT_SUBJECTS = {
+    "en": "{site_title}: week of {period_start:%b %d, %Y}",
+    "ko": (
+        "{site_title}: {period_start.year}년 {period_start.month}월 {period_start.day}일 주간 소식"
+    ),
+}
+"""The subject line per language when feeds.yaml gives none for it."""
+DEFAULT_OTHER_TITLES = {"en": _OTHER_NEWS_EN, "ko": "한국 영화 소식 더 보기"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +214,12 @@ class SectionRule:
     text_pattern: str | None = None
     source_ids: tuple[str, ...] = ()
     category_pattern: str | None = None
+    # The title per language (feeds.yaml ``title: {en: ..., ko: ...}``); ``title``
+    # is the site language's and serves every language not listed.
+    titles: tuple[tuple[str, str], ...] = ()
+
+    def title_for(self, language: str) -> str:
+        return dict(self.titles).get(language, self.title)
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,14 +48,18 @@ class Preferences:
     language: str | None
 
 
-def section_choices(config: Config) -> tuple[SectionChoice, ...]:
-    """The sections a subscriber can pick: ``digest.sections`` in order, then "other news"."""
+def section_choices(config: Config, language: str | None = None) -> tuple[SectionChoice, ...]:
+    """The sections a subscriber can pick: ``digest.sections`` in order, then "other news".
+
+    Titled in ``language`` where feeds.yaml gives titles per language.
+    """
     choices = [
-        SectionChoice(sid, config.section_title(sid))
+        SectionChoice(sid, config.section_title(sid, language))
         for sid in dict.fromkeys(config.digest.sections)
     ]
     if config.digest.other_section_title:
-        choices.append(SectionChoice(OTHER_SECTION, config.digest.other_section_title))
+        other = config.digest.other_title_for(language) if language else None
+        choices.append(SectionChoice(OTHER_SECTION, other or config.digest.other_section_title))
     return tuple(choices)
 
 

@@ -571,7 +571,7 @@ async def send_digest(digest_id: int) -> dict[str, Any]:
             secret=rt.secret,
             batch_size=50,
             lease=send_lease(),
-            when_empty=rt.config.digest.when_empty,
+            config=rt.config,
         )
     return {"sent": report.sent, "failed": report.failed, "pending": report.pending}
 

@@ -310,12 +310,29 @@ def _mid_sentence(title: str) -> str:
     return title
 
 
-def build_preheader(digest: Digest) -> str:
+def build_preheader(digest: Digest, language: str | None = None) -> str:
     """Summarise an issue: ``3 Ko-pick columns, 2 film previews and 4 more stories``.
 
     The first two non-empty sections are named; the rest are counted together.
+    In another ``language`` than English the counts follow the catalog
+    (``코픽 칼럼 3건, 영화 프리뷰 2건 외 4건``): English plurals of section
+    titles do not translate.
     """
     sections = [s for s in digest.sections if s.items]
+    if normalize_language(language) != "en":
+        t = translator(language)
+        if not sections:
+            return t.gettext("No new stories this week")
+        parts = [
+            t.gettext("%(count)d in %(section)s") % {"count": len(s.items), "section": s.title}
+            for s in sections[:2]
+        ]
+        rest = sum(len(s.items) for s in sections[2:])
+        if rest:
+            parts.append(
+                t.ngettext("%(count)d more story", "%(count)d more stories", rest) % {"count": rest}
+            )
+        return t.gettext(", ").join(parts)
     if not sections:
         return "No new stories this week"
     named = sections[:2]

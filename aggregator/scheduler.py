@@ -682,7 +682,7 @@ class Service:
             site=self.config.site,
             smtp=self.config.smtp,
             secret=self.secret,
-            when_empty=self.config.digest.when_empty,
+            config=self.config,
         )
         for result, amount in (("sent", report.sent), ("failed", report.failed)):
             if amount:

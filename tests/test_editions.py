@@ -73,7 +73,7 @@ def _deliver(store: Store, config: Config, digest: Digest, smtp: SmtpFixture) ->
             smtp=smtp.settings(),
             secret=SECRET,
             retry_delay=0.05,
-            when_empty=config.digest.when_empty,
+            config=config,
         )
     )
 

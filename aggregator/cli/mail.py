@@ -583,7 +583,7 @@ def register_digest_send(digest_app: typer.Typer) -> None:
                         secret=secret,
                         lease=timedelta(seconds=lease) if lease else None,
                         retry_delay=retry_delay,
-                        when_empty=config.digest.when_empty,
+                        config=config,
                     )
                 )
                 _print(_summary(report))

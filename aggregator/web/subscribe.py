@@ -637,7 +637,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         request: Request, subscriber: Subscriber, status: int = 200, **context: Any
     ) -> Response:
         token = request.path_params["token"]
-        choices = section_choices(ctx.config)
+        choices = section_choices(ctx.config, reader_language(subscriber))
         chosen = subscriber.sections if subscriber.sections is not None else [c.id for c in choices]
         lang = reader_language(subscriber)
         values: dict[str, Any] = {
