@@ -42,6 +42,11 @@ def test_wheel_carries_every_runtime_file(installed: Install) -> None:
         }
     assert "aggregator/templates/digest.mjml.j2" in expected  # the walk found the templates
     assert expected - names == set()
+    # The Korean catalog, and its compiled form built by setup.py (never committed).
+    assert {
+        "aggregator/locale/ko/LC_MESSAGES/messages.po",
+        "aggregator/locale/ko/LC_MESSAGES/messages.mo",
+    } <= names
 
 
 def test_installed_package_reads_its_own_templates(installed: Install) -> None:
