@@ -324,3 +324,44 @@ def test_every_issue_carries_the_readers_own_preferences_link_and_the_web_copy_n
         assert (claims.subscriber_id, claims.email) == (found.id, email)
     public = public_issue_html(digest.html, subscribe_url="https://digest.example.org/subscribe")
     assert PREFERENCES_PLACEHOLDER not in public and "Choose what you get" not in public
+
+
+# ------------------------------------------------------------------ migration 0010
+
+
+def test_migration_0010_downgrades_and_upgrades_keeping_subscribers_and_ledger(
+    db_url: str,
+) -> None:
+    """Rows survive 0010 both ways; after it, old rows read as "everything, site language"."""
+    from alembic import command
+    from sqlalchemy import inspect, text
+
+    from aggregator.store.engine import _alembic_config
+    from tests.test_deliver import make_digest
+
+    store = Store.open(db_url)
+    try:
+        found, _ = store.add_subscriber("kim@example.org", now=NOW, active=True)
+        store.set_preferences(found.id, found.email, sections=("ko-pick",), language="ko")
+        digest = make_digest(store)
+        assert digest.id is not None
+        store.create_deliveries(
+            digest.id, message_id_tag="t", message_id_domain="example.org", now=NOW
+        )
+        assert [d.variant for d in store.deliveries(digest.id)] == ['["ko-pick"]|ko']
+        cfg = _alembic_config()
+        with store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0009")
+        columns = {c["name"] for c in inspect(store.engine).get_columns("subscribers")}
+        assert not {"sections", "language"} & columns
+        with store.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM deliveries")).scalar_one() == 1
+        with store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        again = store.subscriber_by_email("kim@example.org")
+        assert again is not None and (again.sections, again.language) == (None, None)
+        assert [d.variant for d in store.deliveries(digest.id)] == [None]
+    finally:
+        store.close()

@@ -27,16 +27,14 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("subscribers") as batch:
-        batch.add_column(sa.Column("sections", sa.Text))
-        batch.add_column(sa.Column("language", sa.String(16)))
-    with op.batch_alter_table("deliveries") as batch:
-        batch.add_column(sa.Column("variant", sa.Text))
+    # Plain ADD/DROP COLUMN (SQLite 3.35+ has both): a batch copy of
+    # ``subscribers`` would have to drop a table other tables point at.
+    op.add_column("subscribers", sa.Column("sections", sa.Text))
+    op.add_column("subscribers", sa.Column("language", sa.String(16)))
+    op.add_column("deliveries", sa.Column("variant", sa.Text))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("deliveries") as batch:
-        batch.drop_column("variant")
-    with op.batch_alter_table("subscribers") as batch:
-        batch.drop_column("language")
-        batch.drop_column("sections")
+    op.drop_column("deliveries", "variant")
+    op.drop_column("subscribers", "language")
+    op.drop_column("subscribers", "sections")
