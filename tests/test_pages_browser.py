@@ -329,6 +329,10 @@ def served_pages(site: LiveSite) -> dict[str, str]:
 
         active, _ = site.store.add_subscriber("kim@example.org", now=utcnow())
         site.store.confirm_subscriber(active.id, active.email, now=utcnow())
+        get("preferences", f"/preferences/{tokens.preferences_token(active.id, active.email)}")
+        korean, _ = site.store.add_subscriber("lee@example.org", now=utcnow(), active=True)
+        site.store.set_preferences(korean.id, korean.email, sections=None, language="ko")
+        get("preferences-ko", f"/preferences/{tokens.preferences_token(korean.id, korean.email)}")
         unsubscribe = f"/unsubscribe/{tokens.unsubscribe_token(active.id, active.email)}"
         get("unsubscribe", unsubscribe)
         get("unsubscribe-invalid", "/unsubscribe/not-a-token", 400)
@@ -377,7 +381,7 @@ def test_every_page_and_email_has_no_axe_violations(live_site: LiveSite, axe_js:
         if "Apple SD Gothic Neo" not in report.font_family:
             problems.append(f"{name}: the heading is set in {report.font_family}")
     assert not problems, "axe-core (WCAG 2.1 AA) found:\n" + "\n".join(problems)
-    assert len(checked) == 16
+    assert len(checked) == 18
 
 
 def test_korean_stories_are_marked_in_pages_and_email(live_site: LiveSite) -> None:
