@@ -1,7 +1,7 @@
 """CPU seconds one source costs at deep HTML nesting, for feeds and listing pages.
 
     python -m benchmarks.nesting_bench                    # 50k, 100k, 200k, 500k
-    python -m benchmarks.nesting_bench --depths 200000    # one depth
+    python -m benchmarks.nesting_bench --depths 200000 --kinds feed   # one row
 
 Each row is one response of ``<div>`` nested N deep (in the CDATA of an RSS
 ``<description>``, and as a scraped listing page whose summary holds it) run
@@ -63,6 +63,7 @@ def main() -> None:
     """Print one row per kind and depth."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depths", type=int, nargs="+", default=list(DEPTHS))
+    parser.add_argument("--kinds", nargs="+", choices=("feed", "html"), default=["feed", "html"])
     args = parser.parse_args()
     feed = Source(id="nested-feed", url="https://bench.example/feed.xml")
     page = Source(
@@ -73,7 +74,10 @@ def main() -> None:
     )
     print(f"{'kind':8} {'depth':>8} {'MB':>6} {'under cap':>9} {'CPU s':>7} items")
     for depth in args.depths:
-        for source, body in ((feed, feed_body(depth)), (page, listing_body(depth))):
+        for source, make in ((feed, feed_body), (page, listing_body)):
+            if source.type not in args.kinds:
+                continue
+            body = make(depth)
             seconds, items, error = cpu_seconds(source, body)
             print(
                 f"{source.type:8} {depth:>8} {len(body) / 1e6:>6.2f} "

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.support.http",
     "tests.support.db",
     "tests.support.smtp",
+    "tests.support.imap",
 ]

@@ -82,6 +82,14 @@ MALFORMED: dict[tuple[str, ...], list[list[str]]] = {
     ("queue", "status"): [["surplus"]],
     ("queue", "dispatch"): [["surplus"]],
     ("queue", "recover"): [["--silent-for", "long"]],
+    ("dkim", "keygen"): [
+        ["--selector", "bad selector", "--domain", "example.org"],
+        ["--selector", "s", "--domain", "not a domain"],
+        ["--selector", "s", "--bits", "many"],
+    ],
+    ("bounces", "process"): [["surplus"]],
+    ("bounces", "status"): [["surplus"]],
+    ("subscribers", "unsuppress"): [["not-an-email"]],
 }
 
 

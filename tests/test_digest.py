@@ -23,6 +23,7 @@ from aggregator.digest import (
     upcoming_period,
     view_url,
 )
+from aggregator.errors import AggregatorError
 from aggregator.models import Item, Source
 from aggregator.render import UNSUBSCRIBE_PLACEHOLDER
 from aggregator.store import Store
@@ -149,7 +150,7 @@ def test_first_period_is_what_was_stored_until_now(
 
 
 def test_period_must_end_after_it_starts() -> None:
-    with pytest.raises(Exception, match="must end after it starts"):
+    with pytest.raises(AggregatorError, match=r"^a digest period must end after it starts: "):
         Period(SLOT, SLOT)
 
 

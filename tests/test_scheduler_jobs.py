@@ -172,7 +172,10 @@ def test_missed_digest_is_mailed_once_through_the_real_deliver_path(
     store = Store.open(load_config(path).database_url)
     try:
         digests = store.list_digests()
-        assert [d.period_end for d in digests] == [slot]
+        assert len(digests) == 1
+        # The first issue covers what was stored up to its composing (here: the
+        # three items of the week before the missed slot).
+        assert digests[0].period_start < slot - timedelta(days=1) < digests[0].period_end
         assert digests[0].item_count == 3
         assert digests[0].id is not None
         counts = store.delivery_counts(digests[0].id)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import StatementError
 
 from aggregator.errors import StoreError
@@ -192,11 +195,65 @@ def test_naive_datetimes_are_refused(store: Store) -> None:
     assert store.count_items() == 0  # the transaction rolled back
 
 
-def test_migration_is_idempotent(db_url: str) -> None:
-    Store.open(db_url).close()
-    again = Store.open(db_url)
-    assert again.ping()
-    again.close()
+# The newest migration file's revision: what every database is brought to.
+HEAD = max(
+    p.name.split("_", 1)[0]
+    for p in (Path(__file__).parent.parent / "aggregator/store/migrations/versions").glob("0*.py")
+)
+
+
+def _revisions(store: Store) -> list[str]:
+    with store.engine.connect() as conn:
+        return [row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))]
+
+
+def test_migration_is_idempotent(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    first = Store.open(db_url)
+    assert _revisions(first) == [HEAD]
+    first.sync_sources([make_source("kobiz")])
+    save(first, "kobiz", [make_item("kobiz", 1)])
+    first.close()
+
+    with caplog.at_level(logging.INFO, logger="aggregator"):
+        again = Store.open(db_url)
+    try:
+        assert "migrating database" not in caplog.text  # nothing left to apply
+        assert _revisions(again) == [HEAD]
+        assert again.count_items() == 1
+        assert [s.id for s in again.source_states()] == ["kobiz"]
+    finally:
+        again.close()
+
+
+def test_an_older_schema_is_upgraded_in_place_keeping_its_rows(db_url: str) -> None:
+    from alembic import command
+
+    from aggregator.store.engine import _alembic_config, make_engine
+
+    engine = make_engine(db_url)
+    cfg = _alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        # Only 0001's columns: the insert names no others.
+        conn.execute(
+            text(
+                "INSERT INTO sources (id, config_url, url, error_count, created_at)"
+                " VALUES ('old', 'https://o.kr/', 'https://o.kr/', 0, :at)"
+            ),
+            {"at": T0.replace(tzinfo=None) if engine.dialect.name == "sqlite" else T0},
+        )
+    engine.dispose()
+
+    store = Store.open(db_url)
+    try:
+        assert _revisions(store) == [HEAD]
+        [state] = store.source_states()
+        assert (state.id, state.url) == ("old", "https://o.kr/")
+        old = store.source_state("old")
+        assert old is not None and old.warning is None  # a later column, on the old row
+    finally:
+        store.close()
 
 
 def test_unreachable_database_is_a_clear_error() -> None:

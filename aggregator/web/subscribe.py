@@ -274,7 +274,12 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             ctx.store.add_subscriber, email, name=name or None, now=utcnow()
         )
         task = None
-        if subscriber.status is not SubscriberStatus.ACTIVE:
+        suppressed = await run_in_threadpool(ctx.store.is_suppressed, subscriber.email)
+        if suppressed:
+            # Hard-bounced or complained: never mailed again, not even a
+            # confirmation (same answer as always: the page tells nothing).
+            log.warning("no confirmation mail to %s: the address is suppressed", subscriber.email)
+        elif subscriber.status is not SubscriberStatus.ACTIVE:
             if per_mailbox.hit(mailbox_key(subscriber.email)) is not None:
                 # Same answer as always (the page must not tell what happened), no mail.
                 log.warning(

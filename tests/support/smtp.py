@@ -15,27 +15,45 @@ handler that records every message it accepts and can be told to misbehave::
 
 Messages are parsed with ``email.policy.default``, so encoded headers come back
 decoded (a Korean subject reads as Korean).
+
+``smtp_tls_server`` is the same server offering STARTTLS with a throw-away
+self-signed certificate for 127.0.0.1 (made at fixture time) and requiring
+AUTH (PLAIN or LOGIN) after it; ``smtp_tls_server.trust(monkeypatch)`` makes
+the default TLS context of the process trust that certificate (``SSL_CERT_FILE``),
+as an admin would for a relay with a private CA.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import email
 import email.policy
+import ipaddress
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from aggregator.models import SmtpSettings
 from tests.support.http import unused_port
 
-__all__ = ["ReceivedMessage", "RecordingHandler", "SmtpFixture", "smtp_server"]
+__all__ = [
+    "ReceivedMessage",
+    "RecordingHandler",
+    "SmtpFixture",
+    "self_signed_certificate",
+    "smtp_server",
+    "smtp_tls_server",
+]
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,8 @@ class ReceivedMessage:
     data: bytes
     time: float
     peer: str  # client address and port: one value per SMTP connection
+    tls: bool = False  # the session had switched to TLS (STARTTLS) before DATA
+    login: str | None = None  # the user the session authenticated as
 
     @property
     def message(self) -> EmailMessage:
@@ -126,22 +146,123 @@ class RecordingHandler:
             data=bytes(envelope.original_content or envelope.content),
             time=time.monotonic(),
             peer=repr(session.peer),
+            tls=session.ssl is not None,
+            login=_login_name(session.login_data),
         )
         with self._lock:
             self.messages.append(received)
         return "250 2.0.0 accepted"
 
 
-class SmtpFixture:
-    """The running server: its address, its handler and what it received."""
+def _login_name(login_data: Any) -> str | None:
+    if isinstance(login_data, LoginPassword):
+        return bytes(login_data.login).decode()
+    if isinstance(login_data, bytes):
+        return login_data.decode()
+    return None if login_data is None else str(login_data)
 
-    def __init__(self) -> None:
+
+class Credentials:
+    """aiosmtpd authenticator: one user and password; records every attempt."""
+
+    def __init__(self, user: str, password: str) -> None:
+        self.user = user
+        self.password = password
+        self.attempts: list[tuple[str, str, bool]] = []  # mechanism, user, accepted
+
+    def __call__(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user, password = bytes(auth_data.login).decode(), bytes(auth_data.password).decode()
+        ok = (user, password) == (self.user, self.password)
+        self.attempts.append((mechanism, user, ok))
+        # handled=False: aiosmtpd answers itself (235, or 535 on a wrong password).
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+
+
+def self_signed_certificate(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A throw-away certificate and key for ``host`` (an IP SAN), valid for a day."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "smtp-cert.pem", directory / "smtp-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+class SmtpFixture:
+    """The running server: its address, its handler and what it received.
+
+    With ``certificate`` (cert and key files) it offers STARTTLS and refuses
+    mail before it; with ``credentials`` it requires AUTH (after STARTTLS).
+    """
+
+    def __init__(
+        self,
+        *,
+        certificate: tuple[Path, Path] | None = None,
+        credentials: Credentials | None = None,
+        mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN"),
+    ) -> None:
         self.handler = RecordingHandler()
         self.host = "127.0.0.1"
         self.port = unused_port()
+        self.certificate = certificate
+        self.credentials = credentials
+        extra: dict[str, Any] = {}
+        if certificate is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*certificate)
+            extra.update(tls_context=context, require_starttls=True)
+        if credentials is not None:
+            excluded = [m for m in ("PLAIN", "LOGIN") if m not in mechanisms]
+            extra.update(
+                authenticator=credentials,
+                auth_required=True,
+                auth_require_tls=certificate is not None,
+                auth_exclude_mechanism=excluded,
+            )
         self._controller = Controller(
-            self.handler, hostname=self.host, port=self.port, enable_SMTPUTF8=True
+            self.handler,
+            hostname=self.host,
+            port=self.port,
+            enable_SMTPUTF8=True,
+            server_hostname="smtp.test",
+            **extra,
         )
+
+    def trust(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Make this process's default TLS context trust the server's certificate."""
+        assert self.certificate is not None
+        monkeypatch.setenv("SSL_CERT_FILE", str(self.certificate[0]))
 
     def start(self) -> None:
         self._controller.start()
@@ -179,6 +300,23 @@ class SmtpFixture:
 def smtp_server() -> Iterator[SmtpFixture]:
     """A fresh recording SMTP server on 127.0.0.1, stopped after the test."""
     server = SmtpFixture()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+SMTP_USER = "digest-sender"
+SMTP_PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def smtp_tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpFixture]:
+    """An SMTP server that offers STARTTLS (self-signed, for 127.0.0.1) and requires AUTH
+    as ``SMTP_USER`` / ``SMTP_PASSWORD`` after it."""
+    certificate = self_signed_certificate(tmp_path_factory.mktemp("smtp-tls"))
+    server = SmtpFixture(certificate=certificate, credentials=Credentials(SMTP_USER, SMTP_PASSWORD))
     server.start()
     try:
         yield server
