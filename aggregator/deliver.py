@@ -36,7 +36,6 @@ filled in.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import hashlib
 import hmac
 import logging
@@ -55,6 +54,7 @@ import aiosmtplib
 
 from .errors import DeliveryError, RecipientRefused
 from .mail.dkim import DkimSigner
+from .mail.wire import SplicedBody, WireMessage, can_send_wire, dot_stuff, send_wire
 from .models import DeliveryStatus, Digest, Site, SmtpSettings, utcnow
 from .render import UNSUBSCRIBE_PLACEHOLDER
 from .store import Store
@@ -161,10 +161,6 @@ def _address(name: str | None, email: str) -> str:
     return formataddr((clean_name(name) or "", email), charset="utf-8")
 
 
-def _qp(text: str) -> bytes:
-    return binascii.b2a_qp(text.encode("utf-8"), istext=True)
-
-
 class MessageBuilder:
     """Builds the per-subscriber message bytes of one digest cheaply.
 
@@ -189,6 +185,9 @@ class MessageBuilder:
         )
         self._text = digest.text
         self._html = digest.html
+        # Encoded (and dot-stuffed) once per issue; see mail/wire.py.
+        self._text_body = SplicedBody(digest.text, UNSUBSCRIBE_PLACEHOLDER)
+        self._html_body = SplicedBody(digest.html, UNSUBSCRIBE_PLACEHOLDER)
 
     def build(
         self,
@@ -200,9 +199,33 @@ class MessageBuilder:
         date: datetime | None = None,
     ) -> bytes:
         """The complete message for one recipient, ready for ``sendmail``."""
+        return self._assemble(email, name, message_id, unsubscribe, date, stuffed=False)
+
+    def build_wire(
+        self,
+        *,
+        email: str,
+        name: str | None,
+        message_id: str,
+        unsubscribe: str,
+        date: datetime | None = None,
+    ) -> WireMessage:
+        """The same message, dot-stuffed for ``SmtpConnection.send`` to write as it is."""
+        return WireMessage(self._assemble(email, name, message_id, unsubscribe, date, stuffed=True))
+
+    def _assemble(
+        self,
+        email: str,
+        name: str | None,
+        message_id: str,
+        unsubscribe: str,
+        date: datetime | None,
+        *,
+        stuffed: bool,
+    ) -> bytes:
         b = self._boundary
-        text = _qp(self._text.replace(UNSUBSCRIBE_PLACEHOLDER, unsubscribe))
-        html = _qp(self._html.replace(UNSUBSCRIBE_PLACEHOLDER, unsubscribe))
+        text = self._text_body.render(unsubscribe, stuffed=stuffed)
+        html = self._html_body.render(unsubscribe, stuffed=stuffed)
         head = (
             f"{self._head}"
             f"To: {_address(name, email)}\r\n"
@@ -223,6 +246,8 @@ class MessageBuilder:
             'Content-Type: text/html; charset="utf-8"\r\n'
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         ).encode("ascii")
+        if stuffed:
+            head = dot_stuff(head)
         return b"".join((head, text, middle, html, f"\r\n--{b}--\r\n".encode("ascii")))
 
 
@@ -322,17 +347,30 @@ class SmtpConnection:
                 await asyncio.sleep(delay)
                 delay *= 4
 
-    async def send(self, sender: str, recipient: str, message: bytes) -> None:
+    async def send(self, sender: str, recipient: str, message: bytes | WireMessage) -> None:
         """Hand one message over; :class:`DeliveryError` (``permanent`` for 5xx) on a refusal.
 
-        A lost connection raises ``_ConnectionLost``; the caller reconnects.
+        A lost connection raises ``_ConnectionLost``; the caller reconnects. A
+        ``WireMessage`` is written as it is when nothing has to rewrite it
+        (no DKIM signature, ASCII addresses), else it goes the ``sendmail`` way.
         """
         if self._client is None or not self._client.is_connected:
             raise _ConnectionLost("not connected")
-        if self._signer is not None:
-            message = self._signer.sign(message)
+        wire: WireMessage | None = None
+        plain = b""
+        if not isinstance(message, WireMessage):
+            plain = message
+        elif self._signer is None and can_send_wire(self._client, sender, recipient):
+            wire = message
+        else:
+            plain = message.plain()
+        if wire is None and self._signer is not None:
+            plain = self._signer.sign(plain)
         try:
-            await self._client.sendmail(sender, [recipient], message)
+            if wire is not None:
+                await send_wire(self._client, sender, recipient, wire)
+            else:
+                await self._client.sendmail(sender, [recipient], plain)
         except aiosmtplib.SMTPRecipientsRefused as error:
             refusal = error.recipients[0] if error.recipients else None
             code = refusal.code if refusal else 450
@@ -491,7 +529,7 @@ async def deliver_digest(
                         log.warning("lost the lease of delivery %d; not sending it", delivery.id)
                         continue
                     await pacer.wait()
-                    message = builder.build(
+                    message = builder.build_wire(
                         email=delivery.email,
                         name=delivery.name,
                         message_id=delivery.message_id,
