@@ -7,8 +7,9 @@ checkouts and compare the databases, timestamps and row ids aside.
 Each checkout's ``aggregator`` runs this checkout's ``benchmarks.ingest_bench
 ours`` (a real cold ingest through nginx) into its own SQLite file; items are
 then compared by (source, guid), every column except the row id and
-``first_seen_at``, with ``duplicate_of`` turned into the (source, guid) it points at; sources by id without their
-fetch times. Exit status 1 and the first differences when they differ.
+``first_seen_at``, with ``duplicate_of`` turned into the (source, guid) it
+points at; sources by id without their fetch times. Exit status 1 and the
+first differences when they differ.
 """
 
 from __future__ import annotations
