@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.support.db",
     "tests.support.smtp",
     "tests.support.imap",
+    "tests.support.install",
 ]

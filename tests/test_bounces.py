@@ -12,7 +12,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -560,3 +560,62 @@ def test_read_report_never_raises_anything_but_malformed(pieces: list[bytes]) ->
 def test_oversized_report_is_refused_before_parsing(size: int) -> None:
     with pytest.raises(MalformedReport, match="cap"):
         read_report(b"Subject: x\r\n\r\n" + b"a" * size)
+
+
+def _before_bounces(cfg: Any) -> str:
+    """The revision before the bounce migration (numbers change when branches merge)."""
+    from alembic.script import ScriptDirectory
+
+    for script in ScriptDirectory.from_config(cfg).walk_revisions():
+        if str(script.path).endswith("_bounces.py"):
+            return str(script.down_revision)
+    raise AssertionError("no *_bounces.py migration")
+
+
+def test_bounce_migration_downgrades_and_upgrades_again(db_url: str) -> None:
+    """The bounce tables come and go with their revision; rows survive an upgrade after it."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from aggregator.store.engine import _alembic_config
+
+    store = Store.open(db_url)
+    try:
+        subscribe_all(store, ["kim@example.org"])
+        store.suppress("kim@example.org", "test", now=datetime.now(UTC))
+        cfg = _alembic_config()
+        with store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, _before_bounces(cfg))
+        tables = set(inspect(store.engine).get_table_names())
+        assert not {"bounce_events", "suppressions"} & tables
+        assert store.subscriber_by_email("kim@example.org") is not None
+        with store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        assert not store.is_suppressed("kim@example.org")
+        store.suppress("kim@example.org", "again", now=datetime.now(UTC))
+        assert store.is_suppressed("kim@example.org")
+    finally:
+        store.close()
+
+
+def test_confirm_mail_command_never_mails_a_suppressed_address(
+    store: Store, smtp_server: SmtpFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime.now(UTC)
+    store.add_subscriber("dead@example.org", now=now)
+    store.add_subscriber("fresh@example.org", now=now)
+    store.suppress("dead@example.org", "hard bounce: 550 5.1.1", now=now)
+    config = tmp_path / "feeds.yaml"
+    config.write_text(
+        "site:\n  title: T\n  url: https://digest.example.org/\n"
+        f"storage:\n  url: {_url(store)}\n"
+        f"smtp:\n  host: 127.0.0.1\n  port: {smtp_server.port}\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("AGGREGATOR_SECRET", SECRET)
+    result = run_cli("-c", str(config), "subscribers", "confirm-mail", "--all-pending")
+    assert result.exit_code == 1, result.output
+    assert "dead@example.org" in result.stderr and "suppressed" in result.stderr
+    assert [r for m in smtp_server.messages for r in m.recipients] == ["fresh@example.org"]

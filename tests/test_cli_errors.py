@@ -79,6 +79,8 @@ MALFORMED: dict[tuple[str, ...], list[list[str]]] = {
     ("subscribers", "list"): [["--status", "bogus"]],
     ("subscribers", "import"): [["no-such-file.csv"]],
     ("subscribers", "export"): [["--status", "bogus"]],
+    ("subscribers", "confirm-mail"): [["not-an-email"], []],
+    ("subscribers", "expire"): [["surplus"]],
     ("queue", "status"): [["surplus"]],
     ("queue", "dispatch"): [["surplus"]],
     ("queue", "recover"): [["--silent-for", "long"]],

@@ -29,6 +29,7 @@ import pytest
 
 from tests.support.feeds import simple_rss
 from tests.support.http import FixtureServer, unused_port
+from tests.support.smtp import SmtpFixture
 
 ROOT = Path(__file__).resolve().parent.parent
 # The newest migration file's revision, read from the files, not the code.
@@ -492,6 +493,7 @@ def test_run_refuses_an_unknown_role(site: Site) -> None:
 # ------------------------------------------------- reload, SIGHUP, AGGREGATOR_PID_FILE
 
 
+@pytest.mark.slow  # 30-45 s: several commands and a running service
 def test_reload_and_sighup_apply_sources_sections_schedule_and_intervals(
     site: Site, processes: list[subprocess.Popen[str]]
 ) -> None:
@@ -577,3 +579,106 @@ def test_reload_without_a_running_service_names_the_pid_file(site: Site) -> None
     pid_file.write_text("999999\n", encoding="ascii")
     err = one_error_line(site.cli("reload", env=env), code=1)
     assert f"process 999999 from {pid_file} is not running" in err
+
+
+# ------------------------------------------- distributed: run --role worker, queue recover
+
+
+@pytest.mark.postgres
+@pytest.mark.slow  # ~45 s: migrate, dispatch, a worker, a kill, recover
+def test_distributed_worker_fetches_dispatched_sources_and_queue_recover_requeues_a_dead_ones_job(
+    site: Site, processes: list[subprocess.Popen[str]], pg_url: str
+) -> None:
+    import sqlalchemy as sa
+
+    site.server.add("/stall.xml", simple_rss("stall", 1), delay=60)
+    site.config.write_text(
+        site.config.read_text(encoding="utf-8").replace(
+            "storage: {url: 'sqlite:///data/aggregator.db'}",
+            f"storage: {{url: '{pg_url}', queue: procrastinate}}",
+        )
+        + f"  - {{id: stall, url: '{site.server.url('/stall.xml')}'}}\n",
+        encoding="utf-8",
+    )
+    migrated = site.cli("migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    dispatched = site.cli("queue", "dispatch")
+    assert dispatched.returncode == 0, dispatched.stderr
+    assert dispatched.stdout.strip() == "ok queued 3 fetch jobs"
+
+    worker, base = _run(site, processes, "--role", "worker")
+    engine = sa.create_engine(pg_url)
+    try:
+
+        def items() -> dict[str, int]:
+            with engine.connect() as conn:
+                rows = conn.execute(sa.text("SELECT source_id, count(*) FROM items GROUP BY 1"))
+                return {str(r[0]): int(r[1]) for r in rows}
+
+        wait_until(lambda: items() == {"alpha": 3, "beta": 2}, timeout=60, what="items")
+        wait_until(lambda: site.server.count("/stall.xml") == 1, what="the stalled fetch")
+        assert get(base + "/") is None  # a worker serves nothing
+        worker.kill()  # SIGKILL: its running job stays "doing"
+        worker.wait(timeout=10)
+        time.sleep(2.5)  # no heartbeat for longer than --silent-for (workers beat every 2 s)
+
+        with engine.connect() as conn:
+            doing = conn.execute(
+                sa.text(
+                    "SELECT task_name, coalesce(lock, '') FROM procrastinate_jobs"
+                    " WHERE status = 'doing' ORDER BY id"
+                )
+            ).all()
+        assert ("aggregator.fetch_source", "fetch:stall") in doing
+        recovered = site.cli("queue", "recover", "--silent-for", "2")
+        assert recovered.returncode == 0, recovered.stderr
+        # Every job the dead worker held (the stalled fetch, and the periodic
+        # jobs it had started) goes back, and only those.
+        assert recovered.stdout.strip() == f"ok retried {len(doing)} stalled jobs"
+        with engine.connect() as conn:
+            states = conn.execute(
+                sa.text(
+                    "SELECT status::text FROM procrastinate_jobs"
+                    " WHERE queueing_lock = 'fetch:stall' OR lock = 'fetch:stall'"
+                )
+            ).all()
+        assert [s[0] for s in states] == ["todo"]
+    finally:
+        engine.dispose()
+
+
+# ------------------------------------------------- subscribers and digest commands
+
+
+@pytest.mark.slow  # 30-45 s: several commands and a running service
+def test_subscribers_and_digest_compose_list_send_through_the_entry_point(
+    site: Site, smtp_server: SmtpFixture
+) -> None:
+    with site.config.open("a", encoding="utf-8") as f:
+        f.write(f"smtp: {{host: 127.0.0.1, port: {smtp_server.port}, starttls: false}}\n")
+    for email in ("kim@example.org", "lee@example.org"):
+        added = site.cli("subscribers", "add", email, "--active")
+        assert added.returncode == 0, added.stderr
+    listed = site.cli("subscribers", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert re.findall(r"\w+@example\.org", listed.stdout) == ["kim@example.org", "lee@example.org"]
+    assert site.cli("fetch").returncode == 0
+
+    sent = site.cli("digest", "send", "--now", "--retry-delay", "0.1")
+    assert sent.returncode == 0, sent.stderr
+    smtp_server.wait_for(2)
+    subjects = {str(m.message["Subject"]) for m in smtp_server.messages}
+    [(digest_id, subject)] = site.rows("SELECT id, subject FROM digests")
+    assert subjects == {subject}
+    assert sorted(r for m in smtp_server.messages for r in m.recipients) == [
+        "kim@example.org",
+        "lee@example.org",
+    ]
+    listed = site.cli("digest", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert str(subject) in listed.stdout and f"{digest_id}" in listed.stdout
+
+    again = site.cli("digest", "send")  # exactly once: nobody is left
+    assert again.returncode == 0, again.stderr
+    assert len(smtp_server.messages) == 2
+    assert site.rows("SELECT status, count(*) FROM deliveries GROUP BY status") == [("sent", 2)]

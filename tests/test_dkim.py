@@ -12,11 +12,14 @@ import re
 import stat
 from dataclasses import replace
 from datetime import UTC, datetime
+from email.utils import formataddr
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dkim
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aggregator.config import parse_config
 from aggregator.deliver import deliver_digest, send_message
@@ -335,3 +338,29 @@ def test_check_says_when_mail_is_not_signed(tmp_path: Path) -> None:
 def test_settings_are_frozen() -> None:
     settings = DkimSettings(domain=DOMAIN, selector=SELECTOR, key_env="X")
     assert replace(settings, selector="y").selector == "y"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    subject=st.text(min_size=0, max_size=300),
+    body=st.text(min_size=0, max_size=3000),
+    name=st.text(max_size=80),
+)
+def test_generated_messages_verify(key_pem: bytes, subject: str, body: str, name: str) -> None:
+    """Any subject, display name and body (Korean, long, blank lines, trailing spaces)."""
+    from email.message import EmailMessage
+    from email.policy import SMTP
+
+    message = EmailMessage()
+    message["From"] = "Digest <digest@example.org>"
+    message["To"] = formataddr((" ".join(name.split()), "kim@example.org"), charset="utf-8")
+    message["Subject"] = " ".join(subject.split())
+    message["Message-ID"] = "<x.1.2@example.org>"
+    message["List-Unsubscribe"] = "<https://digest.example.org/unsubscribe/" + "a" * 120 + ">"
+    message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    message.set_content(body, cte="quoted-printable")
+    raw = message.as_bytes(policy=SMTP)
+    signer = DkimSigner(
+        DkimSettings(domain=DOMAIN, selector=SELECTOR, key_env="K"), environ={"K": key_pem.decode()}
+    )
+    assert verifies(signer.sign(raw), key_pem)

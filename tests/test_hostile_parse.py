@@ -16,10 +16,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -360,27 +362,42 @@ def fetch_command(http_server: FixtureServer, tmp_path: Path) -> Iterator[list[s
     yield [sys.executable, "-m", "aggregator", "-c", str(config), "fetch"]
 
 
-def start_and_wait_for_workers(command: list[str], server: FixtureServer) -> tuple[Any, set[int]]:
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
+def stored_items(database: Path) -> int:
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            return int(db.execute("SELECT count(*) FROM items").fetchone()[0])
+    except sqlite3.Error:
+        return 0  # not created yet, or locked by the writer for a moment
+
+
+def start_and_wait_for_workers(command: list[str], database: Path) -> tuple[Any, set[int]]:
+    """Start ``command`` and return once the pool's workers have parsed the quick sources."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
     pids: set[int] = set()
-    while time.monotonic() < deadline:
-        pids = descendants(proc.pid)
-        # The forkserver and at least one worker, and every quick source parsed.
-        if len(pids) >= 2 and server.count("/stall.xml") and proc.poll() is None:
-            time.sleep(1.0)  # the quick sources' parses reach the pool
+    while time.monotonic() < deadline and proc.poll() is None:
+        if stored_items(database) >= 8:  # every quick source went through a worker
             pids = descendants(proc.pid)
             break
         time.sleep(0.1)
-    assert proc.poll() is None and len(pids) >= 2, "the parse pool never started"
+    workers = {pid for pid in pids if parent_of(pid) != proc.pid}  # the forkserver's children
+    assert proc.poll() is None and workers, f"no pool worker seen below {proc.pid}: {pids}"
     return proc, pids
+
+
+def parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killing_fetch_leaves_no_pool_worker_behind(
-    fetch_command: list[str], http_server: FixtureServer, sig: signal.Signals
+    fetch_command: list[str], tmp_path: Path, sig: signal.Signals
 ) -> None:
-    proc, pids = start_and_wait_for_workers(fetch_command, http_server)
+    proc, pids = start_and_wait_for_workers(fetch_command, tmp_path / "db.sqlite")
     try:
         proc.send_signal(sig)
         proc.wait(timeout=20)

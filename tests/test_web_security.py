@@ -329,7 +329,8 @@ def test_post_routes_answer_junk_huge_and_forged_bodies_with_a_short_4xx(
                     path, content=body, headers={"Content-Type": content_type}
                 )
                 assert 400 <= response.status_code < 500, (path, content_type, response.status_code)
-                assert len(response.content) < 4096
+                # Short: the page in the site's layout (about 5 KB), never an echo of the body.
+                assert len(response.content) < 8192
             # 10 MB declared up front: refused before it is read.
             status, answer = _raw_request(
                 web.url + path.lstrip("/"),

@@ -117,6 +117,16 @@ def _send_confirmations(
     async def send_all() -> list[tuple[str, str]]:
         failures = []
         for subscriber in subscribers:
+            if store.is_suppressed(subscriber.email):
+                # Hard-bounced or complained: no mail at all (aggregator.store.bounces).
+                failures.append(
+                    (
+                        subscriber.email,
+                        "suppressed after a bounce or complaint, not mailed "
+                        "(lift it with: aggregator subscribers unsuppress EMAIL)",
+                    )
+                )
+                continue
             link = (
                 f"{config.site.url}confirm/{tokens.confirm_token(subscriber.id, subscriber.email)}"
             )

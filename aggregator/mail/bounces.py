@@ -339,7 +339,7 @@ def process_message(
                 origin="imap",
                 digest_id=ref.digest_id,
                 subscriber_id=ref.subscriber_id,
-                diagnostic=f"{kind.value} bounce report {report.report_id} (matched by {how})",
+                diagnostic=f"report {report.report_id} (matched by {how})",
             ),
             now=now,
             soft_limit=settings.soft_limit,

@@ -16,14 +16,17 @@ checked and again when a sender starts.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import dkim
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+from dkim.canonicalization import CanonicalizationPolicy
 
 from ..errors import ConfigError
 from ..models import DkimSettings
@@ -44,6 +47,8 @@ __all__ = [
 DEFAULT_KEY_BITS = 2048
 # Receivers treat RSA keys under 1024 bits as no signature at all (RFC 8301).
 MIN_KEY_BITS = 1024
+
+_NAME = b"DKIM-Signature"
 
 SIGNED_HEADERS: tuple[bytes, ...] = (
     b"From",
@@ -152,45 +157,62 @@ def load_private_key(settings: DkimSettings, *, environ: Mapping[str, str] | Non
     )
 
 
-def _header_names(message: bytes) -> set[bytes]:
-    """Lower-cased names of the top-level headers (the block before the first empty line)."""
-    end = message.find(b"\r\n\r\n")
-    block = message if end < 0 else message[:end]
-    names = set()
-    for line in block.split(b"\r\n"):
-        if line and line[:1] not in (b" ", b"\t") and b":" in line:
-            names.add(line.split(b":", 1)[0].strip().lower())
-    return names
-
-
 class DkimSigner:
-    """Signs messages for one ``smtp.dkim`` setting; the key is read once, here."""
+    """Signs messages for one ``smtp.dkim`` setting; the key is read once, here.
+
+    dkimpy does the DKIM part (parsing the header block, relaxed
+    canonicalization, choosing and hashing the signed headers, folding);
+    the RSA signature itself is made by OpenSSL through :mod:`cryptography`.
+    dkimpy's own RSA is pure Python, ~30 ms per signature here, which would
+    cut the sender's ~100 messages per second to ~25; OpenSSL takes ~1 ms.
+    Every signature is checked by dkimpy's verifier in the tests.
+    """
 
     def __init__(self, settings: DkimSettings, *, environ: Mapping[str, str] | None = None) -> None:
         self.settings = settings
-        self._key = load_private_key(settings, environ=environ)
+        pem = load_private_key(settings, environ=environ)
+        key = serialization.load_pem_private_key(pem, password=None)
+        assert isinstance(key, rsa.RSAPrivateKey)  # load_private_key refused anything else
+        self._key = key
         self._selector = settings.selector.encode("ascii")
         self._domain = settings.domain.encode("ascii")
+        self._policy = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 
-    def sign(self, message: bytes) -> bytes:
+    def sign(self, message: bytes, *, now: float | None = None) -> bytes:
         """``message`` (CRLF line ends) with a ``DKIM-Signature`` header in front.
 
         Only headers the message has are listed in ``h=``: naming an absent
         one would be harmless, but a receiver's report would list headers we
         never send.
         """
-        present = _header_names(message)
-        headers = [h for h in SIGNED_HEADERS if h.lower() in present]
-        signature: bytes = dkim.sign(
-            message,
-            self._selector,
-            self._domain,
-            self._key,
-            canonicalize=(b"relaxed", b"relaxed"),
-            include_headers=headers,
-            linesep=b"\r\n",
+        headers, body = dkim.rfc822_parse(message)
+        present = {name.lower() for name, _ in headers}
+        signed = tuple(h.lower() for h in SIGNED_HEADERS if h.lower() in present)
+        body_hash = hashlib.sha256(self._policy.canonicalize_body(body)).digest()
+        tags = (
+            (b"v", b"1"),
+            (b"a", b"rsa-sha256"),
+            (b"c", b"relaxed/relaxed"),
+            (b"d", self._domain),
+            (b"s", self._selector),
+            (b"t", str(int(time.time() if now is None else now)).encode("ascii")),
+            # Spaces around the colons give fold() places to break the line.
+            (b"h", b" : ".join(signed)),
+            (b"bh", base64.b64encode(body_hash)),
+            # Empty while hashing (RFC 6376 3.7); the signature is appended after it.
+            (b"b", b""),
         )
-        return signature + message
+        value: bytes = dkim.fold(b"; ".join(k + b"=" + v for k, v in tags), namelen=len(_NAME) + 2)
+        hasher = hashlib.sha256()
+        canonical = self._policy.canonicalize_headers(headers)
+        dkim.hash_headers(hasher, self._policy, canonical, signed, (_NAME, b" " + value), {})
+        signature = self._key.sign(
+            hasher.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256())
+        )
+        encoded = base64.b64encode(signature)
+        # Folded inside b=: whitespace there is ignored by verifiers.
+        folded = b"\r\n ".join(encoded[i : i + 72] for i in range(0, len(encoded), 72))
+        return _NAME + b": " + value + b"\r\n " + folded + b"\r\n" + message
 
 
 # --------------------------------------------------------------------- DNS records

@@ -99,7 +99,8 @@ class BouncesMixin(StoreBase):
             .join(_s, _s.c.id == _d.c.subscriber_id)
             .where(
                 func.lower(_s.c.email) == email.strip().lower(),
-                _d.c.status.in_([DeliveryStatus.SENT.value, DeliveryStatus.FAILED.value]),
+                # Only mail the relay accepted can bounce later.
+                _d.c.status == DeliveryStatus.SENT.value,
             )
             .order_by(_d.c.digest_id.desc())
             .limit(1)
