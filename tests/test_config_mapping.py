@@ -417,3 +417,9 @@ def test_sqlite_urls_relative_to_the_config_file(
     assert resolve_database_url(None, config_path) == (
         f"sqlite:///{tmp_path / 'conf' / 'data' / 'aggregator.db'}"
     )
+
+
+def test_text_without_a_file_is_named_config_in_errors() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config("site: {title: T, url: ftp://x/}\nsources: []\n")
+    assert str(caught.value) == '<config>:1: site.url: "ftp://x/" is not an http(s) URL'
