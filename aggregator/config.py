@@ -35,7 +35,11 @@ from pydantic import (
 from .errors import ConfigError, ConfigErrors
 from .models import (
     DEFAULT_MAX_ITEMS,
+    BounceSettings,
     DigestSettings,
+    DkimSettings,
+    ImapSettings,
+    ReturnPath,
     SectionRule,
     Selectors,
     Site,
@@ -81,6 +85,9 @@ def parse_duration(value: object) -> timedelta:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+# How long a pending subscriber may take to confirm (the confirm link's life too).
+PENDING_EXPIRY = timedelta(days=7)
 
 
 class _Strict(BaseModel):
@@ -261,6 +268,52 @@ class DigestModel(_Strict):
         return value
 
 
+_DOMAIN = re.compile(
+    r"(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
+)
+_SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>]+")
+
+
+def _check_domain(value: str) -> str:
+    if not _DOMAIN.fullmatch(value):
+        raise ValueError(f'"{value}" is not a domain name (e.g. digest.example.org)')
+    return value.lower()
+
+
+def _check_env_name(value: str | None) -> str | None:
+    if value is not None and not _ENV_NAME.fullmatch(value):
+        raise ValueError(f'"{value}" is not an environment variable name (e.g. IMAP_PASSWORD)')
+    return value
+
+
+class DkimModel(_Strict):
+    domain: str
+    selector: str
+    key_file: str | None = None
+    key_env: str | None = None
+
+    _domain = field_validator("domain")(_check_domain)
+    _env = field_validator("key_env")(_check_env_name)
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        if not _SELECTOR.fullmatch(value):
+            raise ValueError(f'"{value}" is not a DKIM selector (letters, digits, - _ .)')
+        return value
+
+    @model_validator(mode="after")
+    def _one_key(self) -> DkimModel:
+        if (self.key_file is None) == (self.key_env is None):
+            raise ValueError(
+                "give the private key as key_file (a path) or key_env (an environment "
+                "variable holding the PEM), exactly one; never the key itself"
+            )
+        return self
+
+
 class SmtpModel(_Strict):
     host: str = "localhost"
     port: int = Field(default=25, ge=1, le=65535)
@@ -271,6 +324,7 @@ class SmtpModel(_Strict):
     timeout: Duration = timedelta(seconds=30)
     rate: float = Field(default=0.0, ge=0)
     max_attempts: int = Field(default=3, ge=1, le=20)
+    dkim: DkimModel | None = None
 
     @model_validator(mode="after")
     def _tls(self) -> SmtpModel:
@@ -279,9 +333,69 @@ class SmtpModel(_Strict):
         return self
 
 
+class ImapModel(_Strict):
+    host: str
+    port: int | None = Field(default=None, ge=1, le=65535)
+    tls: bool = True
+    username_env: str
+    password_env: str
+    folder: str = "INBOX"
+    timeout: Duration = timedelta(seconds=30)
+
+    _env = field_validator("username_env", "password_env")(_check_env_name)
+
+
+class BouncesModel(_Strict):
+    address: str | None = None
+    verp_domain: str | None = None
+    imap: ImapModel | None = None
+    soft_limit: int = Field(default=3, ge=1, le=100)
+    soft_window_issues: int = Field(default=5, ge=1, le=100)
+    poll: Duration = timedelta(minutes=15)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not _EMAIL.fullmatch(value):
+            raise ValueError(f'"{value}" is not an email address (e.g. bounces@example.org)')
+        return value
+
+    @field_validator("verp_domain")
+    @classmethod
+    def _verp(cls, value: str | None) -> str | None:
+        return None if value is None else _check_domain(value)
+
+    @model_validator(mode="after")
+    def _where_bounces_go(self) -> BouncesModel:
+        if self.address is None and self.verp_domain is None:
+            raise ValueError(
+                "say where bounces go: address (one mailbox, matched by Message-ID) "
+                "or verp_domain (bounces+TOKEN@domain, one address per delivery)"
+            )
+        if self.soft_window_issues < self.soft_limit:
+            raise ValueError(
+                f"soft_limit {self.soft_limit} soft bounces can never happen within "
+                f"soft_window_issues {self.soft_window_issues} issues"
+            )
+        return self
+
+
 class StorageModel(_Strict):
     url: str | None = None
     queue: Literal["none", "procrastinate"] = "none"
+
+
+class SubscribersModel(_Strict):
+    # Pending subscribers who never click their confirmation link are removed
+    # after this long: no consent was given, so the address must not be kept.
+    expire_pending_after: Duration = PENDING_EXPIRY
+
+    @field_validator("expire_pending_after")
+    @classmethod
+    def _at_least_a_day(cls, value: timedelta) -> timedelta:
+        if value < timedelta(days=1):
+            raise ValueError("must be at least 1d (people need time to open their mail)")
+        return value
 
 
 def _check_network(value: str) -> str:
@@ -307,7 +421,9 @@ class ConfigModel(_Strict):
     sources: list[SourceModel] = []
     digest: DigestModel = DigestModel()
     smtp: SmtpModel = SmtpModel()
+    subscribers: SubscribersModel = SubscribersModel()
     web: WebModel = WebModel()
+    bounces: BouncesModel | None = None
     # Written by `aggregator demo`: `run` serves the bundled sample sources
     # and a mail sink itself, so the demo's directory runs as it is.
     demo: bool = False
@@ -346,8 +462,10 @@ class Config:
     smtp: SmtpSettings
     database_url: str
     queue: str = "none"
+    pending_expiry: timedelta = PENDING_EXPIRY
     web: WebSettings = field(default_factory=WebSettings)
     demo: bool = False
+    bounces: BounceSettings | None = None
 
     def source(self, source_id: str) -> Source:
         for source in self.sources:
@@ -573,8 +691,9 @@ _TEMPLATE_NAMES = (
     "archive.html.j2",
     "home.html.j2",
     "_page.html.j2",
+    "_mail_head.mjml.j2",
+    "confirm.mjml.j2",
     "mail/page.html.j2",
-    "mail/confirm.html.j2",
     "mail/confirm.txt.j2",
 )
 
@@ -657,7 +776,75 @@ def _cross_checks(model: ConfigModel, name: str, lines: Mapping[Any, int]) -> li
                     key="storage.queue",
                 )
             )
+    problems.extend(_dkim_key_problems(model, name, lines))
     return problems
+
+
+def _dkim_key_file(model: ConfigModel, config_path: Path | None) -> str | None:
+    """``smtp.dkim.key_file`` as an absolute path: relative paths are beside feeds.yaml."""
+    dkim = model.smtp.dkim
+    if dkim is None or dkim.key_file is None:
+        return None
+    key_file = Path(dkim.key_file).expanduser()
+    if not key_file.is_absolute():
+        key_file = (config_path.parent if config_path else Path.cwd()) / key_file
+    return str(key_file)
+
+
+def _dkim_key_problems(
+    model: ConfigModel, name: str, lines: Mapping[Any, int]
+) -> list[ConfigError]:
+    """A key file that is missing or not a usable RSA key, at the line of ``key_file``.
+
+    Checked here, not when the first digest goes out: a broken key would
+    otherwise be found by a Monday-morning send. (A key in an environment
+    variable is checked when a sender starts, where the environment is the
+    one that counts.)
+    """
+    dkim = model.smtp.dkim
+    key_file = _dkim_key_file(model, Path(name) if name != "<config>" else None)
+    if dkim is None or key_file is None:
+        return []
+    from .mail.dkim import load_private_key
+
+    try:
+        load_private_key(
+            DkimSettings(domain=dkim.domain, selector=dkim.selector, key_file=key_file)
+        )
+    except ConfigError as exc:
+        return [
+            ConfigError(
+                exc.reason,
+                path=name,
+                line=_line_for(("smtp", "dkim", "key_file"), lines),
+                key="smtp.dkim.key_file",
+            )
+        ]
+    return []
+
+
+def _to_bounces(model: BouncesModel | None) -> BounceSettings | None:
+    if model is None:
+        return None
+    imap = model.imap
+    return BounceSettings(
+        address=model.address,
+        verp_domain=model.verp_domain,
+        imap=ImapSettings(
+            host=imap.host,
+            port=imap.port or (993 if imap.tls else 143),
+            username_env=imap.username_env,
+            password_env=imap.password_env,
+            tls=imap.tls,
+            folder=imap.folder,
+            timeout=imap.timeout.total_seconds(),
+        )
+        if imap
+        else None,
+        soft_limit=model.soft_limit,
+        soft_window_issues=model.soft_window_issues,
+        poll_interval=model.poll,
+    )
 
 
 def _to_config(model: ConfigModel, path: Path | None) -> Config:
@@ -743,6 +930,17 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
         timeout=m.timeout.total_seconds(),
         rate_per_second=m.rate,
         max_attempts=m.max_attempts,
+        dkim=DkimSettings(
+            domain=m.dkim.domain,
+            selector=m.dkim.selector,
+            key_file=_dkim_key_file(model, path),
+            key_env=m.dkim.key_env,
+        )
+        if m.dkim
+        else None,
+        return_path=ReturnPath(address=model.bounces.address, verp_domain=model.bounces.verp_domain)
+        if model.bounces
+        else None,
     )
     return Config(
         path=path,
@@ -753,12 +951,14 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
         smtp=smtp,
         database_url=resolve_database_url(model.storage.url, path),
         queue=model.storage.queue,
+        pending_expiry=model.subscribers.expire_pending_after,
         web=WebSettings(
             trusted_proxies=tuple(
                 ipaddress.ip_network(v, strict=False) for v in model.web.trusted_proxies
             )
         ),
         demo=model.demo,
+        bounces=_to_bounces(model.bounces),
     )
 
 

@@ -113,6 +113,10 @@ class DeliveryError(AggregatorError):
         super().__init__(f"{email}: {message}" if email else message)
 
 
+class RecipientRefused(DeliveryError):
+    """The server refused the recipient at ``RCPT TO``: a 5xx is a hard bounce heard live."""
+
+
 class SubscriberError(AggregatorError):
     """An address is invalid or a subscriber operation is not allowed."""
 
@@ -142,3 +146,10 @@ class PublishError(AggregatorError):
 
 class ServiceError(AggregatorError):
     """``aggregator run`` cannot start: its port is taken or another run holds the database."""
+
+
+class BounceError(AggregatorError):
+    """The bounce mailbox could not be reached or read (IMAP login, folder, connection).
+
+    One bad message in the mailbox is never this error: it is skipped and logged.
+    """

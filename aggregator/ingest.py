@@ -175,8 +175,8 @@ def normalize_entries(
             )
         except EntryTooLarge as exc:
             if refused is not None:
-                refused.append(str(exc))
-            log.warning("%s: %s", source.id, exc)
+                refused.append(exc.reason)  # the warning is on the source already
+            log.warning("%s", exc)
         except (ValueError, AggregatorError) as exc:
             where = (entry.link or entry.guid or "")[:200]
             log.warning("%s: skipped an entry (%s): %s", source.id, where, exc)

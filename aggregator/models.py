@@ -86,6 +86,35 @@ class DigestSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DkimSettings:
+    """``smtp.dkim``: who signs (``d=`` domain, ``s=`` selector) and where the private key is.
+
+    Exactly one of ``key_file`` (absolute, resolved against feeds.yaml) and
+    ``key_env`` (an environment variable holding the PEM) is set: the key
+    itself never sits in feeds.yaml.
+    """
+
+    domain: str
+    selector: str
+    key_file: str | None = None
+    key_env: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnPath:
+    """The envelope sender (``MAIL FROM``, later the Return-Path) of digests.
+
+    With ``verp_domain`` every delivery gets its own signed address
+    ``bounces+TOKEN@verp_domain``, so a bounce names the delivery even when the
+    remote server's report is unreadable; otherwise the fixed ``address`` is
+    used and bounces are matched by the Message-ID they quote.
+    """
+
+    address: str | None = None
+    verp_domain: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SmtpSettings:
     """SMTP relay; credentials come from the environment variables named here."""
 
@@ -98,6 +127,40 @@ class SmtpSettings:
     timeout: float = 30.0
     rate_per_second: float = 0.0  # 0 means unlimited
     max_attempts: int = 3
+    dkim: DkimSettings | None = None
+    # From feeds.yaml's ``bounces:``: an SMTP-level setting (MAIL FROM), so it
+    # travels with the relay settings to every sender.
+    return_path: ReturnPath | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImapSettings:
+    """The bounce mailbox (``bounces.imap``); credentials from the named environment variables."""
+
+    host: str
+    port: int
+    username_env: str
+    password_env: str
+    tls: bool = True
+    folder: str = "INBOX"
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class BounceSettings:
+    """``bounces:`` in feeds.yaml: where bounces go and when an address counts as dead.
+
+    ``soft_limit`` temporary failures (4.x.x, a full mailbox) within the last
+    ``soft_window_issues`` digests mark the subscriber bounced, like one
+    permanent failure (5.x.x) does at once.
+    """
+
+    address: str | None = None
+    verp_domain: str | None = None
+    imap: ImapSettings | None = None
+    soft_limit: int = 3
+    soft_window_issues: int = 5
+    poll_interval: timedelta = timedelta(minutes=15)
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +442,8 @@ class SubscriberStatus(StrEnum):
     PENDING = "pending"
     ACTIVE = "active"
     UNSUBSCRIBED = "unsubscribed"
+    # Hard-bounced (or too many soft bounces): mailed no more; see aggregator.mail.bounces.
+    BOUNCED = "bounced"
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,6 +455,46 @@ class Subscriber:
     name: str | None = None
     confirmed_at: datetime | None = None
     unsubscribed_at: datetime | None = None
+
+
+class BounceKind(StrEnum):
+    """What a report from the bounce mailbox (or the SMTP session) says about an address."""
+
+    HARD = "hard"  # 5.x.x: the mailbox does not exist; never mail it again
+    SOFT = "soft"  # 4.x.x: full or unavailable for now; counted
+    COMPLAINT = "complaint"  # an ARF feedback report: the reader pressed "spam"
+
+
+@dataclass(frozen=True, slots=True)
+class BounceEvent:
+    """One bounce or complaint about one address, ready to be recorded.
+
+    ``key`` identifies the report it came from (the report's Message-ID and
+    the address, or ``smtp:`` and the delivery): recording the same key twice
+    changes nothing, so a mailbox read twice counts each bounce once.
+    """
+
+    key: str
+    email: str
+    kind: BounceKind
+    origin: Literal["imap", "smtp"]
+    digest_id: int | None = None
+    subscriber_id: int | None = None
+    diagnostic: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BounceOutcome:
+    """What recording a :class:`BounceEvent` did.
+
+    ``action``: ``bounced`` (marked, suppressed), ``unsubscribed`` (a
+    complaint), ``counted`` (a soft bounce under the limit), ``duplicate``
+    (seen before), ``unknown`` (no subscriber we ever mailed: ignored).
+    """
+
+    action: Literal["bounced", "unsubscribed", "counted", "duplicate", "unknown"]
+    subscriber_id: int | None = None
+    email: str = ""
 
 
 class DeliveryStatus(StrEnum):

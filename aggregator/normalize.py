@@ -32,7 +32,7 @@ from .dedupe import canonical_url, content_hash, fingerprint
 from .errors import EntryTooLarge, ParseError
 from .models import Item, RawEntry, SectionRule, Source
 from .sources.dates import is_plausible, parse_date
-from .sources.markup import cap_nesting
+from .sources.markup import bound_markup
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,8 @@ _URL_ATTRIBUTES = frozenset({"href", "src"})
 MAX_TITLE_CHARS = 1000
 # What one entry may store (SECURITY.md, "Stored sizes"). A link or guid over
 # its cap refuses the entry: cut, it would point elsewhere or collide. Markup is
-# cut before sanitizing (the sanitizer closes what the cut left open) and the
-# result is held to the same cap. Real links stay under 2 KB and real
+# cut after sanitizing (which caps nesting and closes what a cut leaves open).
+# Real links stay under 2 KB and real
 # summaries under a few KB; the caps leave wide room while keeping a feed's
 # 500 entries (``max_items``) well under the 10 MB response cap in the store.
 MAX_LINK_CHARS = 32 * 1024  # url, canonical_url (percent-encoded) and guid
@@ -130,10 +130,14 @@ def clean_text(text: str | None) -> str:
 
 
 def html_text(markup: str) -> str:
-    """The readable text of (sanitized) HTML, block elements separated by spaces."""
+    """The readable text of (sanitized) HTML, block elements separated by spaces.
+
+    Expects ``sanitize_html`` output, whose nesting is already capped; other
+    markup is capped here, as lexbor is quadratic in nesting depth too.
+    """
     if not markup:
         return ""
-    spaced = _BLOCK_BOUNDARY.sub(r" \g<0> ", cap_nesting(markup))
+    spaced = _BLOCK_BOUNDARY.sub(r" \g<0> ", bound_markup(markup))
     body = LexborHTMLParser(f"<body>{spaced}</body>").body
     return clean_text(body.text(deep=True) if body is not None else "")
 
@@ -355,8 +359,9 @@ def sanitize_html(markup: str | None, base: str = "") -> str:
         return ""
     markup = _INVISIBLE.sub("", _CONTROL.sub(" ", markup))
     # The input bound: html5ever (inside nh3) is quadratic in nesting depth, so
-    # tags nested past MAX_HTML_DEPTH are dropped (their text kept) first.
-    return _cleaner(base).clean(cap_nesting(markup)).strip()
+    # tags nested past MAX_HTML_DEPTH are dropped (their text kept) first, and
+    # so are attributes past MAX_ATTRIBUTES on one tag.
+    return _cleaner(base).clean(bound_markup(markup)).strip()
 
 
 # ------------------------------------------------------------------- language
@@ -461,25 +466,32 @@ def _cut_markup(markup: str, limit: int) -> str:
         return markup
     tag_start = markup.rfind("<", 0, limit)
     if tag_start > limit // 2 and markup.find(">", tag_start, limit) < 0:
-        return markup[:tag_start]  # the cut would fall inside this tag
+        limit = tag_start  # the cut would fall inside this tag
+    reference = markup.rfind("&", max(0, limit - 12), limit)
+    if reference >= 0 and markup.find(";", reference, limit) < 0:
+        limit = reference  # nor inside a reference such as "&lt;" ("&l" would show)
     return markup[:limit]
 
 
 def bounded_html(markup: str | None, base: str, limit: int) -> str:
     """``markup`` sanitized and at most ``limit`` characters long.
 
-    The input is cut before sanitizing, so a huge field costs no more than its
-    cap. Sanitizing can lengthen text (``<`` in text becomes ``&lt;``), so an
-    output over the limit is cut and sanitized again, a little shorter each
-    round; as a last resort it becomes the escaped start of its plain text.
+    The cut comes after sanitizing: the sanitizer caps nesting and drops
+    what is not shown, so text buried under 200,000 wrappers survives while
+    the wrappers do not (the input's own size is bounded by the response
+    cap). A cut can leave elements open, which sanitizing again closes; the
+    few end tags that adds are paid for by cutting a little shorter each
+    round. As a last resort the result is the escaped start of its text.
     """
     if not markup:
         return ""
-    clean = sanitize_html(drop_undefined_entities(_cut_markup(markup, limit)), base)
-    for _ in range(3):
+    clean = sanitize_html(drop_undefined_entities(markup), base)
+    cut = limit
+    for _ in range(4):
         if len(clean) <= limit:
             return clean
-        clean = sanitize_html(_cut_markup(clean, 2 * limit - len(clean)), base)
+        clean = sanitize_html(_cut_markup(clean, cut), base)
+        cut -= max(len(clean) - limit, limit // 20)
     if len(clean) <= limit:
         return clean
     return html.escape(html_text(clean)[: limit // 6])  # escaping at most sextuples a char

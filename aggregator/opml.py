@@ -23,9 +23,11 @@ from typing import Any
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
+import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 from ruamel.yaml.util import load_yaml_guess_indent
 
 from .config import Config, parse_config
@@ -178,6 +180,19 @@ def _round_trip(text: str) -> tuple[YAML, Any]:
     return yaml, data
 
 
+def _as_string(value: str) -> str:
+    """``value`` quoted if the config loader (PyYAML, YAML 1.1) would read it as no string.
+
+    ruamel.yaml writes YAML 1.2, where ``yes``, ``on`` or ``0x10`` are plain
+    strings; PyYAML reads them as a boolean or a number.
+    """
+    try:
+        plain = yaml.safe_load(value)
+    except yaml.YAMLError:
+        plain = None
+    return value if plain == value else DoubleQuotedScalarString(value)
+
+
 def _tail_comment_slot(node: Any) -> tuple[Any, Any, int] | None:
     """Where ruamel keeps the comments and blank lines after ``node``'s last value.
 
@@ -257,10 +272,10 @@ def add_sources_text(
     tail = _tail_comment_slot(sources)
     for sid, feed in added:
         entry = CommentedMap()
-        entry["id"] = sid
-        entry["url"] = feed.url
+        entry["id"] = _as_string(sid)
+        entry["url"] = _as_string(feed.url)
         if feed.title:
-            entry["title"] = feed.title
+            entry["title"] = _as_string(feed.title)
         if flow_items:
             entry.fa.set_flow_style()
         sources.append(entry)

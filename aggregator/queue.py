@@ -535,16 +535,21 @@ async def weekly_digest(timestamp: int) -> int:
 
 
 async def cleanup(timestamp: int) -> None:
-    """Hourly: delete finished jobs, so the queue table does not grow forever.
+    """Hourly: delete finished jobs, so the queue table does not grow forever,
+    and pending subscribers who never confirmed.
 
     Every due source is one job: 100,000 sources fetched hourly leave 2.4
     million finished jobs a day. Succeeded jobs go after a day (``aggregator
     queue status`` still shows the recent ones), failed jobs after a week, so
     there is time to look at them (their errors are in the workers' logs too).
     """
-    manager: Any = _rt().tasks.job_manager
+    rt = _rt()
+    manager: Any = rt.tasks.job_manager
     await manager.delete_old_jobs(nb_hours=KEEP_SUCCEEDED_HOURS)
     await manager.delete_old_jobs(nb_hours=KEEP_FAILED_HOURS, include_failed=True)
+    # Pending subscribers past subscribers.expire_pending_after, as `run` does hourly.
+    cutoff = utcnow() - rt.config.pending_expiry
+    await asyncio.to_thread(rt.store.expire_pending, added_before=cutoff)
 
 
 async def send_digest(digest_id: int) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
 import mjml
+from markupsafe import Markup
 
 from .errors import RenderError
 from .models import Digest, DigestSettings, Site, StoredItem
@@ -46,6 +47,7 @@ __all__ = [
     "RenderedConfirmation",
     "RenderedDigest",
     "build_preheader",
+    "css_value",
     "default_feed_urls",
     "encoded_html_size",
     "format_subject",
@@ -54,6 +56,8 @@ __all__ = [
     "render_confirmation",
     "render_digest",
     "render_home",
+    "render_page",
+    "site_links",
     "template_dirs",
     "templates_dir",
 ]
@@ -154,7 +158,27 @@ def _environment(directories: tuple[str, ...]) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    env.filters["css"] = css_value
     return env
+
+
+_CSS_VALUE = re.compile(r"^[\w\s,.'\"#%()-]*$")
+
+
+def css_value(value: object) -> Markup:
+    """``value`` for a ``<style>`` block, where HTML escaping does not apply.
+
+    Browsers read a ``<style>`` element's text raw: an escaped quote
+    (``&#39;Segoe UI&#39;``) is not a quote there but a syntax error that
+    drops the whole declaration. So CSS values skip autoescaping, and in
+    exchange only characters a font stack, a colour or a length needs are
+    let through; anything else (``<``, ``;``, braces) raises
+    :class:`RenderError` instead of reaching the page.
+    """
+    text = str(value)
+    if not _CSS_VALUE.match(text):
+        raise RenderError(f"not a safe CSS value for a <style> block: {text!r}")
+    return Markup(text)
 
 
 def _template(name: str, site: Site) -> jinja2.Template:
@@ -544,17 +568,29 @@ _SUBSCRIBER_ONLY = re.compile(
 _TO_ARCHIVE = re.compile(r'<a class="to-archive"[^>]*>(?P<label>[^<]*)</a>')
 
 
-def public_issue_html(html: str, *, subscribe_url: str | None) -> str:
+def public_issue_html(
+    html: str,
+    *,
+    subscribe_url: str | None,
+    site: Site | None = None,
+    more_html: str = "",
+) -> str:
     """The web-archive copy of a frozen issue: no unsubscribe placeholder left in it.
 
     The subscriber-only notice ("You are receiving this because you
     subscribed…") is removed: a web visitor subscribed to nothing. The email's
-    links to this very page ("and N more in this section") become plain text.
+    links to this very page ("and N more in this section") become plain text,
+    or, given ``more_html`` (:func:`render_more_items`: the items the cap left
+    out), links to that list, which is added at the end of the page.
 
     Each unsubscribe link becomes a "Subscribe" link to ``subscribe_url`` (or
     is dropped, keeping nothing, when ``subscribe_url`` is None); any other
     occurrence of :data:`UNSUBSCRIBE_PLACEHOLDER` is replaced the same way, so
     the page never carries a token-shaped hole that something could fill.
+
+    As a web page the issue gets what an email does without: its content in
+    one ``<main>`` landmark and, given ``site``, the feeds announced with
+    ``<link rel="alternate">`` like every other page of the site.
     """
     safe = _safe_url(subscribe_url) if subscribe_url else None
     if safe is None:
@@ -564,12 +600,100 @@ def public_issue_html(html: str, *, subscribe_url: str | None) -> str:
         replacement = f'<a href="{href}" style="color:#4a4a4a;">Subscribe</a>'
     html = _SUBSCRIBER_ONLY.sub("", html)
     # On the archive page a link to the archive page would only reload it.
-    html = _TO_ARCHIVE.sub(r"\g<label>", html)
+    if more_html:
+        html = _TO_ARCHIVE.sub(
+            rf'<a href="#{MORE_ANCHOR}" style="color:#9c2b23;">\g<label></a>', html
+        )
+    else:
+        html = _TO_ARCHIVE.sub(r"\g<label>", html)
     html = _UNSUBSCRIBE_ANCHOR.sub(replacement, html)
-    return html.replace(UNSUBSCRIBE_PLACEHOLDER, html_escape(safe or "", quote=True))
+    html = html.replace(UNSUBSCRIBE_PLACEHOLDER, html_escape(safe or "", quote=True))
+    if site is not None and "</head>" in html:
+        links = "".join(
+            f'<link rel="alternate" type="{feed["type"]}" '
+            f'title="{html_escape(site.title, quote=True)}'
+            f'{" (JSON Feed)" if feed["kind"] == "json" else ""}" '
+            f'href="{html_escape(feed["url"], quote=True)}">'
+            for feed in site_links(site)["feeds"]
+        )
+        html = html.replace("</head>", links + "</head>", 1)
+    body = _BODY_OPEN.search(html)
+    if body is not None and "<main" not in html and html.count("</body>") == 1:
+        html = html[: body.end()] + "<main>" + html[body.end() :]
+        html = html.replace("</body>", "</main></body>")
+    if more_html:
+        if html.count("</main>") == 1:
+            html = html.replace("</main>", more_html + "</main>")
+        else:
+            html += more_html
+    return html
+
+
+MORE_ANCHOR = "more"
+"""The id of the archive page's list of the items an issue's cap left out."""
+
+
+def render_more_items(sections: Sequence[tuple[str, Sequence[StoredItem]]], site: Site) -> str:
+    """The items a frozen issue left out (its per-section cap), as a list for its web page.
+
+    The email says "and N more in this section" and links to the issue's
+    archive page; this is what that link promises. Each item keeps its own
+    language mark, like the items of the issue itself.
+    """
+    parts: list[str] = []
+    for title, items in sections:
+        if not items:
+            continue
+        entries = []
+        for item in items:
+            href = _safe_url(item.url)
+            label = html_escape(item.title)
+            marked = item.language and item.language != site.language
+            lang = f' lang="{html_escape(item.language or "", quote=True)}"' if marked else ""
+            link = f'<a href="{html_escape(href, quote=True)}">{label}</a>' if href else label
+            entries.append(
+                f'<li{lang}>{link} <span style="color:#5f5a54;">'
+                f"· {html_escape(item.source_title)}</span></li>"
+            )
+        parts.append(f"<h3>{html_escape(title)}</h3><ul>{''.join(entries)}</ul>")
+    if not parts:
+        return ""
+    return (
+        f'<section id="{MORE_ANCHOR}" style="max-width:600px;margin:24px auto;'
+        'padding:0 16px;font-family:sans-serif;color:#2b2b2b;">'
+        f"<h2>More from this issue&#8217;s week</h2>{''.join(parts)}</section>"
+    )
+
+
+_BODY_OPEN = re.compile(r"<body\b[^>]*>")
 
 
 # ---------------------------------------------------------------------------- pages
+
+
+ARCHIVE_PATH = "digests/"
+SUBSCRIBE_PATH = "subscribe"
+"""Where the web app serves the archive and the subscribe form, relative to ``site.url``."""
+
+
+def site_links(site: Site) -> dict[str, Any]:
+    """The links every public page carries: home, archive, subscribe, and the two feeds.
+
+    Every page (home, archive, the subscribe and unsubscribe pages) announces
+    the feeds with ``<link rel="alternate">`` and shows them, the archive and
+    the subscribe form in its header, so no page is a dead end.
+    """
+    base = site.url.rstrip("/") + "/"
+    return {
+        "home_url": _safe_url(base),
+        "archive_url": _safe_url(base + ARCHIVE_PATH),
+        "subscribe_url": _safe_url(base + SUBSCRIBE_PATH),
+        "feeds": [
+            {"kind": kind, "type": FEED_TYPES[kind], "url": url}
+            for kind, url in default_feed_urls(site).items()
+            if _safe_url(url)
+        ],
+    }
 
 
 def _page_context(site: Site) -> dict[str, Any]:
@@ -580,7 +704,20 @@ def _page_context(site: Site) -> dict[str, Any]:
         "postal_address": site.postal_address,
         "language": _language(site.language) or "en",
         "font_stack": FONT_STACK,
+        "current": "",
+        "masthead_heading": True,
+        **site_links(site),
     }
+
+
+def render_page(template: str, site: Site, context: Mapping[str, Any]) -> str:
+    """Render a page template (one that extends ``_page.html.j2``) with the site's links.
+
+    Used by the subscribe, confirm and unsubscribe pages
+    (``mail/page.html.j2``), so they share the home page's header, footer and
+    feed links. ``context`` wins over the defaults.
+    """
+    return _render_template(template, site, {**_page_context(site), **context})
 
 
 def _default_issue_url(site: Site) -> Callable[[Digest], str | None]:
@@ -618,11 +755,9 @@ def render_archive_index(
         }
         for digest in sorted(digests, key=lambda d: d.period_end, reverse=True)
     ]
-    context = {
-        **_page_context(site),
-        "issues": issues,
-        "subscribe_url": _safe_url(subscribe_url) if subscribe_url else None,
-    }
+    context = {**_page_context(site), "issues": issues, "current": "archive"}
+    if subscribe_url:
+        context["subscribe_url"] = _safe_url(subscribe_url)
     return _render_template(ARCHIVE_TEMPLATE, site, context)
 
 
@@ -667,14 +802,9 @@ def render_home(
     zone = _zone(site)
     context = _page_context(site)
     views = [_item_view(item, zone, context["language"]) for item in items]
-    return _render_template(
-        HOME_TEMPLATE,
-        site,
-        {
-            **context,
-            "items": views,
-            "feeds": feeds,
-            "archive_url": _safe_url(archive_url) if archive_url else None,
-            "subscribe_url": _safe_url(subscribe_url) if subscribe_url else None,
-        },
-    )
+    context.update(items=views, feeds=feeds, current="home")
+    if archive_url:
+        context["archive_url"] = _safe_url(archive_url)
+    if subscribe_url:
+        context["subscribe_url"] = _safe_url(subscribe_url)
+    return _render_template(HOME_TEMPLATE, site, context)

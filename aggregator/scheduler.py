@@ -56,7 +56,7 @@ from .errors import AggregatorError, ConfigError, ConfigErrors, ServiceError, St
 from .fetch import Fetcher
 from .ingest import Ingestor, make_pool
 from .metrics import Metrics
-from .models import IngestOutcome, IngestStats, Source, utcnow
+from .models import BounceKind, IngestOutcome, IngestStats, Source, utcnow
 from .store import Store
 from .store.service import ServiceLock, acquire_service_lock, cap_next_fetch
 
@@ -64,6 +64,9 @@ log = logging.getLogger(__name__)
 
 DIGEST_JOB = "weekly-digest"
 PUBLISH_JOB = "publish"
+EXPIRE_JOB = "expire-pending"
+EXPIRE_EVERY = timedelta(hours=1)
+BOUNCE_JOB = "bounce-mailbox"
 PERSISTENT = "persistent"
 # A weekly issue missed by less than this is still sent after a restart.
 DIGEST_MISFIRE_GRACE = timedelta(days=6)
@@ -411,6 +414,17 @@ class Service:
         self.scheduler.start(paused=True)
         await self._sync_source_jobs()
         self._sync_digest_job()
+        self.scheduler.add_job(
+            self.expire_pending_now,
+            IntervalTrigger(seconds=int(EXPIRE_EVERY.total_seconds())),
+            id=EXPIRE_JOB,
+            name="expire unconfirmed subscribers",
+            jobstore="default",
+            next_run_time=utcnow(),
+            replace_existing=True,
+        )
+        self._sync_bounce_job()
+        self._bounce_gauges()
         self.scheduler.resume()
         # The feed files follow the config as it is now (site.url, title...),
         # not as it was at the last new item: rebuilt at once, written only
@@ -486,7 +500,85 @@ class Service:
             job.reschedule(trigger)
             log.info("weekly digest rescheduled: %s", trigger)
 
+    def _sync_bounce_job(self) -> None:
+        """Read the bounce mailbox every ``bounces.poll`` while one is configured.
+
+        An in-memory job: a missed poll costs nothing (the next one reads
+        what arrived meanwhile), so there is nothing to persist.
+        """
+        bounces = self.config.bounces
+        job = self.scheduler.get_job(BOUNCE_JOB, jobstore="default")
+        if bounces is None or bounces.imap is None:
+            if job is not None:
+                job.remove()
+            return
+        seconds = bounces.poll_interval.total_seconds()
+        if job is not None and job.trigger.interval.total_seconds() == seconds:
+            return
+        self.scheduler.add_job(
+            self._bounce_job,
+            "interval",
+            seconds=seconds,
+            id=BOUNCE_JOB,
+            name="bounce mailbox",
+            jobstore="default",
+            replace_existing=True,
+            coalesce=True,
+            max_instances=1,
+            next_run_time=utcnow() + timedelta(seconds=min(60.0, seconds)),
+        )
+        log.info("bounce mailbox polled every %s", bounces.poll_interval)
+
+    async def _bounce_job(self) -> None:
+        if self._stopping.is_set():
+            return
+        await self._track(self.process_bounces())
+
+    async def process_bounces(self) -> None:
+        """One pass over the bounce mailbox; a mailbox that cannot be read is logged, not fatal."""
+        from .mail.bounces import process_mailbox
+        from .web.app import load_secret
+
+        bounces = self.config.bounces
+        if bounces is None or bounces.imap is None:
+            return
+        if self.secret is None:
+            self.secret = load_secret(required=False)
+        try:
+            await asyncio.to_thread(process_mailbox, self.store, bounces, secret=self.secret)
+        except AggregatorError as exc:
+            log.error("bounce mailbox not read: %s; trying again at the next poll", exc)
+
+    def _bounce_count_reader(self, kind: BounceKind) -> Callable[[], float | None]:
+        return lambda: float(self.store.bounce_counts()[kind])
+
+    def _bounce_gauges(self) -> None:
+        """Bounce, complaint and suppression totals on /metrics (read from the store per scrape)."""
+        for kind, name, text in (
+            (BounceKind.HARD, "aggregator_bounces_hard", "Hard bounces recorded (5.x.x)."),
+            (BounceKind.SOFT, "aggregator_bounces_soft", "Soft bounces recorded (4.x.x)."),
+            (BounceKind.COMPLAINT, "aggregator_complaints", "Spam complaints (ARF) recorded."),
+        ):
+            self.metrics.gauge(name, text, self._bounce_count_reader(kind))
+        self.metrics.gauge(
+            "aggregator_suppressed_addresses",
+            "Addresses on the suppression list (never mailed).",
+            lambda: float(len(self.store.suppressions())),
+        )
+
     # ------------------------------------------------------------------ jobs
+
+    async def expire_pending_now(self) -> list[str]:
+        """Remove pending subscribers past ``subscribers.expire_pending_after`` (no consent)."""
+        cutoff = utcnow() - self.config.pending_expiry
+        try:
+            gone = await asyncio.to_thread(self.store.expire_pending, added_before=cutoff)
+        except StoreError as exc:
+            log.error("expiring unconfirmed subscribers failed: %s", exc)
+            return []
+        if gone:
+            log.info("removed %d pending subscribers who never confirmed", len(gone))
+        return gone
 
     def _track(self, coro: Awaitable[Any]) -> Awaitable[Any]:
         task = asyncio.ensure_future(coro)
@@ -718,6 +810,7 @@ class Service:
             await asyncio.to_thread(self.store.sync_sources, new.sources)
             await self._sync_source_jobs()
             self._sync_digest_job()
+            self._sync_bounce_job()
         if site_changed:
             # Links in the published feeds are built from site.url: rebuild
             # them now, not at the next new item.

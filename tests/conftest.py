@@ -4,4 +4,6 @@ pytest_plugins = [
     "tests.support.http",
     "tests.support.db",
     "tests.support.smtp",
+    "tests.support.imap",
+    "tests.support.install",
 ]

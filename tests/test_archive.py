@@ -166,3 +166,28 @@ def test_empty_archive_says_so(live: Live) -> None:
 
     assert response.status_code == 200
     assert "No issue has been published yet." in response.text
+
+
+@pytest.mark.parametrize("cap", [1, 3])
+def test_items_over_a_sections_cap_are_listed_on_the_issue_page(live: Live, cap: int) -> None:
+    """The email's "and N more in this section" leads to a page that lists those N."""
+    config = replace(live.config, digest=replace(live.config.digest, max_items_per_section=cap))
+    titles = [f"Ko-pick: column number {n}" for n in range(cap + 4)]
+    arrive(
+        live.store,
+        "kobiz",
+        [
+            make_item("kobiz", n, title, section="ko-pick", published=SLOT - timedelta(hours=n))
+            for n, title in enumerate(titles)
+        ],
+        SLOT - timedelta(days=2),
+    )
+    issue = compose(config, live.store, now=SLOT)
+    assert issue is not None and issue.id is not None
+    assert "and 4 more in this section" in issue.html
+    page = httpx.get(view_url(config, issue.id)).text
+    # Every story of the week is on the page exactly once: in the issue or in the list.
+    assert all(page.count(f">{title}<") == 1 for title in titles), page
+    more = page[page.index('id="more"') :]
+    assert sorted(t for t in titles if f">{t}<" in more) == sorted(titles[cap:])
+    assert '<a href="#more"' in page  # the count links to the list

@@ -79,9 +79,19 @@ MALFORMED: dict[tuple[str, ...], list[list[str]]] = {
     ("subscribers", "list"): [["--status", "bogus"]],
     ("subscribers", "import"): [["no-such-file.csv"]],
     ("subscribers", "export"): [["--status", "bogus"]],
+    ("subscribers", "confirm-mail"): [["not-an-email"], []],
+    ("subscribers", "expire"): [["surplus"]],
     ("queue", "status"): [["surplus"]],
     ("queue", "dispatch"): [["surplus"]],
     ("queue", "recover"): [["--silent-for", "long"]],
+    ("dkim", "keygen"): [
+        ["--selector", "bad selector", "--domain", "example.org"],
+        ["--selector", "s", "--domain", "not a domain"],
+        ["--selector", "s", "--bits", "many"],
+    ],
+    ("bounces", "process"): [["surplus"]],
+    ("bounces", "status"): [["surplus"]],
+    ("subscribers", "unsuppress"): [["not-an-email"]],
 }
 
 

@@ -126,6 +126,9 @@ HANGUL_TITLES = [
     "Ünïcödé Fïlm",
     "-" * 70,
     "가" * 80,
+    "Cine21: 뉴스 #1 'quoted' \"double\"",  # YAML-significant characters in a title
+    "null",
+    "yes",
 ]
 
 
@@ -142,6 +145,10 @@ def test_non_ascii_titles_give_valid_unique_readable_ids(tmp_path: Path) -> None
     assert ids[6:8] == ["nyuseu", "nyuseu-2"]
     assert ids[10] == "news10-example-kr"  # Japanese title: the host name instead
     assert ids[13] == "unicode-film"
+    assert ids[16:] == ["cine21-nyuseu-1-quoted-double", "null", "yes"]
+    # Titles come back exactly as the OPML had them, as strings.
+    titles = [s.title for s in load_config(config).sources][1:]
+    assert titles == [t or None for t in HANGUL_TITLES]
 
 
 def test_source_id_never_reuses_a_taken_id() -> None:

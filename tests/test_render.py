@@ -297,7 +297,7 @@ def test_text_part_has_every_full_url_and_the_same_content() -> None:
             assert f"Read more: {item.url}" in rendered.text
             assert item.title in rendered.text
     assert f"View in browser: {VIEW_URL}" in rendered.text
-    assert f"Unsubscribe (one click, immediate): {UNSUBSCRIBE_PLACEHOLDER}" in rendered.text
+    assert f"Unsubscribe: {UNSUBSCRIBE_PLACEHOLDER}" in rendered.text
     assert SITE.postal_address in rendered.text
     assert "<" not in rendered.text.replace("<b>", "")  # no markup leaks into text
 

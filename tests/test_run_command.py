@@ -228,7 +228,12 @@ def test_demo_directory_runs_as_it_is(tmp_path: Path) -> None:
             assert form.status_code == 200
             action = re.search(r'action="([^"]+)"', form.text)
             assert action is not None and action.group(1) == f"{site}/subscribe"
-            posted = client.post(action.group(1), data={"email": "new.reader@example.org"})
+            # The form's CSRF token, with the cookie the client keeps from the GET.
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+            assert csrf is not None
+            posted = client.post(
+                action.group(1), data={"email": "new.reader@example.org", "csrf": csrf.group(1)}
+            )
             assert posted.status_code < 400, posted.text
         # The confirmation went to the mail sink `run` provides in demo mode.
         deadline = time.monotonic() + 20

@@ -11,6 +11,7 @@ store 20,000 items. Each test here generates its hostile inputs (sizes from
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 import time
@@ -23,6 +24,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from typer.testing import CliRunner
 
 from aggregator.cli import app
@@ -42,7 +45,7 @@ from aggregator.normalize import (
 from aggregator.publish import publish_from_store
 from aggregator.store import Store
 from aggregator.store.engine import _alembic_config
-from aggregator.store.schema import text_key
+from aggregator.store.schema import metadata, text_key
 from tests.support.db import _pg_admin_url
 from tests.support.http import FixtureServer
 from tests.support.items import make_item
@@ -93,6 +96,10 @@ def make_config(tmp_path: Path, db_url: str, sources: str, defaults: str = "") -
     path = tmp_path / "feeds.yaml"
     path.write_text(text, encoding="utf-8")
     return parse_config(text, path=path)
+
+
+def one_source(source_id: str, url: str) -> str:
+    return f"  - {{id: {source_id}, url: '{url}'}}\n"
 
 
 def run_ingest(config: Config, store: Store) -> dict[str, IngestStats]:
@@ -349,6 +356,8 @@ def test_migration_0003_hashes_the_keys_of_rows_stored_at_0002(empty_db_url: str
         uniques = {u["name"]: u["column_names"] for u in inspector.get_unique_constraints("items")}
         assert uniques.get("uq_items_source_id_guid_hash") == ["source_id", "guid_hash"]
         assert "uq_items_source_id_guid" not in uniques
+        with store.engine.connect() as conn:  # the migrations and schema.py agree
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
         if store.dialect == "sqlite":
             with store.engine.connect() as conn:
                 assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -553,3 +562,57 @@ def test_normalize_refuses_an_entry_over_the_link_cap(field: str, size: int) -> 
             fallback_base="https://e.x/",
         )
     assert time.perf_counter() - started < 1.0
+
+
+def test_a_refused_update_keeps_the_stored_row(store: Store) -> None:
+    store.sync_sources([Source(id="s", url="https://s.example/feed")])
+    first = [make_item("s", n, title=f"Story {n}") for n in range(3)]
+    store.save_items("s", first, fetched_at=NOW, next_fetch_at=NOW)
+    _refuse_titles_starting_with_refuse(store)
+    if store.dialect == "sqlite":  # the helper's SQLite trigger covers inserts only
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_marked_update BEFORE UPDATE ON items WHEN NEW.title "
+                "LIKE 'refuse%' BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END"
+            )
+    changed = [replace(first[0], title="refuse me", content_hash="x" * 40)]
+    changed += [replace(first[1], title="Story 1, corrected", content_hash="y" * 40)]
+
+    counts = store.save_items("s", changed, fetched_at=NOW, next_fetch_at=NOW)
+
+    assert counts.updated == 1 and len(counts.refused) == 1
+    titles = sorted(i.title for i in store.recent_items(10))
+    assert titles == ["Story 0", "Story 1, corrected", "Story 2"]
+    state = store.source_state("s")
+    assert state is not None and state.warning and "1 entries not stored" in state.warning
+
+
+def test_a_nul_in_a_link_costs_only_its_entry(
+    http_server: FixtureServer, tmp_path: Path, db_url: str
+) -> None:
+    """PostgreSQL refuses NUL in text (SQLite stores it): a real per-row refusal."""
+    date = NOW.isoformat()
+    items = [
+        {"id": f"ok-{n}", "url": f"https://j.example/{n}", "title": f"Fine {n}",
+         "content_html": "<p>x</p>", "date_published": date}
+        for n in range(4)
+    ]  # fmt: skip
+    items.insert(2, {"id": "nul", "url": "https://j.example/a\u0000b", "title": "Nul link",
+                     "content_html": "<p>y</p>", "date_published": date})  # fmt: skip
+    feed = {"version": "https://jsonfeed.org/version/1.1", "title": "J", "items": items}
+    http_server.add("/j.json", json.dumps(feed), content_type="application/feed+json")
+    config = make_config(tmp_path, db_url, one_source("json", http_server.url("/j.json")))
+    store = Store.open(db_url)
+    try:
+        stats = run_ingest(config, store)["json"]
+        assert stats.outcome is IngestOutcome.OK, stats.error
+        titles = {i.title for i in store.recent_items(10)}
+        assert {"Fine 0", "Fine 1", "Fine 2", "Fine 3"} <= titles
+        state = store.source_state("json")
+        assert state is not None and state.error_count == 0
+        if store.dialect == "postgresql":
+            assert "Nul link" not in titles
+            assert state.warning and "1 entries not stored" in state.warning
+            assert "nul:" in state.warning
+    finally:
+        store.close()

@@ -315,3 +315,18 @@ def test_list_unsubscribe_from_a_delivered_digest_works_over_http(
         deliver_digest(store, later, site=config.site, smtp=config.smtp, secret=SECRET)
     )
     assert later_report.sent == 0
+
+
+def test_suppressed_address_gets_no_confirmation_mail(
+    web: Web, store: Store, smtp_server: SmtpFixture
+) -> None:
+    """A hard-bounced or complaining address is never mailed, not even a confirmation."""
+    store.suppress("dead@example.org", "hard bounce: 550 5.1.1", now=datetime.now(UTC))
+    answers = {
+        email: _subscribe(web, email).text.replace(email, "EMAIL")
+        for email in ("dead@example.org", "fresh@example.org")
+    }
+    assert len(set(answers.values())) == 1  # the page tells nothing
+    smtp_server.wait_for(1)
+    time.sleep(0.3)
+    assert [r for m in smtp_server.messages for r in m.recipients] == ["fresh@example.org"]

@@ -10,6 +10,7 @@ import pytest
 
 from aggregator.config import load_config
 from aggregator.errors import ConfigError
+from aggregator.mail_confirm import confirmation_message
 from aggregator.models import Site, Subscriber, SubscriberStatus
 from aggregator.render import (
     TEMPLATES_ENV_VAR,
@@ -18,7 +19,6 @@ from aggregator.render import (
     template_dirs,
     templates_dir,
 )
-from aggregator.web.subscribe import confirmation_message
 
 REPO = Path(__file__).resolve().parent.parent
 

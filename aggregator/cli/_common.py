@@ -9,6 +9,8 @@ circle between the modules that define commands and the one that wires them
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,8 +35,19 @@ __all__ = [
 # The exit code after Ctrl-C (128 + SIGINT), as shells report it.
 INTERRUPTED = 130
 
-console = Console()
-err_console = Console(stderr=True)
+# Output piped into grep or a log file keeps its lines whole: rich would wrap
+# at 80 columns when it is not a terminal (COLUMNS still wins when set).
+PIPED_WIDTH = 400
+
+
+def _console(*, stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=PIPED_WIDTH if piped else None)
+
+
+console = _console(stderr=False)
+err_console = _console(stderr=True)
 log = logging.getLogger("aggregator")
 
 

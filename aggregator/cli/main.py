@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from ..errors import AggregatorError, ConfigError
 from ..logs import setup_logging
-from . import digest, mail, opml, publish, queue, service, sources
+from . import bounces, digest, dkim, mail, opml, publish, queue, service, sources
 from ._common import INTERRUPTED, err_console, state
 
 __all__ = ["app", "main"]
@@ -59,6 +59,8 @@ mail.register(app)
 mail.register_digest_send(digest.digest_app)
 service.register(app)
 queue.register(app)
+dkim.register(app)
+bounces.register(app, subscribers_app=mail.subscribers_app)
 
 
 def _typer_click_class(name: str) -> type[Exception]:

@@ -39,6 +39,9 @@ def check() -> None:
         f"({feeds} feeds, {pages} HTML listings), {len(config.sections)} sections, "
         f"digest {config.digest.schedule_day} {config.digest.schedule_time} {config.site.timezone}"
     )
+    from .dkim import print_dns_records
+
+    print_dns_records(config)
 
 
 def fetch(
@@ -153,6 +156,13 @@ def status() -> None:
             ("BROKEN: " if st.broken_reason else "") + problem[:300],
         )
     console.print(table)
+    from .bounces import print_bounce_summary
+
+    store = open_store(config)
+    try:
+        print_bounce_summary(store)
+    finally:
+        store.close()
 
 
 def _since(value: str, zone: tzinfo = UTC) -> datetime:

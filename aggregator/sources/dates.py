@@ -91,8 +91,10 @@ _ASCTIME = re.compile(
     re.I,
 )
 # A clock time right after a date that none of the time forms above could read
-# ("3h", "15.30"): the date alone would be a silently wrong instant.
-_UNREAD_TIME = re.compile(r"^\s*(?:오전|오후|AM|PM)?\s*\d{1,2}\s*(?:[:.h]\s*\d|시|am|pm)", re.I)
+# ("3h", "15.30", "3 p.m"): the date alone would be a silently wrong instant.
+_UNREAD_TIME = re.compile(
+    r"^\s*(?:오전|오후|AM|PM)?\s*\d{1,2}\s*(?:[:.h]\s*\d|h\b|시|[ap]\.?m\b)", re.I
+)
 # Zone abbreviations and their UTC offsets in hours. Only names with one
 # meaning in practice: "IST" (India, Ireland, Israel) and "CST" outside
 # RFC 822 are ambiguous, so they are left out (and such a date is not trusted);

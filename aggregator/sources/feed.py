@@ -26,7 +26,7 @@ from ..errors import ParseError
 from ..models import FetchResult, ParsedFeed, RawEntry, Source
 from .dates import parse_date
 from .decode import damaged_utf8_as_utf8, korean_as_utf8
-from .markup import cap_nesting, neutralize_char_ref_bytes
+from .markup import bound_markup, neutralize_char_ref_bytes
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def html_to_text(markup: str) -> str:
     """The text of an HTML fragment (tags dropped, entities decoded)."""
     if "<" not in markup and "&" not in markup:
         return markup
-    root = LexborHTMLParser(f"<body>{cap_nesting(markup)}</body>").body
+    root = LexborHTMLParser(f"<body>{bound_markup(markup)}</body>").body
     return root.text(deep=True) if root is not None else markup
 
 

@@ -27,7 +27,7 @@ from ..errors import ParseError, ScrapeError
 from ..models import FetchResult, ParsedFeed, RawEntry, Selectors, Source
 from .dates import parse_date
 from .decode import decode_document
-from .markup import cap_nesting, neutralize_char_refs
+from .markup import bound_markup, neutralize_char_refs
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def parse_listing(source: Source, result: FetchResult) -> ParsedFeed:
         result.content or b"", http_charset=result.charset, override=source.encoding
     )
     # Depth beyond the cap makes the HTML5 tree builder quadratic (markup.py).
-    tree = LexborHTMLParser(cap_nesting(neutralize_char_refs(decoded.text)))
+    tree = LexborHTMLParser(bound_markup(neutralize_char_refs(decoded.text)))
     base = url
     base_node = tree.css_first("base[href]")
     if base_node is not None and (base_href := _absolute(url, base_node.attributes.get("href"))):

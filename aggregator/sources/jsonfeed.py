@@ -11,12 +11,13 @@ from __future__ import annotations
 import html
 import json
 import logging
+import re
 from typing import Any
 
 from ..errors import ParseError
 from ..models import FetchResult, ParsedFeed, RawEntry, Source
 from .dates import parse_date
-from .decode import decode_html
+from .decode import decode_document
 from .feed import synthetic_guid
 
 log = logging.getLogger(__name__)
@@ -83,15 +84,34 @@ def _entry(item: dict[str, Any], feed: dict[str, Any], source: Source, base: str
     )
 
 
+# "\ud800": JSON can escape a surrogate that pairs with nothing, which no
+# UTF-8 encoder (the database, the published feed) accepts.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """``value`` with every unpaired surrogate in its strings replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    return value
+
+
 def parse_json_feed(source: Source, result: FetchResult) -> ParsedFeed:
     """Parse JSON Feed bytes; invalid JSON raises ``ParseError`` with its position.
 
     Relative URLs in items are resolved later (in normalize) against the URL
     the feed was fetched from, as for any other document.
     """
-    text = decode_html(result.content or b"", http_charset=result.charset)
+    decoded = decode_document(result.content or b"", http_charset=result.charset)
     try:
-        document = json.loads(text)
+        document = json.loads(decoded.text)
+        if _SURROGATE_ESCAPE.search(decoded.text):
+            document = _without_lone_surrogates(document)
     except json.JSONDecodeError as exc:
         raise ParseError(
             f"invalid JSON Feed: {exc.msg} at line {exc.lineno}, column {exc.colno}",
@@ -105,9 +125,10 @@ def parse_json_feed(source: Source, result: FetchResult) -> ParsedFeed:
             url=result.url,
         )
     version = _str(document.get("version")) or ""
-    warning = None
+    warnings = [decoded.warning] if decoded.warning else []
     if "jsonfeed.org/version/" not in version:
-        warning = f'missing or unknown JSON Feed version "{version}"'
+        warnings.append(f'missing or unknown JSON Feed version "{version}"')
+    warning = "; ".join(warnings) or None
     home = _str(document.get("home_page_url"))
     base = result.url
     items = [i for i in document.get("items", []) if isinstance(i, dict)]

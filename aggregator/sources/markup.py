@@ -3,13 +3,15 @@
 Two classes of input break the libraries we parse with, so they are defused
 here, in linear time, on the raw text:
 
-* **Deep nesting.** Every HTML5 tree builder (lexbor in selectolax, html5ever
-  in nh3) checks "is there an X in scope" by walking the stack of open
-  elements, once per tag: 200,000 nested ``<div>`` cost O(n²), minutes of
-  CPU from a 2 MB response. ``cap_nesting`` drops the tags (never the text)
-  that would open an element deeper than ``MAX_HTML_DEPTH``, so the stack
-  the parsers walk never exceeds it. Browsers bound the same thing (Blink's
-  HTML parser stops nesting at 512).
+* **Deep nesting and attribute floods.** Every HTML5 tree builder (lexbor in
+  selectolax, html5ever in nh3) checks "is there an X in scope" by walking
+  the stack of open elements, once per tag: 200,000 nested ``<div>`` cost
+  O(n²), minutes of CPU from a 2 MB response. ``bound_markup`` drops the
+  tags (never the text) that would open an element deeper than
+  ``MAX_HTML_DEPTH``, so the stack the parsers walk never exceeds it;
+  browsers bound the same thing (Blink's HTML parser stops nesting at 512).
+  lexbor is also quadratic in the attributes of one tag, so a tag keeps at
+  most ``MAX_ATTRIBUTES``.
 * **Invalid character references.** ``&#xD800;`` (a surrogate), ``&#0;``,
   ``&#xFFFE;``, ``&#x110000;``, ``&#99999999999;``: feedparser raises on some
   (``OverflowError``, ``UnicodeEncodeError``) and marks the whole document
@@ -48,10 +50,15 @@ _VOID = frozenset(
 )
 # Elements whose end tag may be left out: the next sibling closes them, so an
 # unclosed run of them stays shallow in the tree and must not count as depth.
+# (Not rb, rt, rp, rtc and optgroup: outside their ruby or select they nest
+# without end, so they count; their parent's end tag closes them, see below.)
 _OPTIONAL_END = frozenset(
-    {"li", "dt", "dd", "p", "tr", "td", "th", "option", "optgroup", "rb", "rt", "rp", "rtc"}
+    {"li", "dt", "dd", "p", "tr", "td", "th", "option"}
     | {"thead", "tbody", "tfoot", "colgroup", "caption", "html", "head", "body"}
 )
+# Their end tag closes whatever is still open inside them (unclosed <rt>,
+# <optgroup>): the depth goes back to where they opened.
+_CLOSES_CHILDREN = frozenset({"ruby", "select"})
 # Their content is text, not markup: "<div>" inside a script is not a tag.
 _RAW_TEXT = ("script", "style", "textarea", "title", "xmp", "noscript", "iframe", "noembed")
 _RAW_END = {name: re.compile(rf"</{name}[\s/>]", re.I) for name in _RAW_TEXT}
@@ -60,23 +67,49 @@ _FOREIGN = frozenset({"svg", "math"})
 _TAG_NAME = re.compile(r"<(/?)([A-Za-z][^\s/>]{0,64})")
 
 
-def cap_nesting(markup: str, max_depth: int = MAX_HTML_DEPTH) -> str:
-    """``markup`` with every tag that would nest deeper than ``max_depth`` removed.
+# Attributes one tag may keep. lexbor checks each new attribute against the
+# tag's others, so 40,000 attributes on one tag (350 KB) cost 3 s of CPU.
+MAX_ATTRIBUTES = 256
+# Tags shorter than this cannot hold enough attributes to matter.
+_LONG_TAG = 2048
+_ATTRIBUTE = re.compile(r"""[^\s"'>/=]+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'>]*))?""")
 
-    Text is kept, so nothing readable is lost; only structure beyond the cap
-    is flattened. Runs in one pass: each character is looked at a bounded
-    number of times whatever the input (unclosed comments, tags without ``>``,
-    unclosed ``<script>``). The count is the HTML one, approximately: void
+
+def _fewer_attributes(tag: str, name: str, is_end: bool, name_end: int) -> str | None:
+    """``tag`` with only its first ``MAX_ATTRIBUTES`` attributes, or None if it has fewer.
+
+    ``name_end`` is where the tag name ends in ``tag``.
+    """
+    attributes = _ATTRIBUTE.findall(tag, name_end, len(tag) - 1)
+    if len(attributes) <= MAX_ATTRIBUTES:
+        return None
+    slash = "/" if tag.endswith("/>") else ""
+    kept = " ".join(attributes[:MAX_ATTRIBUTES])
+    return f"</{name}>" if is_end else f"<{name} {kept}{slash}>"
+
+
+def bound_markup(markup: str, max_depth: int = MAX_HTML_DEPTH) -> str:
+    """``markup`` that no HTML parser needs more than linear time for.
+
+    Every tag that would nest deeper than ``max_depth`` is removed, and a tag
+    with more than ``MAX_ATTRIBUTES`` attributes keeps only the first ones.
+    Text is kept, so nothing readable is lost; only structure beyond the caps
+    goes. Runs in one pass: each character is looked at a bounded number of
+    times whatever the input (unclosed comments, tags without ``>``, unclosed
+    ``<script>``). The depth count is the HTML one, approximately: void
     elements and elements with optional end tags do not add depth, a ``/>``
     closes only inside SVG or MathML, and script, style and comments are
-    skipped. Markup nested less deeply than the cap comes back unchanged.
+    skipped. Markup within the caps comes back unchanged.
     """
-    if markup.count("<") <= max_depth:
-        return markup  # cannot nest deeper than it has tags
+    if markup.count("<") <= max_depth and (
+        len(markup) <= _LONG_TAG or max(map(len, markup.split(">"))) <= _LONG_TAG
+    ):
+        return markup  # too few tags to nest deeper, none long enough for many attributes
     out: list[str] = []
-    kept_from = 0  # markup[kept_from:position] is still to be copied
+    kept_from = 0  # markup[kept_from:start] is still to be copied
     depth = 0
     foreign_at: int | None = None  # depth of the open <svg>/<math>, if any
+    reopen: dict[str, list[int]] = {}  # depths of open <ruby>/<select> elements
     position = 0
     length = len(markup)
     while position < length:
@@ -99,31 +132,38 @@ def cap_nesting(markup: str, max_depth: int = MAX_HTML_DEPTH) -> str:
         name = match.group(2).lower()
         is_end = bool(match.group(1))
         position = close + 1
-        if name in _VOID or (not is_end and name in _OPTIONAL_END):
-            continue
-        if is_end:
-            if name in _OPTIONAL_END:
-                continue
+        drop = False
+        if name in _VOID or name in _OPTIONAL_END:
+            pass  # adds no depth
+        elif is_end:
             drop = depth > max_depth
-            depth = max(0, depth - 1)
+            opened_at = reopen.get(name)
+            if opened_at:
+                depth = opened_at.pop() - 1
+                drop = False
+            else:
+                depth = max(0, depth - 1)
             if foreign_at is not None and depth < foreign_at:
                 foreign_at = None
-        else:
-            self_closing = markup[close - 1] == "/"
-            if self_closing and foreign_at is not None:
-                continue
+        elif not (foreign_at is not None and markup[close - 1] == "/"):
             depth += 1
             drop = depth > max_depth
             if name in _FOREIGN and foreign_at is None and not drop:
                 foreign_at = depth
-            if name in _RAW_TEXT and not self_closing:
-                end_match = _RAW_END[name].search(markup, position)
-                if end_match is None:
-                    break  # the rest is the element's text
-                position = end_match.start()
+            if name in _CLOSES_CHILDREN and not drop:
+                reopen.setdefault(name, []).append(depth)
+        if not is_end and name in _RAW_TEXT and markup[close - 1] != "/":
+            end_match = _RAW_END[name].search(markup, position)
+            position = end_match.start() if end_match else length  # the rest is its text
         if drop:
             out.append(markup[kept_from:start])
             kept_from = close + 1
+        elif close - start > _LONG_TAG:
+            tag = markup[start : close + 1]
+            shorter = _fewer_attributes(tag, name, is_end, match.end() - start)
+            if shorter is not None:
+                out += (markup[kept_from:start], shorter)
+                kept_from = close + 1
     if not out:
         return markup
     out.append(markup[kept_from:])

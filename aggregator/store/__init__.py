@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from ..models import Item, Source, SourceState, StoredItem, utcnow
 from . import schema
 from .base import StoreBase
+from .bounces import BouncesMixin
 from .copies import better_copies, inherited_values, load_copies, load_source_ranks, take_over
 from .deliveries import DeliveriesMixin
 from .digests import DigestsMixin
@@ -187,7 +188,9 @@ def _state(row: Any) -> SourceState:
     )
 
 
-class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, InstallationMixin, StoreBase):
+class Store(
+    DigestsMixin, SubscribersMixin, DeliveriesMixin, BouncesMixin, InstallationMixin, StoreBase
+):
     """The project's one storage object: items and sources here, the rest mixed in."""
 
     # ------------------------------------------------------------------ sources
@@ -477,7 +480,7 @@ class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, InstallationMixin, 
         source_id: str,
         new_items: Sequence[Item],
         now: datetime,
-        refused: list[str],
+        refused: list[str] | None = None,
     ) -> tuple[int, int, int]:
         """Insert new items, marking copies of known stories; (inserted, duplicates, takeovers).
 
@@ -486,6 +489,7 @@ class Store(DigestsMixin, SubscribersMixin, DeliveriesMixin, InstallationMixin, 
         its duplicate. Entries the database refuses are appended to
         ``refused`` and not counted.
         """
+        refused = [] if refused is None else refused
         t = schema.items
         canon = sorted({i.canonical_url for i in new_items})
         prints = sorted({i.fingerprint for i in new_items})

@@ -106,7 +106,11 @@ class DeliveriesMixin(StoreBase):
             message_id,
             literal(0),
             literal(now, _d.c.updated_at.type),
-        ).where(_s.c.status == SubscriberStatus.ACTIVE.value)
+        ).where(
+            _s.c.status == SubscriberStatus.ACTIVE.value,
+            # The suppression list wins over any subscriber row (see store/bounces.py).
+            func.lower(_s.c.email).not_in(select(schema.suppressions.c.email)),
+        )
         statement = (
             self._insert(_d)
             .from_select(

@@ -117,12 +117,15 @@ subscribers = Table(
     "subscribers",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("email", String(320), nullable=False, unique=True),
+    Column("email", String(320), nullable=False, unique=True),  # as the person typed it
     Column("name", Text),
     Column("status", String(16), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("confirmed_at", UTCDateTime),
     Column("unsubscribed_at", UTCDateTime),
+    # The address lower-cased: Dup.Reader@ and dup.reader@ are one subscriber.
+    Column("email_key", String(320), nullable=False),
+    Index("uq_subscribers_email_key", "email_key", unique=True),
 )
 
 digests = Table(
@@ -175,4 +178,32 @@ installation = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("install_id", String(32), nullable=False),
+)
+
+# Every bounce and complaint recorded, once per report (``key`` is unique), so
+# reading the mailbox again counts nothing twice.
+bounce_events = Table(
+    "bounce_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(KEY_HASH_CHARS), nullable=False, unique=True),  # text_key(report key)
+    Column("subscriber_id", Integer, ForeignKey("subscribers.id")),
+    Column("email", String(320), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("origin", String(8), nullable=False),
+    Column("digest_id", Integer, ForeignKey("digests.id")),
+    Column("diagnostic", Text, nullable=False, default=""),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_bounce_events_subscriber_id", "subscriber_id"),
+)
+
+# Addresses never mailed again (hard bounce, complaint), whatever the
+# subscriber rows say, until an admin lifts it: kept by address (lower case)
+# so forgetting and re-importing a subscriber does not undo it.
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("email", String(320), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
 )

@@ -35,12 +35,23 @@ def _subscriber(row: Any) -> Subscriber:
     )
 
 
+def email_key(email: str) -> str:
+    """What makes two addresses one subscriber: the address lower-cased.
+
+    Mail systems treat local parts case-insensitively in practice, so
+    ``Dup.Reader@`` and ``dup.reader@`` are one person. Addresses are ASCII
+    (non-ASCII local parts are refused, domains are IDNA), so this equals SQL
+    ``lower()`` as used by migration 0004.
+    """
+    return email.lower()
+
+
 class SubscribersMixin(StoreBase):
     """Subscriber operations of :class:`aggregator.store.Store`.
 
     Emails arrive here already validated and normalized
-    (:func:`aggregator.subscribers.normalize_email`); the store compares them
-    exactly.
+    (:func:`aggregator.subscribers.normalize_email`); the store keeps them as
+    typed and compares them by :func:`email_key`.
     """
 
     def add_subscriber(
@@ -54,33 +65,43 @@ class SubscribersMixin(StoreBase):
         """Add an address, or return the existing row; the flag says whether it was new.
 
         ``active=True`` (an administrator vouching for the address) activates a
-        new or pending subscriber, but never one who unsubscribed.
+        new or pending subscriber, but never one who unsubscribed. Without it, a
+        pending subscriber's expiry window starts again (they are sent a new link).
         """
         status = SubscriberStatus.ACTIVE if active else SubscriberStatus.PENDING
+        key = email_key(email)
         with self.transaction() as conn:
             inserted = conn.execute(
                 self._insert(_t)
                 .values(
                     email=email,
+                    email_key=key,
                     name=name,
                     status=status.value,
                     created_at=now,
                     confirmed_at=now if active else None,
                 )
-                .on_conflict_do_nothing(index_elements=["email"])
+                .on_conflict_do_nothing(index_elements=["email_key"])
                 .returning(_t.c.id)
             ).first()
-            if inserted is None and active:
+            if inserted is None:
+                # Signing up again while pending (the web form mails a new link):
+                # activated if vouched for, else the confirmation window restarts.
+                values: dict[str, Any] = (
+                    {"status": SubscriberStatus.ACTIVE.value, "confirmed_at": now}
+                    if active
+                    else {"created_at": now}
+                )
                 conn.execute(
                     update(_t)
-                    .where(_t.c.email == email, _t.c.status == SubscriberStatus.PENDING.value)
-                    .values(status=SubscriberStatus.ACTIVE.value, confirmed_at=now)
+                    .where(_t.c.email_key == key, _t.c.status == SubscriberStatus.PENDING.value)
+                    .values(**values)
                 )
             if inserted is None and name:
                 conn.execute(
-                    update(_t).where(_t.c.email == email, _t.c.name.is_(None)).values(name=name)
+                    update(_t).where(_t.c.email_key == key, _t.c.name.is_(None)).values(name=name)
                 )
-            row = conn.execute(select(_t).where(_t.c.email == email)).one()
+            row = conn.execute(select(_t).where(_t.c.email_key == key)).one()
         return _subscriber(row), inserted is not None
 
     def add_subscribers(
@@ -97,12 +118,16 @@ class SubscribersMixin(StoreBase):
         import of someone else's suppression list) adds the addresses as
         unsubscribed and unsubscribes those already here: the safe direction.
         """
-        unique = list(dict(people).items())
+        # The first spelling of an address wins, as in add_subscriber.
+        by_key: dict[str, tuple[str, str | None]] = {}
+        for email, name in people:
+            by_key.setdefault(email_key(email), (email, name))
+        unique = list(by_key.values())
         added = 0
         with self.transaction() as conn:
             for start in range(0, len(unique), 500):
                 chunk = unique[start : start + 500]
-                emails = [email for email, _ in chunk]
+                emails = [email_key(email) for email, _ in chunk]
                 before = conn.execute(select(func.count()).select_from(_t)).scalar_one()
                 conn.execute(
                     self._insert(_t)
@@ -110,6 +135,7 @@ class SubscribersMixin(StoreBase):
                         [
                             {
                                 "email": email,
+                                "email_key": email_key(email),
                                 "name": name,
                                 "status": status.value,
                                 "created_at": now,
@@ -121,13 +147,13 @@ class SubscribersMixin(StoreBase):
                             for email, name in chunk
                         ]
                     )
-                    .on_conflict_do_nothing(index_elements=["email"])
+                    .on_conflict_do_nothing(index_elements=["email_key"])
                 )
                 added += conn.execute(select(func.count()).select_from(_t)).scalar_one() - before
                 if status is SubscriberStatus.ACTIVE:
                     conn.execute(
                         update(_t)
-                        .where(_t.c.email.in_(emails), _t.c.status == SubscriberStatus.PENDING)
+                        .where(_t.c.email_key.in_(emails), _t.c.status == SubscriberStatus.PENDING)
                         .values(status=SubscriberStatus.ACTIVE.value, confirmed_at=now)
                     )
                 elif status is SubscriberStatus.UNSUBSCRIBED:
@@ -135,7 +161,7 @@ class SubscribersMixin(StoreBase):
                         conn.execute(
                             update(_t)
                             .where(
-                                _t.c.email.in_(emails),
+                                _t.c.email_key.in_(emails),
                                 _t.c.status != SubscriberStatus.UNSUBSCRIBED,
                             )
                             .values(status=SubscriberStatus.UNSUBSCRIBED.value, unsubscribed_at=now)
@@ -168,7 +194,7 @@ class SubscribersMixin(StoreBase):
 
     def subscriber_by_email(self, email: str) -> Subscriber | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(_t).where(_t.c.email == email)).first()
+            row = conn.execute(select(_t).where(_t.c.email_key == email_key(email))).first()
         return _subscriber(row) if row else None
 
     def list_subscribers(self, status: SubscriberStatus | None = None) -> list[Subscriber]:
@@ -195,6 +221,7 @@ class SubscribersMixin(StoreBase):
         """
         with self.transaction() as conn:
             row = _token_row(conn, subscriber_id, email)
+            _refuse_suppressed(conn, row.email)
             if row.status != SubscriberStatus.ACTIVE.value:
                 conn.execute(
                     update(_t)
@@ -242,29 +269,83 @@ class SubscribersMixin(StoreBase):
         the address again. Returns False when the address is unknown.
         """
         with self.transaction() as conn:
-            sid = conn.execute(select(_t.c.id).where(_t.c.email == email)).scalar()
+            sid = conn.execute(select(_t.c.id).where(_t.c.email_key == email_key(email))).scalar()
             if sid is None:
                 return False
             conn.execute(delete(schema.deliveries).where(schema.deliveries.c.subscriber_id == sid))
+            b = schema.bounce_events
+            conn.execute(delete(b).where(b.c.subscriber_id == sid))
             conn.execute(delete(_t).where(_t.c.id == sid))
         return True
 
+    def expire_pending(self, *, added_before: datetime) -> list[str]:
+        """Delete pending subscribers added before ``added_before``; their addresses.
+
+        They never confirmed, so there is no consent to keep their address on
+        (and a confirm link that old has expired anyway). Their ledger rows go
+        too; a pending subscriber normally has none.
+        """
+        with self.transaction() as conn:
+            rows = conn.execute(
+                select(_t.c.id, _t.c.email).where(
+                    _t.c.status == SubscriberStatus.PENDING.value, _t.c.created_at < added_before
+                )
+            ).all()
+            ids = [row.id for row in rows]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                d = schema.deliveries
+                conn.execute(delete(d).where(d.c.subscriber_id.in_(chunk)))
+                conn.execute(
+                    delete(_t).where(
+                        _t.c.id.in_(chunk), _t.c.status == SubscriberStatus.PENDING.value
+                    )
+                )
+        return [row.email for row in rows]
+
+    def restart_confirm_window(self, subscriber_ids: Iterable[int], *, now: datetime) -> None:
+        """A confirmation link was just (re)sent: the expiry clock starts again from ``now``."""
+        ids = list(subscriber_ids)
+        with self.transaction() as conn:
+            for start in range(0, len(ids), 500):
+                conn.execute(
+                    update(_t)
+                    .where(
+                        _t.c.id.in_(ids[start : start + 500]),
+                        _t.c.status == SubscriberStatus.PENDING.value,
+                    )
+                    .values(created_at=now)
+                )
+
     def existing_emails(self, emails: Iterable[str]) -> set[str]:
-        """Which of these addresses are already stored (any status)."""
-        wanted = list(dict.fromkeys(emails))
+        """Which of these addresses are already stored (any status, any letter case)."""
+        given = list(dict.fromkeys(emails))
+        keys = list(dict.fromkeys(email_key(e) for e in given))
         found: set[str] = set()
         with self.engine.connect() as conn:
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
                 found.update(
-                    conn.execute(select(_t.c.email).where(_t.c.email.in_(chunk))).scalars()
+                    conn.execute(select(_t.c.email_key).where(_t.c.email_key.in_(chunk))).scalars()
                 )
-        return found
+        return {e for e in given if email_key(e) in found}
+
+
+def _refuse_suppressed(conn: Connection, email: str) -> None:
+    """A hard-bounced or complaining address never comes back by a link: only an admin lifts it."""
+    x = schema.suppressions
+    if conn.execute(select(x.c.email).where(x.c.email == email.lower())).first() is not None:
+        raise SubscriberError(
+            "this address cannot be subscribed: mail to it bounced or was reported as spam "
+            "(an administrator can lift this with: aggregator subscribers unsuppress EMAIL)"
+        )
 
 
 def _token_row(conn: Connection, subscriber_id: int, email: str) -> Row[Any]:
     """The row a signed link was made for: its id *and* its address must match."""
-    row = conn.execute(select(_t).where(_t.c.id == subscriber_id, _t.c.email == email)).first()
+    row = conn.execute(
+        select(_t).where(_t.c.id == subscriber_id, _t.c.email_key == email_key(email))
+    ).first()
     if row is None:
         raise SubscriberError("no such subscription")
     return row

@@ -28,7 +28,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..errors import AggregatorError
 from ..publish import ATOM_FILENAME, JSON_FILENAME, publish_from_store
-from .app import WebContext
+from .context import WebContext
 
 __all__ = ["ATOM_MEDIA_TYPE", "CACHE_CONTROL", "JSON_MEDIA_TYPE", "FeedFiles", "routes"]
 

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ..models import utcnow
-from .app import WebContext
+from .context import WebContext
 
 # Ingest is "stale" after this many of the longest source interval.
 STALE_FACTOR = 3

@@ -8,7 +8,6 @@ the error is logged, so the feeds stay discoverable whatever the theme does.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Sequence
 from html import escape
@@ -22,7 +21,7 @@ from .. import render
 from ..errors import RenderError
 from ..models import Site, StoredItem
 from ..publish import feed_urls
-from .app import WebContext
+from .context import WebContext
 
 __all__ = ["HOME_ITEM_COUNT", "fallback_home", "routes"]
 
@@ -36,15 +35,9 @@ def _feed_links(site: Site) -> dict[str, str]:
     return {"atom": atom_url, "json": json_url}
 
 
-def _archive_url(site: Site) -> str | None:
-    # Link the digest archive only once its route module exists.
-    if importlib.util.find_spec(f"{__package__}.archive") is None:
-        return None
-    return site.url.rstrip("/") + "/digests/"
-
-
 def fallback_home(items: Sequence[StoredItem], site: Site, links: dict[str, str]) -> str:
     """A minimal, fully escaped home page for when the template cannot render."""
+    subscribe = site.url.rstrip("/") + "/" + render.SUBSCRIBE_PATH
     head_links = "".join(
         f'<link rel="alternate" type="{kind_type}" title="{escape(site.title)}" '
         f'href="{escape(links[kind])}">'
@@ -59,10 +52,11 @@ def fallback_home(items: Sequence[StoredItem], site: Site, links: dict[str, str]
     return (
         f'<!doctype html><html lang="{escape(site.language)}"><head><meta charset="utf-8">'
         f"<title>{escape(site.title)}</title>{head_links}</head><body>"
-        f"<h1>{escape(site.title)}</h1><p>{escape(site.description)}</p>"
+        f"<main><h1>{escape(site.title)}</h1><p>{escape(site.description)}</p>"
         f'<p><a href="{escape(links["atom"])}">Atom feed</a> · '
-        f'<a href="{escape(links["json"])}">JSON Feed</a></p>'
-        f"<ul>{rows}</ul></body></html>"
+        f'<a href="{escape(links["json"])}">JSON Feed</a> · '
+        f'<a href="{escape(subscribe)}">Subscribe</a></p>'
+        f"<ul>{rows}</ul></main></body></html>"
     )
 
 
@@ -74,7 +68,8 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         items = await run_in_threadpool(ctx.store.recent_items, HOME_ITEM_COUNT)
         links = _feed_links(site)
         try:
-            page = render.render_home(items, site, feed_urls=links, archive_url=_archive_url(site))
+            # The archive and subscribe links are every page's defaults (render.site_links).
+            page = render.render_home(items, site, feed_urls=links)
         except RenderError as error:
             log.error("home page template failed, serving the plain page: %s", error)
             page = fallback_home(items, site, links)

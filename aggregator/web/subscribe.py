@@ -25,11 +25,18 @@ unsubscribe anyone.
   yet, so nothing a stranger typed may appear in it.
 - ``GET /confirm/<token>`` checks the token and shows a page with a button;
   its ``POST`` activates the subscriber (see :mod:`aggregator.tokens`).
-- ``GET /unsubscribe/<token>`` shows a page with a button; ``POST`` with the
-  button's field, or RFC 8058's ``List-Unsubscribe=One-Click`` body from a
-  mail client, unsubscribes.
+- ``GET /unsubscribe/<token>`` shows a page with a button (or says the
+  address is already unsubscribed); ``POST`` with the button's field, or RFC
+  8058's ``List-Unsubscribe=One-Click`` body from a mail client, unsubscribes.
+- No dead ends: an invalid or expired link shows a form to unsubscribe by
+  address (``POST /unsubscribe``, CSRF-protected and rate-limited like the
+  subscribe form). It answers the same whether or not the address is
+  subscribed and mails an active subscriber a fresh unsubscribe link, after
+  the response. Pages after an unsubscribe or a failed confirmation link to
+  the subscribe form.
 
-Pages are Jinja2 templates under ``templates/mail/`` with autoescaping. Token
+Pages are ``templates/mail/page.html.j2`` in the site's layout, rendered by
+:func:`aggregator.render.render_page` with autoescaping. Token
 pages are sent with ``Referrer-Policy: no-referrer`` and ``Cache-Control:
 no-store`` so the token does not leak to other sites or shared caches.
 """
@@ -43,11 +50,9 @@ from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, formataddr, make_msgid
-from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-import jinja2
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -57,11 +62,12 @@ from starlette.routing import BaseRoute, Route
 
 from ..deliver import message_id_domain, send_message
 from ..errors import AggregatorError, SubscriberError, TokenError
+from ..mail_confirm import CONFIRM_VALID_DAYS, confirmation_message
 from ..models import Site, SmtpSettings, Subscriber, SubscriberStatus, utcnow
-from ..render import template_dirs
+from ..render import render_page
 from ..subscribers import clean_name, normalize_email
 from ..tokens import Tokens
-from .app import WebContext
+from .context import WebContext
 from .ratelimit import RateLimiter
 from .security import FormTokens, client_address, cross_site_reason
 
@@ -74,10 +80,13 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "SUBSCRIBE_LIMIT",
     "SUBSCRIBE_WINDOW",
+    "UNSUBSCRIBE_CSRF_COOKIE",
     "RateLimiter",
+    "confirmation_message",
     "mailbox_key",
     "name_problem",
     "routes",
+    "unsubscribe_link_message",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,7 +103,9 @@ MAX_NAME_LENGTH = 100
 FORM_MAX_AGE = 86400
 """Seconds a subscribe form's CSRF token stays valid (a tab left open overnight works)."""
 CSRF_COOKIE = "subscribe_csrf"
+UNSUBSCRIBE_CSRF_COOKIE = "unsubscribe_csrf"
 FORM_SALT = "aggregator.subscribe.form.v1"
+UNSUBSCRIBE_FORM_SALT = "aggregator.unsubscribe.form.v1"
 
 # The buttons' fields: a POST must carry one of these to change anything, so a
 # stray POST with an empty body (a prefetcher, a crawler) does nothing.
@@ -117,59 +128,37 @@ _PRIVATE_HEADERS = {
 }
 
 
-@lru_cache(maxsize=4)
-def _environment(directories: tuple[str, ...]) -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(list(directories)),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2")),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+PAGE_TEMPLATE = "mail/page.html.j2"
 
 
-def _template(site: Site, template: str, context: dict[str, Any]) -> str:
-    """``mail/<template>`` from the first template directory that has it (render.template_dirs)."""
-    directories = tuple(str(d / "mail") for d in template_dirs(site))
-    return _environment(directories).get_template(template).render(context)
+def unsubscribe_link_message(site: Site, email: str, unsubscribe_url: str) -> bytes:
+    """The mail that answers "unsubscribe me" typed on the site: the address's own link.
 
-
-def _site_context(site: Site) -> dict[str, Any]:
-    return {
-        "site_title": site.title,
-        "site_url": site.url,
-        "language": site.language,
-        "postal_address": site.postal_address,
-    }
-
-
-def confirmation_message(site: Site, subscriber: Subscriber, confirm_url: str) -> bytes:
-    """The double opt-in email: text and HTML, UTF-8, with a fresh Message-ID."""
-    # No name: a stranger typed it, and this mail goes to someone who did not.
-    context = {
-        **_site_context(site),
-        "email": subscriber.email,
-        "confirm_url": confirm_url,
-        "valid_days": 7,
-    }
+    Plain text, nothing a visitor typed in it but the address it goes to: like
+    the confirmation, it reaches a mailbox whose owner may not have asked.
+    """
     message = EmailMessage()
     message["From"] = formataddr((site.sender_name or site.title, site.sender_email))
-    message["To"] = subscriber.email
-    message["Subject"] = f"Confirm your subscription to {site.title}"
+    message["To"] = email
+    message["Subject"] = f"Your link to unsubscribe from {site.title}"
     message["Date"] = format_datetime(utcnow())
-    message["Message-ID"] = make_msgid("confirm", domain=message_id_domain(site))
-    message["Auto-Submitted"] = "auto-replied"
-    message.set_content(_template(site, "confirm.txt.j2", context), cte="quoted-printable")
-    message.add_alternative(_template(site, "confirm.html.j2", context), subtype="html")
+    message["Message-ID"] = make_msgid("unsubscribe", domain=message_id_domain(site))
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(
+        f"Someone (hopefully you) asked on {site.url} to stop sending {site.title} to {email}.\n"
+        f"\nTo unsubscribe, open this page and press its Unsubscribe button:\n\n"
+        f"{unsubscribe_url}\n\nIf it was not you, ignore this message: nothing changes.\n",
+        cte="quoted-printable",
+    )
     return message.as_bytes(policy=SMTP)
 
 
-async def _send_confirmation(smtp: SmtpSettings, sender: str, recipient: str, data: bytes) -> None:
+async def _send_mail(smtp: SmtpSettings, sender: str, recipient: str, data: bytes) -> None:
     try:
         await send_message(smtp, sender, recipient, data)
     except AggregatorError as error:
         # The visitor already has their answer; the operator needs to know.
-        log.error("confirmation mail to %s not sent: %s", recipient, error)
+        log.error("mail to %s not sent: %s", recipient, error)
 
 
 def mailbox_key(email: str) -> str:
@@ -198,15 +187,27 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
     per_mailbox = RateLimiter(CONFIRM_MAILS_PER_ADDRESS, CONFIRM_MAIL_WINDOW)
     ctx.rate_limiters["subscribe.client"] = per_client
     ctx.rate_limiters["subscribe.mailbox"] = per_mailbox
+    # Asking for an unsubscribe link by address has the same limits, counted apart.
+    unsubscribe_client = RateLimiter(SUBSCRIBE_LIMIT, SUBSCRIBE_WINDOW)
+    unsubscribe_mailbox = RateLimiter(CONFIRM_MAILS_PER_ADDRESS, CONFIRM_MAIL_WINDOW)
+    ctx.rate_limiters["unsubscribe.client"] = unsubscribe_client
+    ctx.rate_limiters["unsubscribe.mailbox"] = unsubscribe_mailbox
     form_tokens = FormTokens(ctx.secret, salt=FORM_SALT, max_age=FORM_MAX_AGE)
+    unsubscribe_form_tokens = FormTokens(
+        ctx.secret, salt=UNSUBSCRIBE_FORM_SALT, max_age=FORM_MAX_AGE
+    )
 
     def tokens() -> Tokens:
         return Tokens(ctx.secret)
 
     def page(status: int = 200, headers: dict[str, str] | None = None, **context: Any) -> Response:
         values = {
-            **_site_context(ctx.config.site),
             "error": "",
+            "error_field": "",
+            # The page's own heading is its one <h1>; the site title is a plain line.
+            "masthead_heading": False,
+            "kicker": "",
+            "subscribe_again": False,
             "message": "",
             "form": "",
             "action": "",
@@ -218,7 +219,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             **context,
         }
         return HTMLResponse(
-            _template(ctx.config.site, "page.html.j2", values),
+            render_page(PAGE_TEMPLATE, ctx.config.site, values),
             status_code=status,
             headers={**_PRIVATE_HEADERS, **(headers or {})},
         )
@@ -227,48 +228,103 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         url = ctx.config.site.url
         return url if url.endswith("/") else url + "/"
 
-    def form_page(request: Request, status: int = 200, **context: Any) -> Response:
-        """The subscribe form, with a CSRF token and its cookie."""
-        cookie, token = form_tokens.issue(request.cookies.get(CSRF_COOKIE))
-        response = page(
-            status,
-            heading="Subscribe",
-            form="subscribe",
-            action=f"{base_url()}subscribe",
-            csrf=token,
-            **context,
-        )
+    def with_form_token(
+        request: Request,
+        cookie_name: str,
+        path: str,
+        issuer: FormTokens,
+        make: Callable[[str], Response],
+    ) -> Response:
+        """``make(csrf_token)``, plus the cookie holding the token's nonce (scoped to ``path``)."""
+        cookie, token = issuer.issue(request.cookies.get(cookie_name))
+        response = make(token)
         response.set_cookie(
-            CSRF_COOKIE,
+            cookie_name,
             cookie,
             max_age=FORM_MAX_AGE,
-            path=urlsplit(base_url()).path + "subscribe",
+            path=urlsplit(base_url()).path + path,
             secure=base_url().startswith("https:"),
             httponly=True,
             samesite="strict",
         )
         return response
 
+    def form_page(request: Request, status: int = 200, **context: Any) -> Response:
+        """The subscribe form, with a CSRF token and its cookie."""
+        return with_form_token(
+            request,
+            CSRF_COOKIE,
+            "subscribe",
+            form_tokens,
+            lambda token: page(
+                status,
+                heading="Subscribe",
+                form="subscribe",
+                action=f"{base_url()}subscribe",
+                csrf=token,
+                current="subscribe",
+                **context,
+            ),
+        )
+
+    def unsubscribe_form_page(request: Request, status: int = 200, **context: Any) -> Response:
+        """The unsubscribe-by-address form: the way forward from a link that does not work."""
+        values: dict[str, Any] = {
+            "heading": "Unsubscribe",
+            "message": "Enter your address and we will email it a link to unsubscribe.",
+            **context,
+        }
+        # Path "unsubscribe" covers /unsubscribe and every /unsubscribe/<token> page.
+        return with_form_token(
+            request,
+            UNSUBSCRIBE_CSRF_COOKIE,
+            "unsubscribe",
+            unsubscribe_form_tokens,
+            lambda token: page(
+                status, form="unsubscribe", action=f"{base_url()}unsubscribe", csrf=token, **values
+            ),
+        )
+
     def invalid_link(error: Exception, **context: Any) -> Response:
         return page(400, heading="Link not valid", error=f"{str(error).capitalize()}.", **context)
 
-    async def show_form(request: Request) -> Response:
-        return form_page(request)
+    def invalid_unsubscribe_link(request: Request, error: Exception) -> Response:
+        return unsubscribe_form_page(
+            request,
+            400,
+            heading="Link not valid",
+            error=f"{str(error).capitalize()}.",
+            message="You can still unsubscribe: enter your address and we will email it "
+            "a new link.",
+        )
 
-    async def subscribe(request: Request) -> Response:
+    async def accepted_form(
+        request: Request,
+        tokens: FormTokens,
+        cookie: str,
+        limiter: RateLimiter,
+        refuse: Callable[..., Response],
+    ) -> FormData | Response:
+        """The posted form, or the answer when it fails a check every form post must pass.
+
+        In order: the cross-site check (Origin/Referer/Sec-Fetch-Site), the
+        signed CSRF token against its cookie (403 with the form again), then
+        the per-client limit (429 with Retry-After). Only a form that passed
+        all three reaches the code that may write or mail.
+        """
         reason = cross_site_reason(request.headers, ctx.config.site.url)
         if reason is None:
             form = await request.form()
-            reason = form_tokens.check(_field(form, "csrf"), request.cookies.get(CSRF_COOKIE))
+            reason = tokens.check(_field(form, "csrf"), request.cookies.get(cookie))
         if reason is not None:
-            log.warning("subscribe form refused (403): %s", reason)
-            return form_page(
+            log.warning("%s refused (403): %s", request.url.path, reason)
+            return refuse(
                 request,
                 403,
                 error=f"This form could not be accepted: {reason}. "
                 "Please submit it again from this page.",
             )
-        wait = per_client.hit(client_address(request.scope, ctx.config.web.trusted_proxies))
+        wait = limiter.hit(client_address(request.scope, ctx.config.web.trusted_proxies))
         if wait is not None:
             seconds = max(1, math.ceil(wait))
             return page(
@@ -277,6 +333,15 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
                 heading="Too many requests",
                 error=f"Please try again in {math.ceil(seconds / 60)} minutes.",
             )
+        return form
+
+    async def show_form(request: Request) -> Response:
+        return form_page(request)
+
+    async def subscribe(request: Request) -> Response:
+        form = await accepted_form(request, form_tokens, CSRF_COOKIE, per_client, form_page)
+        if isinstance(form, Response):
+            return form
         raw_email = _field(form, "email")
         raw_name = _field(form, "name")
         name = clean_name(raw_name) or ""
@@ -285,11 +350,15 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             email = normalize_email(raw_email)
         except SubscriberError:
             problem = "That does not look like an email address."
+            field = "email"
+        else:
+            field = "name"
         if problem is not None:
             return form_page(
                 request,
                 400,
                 error=problem,
+                error_field=field,
                 email=raw_email[:320],
                 name=raw_name[: MAX_NAME_LENGTH * 2],
             )
@@ -297,7 +366,12 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             ctx.store.add_subscriber, email, name=name or None, now=utcnow()
         )
         task = None
-        if subscriber.status is not SubscriberStatus.ACTIVE:
+        suppressed = await run_in_threadpool(ctx.store.is_suppressed, subscriber.email)
+        if suppressed:
+            # Hard-bounced or complained: never mailed again, not even a
+            # confirmation (same answer as always: the page tells nothing).
+            log.warning("no confirmation mail to %s: the address is suppressed", subscriber.email)
+        elif subscriber.status is not SubscriberStatus.ACTIVE:
             if per_mailbox.hit(mailbox_key(subscriber.email)) is not None:
                 # Same answer as always (the page must not tell what happened), no mail.
                 log.warning(
@@ -312,7 +386,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
                     ctx.config.site, subscriber, f"{base_url()}confirm/{token}"
                 )
                 task = BackgroundTask(
-                    _send_confirmation,
+                    _send_mail,
                     ctx.config.smtp,
                     ctx.config.site.sender_email,
                     subscriber.email,
@@ -322,7 +396,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             heading="Check your inbox",
             message=(
                 f"If {email} is not subscribed yet, we have sent it a link to confirm. "
-                "The link is valid for 7 days."
+                f"The link is valid for {CONFIRM_VALID_DAYS} days."
             ),
         )
         response.background = task
@@ -348,7 +422,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         try:
             subscriber = await read_confirm(token)
         except (TokenError, SubscriberError) as error:
-            return invalid_link(error, message="You can subscribe again at any time.")
+            return invalid_link(error, subscribe_again=True)
         if subscriber.status is SubscriberStatus.ACTIVE:
             return page(
                 heading="You are subscribed",
@@ -378,7 +452,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
                 ctx.store.confirm_subscriber, subscriber.id, subscriber.email, now=utcnow()
             )
         except (TokenError, SubscriberError) as error:
-            return invalid_link(error, message="You can subscribe again at any time.")
+            return invalid_link(error, subscribe_again=True)
         return page(
             heading="You are subscribed",
             message=f"{subscriber.email} will get {ctx.config.site.title} every week.",
@@ -392,7 +466,14 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             if subscriber is None or subscriber.email != claims.email:
                 raise TokenError("this unsubscribe link is not valid")
         except (TokenError, SubscriberError) as error:
-            return invalid_link(error)
+            return invalid_unsubscribe_link(request, error)
+        if subscriber.status is SubscriberStatus.UNSUBSCRIBED:
+            # A mail client's one-click unsubscribe got here first: say so, do not offer a button.
+            return page(
+                heading="You are already unsubscribed",
+                message=f"{subscriber.email} gets no more email from {ctx.config.site.title}.",
+                subscribe_again=True,
+            )
         return page(
             heading="Unsubscribe",
             message=f"Stop sending {ctx.config.site.title} to {subscriber.email}?",
@@ -420,15 +501,82 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
                 now=utcnow(),
             )
         except (TokenError, SubscriberError) as error:
-            return invalid_link(error)
+            return invalid_unsubscribe_link(request, error)
         return page(
             heading="You are unsubscribed",
             message=f"{claims.email} will get no more email from {ctx.config.site.title}.",
+            subscribe_again=True,
         )
+
+    async def show_unsubscribe_form(request: Request) -> Response:
+        return unsubscribe_form_page(request)
+
+    async def request_unsubscribe(request: Request) -> Response:
+        """Mail an active subscriber their unsubscribe link; answer alike for every address."""
+        form = await accepted_form(
+            request,
+            unsubscribe_form_tokens,
+            UNSUBSCRIBE_CSRF_COOKIE,
+            unsubscribe_client,
+            unsubscribe_form_page,
+        )
+        if isinstance(form, Response):
+            return form
+        raw_email = _field(form, "email")
+        try:
+            email = normalize_email(raw_email)
+        except SubscriberError:
+            return unsubscribe_form_page(
+                request,
+                400,
+                error="That does not look like an email address.",
+                error_field="email",
+                email=raw_email[:320],
+            )
+        subscriber = await run_in_threadpool(ctx.store.subscriber_by_email, email)
+        if subscriber is None and email != email.lower():
+            # Stored as typed at sign-up; most people type it in lower case later (or earlier).
+            subscriber = await run_in_threadpool(ctx.store.subscriber_by_email, email.lower())
+        task = None
+        if subscriber is not None and await run_in_threadpool(
+            ctx.store.is_suppressed, subscriber.email
+        ):
+            # Hard-bounced or complained: never mailed again (the answer stays the same).
+            log.warning("no unsubscribe-link mail to %s: the address is suppressed", email)
+        elif subscriber is not None and subscriber.status is not SubscriberStatus.UNSUBSCRIBED:
+            if unsubscribe_mailbox.hit(mailbox_key(subscriber.email)) is not None:
+                log.warning(
+                    "no unsubscribe-link mail to %s: %d already sent in the last %d hours",
+                    subscriber.email,
+                    CONFIRM_MAILS_PER_ADDRESS,
+                    CONFIRM_MAIL_WINDOW // 3600,
+                )
+            else:
+                token = tokens().unsubscribe_token(subscriber.id, subscriber.email)
+                data = unsubscribe_link_message(
+                    ctx.config.site, subscriber.email, f"{base_url()}unsubscribe/{token}"
+                )
+                task = BackgroundTask(
+                    _send_mail,
+                    ctx.config.smtp,
+                    ctx.config.site.sender_email,
+                    subscriber.email,
+                    data,
+                )
+        # The same page for every address, and the mail goes out after it, so
+        # neither the answer nor its timing tells who subscribes.
+        response = page(
+            heading="Check your inbox",
+            message=f"If {email} gets {ctx.config.site.title}, we have sent it a link to "
+            "unsubscribe.",
+        )
+        response.background = task
+        return response
 
     return [
         _read_or_write("/subscribe", show_form, subscribe),
         _read_or_write("/confirm/{token}", confirm_page, confirm),
+        _read_or_write("/unsubscribe", show_unsubscribe_form, request_unsubscribe),
         _read_or_write("/unsubscribe/{token}", unsubscribe_page, unsubscribe),
     ]
 
