@@ -45,7 +45,6 @@ kill reads the same ``variant`` from the row, so it sends the same edition.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import hashlib
 import hmac
 import logging
@@ -65,6 +64,7 @@ import aiosmtplib
 
 from .errors import DeliveryError, RecipientRefused
 from .mail.dkim import DkimSigner
+from .mail.wire import SplicedBody, WireMessage, can_send_wire, dot_stuff, send_wire
 from .models import DeliveryStatus, Digest, DigestSection, Site, SmtpSettings, utcnow
 from .render import (
     PREFERENCES_PLACEHOLDER,
@@ -188,10 +188,6 @@ def _address(name: str | None, email: str) -> str:
     return formataddr((clean_name(name) or "", email), charset="utf-8")
 
 
-def _qp(text: str) -> bytes:
-    return binascii.b2a_qp(text.encode("utf-8"), istext=True)
-
-
 class MessageBuilder:
     """Builds the per-subscriber message bytes of one digest cheaply.
 
@@ -218,6 +214,10 @@ class MessageBuilder:
         self._html = digest.html
         base = site.url if site.url.endswith("/") else site.url + "/"
         self._subscribe_url = f"{base}subscribe"
+        # Encoded (and dot-stuffed) once per issue; see mail/wire.py. The
+        # preferences link is spliced like the unsubscribe one.
+        self._text_body = SplicedBody(digest.text, UNSUBSCRIBE_PLACEHOLDER, PREFERENCES_PLACEHOLDER)
+        self._html_body = SplicedBody(digest.html, UNSUBSCRIBE_PLACEHOLDER, PREFERENCES_PLACEHOLDER)
 
     def build(
         self,
@@ -234,18 +234,40 @@ class MessageBuilder:
         ``preferences`` is the recipient's preferences link; without one (a
         test copy) the link points at the site's subscribe page instead.
         """
+        return self._assemble(
+            email, name, message_id, unsubscribe, preferences, date, stuffed=False
+        )
+
+    def build_wire(
+        self,
+        *,
+        email: str,
+        name: str | None,
+        message_id: str,
+        unsubscribe: str,
+        preferences: str = "",
+        date: datetime | None = None,
+    ) -> WireMessage:
+        """The same message, dot-stuffed for ``SmtpConnection.send`` to write as it is."""
+        return WireMessage(
+            self._assemble(email, name, message_id, unsubscribe, preferences, date, stuffed=True)
+        )
+
+    def _assemble(
+        self,
+        email: str,
+        name: str | None,
+        message_id: str,
+        unsubscribe: str,
+        preferences: str,
+        date: datetime | None,
+        *,
+        stuffed: bool,
+    ) -> bytes:
         b = self._boundary
         preferences = preferences or self._subscribe_url
-        text = _qp(
-            self._text.replace(UNSUBSCRIBE_PLACEHOLDER, unsubscribe).replace(
-                PREFERENCES_PLACEHOLDER, preferences
-            )
-        )
-        html = _qp(
-            self._html.replace(UNSUBSCRIBE_PLACEHOLDER, unsubscribe).replace(
-                PREFERENCES_PLACEHOLDER, preferences
-            )
-        )
+        text = self._text_body.render(unsubscribe, preferences, stuffed=stuffed)
+        html = self._html_body.render(unsubscribe, preferences, stuffed=stuffed)
         head = (
             f"{self._head}"
             f"To: {_address(name, email)}\r\n"
@@ -266,6 +288,8 @@ class MessageBuilder:
             'Content-Type: text/html; charset="utf-8"\r\n'
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         ).encode("ascii")
+        if stuffed:
+            head = dot_stuff(head)
         return b"".join((head, text, middle, html, f"\r\n--{b}--\r\n".encode("ascii")))
 
 
@@ -452,19 +476,32 @@ class SmtpConnection:
                 await asyncio.sleep(delay)
                 delay *= 4
 
-    async def send(self, sender: str, recipient: str, message: bytes) -> None:
+    async def send(self, sender: str, recipient: str, message: bytes | WireMessage) -> None:
         """Hand one message over; :class:`DeliveryError` (``permanent`` for 5xx) on a refusal.
 
-        A lost connection raises ``_ConnectionLost``; the caller reconnects.
+        A lost connection raises ``_ConnectionLost``; the caller reconnects. A
+        ``WireMessage`` is written as it is when nothing has to rewrite it
+        (no DKIM signature, ASCII addresses), else it goes the ``sendmail`` way.
         """
         if self._client is None or not self._client.is_connected:
             raise _ConnectionLost("not connected")
-        if self._signer is not None:
+        wire: WireMessage | None = None
+        plain = b""
+        if not isinstance(message, WireMessage):
+            plain = message
+        elif self._signer is None and can_send_wire(self._client, sender, recipient):
+            wire = message
+        else:
+            plain = message.plain()
+        if wire is None and self._signer is not None:
             # ~10 ms of CPU for a 100 KB digest (dkimpy canonicalizes in Python):
             # in a thread, so the web pages served by the same loop stay responsive.
-            message = await asyncio.to_thread(self._signer.sign, message)
+            plain = await asyncio.to_thread(self._signer.sign, plain)
         try:
-            await self._client.sendmail(sender, [recipient], message)
+            if wire is not None:
+                await send_wire(self._client, sender, recipient, wire)
+            else:
+                await self._client.sendmail(sender, [recipient], plain)
         except aiosmtplib.SMTPRecipientsRefused as error:
             refusal = error.recipients[0] if error.recipients else None
             code = refusal.code if refusal else 450
@@ -640,7 +677,7 @@ async def deliver_digest(
                         skipped += 1
                         continue
                     await pacer.wait()
-                    message = builder.build(
+                    message = builder.build_wire(
                         email=delivery.email,
                         name=delivery.name,
                         message_id=delivery.message_id,

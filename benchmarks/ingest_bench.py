@@ -144,7 +144,10 @@ def run_ours(base: str, n: int, db: Path, profile: Path | None = None) -> dict[s
         if profiler is not None and profile is not None:
             profiler.disable()
             profiler.dump_stats(profile)
-        workers_cpu, workers_peak = _worker_usage([*pool._processes, *_forkserver_pid()])
+        # ParsePool wraps a ProcessPoolExecutor (renewed when one breaks).
+        executor = getattr(pool, "_executor", pool)
+        processes = list(getattr(executor, "_processes", None) or {})
+        workers_cpu, workers_peak = _worker_usage([*processes, *_forkserver_pid()])
     finally:
         pool.shutdown()
     cpu, peak = _usage()

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.config import Config, load_config, parse_config
+from aggregator.config import (
+    Config,
+    load_config,
+    parse_config,
+    parse_duration,
+    parse_schedule,
+    resolve_database_url,
+)
 from aggregator.errors import ConfigError
 from aggregator.models import (
     DigestSettings,
@@ -319,3 +326,100 @@ def test_reading_the_file_missing_not_utf8_bom_and_the_environment(
     assert load_config(bom).site.title == "BOM"
     monkeypatch.setenv("AGGREGATOR_CONFIG", str(bom))
     assert load_config().path == bom
+
+
+# --------------------------------------------------------------- values at their edges
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(1, 1), ("1s", 1), ("1 h 30 m", 5400), ("2D", 172800), (" 45m ", 2700)],
+)
+def test_durations_down_to_one_second(value: object, seconds: int) -> None:
+    assert parse_duration(value) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0s", '"0s" is not a duration (use e.g. 30m, 1h, 1h30m, 2d)'),
+        ("", '"" is not a duration (use e.g. 30m, 1h, 1h30m, 2d)'),
+        ("1h x", '"1h x" is not a duration (use e.g. 30m, 1h, 1h30m, 2d)'),
+        (0, "0 is not a positive duration"),
+    ],
+)
+def test_durations_that_are_refused(value: object, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_duration(value)
+    assert str(caught.value) == message
+
+
+def test_schedule_times_from_00_00_to_23_59() -> None:
+    assert parse_schedule("mon 23:59") == ("mon", 23, 59)
+    assert parse_schedule("sun 00:00") == ("sun", 0, 0)
+    assert parse_schedule("fri 23:00") == ("fri", 23, 0)
+    for impossible in ("mon 24:00", "mon 23:60"):
+        with pytest.raises(ValueError) as caught:
+            parse_schedule(impossible)
+        assert str(caught.value) == f'"{impossible}" has an impossible time'
+    with pytest.raises(ValueError) as caught:
+        parse_schedule("someday")
+    assert (
+        str(caught.value) == '"someday" is not a schedule (use a day and a time, e.g. "mon 09:00")'
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "site: {title: T, url: ftp://x/}\nsources: []\n",
+            ':1: site.url: "ftp://x/" is not an http(s) URL',
+        ),
+        (
+            "site: {title: T, url: https://x/, colour: red}\nsources: []\n",
+            ":1: site.colour: unknown key (check the spelling; see README for the allowed keys)",
+        ),
+        (
+            "site: {title: T, url: https://x/}\ndigest: {schedule: 'mon 25:00'}\nsources: []\n",
+            ':2: digest.schedule: "mon 25:00" has an impossible time',
+        ),
+    ],
+)
+def test_refused_values_read_as_documented(text: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "feeds.yaml"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, path=path)
+    assert str(caught.value) == f"{path}{message}"
+
+
+def test_a_trusted_proxy_given_with_host_bits_is_its_network(tmp_path: Path) -> None:
+    config = parse_config(
+        "site: {title: T, url: https://x/}\nweb: {trusted_proxies: [192.168.1.7/24]}\n"
+        "sources: []\n",
+        path=tmp_path / "feeds.yaml",
+    )
+    assert config.web.trusted_proxies == (ipaddress.ip_network("192.168.1.0/24"),)
+
+
+def test_sqlite_urls_relative_to_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    config_path = tmp_path / "conf" / "feeds.yaml"
+    assert resolve_database_url("sqlite:///:memory:", config_path) == "sqlite:///:memory:"
+    assert resolve_database_url("sqlite:////abs/x.db", config_path) == "sqlite:////abs/x.db"
+    assert resolve_database_url("sqlite:///rel.db", config_path) == (
+        f"sqlite:///{tmp_path / 'conf' / 'rel.db'}"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert resolve_database_url("sqlite:///rel.db", None) == f"sqlite:///{tmp_path / 'rel.db'}"
+    assert resolve_database_url(None, config_path) == (
+        f"sqlite:///{tmp_path / 'conf' / 'data' / 'aggregator.db'}"
+    )
+
+
+def test_text_without_a_file_is_named_config_in_errors() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config("site: {title: T, url: ftp://x/}\nsources: []\n")
+    assert str(caught.value) == '<config>:1: site.url: "ftp://x/" is not an http(s) URL'

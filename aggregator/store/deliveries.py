@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, and_, cast, func, literal, or_, select, update
+from sqlalchemy import String, and_, bindparam, cast, func, literal, or_, select, update
 
 from ..models import DeliveryStatus, SubscriberStatus
 from . import schema
@@ -57,6 +57,25 @@ def parse_variant(key: str | None) -> tuple[tuple[str, ...] | None, str | None]:
 
 
 _d = schema.deliveries
+
+# Built once: mark_sent runs once per message sent, and constructing the
+# statement each time cost more CPU than executing it (SQLAlchemy caches the
+# compiled form per statement object).
+_MARK_SENT = (
+    update(_d)
+    .where(
+        _d.c.id == bindparam("delivery_id"),
+        _d.c.lease_owner == bindparam("owner"),
+        _d.c.status == DeliveryStatus.SENDING.value,
+    )
+    .values(
+        status=DeliveryStatus.SENT.value,
+        sent_at=bindparam("now", type_=_d.c.sent_at.type),
+        lease_until=None,
+        last_error=None,
+        updated_at=bindparam("now", type_=_d.c.updated_at.type),
+    )
+)
 _s = schema.subscribers
 
 
@@ -274,19 +293,7 @@ class DeliveriesMixin(StoreBase):
         """Record a message the server accepted; False if ``owner`` no longer held the row."""
         with self.transaction() as conn:
             result = conn.execute(
-                update(_d)
-                .where(
-                    _d.c.id == delivery_id,
-                    _d.c.lease_owner == owner,
-                    _d.c.status == DeliveryStatus.SENDING.value,
-                )
-                .values(
-                    status=DeliveryStatus.SENT.value,
-                    sent_at=now,
-                    lease_until=None,
-                    last_error=None,
-                    updated_at=now,
-                )
+                _MARK_SENT, {"delivery_id": delivery_id, "owner": owner, "now": now}
             )
         return int(result.rowcount) == 1
 

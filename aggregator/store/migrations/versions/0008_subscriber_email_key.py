@@ -18,9 +18,9 @@ Existing case-duplicates are merged into one row first:
   the same issue, the one that got furthest (sent, then sending) wins, so
   nobody is mailed an issue again that either row already received.
 
-On SQLite the unique constraint on ``email`` stays (dropping it would rebuild
-the table, which ``deliveries``' foreign key forbids); ``email_key`` being
-unique implies it anyway.
+On SQLite the unique constraint on ``email`` stays (the exact address is
+still unique when its folded form is); ``email_key`` is made NOT NULL on
+both databases.
 
 Revision ID: 0008
 Revises: 0007
@@ -163,8 +163,10 @@ def upgrade() -> None:
     for rows in groups.values():
         _merge(conn, rows)
     op.create_index("uq_subscribers_email_key", "subscribers", ["email_key"], unique=True)
-    if conn.dialect.name != "sqlite":  # SQLite cannot add NOT NULL without a rebuild
-        op.alter_column("subscribers", "email_key", nullable=False)
+    # On SQLite this rebuilds the table; Store.migrate turns foreign-key
+    # enforcement off around migrations, so deliveries' references survive it.
+    with op.batch_alter_table("subscribers") as batch:
+        batch.alter_column("email_key", existing_type=sa.String(320), nullable=False)
 
 
 def downgrade() -> None:
