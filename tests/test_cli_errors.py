@@ -52,7 +52,12 @@ GROUPS, LEAVES = _commands()
 # stray argument. A new command fails test_every_command_has_a_malformed_case
 # until it is given one here.
 MALFORMED: dict[tuple[str, ...], list[list[str]]] = {
-    ("check",): [["surplus"]],
+    ("check",): [
+        ["surplus"],
+        ["--dns", "--nameserver", "dns.example.org"],
+        ["--dns", "--nameserver", "127.0.0.1:99999"],
+        ["--nameserver", "127.0.0.1"],  # without --dns: would silently do nothing
+    ],
     ("fetch",): [["--source", "no-such-source"], ["--due=yes"]],
     ("status",): [["surplus"]],
     ("items",): [["--since", "garbage"], ["--since", "2026-13-45"], ["--limit", "ten"]],

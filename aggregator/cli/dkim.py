@@ -6,6 +6,7 @@ Example::
     # then in feeds.yaml:  smtp: {dkim: {domain: digest.example.org,
     #                                    selector: kfd2026, key_file: keys/kfd2026.private}}
     aggregator check      # prints the SPF, DKIM and DMARC records to publish
+    aggregator check --dns   # and looks them up: ok / missing / different
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from ..config import Config
 from ..errors import AggregatorError, ConfigError
@@ -27,9 +29,10 @@ from ..mail.dkim import (
     public_key_b64,
     spf_txt_record,
 )
+from ..mail.dnscheck import Nameserver, check_dns_records
 from ._common import console, load_config
 
-__all__ = ["dkim_app", "print_dns_records", "register"]
+__all__ = ["dkim_app", "print_dns_lookup", "print_dns_records", "register"]
 
 dkim_app = typer.Typer(no_args_is_help=True, help="DKIM signing keys and their DNS records.")
 
@@ -151,6 +154,31 @@ def print_dns_records(config: Config) -> None:
             else "no IMAP mailbox configured: only refusals while sending are counted"
         )
         console.print(f"  bounces go to {where}; read from {mailbox}", highlight=False)
+
+
+_STYLE = {"ok": "green", "missing": "red", "different": "red", "lookup failed": "yellow"}
+
+
+def print_dns_lookup(config: Config, nameserver: Nameserver | None) -> bool:
+    """``check --dns``: one line per record as DNS has it; True when all are ok."""
+    sender_domain = config.site.sender_email.rsplit("@", 1)[-1].lower()
+    dkim = config.smtp.dkim
+    signing = (
+        (dkim.selector, dkim.domain, public_key_b64(load_private_key(dkim)))
+        if dkim is not None
+        else None
+    )
+    where = f"{nameserver.address} port {nameserver.port}" if nameserver else "system resolver"
+    console.print(f"DNS as it is now ({where}):", highlight=False)
+    checks = check_dns_records(sender_domain, signing, nameserver=nameserver)
+    for item in checks:
+        console.print(
+            f"  {item.kind:<5} [{_STYLE[item.status]}]{item.status}[/{_STYLE[item.status]}] "
+            f"{item.name}: {escape(item.detail)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return all(item.status == "ok" for item in checks)
 
 
 def register(app: typer.Typer) -> None:

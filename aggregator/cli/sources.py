@@ -29,8 +29,35 @@ __all__ = ["register"]
 # ------------------------------------------------------------------------ commands
 
 
-def check() -> None:
-    """Validate feeds.yaml; print every problem with file:line and key."""
+def check(
+    dns: Annotated[
+        bool,
+        typer.Option("--dns", help="Also look up the SPF, DKIM and DMARC records in DNS."),
+    ] = False,
+    nameserver: Annotated[
+        str | None,
+        typer.Option(
+            "--nameserver",
+            metavar="IP[:PORT]",
+            help="Ask this DNS server instead of the system's resolver (with --dns).",
+        ),
+    ] = None,
+) -> None:
+    """Validate feeds.yaml; print every problem with file:line and key.
+
+    With ``--dns``, exit 1 when a record is missing, different or cannot be
+    looked up, so a deploy script can stop on it.
+    """
+    from ..mail.dnscheck import parse_nameserver
+
+    server = None
+    if nameserver is not None:
+        if not dns:
+            raise typer.BadParameter("needs --dns", param_hint="--nameserver")
+        try:
+            server = parse_nameserver(nameserver)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--nameserver") from None
     config = load_config()
     feeds = sum(1 for s in config.sources if s.type == "feed")
     pages = len(config.sources) - feeds
@@ -42,6 +69,11 @@ def check() -> None:
     from .dkim import print_dns_records
 
     print_dns_records(config)
+    if dns:
+        from .dkim import print_dns_lookup
+
+        if not print_dns_lookup(config, server):
+            raise typer.Exit(1)
 
 
 def fetch(
