@@ -29,6 +29,33 @@ import aiosmtplib
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _SOFT_BREAK = b"=\r\n"
+# RFC 2045 6.7: an encoded line is at most 76 characters, its soft break's "=" included.
+_MAX_LINE = 76
+
+
+def fit_lines(data: bytes, *, soft_break_follows: bool) -> bytes:
+    """``data`` (quoted-printable, CRLF) with every line at most 76 characters.
+
+    ``binascii.b2a_qp`` lets a line ending in encoded whitespace (``=20``) run
+    past 76, and a piece followed by a splice needs one column for the soft
+    break's ``=``. Long lines get soft breaks, never inside an ``=XX`` escape,
+    so the decoded bytes are unchanged.
+    """
+    lines = data.split(b"\r\n")
+    out: list[bytes] = []
+    for index, line in enumerate(lines):
+        last = index == len(lines) - 1
+        limit = _MAX_LINE - 1 if last and soft_break_follows else _MAX_LINE
+        while len(line) > limit:
+            cut = _MAX_LINE - 1  # leaves the column for this soft break's "="
+            if line[cut - 1 : cut] == b"=":
+                cut -= 1
+            elif line[cut - 2 : cut - 1] == b"=":
+                cut -= 2
+            out.append(line[:cut] + b"=")
+            line = line[cut:]
+        out.append(line)
+    return b"\r\n".join(out)
 
 
 def qp_crlf(text: str) -> bytes:
@@ -74,7 +101,11 @@ class SplicedBody:
         pattern = re.compile("|".join(re.escape(p) for p in placeholders))
         # Which placeholder sits in each gap between two pieces.
         self._slots = [placeholders.index(m.group()) for m in pattern.finditer(text)]
-        self._plain = [qp_crlf(part) for part in pattern.split(text)]
+        parts = pattern.split(text)
+        self._plain = [
+            fit_lines(qp_crlf(part), soft_break_follows=i < len(parts) - 1)
+            for i, part in enumerate(parts)
+        ]
         self._stuffed = [dot_stuff(piece) for piece in self._plain]
 
     def render(self, *values: str, stuffed: bool) -> bytes:
@@ -84,7 +115,7 @@ class SplicedBody:
             return pieces[0]
         encoded = []
         for value in values:
-            one = qp_crlf(value)
+            one = fit_lines(qp_crlf(value), soft_break_follows=True)
             encoded.append(dot_stuff(one) if stuffed else one)
         out = [pieces[0]]
         for slot, piece in zip(self._slots, pieces[1:], strict=True):
