@@ -18,6 +18,7 @@ from aggregator.digest import (
     Period,
     build_digest,
     compose,
+    compose_now,
     latest_slot,
     next_period,
     upcoming_period,
@@ -429,3 +430,103 @@ def test_cli_compose_then_list(cli_config: tuple[Path, Store]) -> None:
     rows = [line.split("│") for line in listed.stdout.splitlines() if line.startswith("│")]
     cells = [row[column].strip() for row in rows]
     assert " ".join(c for c in cells if c) == digests[0].subject
+
+
+# ---------------------------------------------------- due issue and send --now
+
+
+def test_the_due_issue_already_frozen_up_to_the_slot_is_found_again(
+    config: Config, sqlite_store: Store
+) -> None:
+    # An issue frozen exactly at the slot is the due one for the rest of the
+    # week: the same period, not an empty one from the slot to the slot.
+    week_of_news(sqlite_store)
+    first = compose(config, sqlite_store, now=SLOT)
+    assert first is not None
+    assert (first.period_start, first.period_end) == (SLOT - WEEK, SLOT)
+
+    for later in (timedelta(0), timedelta(hours=1), timedelta(days=6, hours=23)):
+        assert next_period(config, sqlite_store, now=SLOT + later) == Period(SLOT - WEEK, SLOT)
+
+
+@pytest.mark.parametrize("since", [timedelta(minutes=1), timedelta(hours=5), timedelta(days=3)])
+def test_send_now_after_an_issue_holds_exactly_what_arrived_since(
+    config: Config, sqlite_store: Store, since: timedelta
+) -> None:
+    week_of_news(sqlite_store)
+    first = compose(config, sqlite_store, now=SLOT)
+    assert first is not None
+    arrived = SLOT + since / 2
+    arrive(
+        sqlite_store,
+        "kobiz",
+        [make_item("kobiz", 77, "Ko-pick: fresh", section="ko-pick", published=arrived)],
+        arrived,
+    )
+    now = SLOT + since
+
+    issue = compose_now(config, sqlite_store, now=now)
+
+    assert issue is not None and issue.id is not None and issue.id != first.id
+    assert (issue.period_start, issue.period_end) == (SLOT, now)
+    assert titles(issue.sections) == [("ko-pick", ["Ko-pick: fresh"])]
+    assert [d.id for d in sqlite_store.list_digests()] == [issue.id, first.id]
+
+
+@pytest.mark.parametrize("when_empty", ["skip", "note"])
+def test_send_now_with_nothing_since_the_last_issue_composes_nothing(
+    config: Config, sqlite_store: Store, when_empty: str
+) -> None:
+    config = replace(config, digest=replace(config.digest, when_empty=when_empty))
+    week_of_news(sqlite_store)
+    first = compose(config, sqlite_store, now=SLOT)
+    assert first is not None
+
+    for later in (timedelta(seconds=1), timedelta(hours=2), timedelta(days=4)):
+        assert compose_now(config, sqlite_store, now=SLOT + later) is None
+    assert [d.id for d in sqlite_store.list_digests()] == [first.id]
+
+
+def test_send_now_as_the_first_issue_holds_the_stored_week(
+    config: Config, sqlite_store: Store
+) -> None:
+    week_of_news(sqlite_store)
+    now = SLOT + timedelta(hours=3)
+
+    issue = compose_now(config, sqlite_store, now=now)
+
+    assert issue is not None and issue.id is not None
+    assert (issue.period_start, issue.period_end) == (now - WEEK, now)
+    assert issue.item_count == 5
+    assert [d.id for d in sqlite_store.list_digests()] == [issue.id]
+
+
+def test_send_now_as_the_first_issue_with_nothing_stored_notes_it_when_asked(
+    config: Config, sqlite_store: Store
+) -> None:
+    # With no issue yet, an empty first issue follows digest.when_empty like
+    # a scheduled one: skipped, or a "no news" note.
+    now = SLOT + timedelta(hours=3)
+    assert compose_now(config, sqlite_store, now=now) is None
+    noted = replace(config, digest=replace(config.digest, when_empty="note"))
+    issue = compose_now(noted, sqlite_store, now=now)
+    assert issue is not None and issue.sections == ()
+    assert (issue.period_start, issue.period_end) == (now - WEEK, now)
+
+
+def test_send_now_without_a_time_uses_the_clock(config: Config, sqlite_store: Store) -> None:
+    before = datetime.now(UTC)
+    arrive(
+        sqlite_store,
+        "kobiz",
+        [make_item("kobiz", 5, "Ko-pick: now", section="ko-pick", published=before)],
+        before - timedelta(hours=1),
+    )
+
+    issue = compose_now(config, sqlite_store)
+
+    after = datetime.now(UTC)
+    assert issue is not None
+    assert before <= issue.period_end <= after
+    assert issue.period_end - issue.period_start == WEEK
+    assert titles(issue.sections) == [("ko-pick", ["Ko-pick: now"])]
