@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email import policy
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -475,7 +476,7 @@ def test_send_now_after_an_issue_holds_exactly_what_arrived_since(
 
 @pytest.mark.parametrize("when_empty", ["skip", "note"])
 def test_send_now_with_nothing_since_the_last_issue_composes_nothing(
-    config: Config, sqlite_store: Store, when_empty: str
+    config: Config, sqlite_store: Store, when_empty: Literal["skip", "note"]
 ) -> None:
     config = replace(config, digest=replace(config.digest, when_empty=when_empty))
     week_of_news(sqlite_store)
@@ -530,3 +531,25 @@ def test_send_now_without_a_time_uses_the_clock(config: Config, sqlite_store: St
     assert before <= issue.period_end <= after
     assert issue.period_end - issue.period_start == WEEK
     assert titles(issue.sections) == [("ko-pick", ["Ko-pick: now"])]
+
+
+def test_compose_says_what_it_did(
+    config: Config, sqlite_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `digest compose` prints these lines: what was composed, what was there
+    # already, or why nothing was.
+    caplog.set_level("INFO", logger="aggregator.digest")
+    assert compose(config, sqlite_store, now=SLOT) is None
+    week_of_news(sqlite_store, SLOT + WEEK)
+    made = compose(config, sqlite_store, now=SLOT + WEEK)
+    assert made is not None
+    again = compose(config, sqlite_store, now=SLOT + WEEK + timedelta(hours=2))
+    assert again is not None and again.id == made.id
+
+    subject = made.subject
+    assert caplog.messages == [
+        "no new items between 2026-11-02T00:00:00+00:00 and 2026-11-09T00:00:00+00:00: "
+        "no digest composed",
+        f"composed digest #{made.id} (5 items): {subject}",
+        f"digest #{made.id} already covers this period: {subject}",
+    ]
