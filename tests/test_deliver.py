@@ -653,3 +653,120 @@ def test_permanent_refusals_fail_a_row_at_max_attempts(
     assert temporary is DeliveryStatus.PENDING
     (row,) = store.deliveries(digest.id)
     assert (row.status, row.attempts) == (expected, attempts_before + 1)
+
+
+def test_a_claim_takes_only_its_digests_claimable_rows_of_active_subscribers(
+    store: Store,
+) -> None:
+    emails = add_active(store, 4)
+    digest = make_digest(store)
+    other = make_digest(store, end=datetime(2026, 11, 30, tzinfo=UTC))
+    assert digest.id is not None and other.id is not None
+    for d in (other, digest):
+        store.create_deliveries(d.id or 0, message_id_tag="t", message_id_domain="x", now=T0)
+    leaving = store.subscriber_by_email(emails[1])
+    assert leaving is not None
+    store.unsubscribe_subscriber(leaving.id, leaving.email, now=T0)
+    lease = T0 + timedelta(minutes=5)
+    (first,) = store.claim_deliveries(
+        digest.id, owner="a", limit=1, lease_until=lease, now=T0, pass_started=T0
+    )
+    assert first.email in emails and first.email != emails[1]
+    assert store.mark_sent(first.id, owner="a", now=T0) is True
+
+    # One at a time: the sent row and the unsubscribed reader's are passed over.
+    taken = []
+    while claim := store.claim_deliveries(
+        digest.id, owner="a", limit=1, lease_until=lease, now=T0, pass_started=T0
+    ):
+        assert len(claim) == 1 and claim[0].digest_id == digest.id
+        taken.append(claim[0].email)
+        assert len(taken) < 10
+    assert sorted([first.email, *taken]) == sorted(e for e in emails if e != emails[1])
+    untouched = store.delivery_counts(other.id)
+    assert (untouched[DeliveryStatus.SENDING], untouched[DeliveryStatus.SENT]) == (0, 0)
+    assert {r.lease_owner for r in store.deliveries(other.id)} == {None}
+
+
+def test_writes_by_the_owner_change_only_rows_it_is_still_sending(store: Store) -> None:
+    add_active(store, 2)
+    digest = make_digest(store)
+    assert digest.id is not None
+    store.create_deliveries(digest.id, message_id_tag="t", message_id_domain="x", now=T0)
+    lease = T0 + timedelta(minutes=5)
+    mine, theirs = store.claim_deliveries(
+        digest.id, owner="a", limit=2, lease_until=lease, now=T0, pass_started=T0
+    )
+    store.release_claims("a", [theirs.id])
+    (theirs,) = store.claim_deliveries(
+        digest.id, owner="b", limit=1, lease_until=lease, now=T0, pass_started=T0
+    )
+    assert store.mark_sent(mine.id, owner="a", now=T0) is True
+
+    # A late failure report, for a row sent already or held by another sender.
+    for claim in (mine, theirs):
+        store.record_delivery_failure(
+            claim, owner="a", error="451", permanent=False, max_attempts=3, now=T0
+        )
+
+    rows = {r.id: r for r in store.deliveries(digest.id)}
+    assert (rows[mine.id].status, rows[mine.id].attempts) == (DeliveryStatus.SENT, 0)
+    assert (rows[theirs.id].status, rows[theirs.id].lease_owner) == (
+        DeliveryStatus.SENDING,
+        "b",
+    )
+    assert rows[theirs.id].attempts == 0
+
+
+def test_claims_and_failures_stamp_the_time_a_pass_compares_with(store: Store) -> None:
+    add_active(store, 1)
+    digest = make_digest(store)
+    assert digest.id is not None
+    store.create_deliveries(digest.id, message_id_tag="t", message_id_domain="x", now=T0)
+    lease = T0 + timedelta(minutes=5)
+
+    def claim(now: timedelta, pass_started: timedelta) -> list[int]:
+        return [
+            c.id
+            for c in store.claim_deliveries(
+                digest.id or 0,
+                owner="a",
+                limit=1,
+                lease_until=lease,
+                now=T0 + now,
+                pass_started=T0 + pass_started,
+            )
+        ]
+
+    (row,) = claim(timedelta(seconds=10), timedelta(0))
+    assert store.release_claims("a", [row]) == 1  # released: the claim's time stays
+    assert claim(timedelta(seconds=11), timedelta(seconds=5)) == []
+    assert claim(timedelta(seconds=20), timedelta(seconds=10)) == [row]
+    assert (
+        store.claim_deliveries(
+            digest.id, owner="b", limit=1, lease_until=lease, now=T0, pass_started=T0
+        )
+        == []
+    )  # still leased to "a"
+    # Its lease runs out; "a" takes the row over again, then reports a failure.
+    (claimed,) = store.claim_deliveries(
+        digest.id,
+        owner="a",
+        limit=1,
+        lease_until=lease + timedelta(minutes=5),
+        now=lease + timedelta(seconds=1),
+        pass_started=T0,
+    )
+    at = lease + timedelta(seconds=40)
+    store.record_delivery_failure(
+        claimed, owner="a", error="451", permanent=False, max_attempts=3, now=at
+    )
+    # The failure's time counts, not the claim's: a pass begun before it waits.
+    assert claim(timedelta(minutes=6), timedelta(minutes=5, seconds=30)) == []
+    assert claim(timedelta(minutes=6), timedelta(minutes=5, seconds=40)) == [row]
+
+
+def test_a_variant_splits_at_its_last_separator() -> None:
+    assert parse_variant('["a|b"]|en') == (("a|b",), "en")
+    assert parse_variant('["reviews", "ko-pick"]|') == (("reviews", "ko-pick"), None)
+    assert parse_variant("|ko") == (None, "ko")
