@@ -553,3 +553,92 @@ def test_compose_says_what_it_did(
         f"composed digest #{made.id} (5 items): {subject}",
         f"digest #{made.id} already covers this period: {subject}",
     ]
+
+
+@pytest.mark.parametrize("stored", [3, 4, 7])
+def test_a_capped_section_counts_what_it_left_out(
+    config: Config, sqlite_store: Store, stored: int
+) -> None:
+    seen = SLOT - timedelta(days=1)
+    arrive(
+        sqlite_store,
+        "kobiz",
+        [
+            make_item("kobiz", n, f"Ko-pick: {n}", section="ko-pick", published=seen + timedelta(n))
+            for n in range(stored)
+        ]
+        + [
+            make_item("kobiz", 50 + n, f"Story {n}", section=None, published=seen)
+            for n in range(stored)
+        ],
+        seen,
+    )
+
+    digest = build_digest(config, sqlite_store, Period(SLOT - WEEK, SLOT))
+
+    assert digest is not None
+    assert [(s.id, len(s.items), s.more) for s in digest.sections] == [
+        ("ko-pick", 3, stored - 3),
+        (OTHER_SECTION, 3, stored - 3),
+    ]
+
+
+def test_the_same_link_is_listed_once(config: Config, sqlite_store: Store) -> None:
+    seen = SLOT - timedelta(days=1)
+    arrive(
+        sqlite_store,
+        "kobiz",
+        [
+            make_item("kobiz", n, f"Ko-pick: {n}", section="ko-pick", published=seen - timedelta(n))
+            for n in range(3)
+        ],
+        seen,
+    )
+    stored = sqlite_store.items_first_seen_between(SLOT - WEEK, SLOT)
+    newest = max(stored, key=lambda i: i.published_at)
+    # Two stories that are not marked duplicates but point at one page.
+    same_page = [
+        i if i is newest else replace(i, canonical_url=newest.canonical_url) for i in stored
+    ]
+
+    (section,) = digest_module.group_items(same_page, config)
+
+    assert [i.title for i in section.items] == ["Ko-pick: 0"]
+    assert [i.title for i in digest_module.group_items(stored, config)[0].items] == [
+        "Ko-pick: 0",
+        "Ko-pick: 1",
+        "Ko-pick: 2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("site_url", "expected"),
+    [
+        ("https://digest.example.org/", "https://digest.example.org/digests/"),
+        ("https://example.org/KFDX/", "https://example.org/KFDX/digests/"),
+        ("https://example.org/film///", "https://example.org/film/digests/"),
+    ],
+)
+def test_a_preview_links_to_the_archive_index(config: Config, site_url: str, expected: str) -> None:
+    config = replace(config, site=replace(config.site, url=site_url))
+    assert view_url(config, None) == expected
+    assert view_url(config, 12) == f"{expected}12"
+
+
+def test_an_issue_composed_just_now_leaves_a_one_second_upcoming_period(
+    config: Config, sqlite_store: Store
+) -> None:
+    week_of_news(sqlite_store)
+    first = compose(config, sqlite_store, now=SLOT)
+    assert first is not None
+
+    assert upcoming_period(config, sqlite_store, now=SLOT) == Period(
+        SLOT - timedelta(seconds=1), SLOT
+    )
+    early = SLOT - timedelta(hours=1)  # a clock behind the last issue's end
+    assert upcoming_period(config, sqlite_store, now=early) == Period(
+        early - timedelta(seconds=1), early
+    )
+    assert upcoming_period(config, sqlite_store, now=SLOT + timedelta(hours=2)) == Period(
+        SLOT, SLOT + timedelta(hours=2)
+    )
