@@ -555,7 +555,7 @@ def test_compose_says_what_it_did(
     ]
 
 
-@pytest.mark.parametrize("stored", [3, 4, 7])
+@pytest.mark.parametrize("stored", [1, 3, 4, 7])
 def test_a_capped_section_counts_what_it_left_out(
     config: Config, sqlite_store: Store, stored: int
 ) -> None:
@@ -578,8 +578,15 @@ def test_a_capped_section_counts_what_it_left_out(
 
     assert digest is not None
     assert [(s.id, len(s.items), s.more) for s in digest.sections] == [
-        ("ko-pick", 3, stored - 3),
-        (OTHER_SECTION, 3, stored - 3),
+        ("ko-pick", min(stored, 3), max(stored - 3, 0)),
+        (OTHER_SECTION, min(stored, 3), max(stored - 3, 0)),
+    ]
+    # A caller's own cap (the preview's) replaces the configured one.
+    narrow = build_digest(config, sqlite_store, Period(SLOT - WEEK, SLOT), max_per_section=1)
+    assert narrow is not None
+    assert [(s.id, len(s.items), s.more) for s in narrow.sections] == [
+        ("ko-pick", 1, stored - 1),
+        (OTHER_SECTION, 1, stored - 1),
     ]
 
 
