@@ -649,3 +649,11 @@ def test_an_issue_composed_just_now_leaves_a_one_second_upcoming_period(
     assert upcoming_period(config, sqlite_store, now=SLOT + timedelta(hours=2)) == Period(
         SLOT, SLOT + timedelta(hours=2)
     )
+
+
+@pytest.mark.parametrize("aware", ["start", "end"])
+def test_a_period_needs_both_ends_in_a_time_zone(aware: str) -> None:
+    naive = datetime(2026, 11, 9, 9, 0)
+    start, end = (SLOT - WEEK, naive) if aware == "start" else (naive - WEEK, SLOT)
+    with pytest.raises(AggregatorError, match=r"^a digest period needs time-zone aware datetimes$"):
+        Period(start, end)
