@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -770,3 +771,29 @@ def test_a_variant_splits_at_its_last_separator() -> None:
     assert parse_variant('["a|b"]|en') == (("a|b",), "en")
     assert parse_variant('["reviews", "ko-pick"]|') == (("reviews", "ko-pick"), None)
     assert parse_variant("|ko") == (None, "ko")
+
+
+def test_rows_made_at_a_time_in_another_zone_are_claimable_at_that_instant(store: Store) -> None:
+    # The ledger compares instants, whatever zone the caller's clock is in.
+    add_active(store, 1)
+    digest = make_digest(store)
+    assert digest.id is not None
+    seoul = T0.astimezone(ZoneInfo("Asia/Seoul"))
+    store.create_deliveries(digest.id, message_id_tag="t", message_id_domain="x", now=seoul)
+    lease = T0 + timedelta(minutes=5)
+    before = T0 - timedelta(seconds=1)
+
+    assert (
+        store.claim_deliveries(
+            digest.id, owner="a", limit=1, lease_until=lease, now=before, pass_started=before
+        )
+        == []
+    )
+    assert (
+        len(
+            store.claim_deliveries(
+                digest.id, owner="a", limit=1, lease_until=lease, now=T0, pass_started=T0
+            )
+        )
+        == 1
+    )
