@@ -470,6 +470,7 @@ def test_send_now_after_an_issue_holds_exactly_what_arrived_since(
 
     assert issue is not None and issue.id is not None and issue.id != first.id
     assert (issue.period_start, issue.period_end) == (SLOT, now)
+    assert issue.created_at == now  # stamped with the caller's clock, not the machine's
     assert titles(issue.sections) == [("ko-pick", ["Ko-pick: fresh"])]
     assert [d.id for d in sqlite_store.list_digests()] == [issue.id, first.id]
 
@@ -603,14 +604,16 @@ def test_the_same_link_is_listed_once(config: Config, sqlite_store: Store) -> No
     )
     stored = sqlite_store.items_first_seen_between(SLOT - WEEK, SLOT)
     newest = max(stored, key=lambda i: i.published_at)
-    # Two stories that are not marked duplicates but point at one page.
+    # Two stories that are not marked duplicates but point at one page; the
+    # oldest story has a page of its own and still follows.
+    middle = next(i for i in stored if i.title == "Ko-pick: 1")
     same_page = [
-        i if i is newest else replace(i, canonical_url=newest.canonical_url) for i in stored
+        replace(i, canonical_url=newest.canonical_url) if i is middle else i for i in stored
     ]
 
     (section,) = digest_module.group_items(same_page, config)
 
-    assert [i.title for i in section.items] == ["Ko-pick: 0"]
+    assert [i.title for i in section.items] == ["Ko-pick: 0", "Ko-pick: 2"]
     assert [i.title for i in digest_module.group_items(stored, config)[0].items] == [
         "Ko-pick: 0",
         "Ko-pick: 1",
