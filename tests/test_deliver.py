@@ -797,3 +797,30 @@ def test_rows_made_at_a_time_in_another_zone_are_claimable_at_that_instant(store
         )
         == 1
     )
+
+
+def test_extending_a_lease_touches_only_the_named_rows_and_stamps_them(store: Store) -> None:
+    add_active(store, 2)
+    digest = make_digest(store)
+    assert digest.id is not None
+    store.create_deliveries(digest.id, message_id_tag="t", message_id_domain="x", now=T0)
+    lease = T0 + timedelta(minutes=5)
+    one, two = store.claim_deliveries(
+        digest.id, owner="a", limit=2, lease_until=lease, now=T0, pass_started=T0
+    )
+    extended = T0 + timedelta(minutes=9)
+
+    assert store.extend_lease(
+        "a", [one.id], lease_until=extended, now=T0 + timedelta(seconds=30)
+    ) == {one.id}
+
+    rows = {r.id: r for r in store.deliveries(digest.id)}
+    assert (rows[one.id].lease_until, rows[two.id].lease_until) == (extended, lease)
+    # Released unsent, a row keeps the time of its last extension: a pass
+    # begun before that waits for the next one.
+    assert store.release_claims("a", [one.id, two.id]) == 2
+    started = T0 + timedelta(seconds=20)
+    again = store.claim_deliveries(
+        digest.id, owner="b", limit=2, lease_until=lease, now=started, pass_started=started
+    )
+    assert [c.id for c in again] == [two.id]
