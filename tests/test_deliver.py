@@ -10,9 +10,11 @@ import sys
 import textwrap
 import time
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -21,6 +23,7 @@ from aggregator.errors import DeliveryError
 from aggregator.models import DeliveryStatus, Digest, Site, SmtpSettings, SubscriberStatus
 from aggregator.render import UNSUBSCRIBE_PLACEHOLDER
 from aggregator.store import Store
+from aggregator.store.deliveries import parse_variant, variant_key
 from aggregator.tokens import Tokens
 from tests.support.http import unused_port
 
@@ -350,3 +353,474 @@ def test_two_senders_at_once_never_mail_one_subscriber_twice(
     # The ledger names, for every row, the sender that reported sending it.
     owners = Counter(d.lease_owner for d in store.deliveries(digest.id))
     assert owners == {f"s{i}": int(out) for i, (out, _) in enumerate(results) if int(out)}
+
+
+# ------------------------------------------------------------- the ledger itself
+
+T0 = datetime(2026, 11, 23, 9, tzinfo=UTC)
+
+
+def test_ledger_rows_are_made_once_per_active_unsuppressed_subscriber(store: Store) -> None:
+    emails = add_active(store, 4)
+    store.add_subscribers([("waiting@example.org", None)], now=T0, status=SubscriberStatus.PENDING)
+    store.suppress(emails[3].upper(), "hard bounce", now=T0)
+    chooser = store.subscriber_by_email(emails[1])
+    assert chooser is not None
+    store.set_preferences(chooser.id, chooser.email, sections=["ko-pick", "reviews"], language="ko")
+    digest = make_digest(store)
+    assert digest.id is not None
+
+    added = store.create_deliveries(
+        digest.id, message_id_tag="kfd", message_id_domain="mail.example.org", now=T0
+    )
+
+    # Row order within one INSERT ... SELECT is the database's: sort by subscriber.
+    rows = sorted(store.deliveries(digest.id), key=lambda r: r.subscriber_id)
+    assert len(rows) == 3
+    # The count returned is right on SQLite; on PostgreSQL it is 0 (rowcount of
+    # this INSERT ... SELECT ... ON CONFLICT; nothing uses it yet): known, open.
+    assert added == (3 if store.dialect == "sqlite" else 0)
+    ids = {s.email: s.id for s in store.list_subscribers()}
+    assert [r.subscriber_id for r in rows] == [ids[e] for e in emails[:3]]
+    for row, email in zip(rows, emails[:3], strict=True):
+        assert row.message_id == f"<kfd.{digest.id}.{ids[email]}@mail.example.org>"
+        assert (row.status, row.attempts, row.digest_id) == (DeliveryStatus.PENDING, 0, digest.id)
+        assert (row.lease_owner, row.lease_until, row.sent_at, row.last_error) == (
+            None,
+            None,
+            None,
+            None,
+        )
+    assert [r.variant for r in rows] == ["*|", '["ko-pick", "reviews"]|ko', "*|"]
+    assert parse_variant(rows[0].variant) == (None, None)
+    assert parse_variant(rows[1].variant) == (("ko-pick", "reviews"), "ko")
+    assert variant_key('["reviews"]', "en") == '["reviews"]|en'
+    assert parse_variant('["reviews"]|') == (("reviews",), None)
+    assert variant_key(None, None) == "*|"
+    assert parse_variant(None) == (None, None)
+    assert parse_variant("") == (None, None)
+    assert parse_variant("*|en") == (None, "en")
+
+    # Again (another sender, a rerun): nothing added, nothing changed.
+    assert (
+        store.create_deliveries(
+            digest.id, message_id_tag="other", message_id_domain="elsewhere.example", now=T0
+        )
+        == 0
+    )
+    assert sorted(store.deliveries(digest.id), key=lambda r: r.subscriber_id) == rows
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5])
+def test_claims_take_pending_rows_in_id_order_up_to_the_limit(store: Store, limit: int) -> None:
+    emails = add_active(store, 4)
+    digest = make_digest(store)
+    assert digest.id is not None
+    store.create_deliveries(digest.id, message_id_tag="t", message_id_domain="x", now=T0)
+    lease = T0 + timedelta(minutes=5)
+
+    claimed = store.claim_deliveries(
+        digest.id, owner="a", limit=limit, lease_until=lease, now=T0, pass_started=T0
+    )
+
+    taken = min(limit, 4)
+    address = {s.id: s.email for s in store.list_subscribers()}
+    assert [c.email for c in claimed] == [
+        address[r.subscriber_id] for r in store.deliveries(digest.id)[:taken]
+    ]
+    assert [c.attempts for c in claimed] == [0] * taken
+    assert [c.variant for c in claimed] == ["*|"] * taken
+    assert all(c.digest_id == digest.id for c in claimed)
+    rows = store.deliveries(digest.id)
+    assert [c.id for c in claimed] == [r.id for r in rows[:taken]]
+    assert [c.message_id for c in claimed] == [r.message_id for r in rows[:taken]]
+    assert [c.subscriber_id for c in claimed] == [r.subscriber_id for r in rows[:taken]]
+    for row in rows[:taken]:
+        assert (row.status, row.lease_owner, row.lease_until) == (
+            DeliveryStatus.SENDING,
+            "a",
+            lease,
+        )
+    for row in rows[taken:]:
+        assert (row.status, row.lease_owner) == (DeliveryStatus.PENDING, None)
+    # A second sender during the lease gets only what is left.
+    rest = store.claim_deliveries(
+        digest.id, owner="b", limit=10, lease_until=lease, now=T0, pass_started=T0
+    )
+    assert sorted(c.email for c in claimed + rest) == emails
+    assert [c.id for c in rest] == [r.id for r in rows[taken:]]
+    assert (
+        store.claim_deliveries(
+            digest.id, owner="c", limit=10, lease_until=lease, now=T0, pass_started=T0
+        )
+        == []
+    )
+
+
+def test_a_lease_is_taken_over_only_after_it_expires(store: Store) -> None:
+    add_active(store, 2)
+    digest = make_digest(store)
+    assert digest.id is not None
+    store.create_deliveries(digest.id, message_id_tag="t", message_id_domain="x", now=T0)
+    lease = T0 + timedelta(minutes=5)
+    first = store.claim_deliveries(
+        digest.id, owner="a", limit=10, lease_until=lease, now=T0, pass_started=T0
+    )
+    assert len(first) == 2
+
+    for at in (T0 + timedelta(minutes=1), lease):  # up to and at its end: still held
+        assert (
+            store.claim_deliveries(
+                digest.id,
+                owner="b",
+                limit=10,
+                lease_until=at + timedelta(minutes=5),
+                now=at,
+                pass_started=at,
+            )
+            == []
+        )
+    after = lease + timedelta(seconds=1)
+    taken = store.claim_deliveries(
+        digest.id,
+        owner="b",
+        limit=10,
+        lease_until=after + timedelta(minutes=5),
+        now=after,
+        pass_started=after,
+    )
+    assert [c.id for c in taken] == [c.id for c in first]
+
+    # The old owner can neither extend, mark nor release the rows any more.
+    ids = [c.id for c in first]
+    assert store.extend_lease("a", ids, lease_until=after + timedelta(hours=1), now=after) == set()
+    assert store.mark_sent(ids[0], owner="a", now=after) is False
+    assert store.mark_skipped(ids[0], owner="a", reason="x", now=after) is False
+    assert store.release_claims("a", ids) == 0
+    assert {r.lease_owner for r in store.deliveries(digest.id)} == {"b"}
+    assert store.extend_lease("b", [], lease_until=after, now=after) == set()
+    assert store.release_claims("b", []) == 0
+
+
+def test_a_row_released_during_a_pass_waits_for_the_next_pass(store: Store) -> None:
+    add_active(store, 1)
+    digest = make_digest(store)
+    assert digest.id is not None
+    store.create_deliveries(digest.id, message_id_tag="t", message_id_domain="x", now=T0)
+    lease = T0 + timedelta(minutes=5)
+    later = T0 + timedelta(seconds=30)
+    (claim,) = store.claim_deliveries(
+        digest.id, owner="a", limit=1, lease_until=lease, now=later, pass_started=T0
+    )
+    status = store.record_delivery_failure(
+        claim, owner="a", error="451 try later", permanent=False, max_attempts=3, now=later
+    )
+    assert status is DeliveryStatus.PENDING
+
+    # Same pass (began before the failure): not taken again.
+    assert (
+        store.claim_deliveries(
+            digest.id, owner="a", limit=1, lease_until=lease, now=later, pass_started=T0
+        )
+        == []
+    )
+    # A pass that began at the failure's moment or later takes it.
+    (again,) = store.claim_deliveries(
+        digest.id, owner="a", limit=1, lease_until=lease, now=later, pass_started=later
+    )
+    assert (again.id, again.attempts) == (claim.id, 1)
+
+
+def test_extend_lease_moves_only_the_owners_rows(store: Store) -> None:
+    add_active(store, 3)
+    digest = make_digest(store)
+    assert digest.id is not None
+    store.create_deliveries(digest.id, message_id_tag="t", message_id_domain="x", now=T0)
+    lease = T0 + timedelta(minutes=5)
+    mine = store.claim_deliveries(
+        digest.id, owner="a", limit=2, lease_until=lease, now=T0, pass_started=T0
+    )
+    theirs = store.claim_deliveries(
+        digest.id, owner="b", limit=2, lease_until=lease, now=T0, pass_started=T0
+    )
+    assert store.mark_sent(mine[1].id, owner="a", now=T0) is True
+    longer = T0 + timedelta(minutes=20)
+
+    held = store.extend_lease(
+        "a", [c.id for c in mine + theirs], lease_until=longer, now=T0 + timedelta(minutes=4)
+    )
+
+    assert held == {mine[0].id}
+    rows = {r.id: r for r in store.deliveries(digest.id)}
+    assert rows[mine[0].id].lease_until == longer
+    assert rows[theirs[0].id].lease_until == lease
+    assert rows[mine[1].id].lease_until is None
+
+
+def test_sent_skipped_failed_and_released_rows_are_recorded(store: Store) -> None:
+    add_active(store, 5)
+    digest = make_digest(store)
+    assert digest.id is not None
+    store.create_deliveries(digest.id, message_id_tag="t", message_id_domain="x", now=T0)
+    lease = T0 + timedelta(minutes=5)
+    c = store.claim_deliveries(
+        digest.id, owner="a", limit=5, lease_until=lease, now=T0, pass_started=T0
+    )
+    at = T0 + timedelta(minutes=1)
+    long_reason = "한" * 1500
+
+    assert store.mark_sent(c[0].id, owner="a", now=at) is True
+    assert store.mark_sent(c[0].id, owner="a", now=at) is False  # once only
+    assert store.mark_skipped(c[1].id, owner="a", reason=long_reason, now=at) is True
+    assert store.mark_skipped(c[1].id, owner="a", reason="again", now=at) is False
+    failed = store.record_delivery_failure(
+        c[2], owner="a", error="550 no such user " * 100, permanent=True, max_attempts=1, now=at
+    )
+    retry = store.record_delivery_failure(
+        c[3], owner="a", error="550 no such user", permanent=True, max_attempts=2, now=at
+    )
+    assert (failed, retry) == (DeliveryStatus.FAILED, DeliveryStatus.PENDING)
+    assert store.release_claims("a", [c[4].id, c[0].id]) == 1
+
+    rows = {r.id: r for r in store.deliveries(digest.id)}
+    sent = rows[c[0].id]
+    assert (sent.status, sent.sent_at, sent.lease_until, sent.last_error, sent.attempts) == (
+        DeliveryStatus.SENT,
+        at,
+        None,
+        None,
+        0,
+    )
+    skipped = rows[c[1].id]
+    assert (skipped.status, skipped.lease_until, skipped.sent_at) == (
+        DeliveryStatus.SKIPPED,
+        None,
+        None,
+    )
+    assert skipped.last_error == "한" * 1000
+    gone = rows[c[2].id]
+    assert (gone.status, gone.attempts, gone.lease_until) == (DeliveryStatus.FAILED, 1, None)
+    assert gone.last_error == ("550 no such user " * 100)[:1000]
+    again = rows[c[3].id]
+    assert (again.status, again.attempts, again.last_error) == (
+        DeliveryStatus.PENDING,
+        1,
+        "550 no such user",
+    )
+    released = rows[c[4].id]
+    assert (released.status, released.lease_owner, released.lease_until, released.attempts) == (
+        DeliveryStatus.PENDING,
+        None,
+        None,
+        0,
+    )
+    assert store.delivery_counts(digest.id) == {
+        DeliveryStatus.PENDING: 2,
+        DeliveryStatus.SENDING: 0,
+        DeliveryStatus.SENT: 1,
+        DeliveryStatus.FAILED: 1,
+        DeliveryStatus.SKIPPED: 1,
+    }
+    other = make_digest(store, end=datetime(2026, 11, 30, tzinfo=UTC))
+    assert other.id is not None
+    assert store.deliveries(other.id) == []
+    assert set(store.delivery_counts(other.id).values()) == {0}
+
+
+@pytest.mark.parametrize(("attempts_before", "max_attempts"), [(0, 3), (1, 3), (2, 3), (4, 5)])
+def test_permanent_refusals_fail_a_row_at_max_attempts(
+    store: Store, attempts_before: int, max_attempts: int
+) -> None:
+    add_active(store, 1)
+    digest = make_digest(store)
+    assert digest.id is not None
+    store.create_deliveries(digest.id, message_id_tag="t", message_id_domain="x", now=T0)
+    (claim,) = store.claim_deliveries(
+        digest.id, owner="a", limit=1, lease_until=T0, now=T0, pass_started=T0
+    )
+    claim = replace(claim, attempts=attempts_before)
+
+    status = store.record_delivery_failure(
+        claim, owner="a", error="550", permanent=True, max_attempts=max_attempts, now=T0
+    )
+    temporary = store.record_delivery_failure(
+        claim, owner="a", error="451", permanent=False, max_attempts=1, now=T0
+    )
+
+    expected = (
+        DeliveryStatus.FAILED if attempts_before + 1 >= max_attempts else DeliveryStatus.PENDING
+    )
+    assert status is expected
+    assert temporary is DeliveryStatus.PENDING
+    (row,) = store.deliveries(digest.id)
+    assert (row.status, row.attempts) == (expected, attempts_before + 1)
+
+
+def test_a_claim_takes_only_its_digests_claimable_rows_of_active_subscribers(
+    store: Store,
+) -> None:
+    emails = add_active(store, 4)
+    digest = make_digest(store)
+    other = make_digest(store, end=datetime(2026, 11, 30, tzinfo=UTC))
+    assert digest.id is not None and other.id is not None
+    for d in (other, digest):
+        store.create_deliveries(d.id or 0, message_id_tag="t", message_id_domain="x", now=T0)
+    leaving = store.subscriber_by_email(emails[1])
+    assert leaving is not None
+    store.unsubscribe_subscriber(leaving.id, leaving.email, now=T0)
+    lease = T0 + timedelta(minutes=5)
+    (first,) = store.claim_deliveries(
+        digest.id, owner="a", limit=1, lease_until=lease, now=T0, pass_started=T0
+    )
+    assert first.email in emails and first.email != emails[1]
+    assert store.mark_sent(first.id, owner="a", now=T0) is True
+
+    # One at a time: the sent row and the unsubscribed reader's are passed over.
+    taken = []
+    while claim := store.claim_deliveries(
+        digest.id, owner="a", limit=1, lease_until=lease, now=T0, pass_started=T0
+    ):
+        assert len(claim) == 1 and claim[0].digest_id == digest.id
+        taken.append(claim[0].email)
+        assert len(taken) < 10
+    assert sorted([first.email, *taken]) == sorted(e for e in emails if e != emails[1])
+    untouched = store.delivery_counts(other.id)
+    assert (untouched[DeliveryStatus.SENDING], untouched[DeliveryStatus.SENT]) == (0, 0)
+    assert {r.lease_owner for r in store.deliveries(other.id)} == {None}
+
+
+def test_writes_by_the_owner_change_only_rows_it_is_still_sending(store: Store) -> None:
+    add_active(store, 2)
+    digest = make_digest(store)
+    assert digest.id is not None
+    store.create_deliveries(digest.id, message_id_tag="t", message_id_domain="x", now=T0)
+    lease = T0 + timedelta(minutes=5)
+    mine, theirs = store.claim_deliveries(
+        digest.id, owner="a", limit=2, lease_until=lease, now=T0, pass_started=T0
+    )
+    store.release_claims("a", [theirs.id])
+    (theirs,) = store.claim_deliveries(
+        digest.id, owner="b", limit=1, lease_until=lease, now=T0, pass_started=T0
+    )
+    assert store.mark_sent(mine.id, owner="a", now=T0) is True
+
+    # A late failure report, for a row sent already or held by another sender.
+    for claim in (mine, theirs):
+        store.record_delivery_failure(
+            claim, owner="a", error="451", permanent=False, max_attempts=3, now=T0
+        )
+
+    rows = {r.id: r for r in store.deliveries(digest.id)}
+    assert (rows[mine.id].status, rows[mine.id].attempts) == (DeliveryStatus.SENT, 0)
+    assert (rows[theirs.id].status, rows[theirs.id].lease_owner) == (
+        DeliveryStatus.SENDING,
+        "b",
+    )
+    assert rows[theirs.id].attempts == 0
+
+
+def test_claims_and_failures_stamp_the_time_a_pass_compares_with(store: Store) -> None:
+    add_active(store, 1)
+    digest = make_digest(store)
+    assert digest.id is not None
+    store.create_deliveries(digest.id, message_id_tag="t", message_id_domain="x", now=T0)
+    lease = T0 + timedelta(minutes=5)
+
+    def claim(now: timedelta, pass_started: timedelta) -> list[int]:
+        return [
+            c.id
+            for c in store.claim_deliveries(
+                digest.id or 0,
+                owner="a",
+                limit=1,
+                lease_until=lease,
+                now=T0 + now,
+                pass_started=T0 + pass_started,
+            )
+        ]
+
+    (row,) = claim(timedelta(seconds=10), timedelta(0))
+    assert store.release_claims("a", [row]) == 1  # released: the claim's time stays
+    assert claim(timedelta(seconds=11), timedelta(seconds=5)) == []
+    assert claim(timedelta(seconds=20), timedelta(seconds=10)) == [row]
+    assert (
+        store.claim_deliveries(
+            digest.id, owner="b", limit=1, lease_until=lease, now=T0, pass_started=T0
+        )
+        == []
+    )  # still leased to "a"
+    # Its lease runs out; "a" takes the row over again, then reports a failure.
+    (claimed,) = store.claim_deliveries(
+        digest.id,
+        owner="a",
+        limit=1,
+        lease_until=lease + timedelta(minutes=5),
+        now=lease + timedelta(seconds=1),
+        pass_started=T0,
+    )
+    at = lease + timedelta(seconds=40)
+    store.record_delivery_failure(
+        claimed, owner="a", error="451", permanent=False, max_attempts=3, now=at
+    )
+    # The failure's time counts, not the claim's: a pass begun before it waits.
+    assert claim(timedelta(minutes=6), timedelta(minutes=5, seconds=30)) == []
+    assert claim(timedelta(minutes=6), timedelta(minutes=5, seconds=40)) == [row]
+
+
+def test_a_variant_splits_at_its_last_separator() -> None:
+    assert parse_variant('["a|b"]|en') == (("a|b",), "en")
+    assert parse_variant('["reviews", "ko-pick"]|') == (("reviews", "ko-pick"), None)
+    assert parse_variant("|ko") == (None, "ko")
+
+
+def test_rows_made_at_a_time_in_another_zone_are_claimable_at_that_instant(store: Store) -> None:
+    # The ledger compares instants, whatever zone the caller's clock is in.
+    add_active(store, 1)
+    digest = make_digest(store)
+    assert digest.id is not None
+    seoul = T0.astimezone(ZoneInfo("Asia/Seoul"))
+    store.create_deliveries(digest.id, message_id_tag="t", message_id_domain="x", now=seoul)
+    lease = T0 + timedelta(minutes=5)
+    before = T0 - timedelta(seconds=1)
+
+    assert (
+        store.claim_deliveries(
+            digest.id, owner="a", limit=1, lease_until=lease, now=before, pass_started=before
+        )
+        == []
+    )
+    assert (
+        len(
+            store.claim_deliveries(
+                digest.id, owner="a", limit=1, lease_until=lease, now=T0, pass_started=T0
+            )
+        )
+        == 1
+    )
+
+
+def test_extending_a_lease_touches_only_the_named_rows_and_stamps_them(store: Store) -> None:
+    add_active(store, 2)
+    digest = make_digest(store)
+    assert digest.id is not None
+    store.create_deliveries(digest.id, message_id_tag="t", message_id_domain="x", now=T0)
+    lease = T0 + timedelta(minutes=5)
+    one, two = store.claim_deliveries(
+        digest.id, owner="a", limit=2, lease_until=lease, now=T0, pass_started=T0
+    )
+    extended = T0 + timedelta(minutes=9)
+
+    assert store.extend_lease(
+        "a", [one.id], lease_until=extended, now=T0 + timedelta(seconds=30)
+    ) == {one.id}
+
+    rows = {r.id: r for r in store.deliveries(digest.id)}
+    assert (rows[one.id].lease_until, rows[two.id].lease_until) == (extended, lease)
+    # Released unsent, a row keeps the time of its last extension: a pass
+    # begun before that waits for the next one.
+    assert store.release_claims("a", [one.id, two.id]) == 2
+    started = T0 + timedelta(seconds=20)
+    again = store.claim_deliveries(
+        digest.id, owner="b", limit=2, lease_until=lease, now=started, pass_started=started
+    )
+    assert [c.id for c in again] == [two.id]

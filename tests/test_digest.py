@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email import policy
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -18,6 +19,7 @@ from aggregator.digest import (
     Period,
     build_digest,
     compose,
+    compose_now,
     latest_slot,
     next_period,
     upcoming_period,
@@ -429,3 +431,232 @@ def test_cli_compose_then_list(cli_config: tuple[Path, Store]) -> None:
     rows = [line.split("│") for line in listed.stdout.splitlines() if line.startswith("│")]
     cells = [row[column].strip() for row in rows]
     assert " ".join(c for c in cells if c) == digests[0].subject
+
+
+# ---------------------------------------------------- due issue and send --now
+
+
+def test_the_due_issue_already_frozen_up_to_the_slot_is_found_again(
+    config: Config, sqlite_store: Store
+) -> None:
+    # An issue frozen exactly at the slot is the due one for the rest of the
+    # week: the same period, not an empty one from the slot to the slot.
+    week_of_news(sqlite_store)
+    first = compose(config, sqlite_store, now=SLOT)
+    assert first is not None
+    assert (first.period_start, first.period_end) == (SLOT - WEEK, SLOT)
+
+    for later in (timedelta(0), timedelta(hours=1), timedelta(days=6, hours=23)):
+        assert next_period(config, sqlite_store, now=SLOT + later) == Period(SLOT - WEEK, SLOT)
+
+
+@pytest.mark.parametrize("since", [timedelta(minutes=1), timedelta(hours=5), timedelta(days=3)])
+def test_send_now_after_an_issue_holds_exactly_what_arrived_since(
+    config: Config, sqlite_store: Store, since: timedelta
+) -> None:
+    week_of_news(sqlite_store)
+    first = compose(config, sqlite_store, now=SLOT)
+    assert first is not None
+    arrived = SLOT + since / 2
+    arrive(
+        sqlite_store,
+        "kobiz",
+        [make_item("kobiz", 77, "Ko-pick: fresh", section="ko-pick", published=arrived)],
+        arrived,
+    )
+    now = SLOT + since
+
+    issue = compose_now(config, sqlite_store, now=now)
+
+    assert issue is not None and issue.id is not None and issue.id != first.id
+    assert (issue.period_start, issue.period_end) == (SLOT, now)
+    assert issue.created_at == now  # stamped with the caller's clock, not the machine's
+    assert titles(issue.sections) == [("ko-pick", ["Ko-pick: fresh"])]
+    assert [d.id for d in sqlite_store.list_digests()] == [issue.id, first.id]
+
+
+@pytest.mark.parametrize("when_empty", ["skip", "note"])
+def test_send_now_with_nothing_since_the_last_issue_composes_nothing(
+    config: Config, sqlite_store: Store, when_empty: Literal["skip", "note"]
+) -> None:
+    config = replace(config, digest=replace(config.digest, when_empty=when_empty))
+    week_of_news(sqlite_store)
+    first = compose(config, sqlite_store, now=SLOT)
+    assert first is not None
+
+    for later in (timedelta(seconds=1), timedelta(hours=2), timedelta(days=4)):
+        assert compose_now(config, sqlite_store, now=SLOT + later) is None
+    assert [d.id for d in sqlite_store.list_digests()] == [first.id]
+
+
+def test_send_now_as_the_first_issue_holds_the_stored_week(
+    config: Config, sqlite_store: Store
+) -> None:
+    week_of_news(sqlite_store)
+    now = SLOT + timedelta(hours=3)
+
+    issue = compose_now(config, sqlite_store, now=now)
+
+    assert issue is not None and issue.id is not None
+    assert (issue.period_start, issue.period_end) == (now - WEEK, now)
+    assert issue.item_count == 5
+    assert [d.id for d in sqlite_store.list_digests()] == [issue.id]
+
+
+def test_send_now_as_the_first_issue_with_nothing_stored_notes_it_when_asked(
+    config: Config, sqlite_store: Store
+) -> None:
+    # With no issue yet, an empty first issue follows digest.when_empty like
+    # a scheduled one: skipped, or a "no news" note.
+    now = SLOT + timedelta(hours=3)
+    assert compose_now(config, sqlite_store, now=now) is None
+    noted = replace(config, digest=replace(config.digest, when_empty="note"))
+    issue = compose_now(noted, sqlite_store, now=now)
+    assert issue is not None and issue.sections == ()
+    assert (issue.period_start, issue.period_end) == (now - WEEK, now)
+
+
+def test_send_now_without_a_time_uses_the_clock(config: Config, sqlite_store: Store) -> None:
+    before = datetime.now(UTC)
+    arrive(
+        sqlite_store,
+        "kobiz",
+        [make_item("kobiz", 5, "Ko-pick: now", section="ko-pick", published=before)],
+        before - timedelta(hours=1),
+    )
+
+    issue = compose_now(config, sqlite_store)
+
+    after = datetime.now(UTC)
+    assert issue is not None
+    assert before <= issue.period_end <= after
+    assert issue.period_end - issue.period_start == WEEK
+    assert titles(issue.sections) == [("ko-pick", ["Ko-pick: now"])]
+
+
+def test_compose_says_what_it_did(
+    config: Config, sqlite_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `digest compose` prints these lines: what was composed, what was there
+    # already, or why nothing was.
+    caplog.set_level("INFO", logger="aggregator.digest")
+    assert compose(config, sqlite_store, now=SLOT) is None
+    week_of_news(sqlite_store, SLOT + WEEK)
+    made = compose(config, sqlite_store, now=SLOT + WEEK)
+    assert made is not None
+    again = compose(config, sqlite_store, now=SLOT + WEEK + timedelta(hours=2))
+    assert again is not None and again.id == made.id
+
+    subject = made.subject
+    assert caplog.messages == [
+        "no new items between 2026-11-02T00:00:00+00:00 and 2026-11-09T00:00:00+00:00: "
+        "no digest composed",
+        f"composed digest #{made.id} (5 items): {subject}",
+        f"digest #{made.id} already covers this period: {subject}",
+    ]
+
+
+@pytest.mark.parametrize("stored", [1, 3, 4, 7])
+def test_a_capped_section_counts_what_it_left_out(
+    config: Config, sqlite_store: Store, stored: int
+) -> None:
+    seen = SLOT - timedelta(days=1)
+    arrive(
+        sqlite_store,
+        "kobiz",
+        [
+            make_item("kobiz", n, f"Ko-pick: {n}", section="ko-pick", published=seen + timedelta(n))
+            for n in range(stored)
+        ]
+        + [
+            make_item("kobiz", 50 + n, f"Story {n}", section=None, published=seen)
+            for n in range(stored)
+        ],
+        seen,
+    )
+
+    digest = build_digest(config, sqlite_store, Period(SLOT - WEEK, SLOT))
+
+    assert digest is not None
+    assert [(s.id, len(s.items), s.more) for s in digest.sections] == [
+        ("ko-pick", min(stored, 3), max(stored - 3, 0)),
+        (OTHER_SECTION, min(stored, 3), max(stored - 3, 0)),
+    ]
+    # A caller's own cap (the preview's) replaces the configured one.
+    narrow = build_digest(config, sqlite_store, Period(SLOT - WEEK, SLOT), max_per_section=1)
+    assert narrow is not None
+    assert [(s.id, len(s.items), s.more) for s in narrow.sections] == [
+        ("ko-pick", 1, stored - 1),
+        (OTHER_SECTION, 1, stored - 1),
+    ]
+
+
+def test_the_same_link_is_listed_once(config: Config, sqlite_store: Store) -> None:
+    seen = SLOT - timedelta(days=1)
+    arrive(
+        sqlite_store,
+        "kobiz",
+        [
+            make_item("kobiz", n, f"Ko-pick: {n}", section="ko-pick", published=seen - timedelta(n))
+            for n in range(3)
+        ],
+        seen,
+    )
+    stored = sqlite_store.items_first_seen_between(SLOT - WEEK, SLOT)
+    newest = max(stored, key=lambda i: i.published_at)
+    # Two stories that are not marked duplicates but point at one page; the
+    # oldest story has a page of its own and still follows.
+    middle = next(i for i in stored if i.title == "Ko-pick: 1")
+    same_page = [
+        replace(i, canonical_url=newest.canonical_url) if i is middle else i for i in stored
+    ]
+
+    (section,) = digest_module.group_items(same_page, config)
+
+    assert [i.title for i in section.items] == ["Ko-pick: 0", "Ko-pick: 2"]
+    assert [i.title for i in digest_module.group_items(stored, config)[0].items] == [
+        "Ko-pick: 0",
+        "Ko-pick: 1",
+        "Ko-pick: 2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("site_url", "expected"),
+    [
+        ("https://digest.example.org/", "https://digest.example.org/digests/"),
+        ("https://example.org/KFDX/", "https://example.org/KFDX/digests/"),
+        ("https://example.org/film///", "https://example.org/film/digests/"),
+    ],
+)
+def test_a_preview_links_to_the_archive_index(config: Config, site_url: str, expected: str) -> None:
+    config = replace(config, site=replace(config.site, url=site_url))
+    assert view_url(config, None) == expected
+    assert view_url(config, 12) == f"{expected}12"
+
+
+def test_an_issue_composed_just_now_leaves_a_one_second_upcoming_period(
+    config: Config, sqlite_store: Store
+) -> None:
+    week_of_news(sqlite_store)
+    first = compose(config, sqlite_store, now=SLOT)
+    assert first is not None
+
+    assert upcoming_period(config, sqlite_store, now=SLOT) == Period(
+        SLOT - timedelta(seconds=1), SLOT
+    )
+    early = SLOT - timedelta(hours=1)  # a clock behind the last issue's end
+    assert upcoming_period(config, sqlite_store, now=early) == Period(
+        early - timedelta(seconds=1), early
+    )
+    assert upcoming_period(config, sqlite_store, now=SLOT + timedelta(hours=2)) == Period(
+        SLOT, SLOT + timedelta(hours=2)
+    )
+
+
+@pytest.mark.parametrize("aware", ["start", "end"])
+def test_a_period_needs_both_ends_in_a_time_zone(aware: str) -> None:
+    naive = datetime(2026, 11, 9, 9, 0)
+    start, end = (SLOT - WEEK, naive) if aware == "start" else (naive - WEEK, SLOT)
+    with pytest.raises(AggregatorError, match=r"^a digest period needs time-zone aware datetimes$"):
+        Period(start, end)

@@ -18,7 +18,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from aggregator.digest import latest_slot, next_slot
+from aggregator.config import parse_config
+from aggregator.digest import first_issue_hint, latest_slot, next_slot
 from aggregator.models import DigestSettings, Site
 
 ZONES = ["Asia/Seoul", "America/Los_Angeles", "Europe/Berlin", "UTC"]
@@ -89,3 +90,25 @@ def test_a_full_day_name_and_any_case_are_read_by_their_first_three_letters() ->
     for spelled in ("Thursday", "THU", "thurs"):
         settings = DigestSettings(schedule_day=spelled, schedule_time="18:05")
         assert latest_slot(settings, site, now) == datetime(2026, 11, 26, 9, 5, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("zone_name", "now", "expected"),
+    [
+        ("Asia/Seoul", datetime(2026, 11, 30, 12, tzinfo=UTC), "Mon 2026-12-07 09:00 KST"),
+        ("Asia/Seoul", datetime(2026, 11, 29, 23, 59, tzinfo=UTC), "Mon 2026-11-30 09:00 KST"),
+        ("Europe/Berlin", datetime(2026, 3, 23, 8, 30, tzinfo=UTC), "Mon 2026-03-30 09:00 CEST"),
+    ],
+)
+def test_before_the_first_issue_the_hint_names_the_next_slot_in_the_site_zone(
+    zone_name: str, now: datetime, expected: str
+) -> None:
+    config = parse_config(
+        "site: {title: T, url: 'https://x.example/', timezone: " + zone_name + "}\n"
+        "sources: [{id: a, url: 'https://a.example/feed'}]\n"
+        "digest: {schedule: 'mon 09:00'}\n"
+    )
+    assert first_issue_hint(config, now=now) == (
+        f"no issue yet; next scheduled {expected}; "
+        "`aggregator digest send --now` sends the first one today"
+    )
