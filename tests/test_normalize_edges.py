@@ -1,0 +1,216 @@
+"""normalize's Hangul, jamo, grapheme-cluster and language helpers at their exact edges.
+
+The property tests reach these helpers with random text, which is too slow to
+run per mutant; these literal cases pin every range boundary and threshold so a
+shifted bound or flipped comparison is noticed (see scripts/mutation).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from aggregator.normalize import (
+    _HANGUL_RANGES,
+    _cluster_start,
+    _is_hangul,
+    _jamo,
+    _splits_cluster,
+    detect_language,
+    item_language,
+)
+
+# Each range of _jamo with the code point just outside it on either side.
+JAMO_EDGES = [
+    (0x10FF, ""),
+    (0x1100, "L"),
+    (0x115F, "L"),
+    (0x1160, "V"),
+    (0x11A7, "V"),
+    (0x11A8, "T"),
+    (0x11FF, "T"),
+    (0x1200, ""),
+    (0xA95F, ""),
+    (0xA960, "L"),
+    (0xA97C, "L"),
+    (0xA97D, ""),
+    (0xABFF, ""),
+    (0xAC00, "LV"),  # 가
+    (0xAC01, "LVT"),  # 각
+    (0xAC1B, "LVT"),  # 갛: the last syllable with a final before the next LV
+    (0xAC1C, "LV"),  # 개 = 가 + 28
+    (0xD7A3, "LVT"),  # 힣, the last syllable
+    (0xD7A4, ""),
+    (0xD7AF, ""),
+    (0xD7B0, "V"),
+    (0xD7C6, "V"),
+    (0xD7C7, ""),
+    (0xD7CA, ""),
+    (0xD7CB, "T"),
+    (0xD7FB, "T"),
+    (0xD7FC, ""),
+]
+
+
+@pytest.mark.parametrize(("code", "kind"), JAMO_EDGES, ids=[f"U+{c:04X}" for c, _ in JAMO_EDGES])
+def test_jamo_kind_at_each_range_edge(code: int, kind: str) -> None:
+    assert _jamo(chr(code)) == kind
+
+
+HANGUL_EDGES = [
+    (0x10FF, False),
+    (0x1100, True),
+    (0x11FF, True),
+    (0x1200, False),
+    (0x312F, False),
+    (0x3130, True),
+    (0x318F, True),
+    (0x3190, False),
+    (0xA95F, False),
+    (0xA960, True),
+    (0xA97F, True),
+    (0xA980, False),
+    (0xABFF, False),
+    (0xAC00, True),
+    (0xD7A3, True),
+    (0xD7A4, False),
+    (0xD7AF, False),
+    (0xD7B0, True),
+    (0xD7FF, True),
+    (0xD800, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("code", "hangul"), HANGUL_EDGES, ids=[f"U+{c:04X}" for c, _ in HANGUL_EDGES]
+)
+def test_is_hangul_at_each_range_edge(code: int, hangul: bool) -> None:
+    assert _is_hangul(chr(code)) is hangul
+    # detect_language counts with the regex; both must agree.
+    assert bool(_HANGUL_RANGES.fullmatch(chr(code))) is hangul
+
+
+def test_the_hangul_regex_and_is_hangul_agree_on_the_whole_bmp() -> None:
+    text = "".join(map(chr, range(0x10000)))
+    by_regex = {ord(ch) for ch in _HANGUL_RANGES.findall(text)}
+    by_function = {code for code in range(0x10000) if _is_hangul(chr(code))}
+    assert by_regex == by_function
+    assert len(by_function) == 11172 + 256 + 96 + 32 + 80
+
+
+# One character of each syllable type, and a non-Hangul letter.
+KINDS = {"L": "\u1100", "V": "\u1161", "T": "\u11a8", "LV": "가", "LVT": "각", "": "a"}
+# The pairs UAX #29 (GB6-GB8) keeps together.
+JOINED = {
+    ("L", "L"),
+    ("L", "V"),
+    ("L", "LV"),
+    ("L", "LVT"),
+    ("V", "V"),
+    ("V", "T"),
+    ("LV", "V"),
+    ("LV", "T"),
+    ("LVT", "T"),
+    ("T", "T"),
+}
+
+
+@pytest.mark.parametrize("before", list(KINDS))
+@pytest.mark.parametrize("after", list(KINDS))
+def test_splits_cluster_for_every_pair_of_syllable_types(before: str, after: str) -> None:
+    text = KINDS[before] + KINDS[after]
+    assert _splits_cluster(text, 1) is ((before, after) in JOINED)
+
+
+@pytest.mark.parametrize(
+    ("text", "index", "splits"),
+    [
+        ("e\u0301", 1, True),  # combining acute (Mn)
+        ("\u0915\u0903", 1, True),  # Devanagari visarga (Mc)
+        ("a\u20dd", 1, True),  # enclosing circle (Me)
+        ("a\u200db", 1, True),  # zero-width joiner
+        ("a\u200cb", 1, False),  # zero-width non-joiner does not join
+        ("e\u0301", 0, False),  # before the first character: nothing to split
+        ("e\u0301", 2, False),  # at the end: nothing after
+        ("e\u0301", 3, False),
+        ("\u0301e", 0, False),
+        ("a-b", 1, False),
+    ],
+)
+def test_splits_cluster_on_marks_joiners_and_ends(text: str, index: int, splits: bool) -> None:
+    assert _splits_cluster(text, index) is splits
+
+
+@pytest.mark.parametrize(
+    ("text", "cut", "start"),
+    [
+        ("ab", 1, 1),
+        ("ae\u0301\u0301b", 3, 1),  # two marks: back over both to the "e"
+        ("ae\u0301\u0301b", 4, 4),  # before "b": a clean cut already
+        ("ae\u0301\u0301b", 2, 1),
+        ("ae\u0301\u0301b", 1, 1),
+        ("a\u1100\u1161\u11a8b", 3, 1),  # conjoining jamo syllable kept whole
+        ("a\u1100\u1161\u11a8b", 4, 4),
+        ("\u0301\u0301x", 2, 2),  # marks from the start: nothing to go back to, cut stays
+        ("abc", 0, 0),
+    ],
+)
+def test_cluster_start(text: str, cut: int, start: int) -> None:
+    assert _cluster_start(text, cut) == start
+
+
+@pytest.mark.parametrize(
+    ("text", "language"),
+    [
+        ("가a", "ko"),  # exactly half the letters are Hangul
+        ("가나ab", "ko"),
+        ("가ab", None),  # a third
+        ("가나abc", None),
+        ("가 1 2 3 4 5 6", "ko"),  # digits and spaces are not letters
+        ("—–…", None),  # not ASCII, but no letters at all
+        ("", None),
+        ("Parasite", None),
+        ("가", "ko"),  # conjoining jamo count as Hangul
+        ("ㄱㄴab", "ko"),  # so do compatibility jamo
+        ("ꥠꥡab", "ko"),  # jamo extended-A
+        ("ힰힱab", "ko"),  # jamo extended-B
+        ("日本語", None),  # CJK letters are not Hangul
+    ],
+)
+def test_detect_language_at_the_share(text: str, language: str | None) -> None:
+    assert detect_language(text) == language
+
+
+def test_detect_language_looks_at_the_first_600_characters_exactly() -> None:
+    # Exactly half in the first 600; one more or one fewer character would tip it.
+    assert detect_language("가" * 300 + "a" * 300 + "b" * 1000) == "ko"
+    assert detect_language("a" * 300 + "가" * 300 + "b" * 1000) == "ko"
+    assert detect_language("a" * 301 + "가" * 299 + "가" * 1000) is None
+    assert detect_language("a" * 600 + "가" * 1000) is None
+
+
+@pytest.mark.parametrize(
+    ("declared", "title", "text", "language"),
+    [
+        ("en", "기생충", "봉준호 감독의 영화", "ko"),  # plainly Korean overrules
+        ("en", "Parasite", "A film", "en"),
+        (" en-GB ", "Parasite", "A film", "en-GB"),
+        (None, "Parasite", "A film", None),
+        ("", "Parasite", "A film", None),
+        ("ko", "Parasite", "A film by Bong", None),  # declared Korean, no Hangul
+        ("KO-kr", "Parasite", "A film by Bong", None),
+        ("kor", "Parasite", "A film by Bong", "kor"),
+        # 1 Hangul letter in 10: exactly a tenth keeps the declared "ko".
+        ("ko", "가abcdefghi", "", "ko"),
+        ("ko", "가abcdefghij", "", None),
+        ("ko", "123", "", "ko"),  # no letters: nothing to contradict it
+    ],
+)
+def test_item_language(declared: str | None, title: str, text: str, language: str | None) -> None:
+    assert item_language(declared, title=title, text=text) == language
+
+
+def test_named_pattern_is_a_plain_character_class() -> None:
+    # Guards the literal ranges against edits that would still compile.
+    assert re.fullmatch(r"\[[^\]]+\]", _HANGUL_RANGES.pattern)
