@@ -14,11 +14,16 @@ import pytest
 from aggregator.normalize import (
     _HANGUL_RANGES,
     _cluster_start,
+    _filter_attribute,
     _is_hangul,
     _jamo,
     _splits_cluster,
+    cut_title,
     detect_language,
+    excerpt,
     item_language,
+    trim_cut_html,
+    trim_cut_text,
 )
 
 # Each range of _jamo with the code point just outside it on either side.
@@ -214,3 +219,156 @@ def test_item_language(declared: str | None, title: str, text: str, language: st
 def test_named_pattern_is_a_plain_character_class() -> None:
     # Guards the literal ranges against edits that would still compile.
     assert re.fullmatch(r"\[[^\]]+\]", _HANGUL_RANGES.pattern)
+
+
+@pytest.mark.parametrize(
+    ("shown", "trimmed"),
+    [
+        ("Hello wor...", "Hello…"),  # the fragment glued to the mark goes
+        ("Hello wor ...", "Hello wor…"),  # a mark after a space: the word was whole
+        ("Hello wor [...]", "Hello wor…"),
+        ("Hello wor[...]", "Hello…"),
+        ("Hello wor[..]", "Hello…"),
+        ("Hello wor[. . .]", "Hello…"),
+        ("Hello wor[…]", "Hello…"),
+        ("Hello wor[ … ]", "Hello…"),
+        ("Hello wor……", "Hello…"),
+        ("Hello wor. . .", "Hello…"),
+        ("Hello wor. ..", "Hello…"),
+        ("Hello wor.... ", "Hello…"),
+        ("Hello wor . . .", "Hello wor…"),
+        ("Hello wor...   ", "Hello…"),
+        ("Hello, wor...", "Hello…"),  # punctuation before the fragment goes with it
+        ("Hello — wor...", "Hello…"),
+        ("A wor...", "A…"),  # one letter is enough to keep
+        ("Hellowor...", "Hellowor…"),  # one cut word: kept, there is nothing else
+        ("End. ...", "End…"),
+        ("End....", "End…"),
+        ("안녕하세요 여러분입니...", "안녕하세요…"),
+        # Not a cut mark: our own "…", two dots, a mark before markup, only a mark.
+        ("Hello wor…", "Hello wor…"),
+        ("Hello wor..", "Hello wor.."),
+        ("Hello wor...</p>", "Hello wor...</p>"),
+        ("Hello wor... more", "Hello wor... more"),
+        ("...", "..."),
+    ],
+)
+def test_trim_cut_text_for_each_mark(shown: str, trimmed: str) -> None:
+    assert trim_cut_text(shown) == trimmed
+    assert trim_cut_text(trimmed) == trimmed  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("markup", "trimmed"),
+    [
+        ("<p>Hello wor...</p>", "<p>Hello…</p>"),
+        ("<p>Hi, wor...</p>", "<p>Hi…</p>"),
+        ("<p>Hello wor... </p> ", "<p>Hello… </p> "),
+        # ";" ends the reference: it stays, or "&amp" would be left broken.
+        ("<p>Tom &amp; wor...</p>", "<p>Tom &amp;…</p>"),
+        ("<p>AT&amp;...</p>", "<p>AT&amp;…</p>"),
+        # Left alone: the mark follows a tag, a bare "&", or only a tag is left.
+        ("<p><b>x</b>...</p>", "<p><b>x</b>...</p>"),
+        ("<p>a &...</p>", "<p>a &...</p>"),
+        ("<p>...</p>", "<p>...</p>"),
+        ("<p>wor...</p>", "<p>wor...</p>"),
+        ("<p>Hello wor</p>", "<p>Hello wor</p>"),
+    ],
+)
+def test_trim_cut_html_for_each_case(markup: str, trimmed: str) -> None:
+    assert trim_cut_html(markup) == trimmed
+
+
+@pytest.mark.parametrize(
+    ("title", "limit", "cut"),
+    [
+        ("abcdefghij", 10, "abcdefghij"),  # exactly the limit: kept
+        ("abcdefghijk", 10, "abcdefghi…"),  # one past: cut to limit - 1 plus "…"
+        ("abcde fghij", 10, "abcde fgh…"),  # the space at exactly half: too early to use
+        ("abcdef ghij", 10, "abcdef…"),  # a space past half: cut there
+        ("abcdef, ghijk", 10, "abcdef…"),  # punctuation before "…" goes
+        ("abcdefghe\u0301x", 10, "abcdefgh…"),  # never between a letter and its accent
+        ("abcdefg\u1100\u1161\u11a8x", 10, "abcdefg…"),  # nor inside a jamo syllable
+    ],
+)
+def test_cut_title_at_and_past_the_limit(title: str, limit: int, cut: str) -> None:
+    assert cut_title(title, limit) == cut
+    assert len(cut) <= limit
+
+
+def test_cut_title_default_limit_is_1000() -> None:
+    assert cut_title("a" * 1000) == "a" * 1000
+    assert cut_title("a" * 1001) == "a" * 999 + "…"
+
+
+def test_excerpt_at_and_past_the_limit() -> None:
+    assert excerpt("a" * 300) == "a" * 300
+    assert excerpt("word " * 100) == ("word " * 60).rstrip() + "…"
+    assert excerpt("word " * 100, 20) == "word word word word…"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        # A sentence end counts from character 100 on (a third of 300), not before.
+        ("a" * 99 + ". " + "b" * 300, "a" * 99 + "."),
+        ("a" * 98 + ". " + "b" * 300, "a" * 98 + ".…"),
+        # The last sentence end within the limit wins, with its closing quotes.
+        (
+            "a" * 150 + '."' + " " + "b" * 100 + ". " + "c" * 300,
+            "a" * 150 + '."' + " " + "b" * 100 + ".",
+        ),
+        ("a" * 150 + ".」 " + "c" * 300, "a" * 150 + ".」"),
+        ("a" * 150 + "다. " + "c" * 300, "a" * 150 + "다."),
+        ("a" * 150 + "! " + "c" * 300, "a" * 150 + "!"),
+        ("a" * 150 + "? " + "c" * 300, "a" * 150 + "?"),
+        ("a" * 150 + "。" + " " + "c" * 300, "a" * 150 + "。"),
+        ("a" * 150 + "… " + "c" * 300, "a" * 150 + "…"),
+        # A sentence end at the very last place counts; a dot glued to text does not.
+        ("a" * 299 + ". " + "c" * 300, "a" * 299 + "."),
+        ("a" * 150 + ".b " + "c" * 300, "a" * 150 + ".b…"),
+        # A closing quote at the limit is not taken past it.
+        ("a" * 298 + '.""' + " " + "c" * 300, "a" * 298 + ".…"),
+        # One long word: kept whole up to twice the limit, then cut hard.
+        ("a" * 400, "a" * 400),
+        ("a" * 400 + " b", "a" * 400 + "…"),
+        ("a" * 600 + " b", "a" * 600 + "…"),
+        ("a" * 601 + " b", "a" * 300 + "…"),
+        ("a" * 700, "a" * 300 + "…"),
+        ("a" * 400 + ",b" + "c" * 300, "a" * 400 + "…"),
+        # Nothing word-like to keep: the hard cut shows what there is.
+        ("(" * 400, "(" * 300 + "…"),
+        ("a (" + "b" * 400, "a…"),
+    ],
+)
+def test_excerpt_sentence_space_and_hard_cuts(text: str, shown: str) -> None:
+    assert excerpt(text) == shown
+
+
+BASE_URL = "https://news.example.kr/section/list.html"
+
+
+@pytest.mark.parametrize(
+    ("base", "attribute", "value", "kept"),
+    [
+        (BASE_URL, "title", "javascript:x", "javascript:x"),  # not a URL attribute
+        (BASE_URL, "alt", " spaced ", " spaced "),
+        (BASE_URL, "href", " #top ", "#top"),
+        (BASE_URL, "href", "   ", None),
+        (BASE_URL, "href", "", None),
+        (BASE_URL, "href", "https://a.example/x", "https://a.example/x"),
+        (BASE_URL, "src", "http://a.example/x", "http://a.example/x"),
+        (BASE_URL, "href", "/x", "https://news.example.kr/x"),
+        (BASE_URL, "src", "img/p.jpg", "https://news.example.kr/section/img/p.jpg"),
+        (BASE_URL, "href", "HTTPS://A.example/x", "https://A.example/x"),
+        (BASE_URL, "href", "MAILTO:desk@example.kr", "MAILTO:desk@example.kr"),
+        (BASE_URL, "href", "javascript:alert(1)", None),
+        (BASE_URL, "src", "data:image/png;base64,AA", None),
+        ("", "href", "/x", "/x"),  # no base: a relative link stays relative
+        ("", "href", "x/a:b", "x/a:b"),
+        ("", "href", "ftp://a.example/x", None),
+        ("", "href", "a:b/c", None),
+    ],
+)
+def test_filter_attribute(base: str, attribute: str, value: str, kept: str | None) -> None:
+    assert _filter_attribute(base, "a", attribute, value) == kept
