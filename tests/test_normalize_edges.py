@@ -159,6 +159,7 @@ def test_splits_cluster_on_marks_joiners_and_ends(text: str, index: int, splits:
         ("a\u1100\u1161\u11a8b", 4, 4),
         ("\u0301\u0301x", 2, 2),  # marks from the start: nothing to go back to, cut stays
         ("abc", 0, 0),
+        ("e\u0301\u0301x", 2, 2),  # the cluster opens the text: walking back stops, cut stays
     ],
 )
 def test_cluster_start(text: str, cut: int, start: int) -> None:
