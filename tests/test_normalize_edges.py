@@ -8,18 +8,25 @@ shifted bound or flipped comparison is noticed (see scripts/mutation).
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from aggregator.normalize import (
     _HANGUL_RANGES,
     _cluster_start,
+    _cut_markup,
+    _date,
     _filter_attribute,
+    _http_url,
     _is_hangul,
     _jamo,
     _splits_cluster,
+    clean_plain,
+    clean_text,
     cut_title,
     detect_language,
+    drop_undefined_entities,
     excerpt,
     item_language,
     trim_cut_html,
@@ -373,3 +380,112 @@ BASE_URL = "https://news.example.kr/section/list.html"
 )
 def test_filter_attribute(base: str, attribute: str, value: str, kept: str | None) -> None:
     assert _filter_attribute(base, "a", attribute, value) == kept
+
+
+@pytest.mark.parametrize(
+    ("markup", "limit", "cut"),
+    [
+        ("abcdefghij", 10, "abcdefghij"),
+        ("abcdefghijk", 10, "abcdefghij"),
+        ("aaaaaa<b>xx", 8, "aaaaaa"),  # inside a tag in the second half: before it
+        ("aaaa<bcdefg", 8, "aaaa<bcd"),  # a tag at exactly half: cut as is
+        ("aaaaa<b>xyz", 9, "aaaaa<b>x"),  # the tag closed before the limit
+        ("aaaaaa<bc>xx", 9, "aaaaaa"),  # ">" right at the limit is past it
+        ("aaa<b", 4, "aaa"),
+        ("aaaaaaaa&amp;bb", 11, "aaaaaaaa"),  # inside a reference: before it
+        ("aa&amp;bb", 6, "aa"),  # ";" right at the limit is past it
+        ("aa&amp;bb", 7, "aa&amp;"),
+        ("&ampaaaaaaaaaa", 5, ""),  # a reference at the very start
+        ("&amp", 3, ""),
+        ("x&" + "a" * 20, 13, "x"),  # "&" 12 back from the limit: still looked at
+        ("x&" + "a" * 20, 14, "x&aaaaaaaaaaaa"),  # 13 back: no reference is that long
+    ],
+)
+def test_cut_markup(markup: str, limit: int, cut: str) -> None:
+    assert _cut_markup(markup, limit) == cut
+
+
+@pytest.mark.parametrize(
+    ("text", "dropped"),
+    [
+        (None, None),
+        ("", ""),
+        ("a &lol9; b", "a  b"),
+        ("&amp; &xxe;", "&amp; "),
+        ("&&a;b;", ""),  # dropping "&a;" makes "&b;", dropped in the next round
+        ("&lt; &LT;", "&lt; &LT;"),
+        ("&zzz", "&zzz"),
+        ("&a1;", ""),
+        ("&" + "a" * 64 + ";", ""),  # the longest name the pattern takes
+        ("&" + "a" * 65 + ";", "&" + "a" * 65 + ";"),
+    ],
+)
+def test_drop_undefined_entities(text: str | None, dropped: str | None) -> None:
+    assert drop_undefined_entities(text) == dropped
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "plain"),
+    [
+        (" " * 160 + "abc", 10, ""),  # only the first 16 x limit characters are cleaned
+        (" " * 159 + "abc", 10, "a"),
+        ("&amp;xxe; Title", 1000, "Title"),  # a reference only after unescaping
+        ("&amp;amp;xxe;", 1000, ""),
+        ("a &amp;lol; b", 1000, "a b"),
+        (None, 1000, ""),
+    ],
+)
+def test_clean_plain(text: str | None, limit: int, plain: str) -> None:
+    assert clean_plain(text, limit) == plain
+
+
+@pytest.mark.parametrize(
+    ("text", "clean"),
+    [
+        ("&amp;quot;", '"'),
+        ("&" + "amp;" * 7 + "lt;", "<"),  # eight rounds of unescaping, no more
+        ("&" + "amp;" * 8 + "lt;", "&lt;"),
+        ("a\u200bb", "ab"),
+        ("a\u00adb", "ab"),
+        ("a\x07b", "a b"),
+        ("a\x9fb", "a b"),
+        ("a~b", "a~b"),
+        ("  a \n b  ", "a b"),
+        ("e\u0301", "\u00e9"),
+        (None, ""),
+        ("", ""),
+    ],
+)
+def test_clean_text(text: str | None, clean: str) -> None:
+    assert clean_text(text) == clean
+
+
+BASE_PAGE = "https://news.example.kr/section/list.html"
+
+
+@pytest.mark.parametrize(
+    ("base", "value", "url"),
+    [
+        (BASE_PAGE, None, None),
+        (BASE_PAGE, "  ", None),
+        (BASE_PAGE, " /a ", "https://news.example.kr/a"),
+        ("", "/a", None),  # relative with nothing to resolve against
+        ("", " https://x.example/a ", "https://x.example/a"),
+        ("", "HTTPS://x.example/", "HTTPS://x.example/"),
+        (BASE_PAGE, "HTTP://X.example/a", "HTTP://X.example/a"),
+        (BASE_PAGE, "mailto:x@example.kr", None),
+        (BASE_PAGE, "ftp://x.example/", None),
+    ],
+)
+def test_http_url(base: str, value: str | None, url: str | None) -> None:
+    assert _http_url(base, value) == url
+
+
+def test_date_is_aware_plausible_and_never_later_than_now() -> None:
+    now = datetime(2025, 11, 28, 3, 0, tzinfo=UTC)
+    assert _date(None, now) is None
+    assert _date(datetime(2025, 11, 1), now) is None  # naive: unknown zone
+    assert _date(datetime(1900, 1, 1, tzinfo=UTC), now) is None
+    assert _date(now - timedelta(days=1), now) == now - timedelta(days=1)
+    assert _date(now + timedelta(hours=1), now) == now
+    assert _date(now, now) == now
