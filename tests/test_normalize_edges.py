@@ -8,12 +8,20 @@ shifted bound or flipped comparison is noticed (see scripts/mutation).
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from aggregator.errors import EntryTooLarge, ParseError
+from aggregator.models import Item, RawEntry, SectionRule, Source
 from aggregator.normalize import (
     _HANGUL_RANGES,
+    CUT_EXCERPT_MAX_CHARS,
+    MAX_CATEGORIES,
+    MAX_CATEGORY_CHARS,
+    MAX_LINK_CHARS,
+    MAX_SUMMARY_CHARS,
     _cluster_start,
     _cut_markup,
     _date,
@@ -29,6 +37,7 @@ from aggregator.normalize import (
     drop_undefined_entities,
     excerpt,
     item_language,
+    normalize,
     trim_cut_html,
     trim_cut_text,
 )
@@ -489,3 +498,180 @@ def test_date_is_aware_plausible_and_never_later_than_now() -> None:
     assert _date(now - timedelta(days=1), now) == now - timedelta(days=1)
     assert _date(now + timedelta(hours=1), now) == now
     assert _date(now, now) == now
+
+
+# ------------------------------------------------------------------- normalize
+
+NOW = datetime(2025, 11, 28, 3, 0, tzinfo=UTC)
+SOURCE = Source(id="news", url=BASE_PAGE, section="general")
+
+
+def raw(**overrides: object) -> RawEntry:
+    values: dict[str, object] = {
+        "guid": "g-1",
+        "link": "/news/1",
+        "title": "A title",
+        "summary_html": "<p>Summary.</p>",
+        "published": datetime(2025, 11, 27, tzinfo=UTC),
+    }
+    values.update(overrides)
+    return RawEntry(**values)  # type: ignore[arg-type]
+
+
+def run(entry: RawEntry, source: Source = SOURCE, sections: tuple[SectionRule, ...] = ()) -> Item:
+    return normalize(source, entry, sections=sections, now=NOW, fallback_base=BASE_PAGE)
+
+
+def test_links_and_guids_at_the_size_cap() -> None:
+    at_cap = "https://x.example/" + "a" * (MAX_LINK_CHARS - len("https://x.example/"))
+    assert run(raw(link=at_cap)).url == at_cap
+    assert run(raw(guid="g" * MAX_LINK_CHARS)).guid == "g" * MAX_LINK_CHARS
+    with pytest.raises(EntryTooLarge) as link_error:
+        run(raw(link=at_cap + "a", title="Big"))
+    assert (
+        f"entry 'Big' refused: its link or guid is {MAX_LINK_CHARS + 1:,} characters"
+        f" (the cap is {MAX_LINK_CHARS:,})"
+    ) in str(link_error.value)
+    assert link_error.value.source_id == "news"
+    assert link_error.value.url == BASE_PAGE
+    with pytest.raises(EntryTooLarge, match=f"{MAX_LINK_CHARS + 1:,} characters"):
+        run(raw(guid="g" * (MAX_LINK_CHARS + 1), title=None))
+    # A guid under the cap that grows past it once cleaned is still refused.
+    with pytest.raises(EntryTooLarge):
+        run(raw(link=at_cap[:-1] + "\u00e9"))
+
+
+def test_links_resolve_against_the_entry_base_then_the_page() -> None:
+    item = run(raw(base_url="https://cdn.example/a/", link="p/1", image_url="i.jpg"))
+    assert item.url == "https://news.example.kr/section/p/1"  # the link: the page it came from
+    assert item.image_url == "https://cdn.example/a/i.jpg"
+    item = run(raw(base_url="ftp://cdn.example/", image_url="i.jpg"))
+    assert item.image_url == "https://news.example.kr/section/i.jpg"
+    assert run(raw(image_url="https://x.example/" + "i" * MAX_LINK_CHARS)).image_url is None
+    fits = "https://x.example/" + "i" * (MAX_LINK_CHARS - 18)
+    assert run(raw(image_url=fits)).image_url == fits
+
+
+def test_an_entry_without_a_link_names_its_guid_or_title() -> None:
+    with pytest.raises(ParseError) as by_guid:
+        run(raw(link="javascript:x", guid="tag:x,1"))
+    assert "entry 'tag:x,1' has no http(s) link" in str(by_guid.value)
+    assert by_guid.value.source_id == "news" and by_guid.value.url == BASE_PAGE
+    with pytest.raises(ParseError, match="entry 'Lost' has no"):
+        run(raw(link=None, guid=None, title="Lost"))
+    with pytest.raises(ParseError, match="entry '\\?' has no"):
+        run(raw(link=None, guid=None, title=None))
+    # A guid that is an http URL stands in for the link, resolved against nothing.
+    assert run(raw(link=None, guid="https://x.example/p/1")).url == "https://x.example/p/1"
+    with pytest.raises(ParseError):
+        run(raw(link=None, guid="/p/1"))
+
+
+def test_guid_is_cleaned_or_the_canonical_url() -> None:
+    assert run(raw(guid=" g &amp; 1 ")).guid == "g & 1"
+    assert run(raw(guid="  ")).guid == "https://news.example.kr/news/1"
+
+
+def test_summary_and_content_kept_apart_or_once() -> None:
+    big = "<p>" + "x" * (MAX_SUMMARY_CHARS - 7) + "</p>"
+    assert len(big) == MAX_SUMMARY_CHARS
+    item = run(raw(summary_html=big, content_html=big))
+    assert item.summary_html == "" and item.content_html == big
+    bigger = "<p>" + "x" * (MAX_SUMMARY_CHARS - 6) + "</p>"
+    item = run(raw(summary_html=bigger, content_html=bigger))
+    assert item.content_html == bigger
+    assert 0 < len(item.summary_html) <= MAX_SUMMARY_CHARS  # cut to the summary's cap
+    only_summary = run(raw(summary_html="<p>Short.</p>", content_html=None))
+    assert only_summary.content_html == "" and only_summary.summary_html == "<p>Short.</p>"
+    assert only_summary.text == "Short."
+
+
+def test_cut_excerpts_are_trimmed_only_up_to_the_cap() -> None:
+    words = ("word " * CUT_EXCERPT_MAX_CHARS)[: CUT_EXCERPT_MAX_CHARS - 8]
+    at_cap = f"<p>{words} frag...</p>"
+    item = run(raw(summary_html=at_cap))
+    assert len(words + " frag...") == CUT_EXCERPT_MAX_CHARS
+    assert item.text == words + "…"  # "frag" goes, the whole word before it stays
+    assert item.summary_html == f"<p>{words}…</p>"
+    past_cap = f"<p>{words}x frag...</p>"
+    item = run(raw(summary_html=past_cap))
+    assert item.text.endswith("x frag...")
+    content = run(raw(summary_html="<p>In short.</p>", content_html="<p>A long wor...</p>"))
+    assert content.content_html == "<p>A long…</p>" and content.text == "A long…"
+    assert content.summary_html == "<p>In short.</p>"
+
+
+def test_title_falls_back_to_the_text_then_the_url() -> None:
+    long_text = "<p>" + "word " * 60 + "</p>"
+    item = run(raw(title="  ", summary_html=long_text))
+    assert item.title == ("word " * 24).rstrip() + "…"
+    assert len(item.title) <= 120
+    assert run(raw(title=None, summary_html=None)).title == "https://news.example.kr/news/1"
+    assert run(raw(title="x" * 1001)).title == "x" * 999 + "…"
+
+
+def test_author_categories_and_language_are_cleaned_and_capped() -> None:
+    item = run(raw(author="  ", language="  "))
+    assert item.author is None and item.language is None
+    assert run(raw(author=" Kim &amp; Lee ")).author == "Kim & Lee"
+    cats = tuple(f"c{i}" for i in range(MAX_CATEGORIES + 5))
+    item = run(raw(categories=("", " c1 ", "c1", *cats)))
+    assert item.categories == ("c1", "c0", *(f"c{i}" for i in range(2, MAX_CATEGORIES)))
+    long_cat = "k" * (MAX_CATEGORY_CHARS + 1)
+    assert run(raw(categories=(long_cat,))).categories == ("k" * (MAX_CATEGORY_CHARS - 1) + "…",)
+    assert run(raw(categories=(long_cat[:-1],))).categories == (long_cat[:-1],)
+    assert run(raw(language="en-GB-oxendict16")).language == "en-GB-oxendict16"  # 16
+    assert run(raw(language="en-GB-oxendict-17")).language is None  # 17: not a tag
+    assert run(raw(language="en"), replace(SOURCE, language="de")).language == "de"
+    assert (
+        run(raw(language="en", title="기생충", summary_html="<p>봉준호 감독</p>")).language == "ko"
+    )
+
+
+def test_dates_fall_back_in_order() -> None:
+    day = datetime(2025, 11, 20, tzinfo=UTC)
+    later = datetime(2025, 11, 25, tzinfo=UTC)
+    item = run(raw(published=day, updated=later))
+    assert (item.published_at, item.updated_at, item.date_missing) == (day, later, False)
+    item = run(raw(published=later, updated=day))
+    assert (item.published_at, item.updated_at) == (later, later)
+    item = run(raw(published=None, updated=day, date_text="2025.11.01"))
+    assert (item.published_at, item.updated_at) == (day, day)
+    item = run(raw(published=None, date_text="2025.11.01"))
+    assert item.published_at == datetime(2025, 10, 31, 15, 0, tzinfo=UTC)
+    assert item.updated_at == item.published_at and not item.date_missing
+    source = replace(SOURCE, timezone="UTC", date_format="%d/%m/%Y")
+    item = run(raw(published=None, date_text="01/11/2025"), source)
+    assert item.published_at == datetime(2025, 11, 1, tzinfo=UTC)
+    item = run(raw(published=None, date_text=None))
+    assert (item.published_at, item.updated_at, item.date_missing) == (NOW, NOW, True)
+    item = run(raw(published=None, date_text="2099.01.01"))
+    assert item.date_missing and item.published_at == NOW
+
+
+def test_section_by_rule_else_the_source_default() -> None:
+    rules = (
+        SectionRule(id="a", title="A", source_ids=("other",)),
+        SectionRule(id="b", title="B", text_pattern="Summary"),
+    )
+    assert run(raw(), sections=rules).section == "b"
+    assert run(raw(), sections=rules[:1]).section == "general"
+    assert run(raw(), replace(SOURCE, section=None), rules[:1]).section is None
+
+
+def test_item_carries_excerpt_fingerprint_and_hash_of_its_own_fields() -> None:
+    item = run(raw(summary_html="<p>" + "Sentence here. " * 40 + "</p>"))
+    assert item.excerpt == excerpt(item.text)
+    assert item.source_id == "news"
+    other = run(raw(summary_html="<p>" + "Sentence here. " * 40 + "</p>", author="Kim"))
+    assert other.content_hash != item.content_hash
+    assert other.fingerprint == item.fingerprint
+    assert run(raw(image_url="/i.jpg")).content_hash != run(raw()).content_hash
+    assert run(raw(categories=("x",))).content_hash != run(raw()).content_hash
+    assert run(raw(title="B")).content_hash != run(raw()).content_hash
+    assert run(raw(link="/news/2")).content_hash != run(raw()).content_hash
+    assert (
+        run(raw(published=datetime(2025, 11, 26, tzinfo=UTC))).content_hash
+        != run(raw()).content_hash
+    )
+    assert run(raw(content_html="<p>C</p>")).content_hash != run(raw()).content_hash
