@@ -28,6 +28,7 @@ from aggregator.normalize import (
     _filter_attribute,
     _http_url,
     _is_hangul,
+    _is_word_char,
     _jamo,
     _splits_cluster,
     clean_plain,
@@ -263,6 +264,13 @@ def test_named_pattern_is_a_plain_character_class() -> None:
         ("End....", "End…"),
         ("안녕하세요 여러분입니...", "안녕하세요…"),
         # Not a cut mark: our own "…", two dots, a mark before markup, only a mark.
+        # Only what is glued to the mark goes: punctuation before the fragment
+        # is stripped from the end, never from the start.
+        ("(Hello wor...", "(Hello…"),
+        ("Hello, ...", "Hello…"),
+        ("Hello X ...", "Hello X…"),
+        (", wor...", ", wor…"),  # nothing but punctuation before it: the fragment stays
+        ("— wor...", "— wor…"),
         ("Hello wor…", "Hello wor…"),
         ("Hello wor..", "Hello wor.."),
         ("Hello wor...</p>", "Hello wor...</p>"),
@@ -385,6 +393,17 @@ BASE_URL = "https://news.example.kr/section/list.html"
         ("", "href", "x/a:b", "x/a:b"),
         ("", "href", "ftp://a.example/x", None),
         ("", "href", "a:b/c", None),
+        ("", "href", ":x", None),  # no scheme, yet a colon in the first segment
+        ("", "href", "/:x/y", "/:x/y"),
+        ("", "href", "x/y:z/w", "x/y:z/w"),
+        # Absolute http(s) links are kept as written, not re-resolved.
+        (
+            "https://news.example.kr/",
+            "href",
+            "https://a.example/x/../y",
+            "https://a.example/x/../y",
+        ),
+        ("http://news.example.kr/", "src", "http://a.example/x/../y", "http://a.example/x/../y"),
     ],
 )
 def test_filter_attribute(base: str, attribute: str, value: str, kept: str | None) -> None:
@@ -675,3 +694,26 @@ def test_item_carries_excerpt_fingerprint_and_hash_of_its_own_fields() -> None:
         != run(raw()).content_hash
     )
     assert run(raw(content_html="<p>C</p>")).content_hash != run(raw()).content_hash
+
+
+@pytest.mark.parametrize(
+    ("ch", "word"),
+    [
+        ("a", True),
+        ("가", True),
+        ("1", True),
+        ("\u0301", True),  # combining marks (Mn, Mc, Me) belong to the word
+        ("\u0903", True),
+        ("\u20dd", True),
+        ("_", True),
+        ("'", True),
+        ("’", True),
+        ("-", True),
+        (" ", False),
+        (",", False),
+        ("(", False),
+        (".", False),
+    ],
+)
+def test_is_word_char(ch: str, word: bool) -> None:
+    assert _is_word_char(ch) is word
