@@ -352,6 +352,8 @@ def test_excerpt_at_and_past_the_limit() -> None:
         # A sentence end at the very last place counts; a dot glued to text does not.
         ("a" * 299 + ". " + "c" * 300, "a" * 299 + "."),
         ("a" * 150 + ".b " + "c" * 300, "a" * 150 + ".b…"),
+        # A sentence end just past the limit is not looked at.
+        ("a" * 300 + ". " + "c" * 300, "a" * 300 + "…"),
         # A closing quote at the limit is not taken past it.
         ("a" * 298 + '.""' + " " + "c" * 300, "a" * 298 + ".…"),
         # One long word: kept whole up to twice the limit, then cut hard.
