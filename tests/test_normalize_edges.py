@@ -39,6 +39,7 @@ from aggregator.normalize import (
     excerpt,
     item_language,
     normalize,
+    sanitize_html,
     trim_cut_html,
     trim_cut_text,
 )
@@ -258,7 +259,8 @@ def test_named_pattern_is_a_plain_character_class() -> None:
         ("Hello wor...   ", "Hello…"),
         ("Hello, wor...", "Hello…"),  # punctuation before the fragment goes with it
         ("Hello — wor...", "Hello…"),
-        ("A wor...", "A…"),  # one letter is enough to keep
+        ("A wor...", "A…"),
+        ("Hello w...", "Hello…"),  # a one-letter fragment  # one letter is enough to keep
         ("Hellowor...", "Hellowor…"),  # one cut word: kept, there is nothing else
         ("End. ...", "End…"),
         ("End....", "End…"),
@@ -406,6 +408,8 @@ BASE_URL = "https://news.example.kr/section/list.html"
             "https://a.example/x/../y",
         ),
         ("http://news.example.kr/", "src", "http://a.example/x/../y", "http://a.example/x/../y"),
+        ("https://news.example.kr/", "href", "https://a.example/x?", "https://a.example/x?"),
+        ("http://news.example.kr/", "href", "http://a.example/x?", "http://a.example/x?"),
     ],
 )
 def test_filter_attribute(base: str, attribute: str, value: str, kept: str | None) -> None:
@@ -719,3 +723,53 @@ def test_item_carries_excerpt_fingerprint_and_hash_of_its_own_fields() -> None:
 )
 def test_is_word_char(ch: str, word: bool) -> None:
     assert _is_word_char(ch) is word
+
+
+@pytest.mark.parametrize(
+    ("markup", "clean"),
+    [
+        (None, ""),
+        ("", ""),
+        ("  \n ", ""),
+        ("<p>a\u200bb</p>", "<p>ab</p>"),  # zero-width characters go
+        ("<p>a\x07b</p>", "<p>a b</p>"),  # control characters become a space
+        ('<a href="?q">x</a>', '<a href="?q" rel="noopener noreferrer nofollow">x</a>'),
+    ],
+)
+def test_sanitize_html_edges(markup: str | None, clean: str) -> None:
+    assert sanitize_html(markup) == clean
+
+
+def test_normalize_uses_every_base_and_field_it_is_given() -> None:
+    # A relative xml:base resolves against the page.
+    item = run(raw(base_url="/cdn/", image_url="i.jpg"))
+    assert item.image_url == "https://news.example.kr/cdn/i.jpg"
+    # The summary's links resolve too when it differs from the content.
+    item = run(raw(summary_html='<p><a href="/p/9">x</a></p>', content_html="<p>Other.</p>"))
+    assert 'href="https://news.example.kr/p/9"' in item.summary_html
+    # The source's own parameters to drop.
+    source = replace(SOURCE, drop_params=("ref",))
+    assert run(raw(link="/news/1?id=2&ref=home"), source).canonical_url == (
+        "https://news.example.kr/news/1?id=2"
+    )
+    # The summary counts in the hash.
+    assert run(raw(summary_html="<p>Other.</p>")).content_hash != run(raw()).content_hash
+    # The title counts for the language.
+    item = run(raw(language=None, title="기생충 봉준호 감독", summary_html="<p>A film.</p>"))
+    assert item.language == "ko"
+    # A missing title is cut from the first 120 characters of the text.
+    text = "a" * 119 + " b " + "c" * 50
+    assert run(raw(title=None, summary_html=f"<p>{text}</p>")).title == "a" * 119 + "…"
+
+
+def test_links_that_outgrow_the_cap_once_resolved_or_cleaned_are_refused() -> None:
+    # The url alone: the fragment the canonical URL drops takes it over.
+    link = "/" + "a" * (MAX_LINK_CHARS - 32) + "#" + "f" * 20
+    with pytest.raises(EntryTooLarge) as error:
+        run(raw(link=link))
+    assert error.value.url == BASE_PAGE and error.value.source_id == "news"
+    assert f"{MAX_LINK_CHARS + 13:,} characters" in str(error.value)
+    # The guid alone: NFC decomposes U+0958 into two code points.
+    guid = "\u0958" * (MAX_LINK_CHARS // 2 + 1)
+    with pytest.raises(EntryTooLarge, match=f"{MAX_LINK_CHARS + 2:,} characters"):
+        run(raw(guid=guid))
