@@ -361,6 +361,8 @@ def test_excerpt_at_and_past_the_limit() -> None:
         # One long word: kept whole up to twice the limit, then cut hard.
         ("a" * 400, "a" * 400),
         ("a" * 400 + " b", "a" * 400 + "…"),
+        ("a" * 401, "a" * 401),  # odd lengths too: the word is walked one by one
+        ("a" * 401 + " b", "a" * 401 + "…"),
         ("a" * 600 + " b", "a" * 600 + "…"),
         ("a" * 601 + " b", "a" * 300 + "…"),
         ("a" * 700, "a" * 300 + "…"),
