@@ -775,3 +775,11 @@ def test_links_that_outgrow_the_cap_once_resolved_or_cleaned_are_refused() -> No
     guid = "\u0958" * (MAX_LINK_CHARS // 2 + 1)
     with pytest.raises(EntryTooLarge, match=f"{MAX_LINK_CHARS + 2:,} characters"):
         run(raw(guid=guid))
+
+
+def test_a_date_without_a_year_is_read_against_the_given_now() -> None:
+    # The wall clock is not NOW: read against it, "27 November" would fall in
+    # another year and be clamped.
+    item = run(raw(published=None, date_text="11월 27일"))
+    assert item.published_at == datetime(2025, 11, 26, 15, 0, tzinfo=UTC)
+    assert not item.date_missing
