@@ -561,8 +561,12 @@ def test_links_and_guids_at_the_size_cap() -> None:
     ) in str(link_error.value)
     assert link_error.value.source_id == "news"
     assert link_error.value.url == BASE_PAGE
-    with pytest.raises(EntryTooLarge, match=f"{MAX_LINK_CHARS + 1:,} characters"):
+    with pytest.raises(EntryTooLarge) as guid_error:
         run(raw(guid="g" * (MAX_LINK_CHARS + 1), title=None))
+    assert f"entry '?' refused: its link or guid is {MAX_LINK_CHARS + 1:,} characters" in str(
+        guid_error.value
+    )
+    assert guid_error.value.url == BASE_PAGE
     # A guid under the cap that grows past it once cleaned is still refused.
     with pytest.raises(EntryTooLarge):
         run(raw(link=at_cap[:-1] + "\u00e9"))
