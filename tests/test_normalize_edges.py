@@ -31,6 +31,7 @@ from aggregator.normalize import (
     _is_word_char,
     _jamo,
     _splits_cluster,
+    bounded_html,
     clean_plain,
     clean_text,
     cut_title,
@@ -435,6 +436,12 @@ def test_filter_attribute(base: str, attribute: str, value: str, kept: str | Non
         ("&amp", 3, ""),
         ("x&" + "a" * 20, 13, "x"),  # "&" 12 back from the limit: still looked at
         ("x&" + "a" * 20, 14, "x&aaaaaaaaaaaa"),  # 13 back: no reference is that long
+        ("aaaaaa<b>x<y", 8, "aaaaaa"),  # a "<" past the limit is not the one cut inside
+        ("aa<b>a<cdef", 9, "aa<b>a"),  # the last "<" before the limit, not the first
+        ("a<b>aaa<cdef", 10, "a<b>aaa"),  # a ">" before that "<" does not close it
+        ("aa&amp;bb&c", 6, "aa"),  # an "&" past the limit is not the one cut inside
+        ("a&amp;b&cd", 9, "a&amp;b"),  # the last "&", not the first
+        ("a;b&cdef", 6, "a;b"),  # a ";" before the "&" does not end it
     ],
 )
 def test_cut_markup(markup: str, limit: int, cut: str) -> None:
@@ -787,3 +794,21 @@ def test_a_date_without_a_year_is_read_against_the_given_now() -> None:
     item = run(raw(published=None, date_text="11월 27일"))
     assert item.published_at == datetime(2025, 11, 26, 15, 0, tzinfo=UTC)
     assert not item.date_missing
+
+
+def test_bounded_html_cuts_to_the_limit_in_whole_elements() -> None:
+    base = "https://e.example/"
+    assert bounded_html("<p>" + "word " * 100 + "</p>", base, 100) == (
+        "<p>" + ("word " * 19)[:-3] + "</p>"
+    )
+    assert bounded_html("<p>" + "<b>ab</b> " * 30 + "</p>", base, 100) == (
+        "<p>" + "<b>ab</b> " * 9 + "</p>"
+    )
+    assert bounded_html("<p>" + "x" * 300 + "</p>", base, 100) == "<p>" + "x" * 92 + "</p>"
+
+
+def test_a_long_title_is_named_by_its_first_60_characters() -> None:
+    link = "/" + "a" * MAX_LINK_CHARS
+    with pytest.raises(EntryTooLarge) as error:
+        run(raw(link=link, title="t" * 70))
+    assert f"entry {'t' * 60!r} refused" in str(error.value)
