@@ -436,6 +436,8 @@ def test_filter_attribute(base: str, attribute: str, value: str, kept: str | Non
         ("&amp", 3, ""),
         ("x&" + "a" * 20, 13, "x"),  # "&" 12 back from the limit: still looked at
         ("x&" + "a" * 20, 14, "x&aaaaaaaaaaaa"),  # 13 back: no reference is that long
+        ("aaaaaa<b", 8, "aaaaaa<b"),  # exactly the limit: kept, even an open tag
+        ("aa&amp", 7, "aa&amp"),
         ("aaaaaa<b>x<y", 8, "aaaaaa"),  # a "<" past the limit is not the one cut inside
         ("aa<b>a<cdef", 9, "aa<b>a"),  # the last "<" before the limit, not the first
         ("a<b>aaa<cdef", 10, "a<b>aaa"),  # a ">" before that "<" does not close it
