@@ -20,8 +20,8 @@ import pytest
 from aggregator.config import parse_config
 from aggregator.store import Store
 from aggregator.tokens import Tokens
+from tests.support.chromium import screenshots
 from tests.test_korean_edition import _parts, _send, config_yaml
-from tests.test_pages_browser import _FRAME, _chromium
 from tests.test_subscribe_web import SECRET as WEB_SECRET
 from tests.test_subscribe_web import Web, serve_web
 
@@ -36,20 +36,9 @@ WIDTHS = (600, 390)
 
 def _screenshots(page_html: str, name: str) -> list[Path]:
     """``page_html`` at each of :data:`WIDTHS`, in an iframe exactly that wide."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    source = ARTIFACTS / f"{name}.html"
-    source.write_text(page_html, encoding="utf-8")
-    shots = []
-    for width in WIDTHS:
-        height = 2400
-        frame = ARTIFACTS / f"{name}.frame-{width}.html"
-        frame.write_text(_FRAME.format(src=source.name, width=width, height=height), "utf-8")
-        shot = ARTIFACTS / f"{name}-{width}.png"
-        shot.unlink(missing_ok=True)
-        _chromium(f"--window-size={width},{height}", f"--screenshot={shot}", frame.as_uri())
-        frame.unlink()
+    shots = screenshots(page_html, name, folder=ARTIFACTS, widths=WIDTHS, height=2400)
+    for shot in shots:
         assert shot.stat().st_size > 10_000, f"{shot}: blank screenshot"
-        shots.append(shot)
     return shots
 
 

@@ -44,6 +44,7 @@ from aggregator.store import Store
 from aggregator.tokens import Tokens
 from aggregator.web.app import WebContext, create_app
 from aggregator.web.server import EmbeddedServer
+from tests.support.chromium import run_chromium, screenshots
 from tests.support.http import unused_port
 from tests.support.items import make_item as build_item
 from tests.test_render import ENGLISH, KOREAN, SITE, VIEW_URL, sample_digest
@@ -56,7 +57,6 @@ pytestmark = pytest.mark.chromium
 ARTIFACTS = Path(__file__).parent / "artifacts" / "pages"
 NPM_CACHE = Path(__file__).parent / ".cache" / "npm"
 AXE_PACKAGE = "axe-core@4"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SECRET = "pages-test-secret-0123456789abcdef"
 SCREENSHOT_WIDTHS = (1280, 600, 390)
 AXE_TAGS = ("wcag2a", "wcag2aa", "wcag21a", "wcag21aa")
@@ -126,12 +126,6 @@ _RUNNER = """
 })();
 """
 
-_FRAME = """<!DOCTYPE html>
-<html><head><meta charset="utf-8"></head><body style="margin:0">
-<iframe src="{src}" style="display:block;width:{width}px;height:{height}px;border:0"></iframe>
-</body></html>
-"""
-
 
 @pytest.fixture(scope="session")
 def axe_js() -> Path:
@@ -155,24 +149,6 @@ def axe_js() -> Path:
     return path
 
 
-def _chromium(*args: str) -> str:
-    if CHROMIUM is None:
-        pytest.fail("chromium is not installed: run scripts/test (it installs it)", pytrace=False)
-    command = [
-        CHROMIUM,
-        "--headless",
-        "--disable-gpu",
-        "--no-sandbox",
-        "--hide-scrollbars",
-        "--no-first-run",
-        "--disable-extensions",
-        "--allow-file-access-from-files",
-        "--virtual-time-budget=10000",
-        *args,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
-
-
 @dataclass
 class AxeReport:
     violations: list[dict[str, object]]
@@ -194,7 +170,7 @@ def run_axe(page_html: str, name: str, axe: Path, *, page_rules: bool) -> AxeRep
     assert page_html.count("</body>") == 1, f"{name}: not one </body>"
     target = folder / f"{name}.html"
     target.write_text(page_html.replace("</body>", scripts + "</body>"), encoding="utf-8")
-    dom = _chromium("--window-size=1280,2000", "--dump-dom", target.as_uri())
+    dom = run_chromium("--window-size=1280,2000", "--dump-dom", target.as_uri())
     match = re.search(r'<pre id="axe-result">(.*?)</pre>', dom, re.DOTALL)
     assert match, f"{name}: axe did not report (is {axe} a working axe.min.js?)"
     result = json.loads(html_module.unescape(match.group(1)))
@@ -203,25 +179,8 @@ def run_axe(page_html: str, name: str, axe: Path, *, page_rules: bool) -> AxeRep
 
 
 def screenshot(page_html: str, name: str) -> list[Path]:
-    """Screenshots of ``page_html`` at each of :data:`SCREENSHOT_WIDTHS`.
-
-    The page is shown in an iframe exactly ``width`` px wide: a headless window
-    lays pages out at 500 px at least, so a 390 px window alone would crop.
-    """
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    source = ARTIFACTS / f"{name}.html"
-    source.write_text(page_html, encoding="utf-8")
-    shots = []
-    for width in SCREENSHOT_WIDTHS:
-        height = 2200
-        frame = ARTIFACTS / f"{name}.frame-{width}.html"
-        frame.write_text(_FRAME.format(src=source.name, width=width, height=height), "utf-8")
-        shot = ARTIFACTS / f"{name}-{width}.png"
-        shot.unlink(missing_ok=True)
-        _chromium(f"--window-size={width},{height}", f"--screenshot={shot}", frame.as_uri())
-        frame.unlink()
-        shots.append(shot)
-    return shots
+    """Screenshots of ``page_html`` at each of :data:`SCREENSHOT_WIDTHS`."""
+    return screenshots(page_html, name, folder=ARTIFACTS, widths=SCREENSHOT_WIDTHS, height=2200)
 
 
 # ------------------------------------------------------------------------- the site

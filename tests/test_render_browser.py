@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -19,13 +18,13 @@ import pytest
 
 from aggregator.models import Digest, DigestSection
 from aggregator.render import render_digest, render_home
+from tests.support.chromium import run_chromium
 from tests.support.http import FixtureServer
 from tests.test_render import ENGLISH, KOREAN, SITE, VIEW_URL, make_item, sample_digest
 
 pytestmark = pytest.mark.chromium
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WIDTHS = (375, 800)
 
 # A host page that loads the email in an iframe exactly ``width`` px wide (a
@@ -94,34 +93,12 @@ def _with_local_images(digest: Digest, server: FixtureServer) -> Digest:
     return replace(digest, sections=sections)
 
 
-def _chromium(*args: str) -> subprocess.CompletedProcess[str]:
-    if CHROMIUM is None:
-        pytest.fail("chromium is not installed: run scripts/test (it installs it)", pytrace=False)
-    command = [
-        CHROMIUM,
-        "--headless",
-        "--disable-gpu",
-        "--no-sandbox",
-        "--hide-scrollbars",
-        "--no-first-run",
-        "--disable-extensions",
-        "--virtual-time-budget=5000",
-        *args,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=90, check=True)
-
-
 def _open(html: Path, width: int, screenshot: Path) -> dict[str, object]:
     """Screenshot ``html`` at ``width`` px and return what the probe script measured."""
-    _chromium(f"--window-size={width},2400", f"--screenshot={screenshot}", html.as_uri())
+    run_chromium(f"--window-size={width},2400", f"--screenshot={screenshot}", html.as_uri())
     probe_page = html.with_name(f"{html.stem}.probe-{width}.html")
     probe_page.write_text(_PROBE.format(src=html.name, width=width), encoding="utf-8")
-    dom = _chromium(
-        "--window-size=1000,2400",
-        "--allow-file-access-from-files",
-        "--dump-dom",
-        probe_page.as_uri(),
-    ).stdout
+    dom = run_chromium("--window-size=1000,2400", "--dump-dom", probe_page.as_uri())
     probe_page.unlink()
     match = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.DOTALL)
     assert match, "the probe script did not run"
