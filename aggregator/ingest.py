@@ -44,7 +44,7 @@ from .normalize import normalize
 from .pool import BrokenProcessPool, OverBudget, ParsePool
 from .pool import make_pool as make_pool  # re-exported: the scheduler and benchmarks use it
 from .sources import parse
-from .store import Store
+from .store import Failure, NotModified, SaveItems, SourceWrite, Store
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,10 @@ MAX_IN_FLIGHT = 64
 # database counts as down: later sources stop waiting on it (each wait can
 # last the SQLite busy timeout) and the pass ends with the error.
 STORE_FAILURES_TO_GIVE_UP = 2
+# Sources' writes that share one transaction at most (those waiting while the
+# previous write ran). Bounds how long the write lock is held: ~64 cold
+# sources are a few tenths of a second.
+MAX_WRITES_PER_BATCH = 64
 
 T = TypeVar("T")
 
@@ -72,6 +76,38 @@ class _StoreBreaker:
 
 
 _store_breaker: ContextVar[_StoreBreaker | None] = ContextVar("store_breaker", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    """A store write waiting for its turn: the call, and the record to batch it with others."""
+
+    record: SourceWrite | None
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    done: asyncio.Future[Any]
+
+
+# The store's per-source writes and the records Store.save_batch takes for them.
+_BATCHABLE: dict[Any, type[SaveItems | NotModified | Failure]] = {
+    Store.save_items: SaveItems,
+    Store.record_not_modified: NotModified,
+    Store.record_failure: Failure,
+}
+
+
+def _as_source_write(
+    store: Store, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> SourceWrite | None:
+    """``fn(*args, **kwargs)`` as a batchable record, if ``fn`` is one of ``store``'s own writes.
+
+    Anything else (a stand-in a test put on the store) runs as called.
+    """
+    if getattr(fn, "__self__", None) is not store:
+        return None
+    record = _BATCHABLE.get(getattr(fn, "__func__", None))
+    return None if record is None else record(*args, **kwargs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +270,7 @@ class Ingestor:
         self._fetcher = fetcher
         self._pool = pool
         self._write_lock = asyncio.Lock()
+        self._waiting: list[_Waiting] = []
 
     async def run(
         self,
@@ -459,7 +496,12 @@ class Ingestor:
     async def _not_modified(
         self, source: Source, result: FetchResult, next_at: datetime, started: float
     ) -> IngestStats:
-        """A 304, or a listing that extracts as last time: record the fetch, write nothing else."""
+        """A 304, or a listing that extracts as last time: record the fetch, write nothing else.
+
+        In a warm pass every source ends here within milliseconds of the
+        others: their writes wait together and go out as one batch (see
+        :meth:`_write`), one UPDATE for all of them.
+        """
         await self._write(
             self.store.record_not_modified,
             source.id,
@@ -544,21 +586,73 @@ class Ingestor:
         )
 
     async def _write(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """One store write, serialized; gives up early on a database that is down."""
-        breaker = _store_breaker.get()
+        """One store write, serialized; gives up early on a database that is down.
+
+        Writes that arrive while another is running wait together, and the
+        next one to run takes them all (up to :data:`MAX_WRITES_PER_BATCH`)
+        into ONE transaction (:meth:`Store.save_batch`), each source in its
+        own savepoint: a source the database refuses fails alone, as before,
+        and only the commit is shared. Nothing waits for a batch to fill: a
+        write that finds the store idle runs at once, alone.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        record = _as_source_write(self.store, fn, args, kwargs)
+        self._waiting.append(_Waiting(record, fn, args, kwargs, done))
         async with self._write_lock:
-            if breaker is not None and breaker.failures >= STORE_FAILURES_TO_GIVE_UP:
-                raise StoreError(f"not written, the database is unavailable: {breaker.error}")
-            try:
-                result = await asyncio.to_thread(fn, *args, **kwargs)
-            except StoreError as exc:
-                if breaker is not None:
-                    breaker.failures += 1
-                    breaker.error = breaker.error or exc
-                raise
+            while not done.done():
+                batch = self._waiting[:MAX_WRITES_PER_BATCH]
+                del self._waiting[: len(batch)]
+                await self._write_batch(batch)
+        result: T = await done
+        return result
+
+    async def _write_batch(self, batch: list[_Waiting]) -> None:
+        """Run ``batch`` (one transaction), settling each waiter's future."""
+        breaker = _store_breaker.get()
+        if breaker is not None and breaker.failures >= STORE_FAILURES_TO_GIVE_UP:
+            gave_up = StoreError(f"not written, the database is unavailable: {breaker.error}")
+            for waiting in batch:
+                waiting.done.set_exception(gave_up)
+            return
+        try:
+            outcomes = await self._run_writes(batch)
+        except StoreError as exc:
             if breaker is not None:
-                breaker.failures = 0
-            return result
+                breaker.failures += 1
+                breaker.error = breaker.error or exc
+            for waiting in batch:
+                waiting.done.set_exception(exc)
+            return
+        except BaseException:
+            for waiting in batch:
+                waiting.done.cancel()
+            raise
+        if breaker is not None:
+            breaker.failures = 0
+        for waiting, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                waiting.done.set_exception(outcome)
+            else:
+                waiting.done.set_result(outcome)
+
+    async def _run_writes(self, batch: list[_Waiting]) -> list[Any]:
+        """Each write's result or exception; a :class:`StoreError` fails them all."""
+        writes = [w.record for w in batch if w.record is not None]
+        if len(batch) > 1 and len(writes) == len(batch):
+            return await asyncio.to_thread(self.store.save_batch, writes)
+        # One write, or one the store cannot batch (a stand-in): each alone, as called.
+        outcomes: list[Any] = []
+        for waiting in batch:
+            try:
+                outcomes.append(
+                    await asyncio.to_thread(waiting.fn, *waiting.args, **waiting.kwargs)
+                )
+            except StoreError:
+                raise
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
 
 async def ingest(
