@@ -117,35 +117,38 @@ def stored_rank(copy: Copy, source: SourceRank) -> tuple[int, int, datetime, str
     )
 
 
+# Built once with expanding IN lists (see store.writes): a per-call select()
+# cost more CPU than the query.
+_SOURCE_RANKS = select(schema.sources.c.id, schema.sources.c.url, schema.sources.c.priority).where(
+    schema.sources.c.id.in_(bindparam("ids", expanding=True))
+)
+_COPIES = select(
+    schema.items.c.id,
+    schema.items.c.source_id,
+    schema.items.c.guid,
+    schema.items.c.canonical_url,
+    schema.items.c.published_at,
+    schema.items.c.first_seen_at,
+    schema.items.c.story_source_id,
+    schema.items.c.story_guid,
+).where(schema.items.c.id.in_(bindparam("ids", expanding=True)))
+
+
 def load_source_ranks(conn: Connection, source_ids: Iterable[str]) -> dict[str, SourceRank]:
     """Host and priority of each source (the fetched URL's host: a redirect moves it)."""
-    t = schema.sources
     wanted = sorted(set(source_ids))
     if not wanted:
         return {}
-    rows = conn.execute(select(t.c.id, t.c.url, t.c.priority).where(t.c.id.in_(wanted)))
+    rows = conn.execute(_SOURCE_RANKS, {"ids": wanted})
     return {r.id: SourceRank(host=host_of(r.url), priority=int(r.priority or 0)) for r in rows}
 
 
 def load_copies(conn: Connection, ids: Iterable[int]) -> dict[int, Copy]:
     """The stored originals with these ids."""
-    t = schema.items
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    rows = conn.execute(
-        select(
-            t.c.id,
-            t.c.source_id,
-            t.c.guid,
-            t.c.canonical_url,
-            t.c.published_at,
-            t.c.first_seen_at,
-            t.c.story_source_id,
-            t.c.story_guid,
-        ).where(t.c.id.in_(wanted))
-    )
-    return {r.id: Copy(**r._mapping) for r in rows}
+    return {r.id: Copy(**r._mapping) for r in conn.execute(_COPIES, {"ids": wanted})}
 
 
 def inherited_values(old: Copy, now: datetime) -> dict[str, Any]:

@@ -37,6 +37,9 @@ def _sqlite_pragmas(busy_timeout: float) -> Any:
         # (measured: commit time down 60% on 500 feeds). A 32 MB page cache.
         cursor.execute("PRAGMA wal_autocheckpoint=10000")
         cursor.execute("PRAGMA cache_size=-32768")
+        # Savepoints (one per source of a batched write, one per insert) keep
+        # their undo pages in a sub-journal: in memory instead of a temp file.
+        cursor.execute("PRAGMA temp_store=MEMORY")
         cursor.close()
 
     return apply

@@ -23,10 +23,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, or_, select, update
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
 
 from ..errors import StoreError
 from ..models import Item
@@ -661,23 +664,20 @@ class WritesMixin(StoreBase):
         """
         if not rows:
             return []
-        # ON CONFLICT DO NOTHING: a second writer (another worker) that stored
-        # the same guid first wins; ours is then simply not new.
-        stmt = self._insert(_items).on_conflict_do_nothing(
-            index_elements=["source_id", "guid_hash"]
-        )
+        insert = _item_insert(conn.dialect)
+        params = insert.parameters(rows)
         try:
             with conn.begin_nested():
-                conn.execute(stmt, rows)
+                conn.exec_driver_sql(insert.sql, params)
             return rows
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 raise
         stored = []
-        for row in rows:
+        for row, one in zip(rows, params, strict=True):
             try:
                 with conn.begin_nested():
-                    conn.execute(stmt, [row])
+                    conn.exec_driver_sql(insert.sql, [one])
                 stored.append(row)
             except DBAPIError as exc:
                 if exc.connection_invalidated:
@@ -722,6 +722,67 @@ class WritesMixin(StoreBase):
         return updated
 
 
+class _ItemInsert:
+    """The items INSERT compiled once per dialect, and its rows turned into driver parameters.
+
+    SQLAlchemy's executemany builds and type-processes a parameter dict per
+    row through its generic machinery; for the 40-odd rows of a source that
+    was more CPU than SQLite's own insert. This does the same conversion
+    with the columns' own bind processors (the ones SQLAlchemy would apply:
+    UTC datetimes, JSON, booleans), once per value and nothing else, so
+    what is stored is the same to the byte.
+    """
+
+    def __init__(self, dialect: Dialect) -> None:
+        # ON CONFLICT DO NOTHING: a second writer (another worker) that stored
+        # the same guid first wins; ours is then simply not new.
+        dialect_insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+        stmt = dialect_insert(_items).on_conflict_do_nothing(
+            index_elements=["source_id", "guid_hash"]
+        )
+        columns = [c for c in _items.columns if c.key != "id"]
+        compiled = stmt.compile(dialect=dialect, column_keys=[c.key for c in columns])
+        self.sql = str(compiled)
+        # qmark/format dialects take tuples in this order; named ones dicts.
+        self._order: Sequence[str] | None = compiled.positiontup
+        by_key = {c.key: c for c in columns}
+        self._names = list(self._order or by_key)
+        self._values = itemgetter(*self._names)
+        self._processors = [
+            (index, process)
+            for index, name in enumerate(self._names)
+            if (process := by_key[name].type.dialect_impl(dialect).bind_processor(dialect))
+        ]
+
+    def parameters(self, rows: Sequence[dict[str, Any]]) -> list[Any]:
+        """``rows`` (every column key → value) as the driver's executemany parameters."""
+        out: list[Any] = []
+        for row in rows:
+            values = list(self._values(row))
+            try:
+                for index, process in self._processors:
+                    values[index] = process(values[index])
+            except (ValueError, TypeError) as exc:
+                # What SQLAlchemy raises for a value its type refuses (a naive datetime).
+                raise StatementError(str(exc), self.sql, None, exc) from exc
+            if self._order is not None:
+                out.append(tuple(values))
+            else:
+                out.append(dict(zip(self._names, values, strict=True)))
+        return out
+
+
+_ITEM_INSERTS: dict[str, _ItemInsert] = {}
+
+
+def _item_insert(dialect: Dialect) -> _ItemInsert:
+    key = f"{dialect.name}+{dialect.driver}"
+    insert = _ITEM_INSERTS.get(key)
+    if insert is None:
+        insert = _ITEM_INSERTS[key] = _ItemInsert(dialect)
+    return insert
+
+
 def _row(source_id: str, entry: _Entry, now: datetime, duplicate_of: int | None) -> dict[str, Any]:
     return {
         "source_id": source_id,
@@ -729,5 +790,8 @@ def _row(source_id: str, entry: _Entry, now: datetime, duplicate_of: int | None)
         "guid_hash": entry.guid_hash,
         "first_seen_at": now,
         "duplicate_of": duplicate_of,
+        # Set only when a better copy takes a story over (inherited_values).
+        "story_source_id": None,
+        "story_guid": None,
         **_item_values(entry.item, entry.link_hash),
     }
