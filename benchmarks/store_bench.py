@@ -2,6 +2,7 @@
 
     PYTHONPATH=$PWD python benchmarks/store_bench.py --n 500            # SQLite
     PYTHONPATH=$PWD pg_virtualenv -- python benchmarks/store_bench.py --pg
+    # STORE_BENCH_DB=name: another database of that server (one per code version)
 
 Run as a file (not ``-m``) so that ``PYTHONPATH`` alone picks the
 ``aggregator`` measured: the same script times an older checkout with
@@ -82,7 +83,8 @@ def _pg_url() -> str:
     user, host = os.environ["PGUSER"], os.environ["PGHOST"]
     password, port = os.environ.get("PGPASSWORD", ""), os.environ.get("PGPORT", "5432")
     auth = f"{user}:{password}@" if password else f"{user}@"
-    return f"postgresql+psycopg://{auth}{host}:{port}/postgres"
+    database = os.environ.get("STORE_BENCH_DB", "postgres")
+    return f"postgresql+psycopg://{auth}{host}:{port}/{database}"
 
 
 def main() -> None:
