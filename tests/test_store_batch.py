@@ -343,3 +343,41 @@ def test_an_ingest_pass_batches_its_writes_and_stores_every_source(
         assert all(s.last_success_at is not None for s in store.source_states())
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(("position", "size"), [(0, 1), (1, 3), (4, 6), (39, 40)])
+def test_a_better_copy_keeps_the_story_identity_wherever_it_sits_in_its_feed(
+    store: Store, position: int, size: int
+) -> None:
+    """The copy that takes a story over carries the feed id readers already know.
+
+    Main stored it only when the better copy was the first new row of its
+    source's insert: an executemany takes its columns from the first row, so
+    the inherited ``story_source_id``/``story_guid`` of any later row were
+    dropped and feed readers saw the story as a second entry.
+    """
+    outlet, publisher = (
+        Source(id="outlet", url="https://outlet.example.org/feed"),
+        Source(id="s0", url="https://s0.example.org/feed"),
+    )
+    store.sync_sources([outlet, publisher], now=T0)
+    story = make_item("s0", 1000, title="Shared story")
+    copy = replace(story, source_id="outlet", guid="outlet-copy", published_at=T0)
+    store.save_items("outlet", [copy], fetched_at=T0, next_fetch_at=LATER)
+
+    own = [make_item("s0", n, published=T0 - timedelta(hours=n)) for n in range(size - 1)]
+    items = [*own[:position], story, *own[position:]]
+    counts = store.save_items("s0", items, fetched_at=LATER, next_fetch_at=LATER)
+
+    assert (counts.new, counts.updated) == (size - 1, 1)  # the takeover is an update
+    with store.engine.connect() as conn:
+        rows = {
+            (r.source_id, r.guid): r
+            for r in conn.execute(
+                sa.select(schema.items).where(schema.items.c.guid.in_([story.guid, copy.guid]))
+            )
+        }
+    winner, loser = rows[("s0", story.guid)], rows[("outlet", copy.guid)]
+    assert winner.duplicate_of is None and loser.duplicate_of == winner.id
+    assert (winner.story_source_id, winner.story_guid) == ("outlet", "outlet-copy")
+    assert winner.first_seen_at == T0  # inherited: not a new story for the digest
