@@ -114,10 +114,15 @@ def canonical_url(url: str, *, keep: Sequence[str] | None = None, drop: Sequence
     return urlunsplit((scheme, netloc, path, query, ""))
 
 
+# Everything but what str.isalnum accepts: the regex engine's word characters
+# are exactly those plus "_" (tests/test_normalize_fast.py checks every code
+# point). Deleting them in one regex pass is ~4x faster than filtering in Python.
+_NOT_ALNUM = re.compile(r"[\W_]+")
+
+
 def _key_text(text: str) -> str:
     """Lowercase letters and digits only (Hangul syllables count as letters)."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return "".join(filter(str.isalnum, text))
+    return _NOT_ALNUM.sub("", unicodedata.normalize("NFKC", text).casefold())
 
 
 def _key_prefix(text: str, length: int) -> str:

@@ -99,11 +99,15 @@ _BLOCK_BOUNDARY = re.compile(
 # ------------------------------------------------------------------------- text
 
 
+# Either of the two above: one scan finds that a text has neither (nearly all do).
+_INVISIBLE_OR_CONTROL = re.compile(f"[{_INVISIBLE.pattern[1:-1]}{_CONTROL.pattern[1:-1]}]")
+
+
 def _clean_once(text: str) -> str:
     text = html.unescape(text)
     text = unicodedata.normalize("NFC", text)
-    text = _INVISIBLE.sub("", text)
-    text = _CONTROL.sub(" ", text)
+    if _INVISIBLE_OR_CONTROL.search(text) is not None:
+        text = _CONTROL.sub(" ", _INVISIBLE.sub("", text))  # disjoint sets: order is free
     return " ".join(text.split())
 
 
@@ -419,7 +423,8 @@ def sanitize_html(markup: str | None, base: str = "") -> str:
     """
     if not markup or not markup.strip():
         return ""
-    markup = _INVISIBLE.sub("", _CONTROL.sub(" ", markup))
+    if _INVISIBLE_OR_CONTROL.search(markup) is not None:
+        markup = _INVISIBLE.sub("", _CONTROL.sub(" ", markup))
     # The input bound: html5ever (inside nh3) is quadratic in nesting depth, so
     # tags nested past MAX_HTML_DEPTH are dropped (their text kept) first, and
     # so are attributes past MAX_ATTRIBUTES on one tag.
@@ -457,7 +462,7 @@ def detect_language(text: str) -> str | None:
     is what readers notice. None means "not detected", not "English".
     """
     sample = text[:_LANGUAGE_SAMPLE]
-    if sample.isascii():
+    if sample.isascii() or _HANGUL_RANGES.search(sample) is None:
         return None  # no Hangul at all (and the per-letter count was 40% of normalize)
     # The same counts as a per-character loop, done in C: letters are what
     # str.isalpha accepts; Hangul is _is_hangul's ranges, letters only.
@@ -511,6 +516,11 @@ def drop_undefined_entities(text: str | None) -> str | None:
     return text
 
 
+# Authors, categories and languages repeat from entry to entry: short values
+# are cleaned once per worker. The bound keeps the cache's memory small.
+_CACHED_PLAIN_CHARS = 200
+
+
 def clean_plain(text: str | None, limit: int = MAX_TITLE_CHARS) -> str:
     """:func:`clean_text` without undefined references, cut to ``limit`` (titles, authors).
 
@@ -518,6 +528,17 @@ def clean_plain(text: str | None, limit: int = MAX_TITLE_CHARS) -> str:
     only becomes a reference once cleaned. A few rounds reach a fixed point,
     so normalizing stays idempotent.
     """
+    if text and len(text) <= _CACHED_PLAIN_CHARS:
+        return _clean_plain_cached(text, limit)
+    return _clean_plain(text, limit)
+
+
+@lru_cache(maxsize=2048)
+def _clean_plain_cached(text: str, limit: int) -> str:
+    return _clean_plain(text, limit)
+
+
+def _clean_plain(text: str | None, limit: int) -> str:
     text = (text or "")[: 16 * limit]  # cleaning a megabyte only to cut it wastes CPU
     for _ in range(4):
         cleaned = clean_text(drop_undefined_entities(text))
@@ -617,6 +638,7 @@ def match_section(
 # ----------------------------------------------------------------------- entry
 
 
+@lru_cache(maxsize=256)  # an entry's base URL is usually its feed's, entry after entry
 def _http_url(base: str, value: str | None) -> str | None:
     if not value or not value.strip():
         return None
