@@ -23,7 +23,7 @@ import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache, partial
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import nh3
 from selectolax.lexbor import LexborHTMLParser
@@ -454,6 +454,31 @@ def _is_hangul(ch: str) -> bool:
     )
 
 
+def _letters_class(*ranges: tuple[int, int]) -> str:
+    """A regex character class of the letters (``str.isalpha``) within ``ranges``."""
+    runs: list[str] = []
+    for first, last in ranges:
+        start = None
+        for code in range(first, last + 2):
+            is_letter = code <= last and chr(code).isalpha()
+            if is_letter and start is None:
+                start = code
+            elif not is_letter and start is not None:
+                runs.append(f"{chr(start)}-{chr(code - 1)}")
+                start = None
+    return f"[{''.join(runs)}]"
+
+
+# _is_hangul's ranges, letters only (their unassigned code points are not letters).
+_HANGUL_LETTER = re.compile(
+    _letters_class(
+        (0xAC00, 0xD7A3), (0x1100, 0x11FF), (0x3130, 0x318F), (0xA960, 0xA97F), (0xD7B0, 0xD7FF)
+    )
+)
+_ASCII_LETTER = re.compile("[A-Za-z]")
+_OTHER_NON_ASCII = re.compile(f"[^\x00-\x7f{_HANGUL_RANGES.pattern[1:-1]}]")
+
+
 def detect_language(text: str) -> str | None:
     """``"ko"`` when most letters of ``text`` are Hangul, else None.
 
@@ -465,9 +490,12 @@ def detect_language(text: str) -> str | None:
     if sample.isascii() or _HANGUL_RANGES.search(sample) is None:
         return None  # no Hangul at all (and the per-letter count was 40% of normalize)
     # The same counts as a per-character loop, done in C: letters are what
-    # str.isalpha accepts; Hangul is _is_hangul's ranges, letters only.
-    letters = sum(map(str.isalpha, sample))
-    hangul = sum(map(str.isalpha, _HANGUL_RANGES.findall(sample)))
+    # str.isalpha accepts; Hangul is _is_hangul's ranges, letters only. Regex
+    # passes count the ASCII and Hangul letters; only the few other non-ASCII
+    # characters (quotes, Hanja) are asked one by one.
+    hangul = _HANGUL_LETTER.subn("", sample)[1]
+    letters = hangul + _ASCII_LETTER.subn("", sample)[1]
+    letters += sum(map(str.isalpha, _OTHER_NON_ASCII.findall(sample)))
     if letters and hangul / letters >= _HANGUL_SHARE:
         return "ko"
     return None
@@ -642,8 +670,28 @@ def match_section(
 def _http_url(base: str, value: str | None) -> str | None:
     if not value or not value.strip():
         return None
-    url = urljoin(base, value.strip()) if base else value.strip()
+    url = join_url(base, value.strip()) if base else value.strip()
     return url if urlsplit(url).scheme.lower() in ("http", "https") else None
+
+
+def join_url(base: str, url: str) -> str:
+    """``urljoin(base, url)``, without its two ``urlparse`` calls for an absolute http(s) URL.
+
+    Nearly every link in a feed is absolute: ``urljoin`` then returns ``url``
+    when its scheme differs from the base's, and else ``url`` split and put
+    back together (which drops an empty "?" or "#"). ``urlsplit`` is cached,
+    and the splits made here are the ones ``_http_url`` and ``canonical_url``
+    ask for next. A ";" (``urlparse`` splits off parameters, and drops an
+    empty one) and a URL without a host take ``urljoin`` itself.
+    """
+    if not base or not url.startswith(("https://", "http://")) or ";" in url:
+        return urljoin(base, url)
+    parts = urlsplit(url)
+    if not parts.netloc:
+        return urljoin(base, url)
+    if parts.scheme != urlsplit(base).scheme:
+        return url
+    return urlunsplit(parts)
 
 
 def _date(value: datetime | None, now: datetime) -> datetime | None:
