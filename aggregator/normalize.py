@@ -82,6 +82,7 @@ EXCERPT_CHARS = 300
 # A sentence end shorter than this would make a stubby excerpt; cut at a word instead.
 _MIN_SENTENCE_EXCERPT = EXCERPT_CHARS // 3
 _SENTENCE_END = frozenset(".!?。！？…")
+_SENTENCE_END_CHAR = re.compile(f"[{re.escape(''.join(sorted(_SENTENCE_END)))}]")
 _CLOSERS = frozenset("\"'”’)]」』》〉")
 _TRIM_BEFORE_ELLIPSIS = ",;:-–—·/([{\"'“‘「『《〈 "
 # Zero-width and bidi-control characters: invisible, used to defeat matching.
@@ -242,9 +243,9 @@ def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
     if len(text) <= limit:
         return text
     best = -1
-    for index in range(min(limit, len(text)) - 1, _MIN_SENTENCE_EXCERPT - 2, -1):
-        if text[index] not in _SENTENCE_END:
-            continue
+    # Only the sentence ends between the minimum and the limit, last first.
+    ends = [m.start() for m in _SENTENCE_END_CHAR.finditer(text, _MIN_SENTENCE_EXCERPT - 1, limit)]
+    for index in reversed(ends):
         end = index + 1
         while end < len(text) and end < limit and text[end] in _CLOSERS:
             end += 1
@@ -470,12 +471,13 @@ def _letters_class(*ranges: tuple[int, int]) -> str:
 
 
 # _is_hangul's ranges, letters only (their unassigned code points are not letters).
-_HANGUL_LETTER = re.compile(
+_HANGUL_LETTERS = re.compile(
     _letters_class(
         (0xAC00, 0xD7A3), (0x1100, 0x11FF), (0x3130, 0x318F), (0xA960, 0xA97F), (0xD7B0, 0xD7FF)
     )
+    + "+"
 )
-_ASCII_LETTER = re.compile("[A-Za-z]")
+_ASCII_LETTERS = re.compile("[A-Za-z]+")
 _OTHER_NON_ASCII = re.compile(f"[^\x00-\x7f{_HANGUL_RANGES.pattern[1:-1]}]")
 
 
@@ -491,10 +493,11 @@ def detect_language(text: str) -> str | None:
         return None  # no Hangul at all (and the per-letter count was 40% of normalize)
     # The same counts as a per-character loop, done in C: letters are what
     # str.isalpha accepts; Hangul is _is_hangul's ranges, letters only. Regex
-    # passes count the ASCII and Hangul letters; only the few other non-ASCII
-    # characters (quotes, Hanja) are asked one by one.
-    hangul = _HANGUL_LETTER.subn("", sample)[1]
-    letters = hangul + _ASCII_LETTER.subn("", sample)[1]
+    # passes delete runs of ASCII and of Hangul letters (a run per word, not
+    # per letter: half the cost) and the length lost counts them; only the few
+    # other non-ASCII characters (quotes, Hanja) are asked one by one.
+    hangul = len(sample) - len(_HANGUL_LETTERS.sub("", sample))
+    letters = hangul + len(sample) - len(_ASCII_LETTERS.sub("", sample))
     letters += sum(map(str.isalpha, _OTHER_NON_ASCII.findall(sample)))
     if letters and hangul / letters >= _HANGUL_SHARE:
         return "ko"
