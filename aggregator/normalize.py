@@ -23,7 +23,7 @@ import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache, partial
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 import nh3
 from selectolax.lexbor import LexborHTMLParser
@@ -32,6 +32,7 @@ from .dedupe import canonical_url, content_hash, fingerprint
 from .errors import EntryTooLarge, ParseError
 from .models import Item, RawEntry, SectionRule, Source
 from .sources.dates import is_plausible, parse_date
+from .sources.links import join_url
 from .sources.markup import bound_markup
 
 log = logging.getLogger(__name__)
@@ -675,26 +676,6 @@ def _http_url(base: str, value: str | None) -> str | None:
         return None
     url = join_url(base, value.strip()) if base else value.strip()
     return url if urlsplit(url).scheme.lower() in ("http", "https") else None
-
-
-def join_url(base: str, url: str) -> str:
-    """``urljoin(base, url)``, without its two ``urlparse`` calls for an absolute http(s) URL.
-
-    Nearly every link in a feed is absolute: ``urljoin`` then returns ``url``
-    when its scheme differs from the base's, and else ``url`` split and put
-    back together (which drops an empty "?" or "#"). ``urlsplit`` is cached,
-    and the splits made here are the ones ``_http_url`` and ``canonical_url``
-    ask for next. A ";" (``urlparse`` splits off parameters, and drops an
-    empty one) and a URL without a host take ``urljoin`` itself.
-    """
-    if not base or not url.startswith(("https://", "http://")) or ";" in url:
-        return urljoin(base, url)
-    parts = urlsplit(url)
-    if not parts.netloc:
-        return urljoin(base, url)
-    if parts.scheme != urlsplit(base).scheme:
-        return url
-    return urlunsplit(parts)
 
 
 def _date(value: datetime | None, now: datetime) -> datetime | None:

@@ -42,6 +42,8 @@ from feedparser.html import _cp1252
 from feedparser.urls import _urljoin
 from lxml import etree
 
+from .links import join_url
+
 _ATOM = "{http://www.w3.org/2005/Atom}"
 _CONTENT = "{http://purl.org/rss/1.0/modules/content/}"
 _DC = "{http://purl.org/dc/elements/1.1/}"
@@ -54,6 +56,7 @@ _looks_like_html = feedparser.mixin._FeedParserMixin.looks_like_html
 # feedparser maps C1 control characters to their windows-1252 meaning in every
 # text value; a cheap search decides whether the (slower) translate is needed.
 _C1 = re.compile("[\x80-\x9f]")
+_BEYOND_LATIN1 = re.compile("[^\x00-\xff]")
 _LINK_REF = re.compile("&([A-Za-z0-9_]+);")
 
 _APP_XML = ("application/xml", "application/xml-dtd", "application/xml-external-parsed-entity")
@@ -90,6 +93,47 @@ _SINGULAR = frozenset(
 )  # fmt: skip
 
 
+def _join(base: str, uri: str) -> str:
+    """feedparser's ``_urljoin``: extra slashes after "scheme://" go, a bad URL becomes ''.
+
+    An absolute http(s) URL has no such slashes to remove and takes
+    ``join_url``; everything else takes feedparser's own function.
+    """
+    if not uri.startswith(("https://", "http://")) or uri.startswith(("https:///", "http:///")):
+        return str(_urljoin(base, uri))
+    try:
+        return join_url(base, uri)
+    except ValueError:
+        return ""
+
+
+def _xml_encoding(content: bytes) -> bytes | None:
+    r"""``group(1)`` of ``RE_XML_PI_ENCODING.match(content)``, without its backtracking.
+
+    The pattern (``^<\?.*encoding=['"](.*?)['"].*\?>``, no DOTALL) matches
+    within the first line; on a feed written as one line its greedy ``.*``
+    backtracks over the whole document (a tenth of the fast path's CPU). Its
+    answer: the last "encoding=" on that line, followed by a quote, whose
+    next quote has a "?>" somewhere after it on the line. Checked against the
+    pattern on generated declarations in tests/test_normalize_fast.py.
+    """
+    if not content.startswith(b"<?"):
+        return None
+    end = content.find(b"\n")
+    if end < 0:
+        end = len(content)
+    at = content.rfind(b"encoding=", 2, end)
+    while at >= 0:
+        start = at + 10
+        if start <= end and content[at + 9 : start] in (b"'", b'"'):
+            quotes = (content.find(b"'", start, end), content.find(b'"', start, end))
+            close = min((q for q in quotes if q >= 0), default=-1)
+            if close >= 0 and content.find(b"?>", close + 1, end) >= 0:
+                return content[start:close]
+        at = content.rfind(b"encoding=", 2, at + 8)
+    return None
+
+
 def _with_updated_fallback(entry: dict[str, Any]) -> dict[str, Any]:
     """``FeedParserDict.get("updated")`` answers ``published`` when only that is set."""
     if "updated" not in entry and "published" in entry:
@@ -106,8 +150,8 @@ def _encoding_ok(content: bytes, content_type: str | None) -> bool:
     if not content_type or content.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
         return False
     mime, http_encoding = feedparser.encodings.parse_content_type(content_type)
-    match = feedparser.encodings.RE_XML_PI_ENCODING.match(content)
-    xml_encoding = match.group(1).decode("utf-8", "replace").lower() if match else ""
+    declared = _xml_encoding(content)
+    xml_encoding = declared.decode("utf-8", "replace").lower() if declared is not None else ""
     if mime in _APP_XML or (mime.startswith("application/") and mime.endswith("+xml")):
         encoding = http_encoding or xml_encoding or "utf-8"
     elif mime in _TEXT_XML or (mime.startswith("text/") and mime.endswith("+xml")):
@@ -138,11 +182,14 @@ class _Reader:
             raise _Refused("child nodes inside a text element")
         value: str = (el.text or "").strip()
         if uri and value:
-            value = _urljoin(self.base, value)
+            value = _join(self.base, value)
         if not value.isascii():
             # feedparser's repair of UTF-8 read as Latin-1, applied to every value.
-            with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
-                value = value.encode("iso-8859-1").decode("utf-8")
+            # Beyond Latin-1 (all Korean text) the encode fails: a search says so
+            # without raising.
+            if _BEYOND_LATIN1.search(value) is None:
+                with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
+                    value = value.encode("iso-8859-1").decode("utf-8")
             if _C1.search(value):
                 value = value.translate(_cp1252)
         return value
@@ -193,7 +240,7 @@ class _Reader:
             raise _Refused("Atom link without a target")
         found.setdefault("rel", "alternate")
         found.setdefault("type", "application/atom+xml" if found["rel"] == "self" else "text/html")
-        found["href"] = _urljoin(self.base, found["href"])
+        found["href"] = _join(self.base, found["href"])
         ctx.setdefault("links", []).append(dict(found))
         if found["rel"] == "alternate" and _map_type(found["type"]) in _HTML_TYPES:
             ctx["link"] = found["href"]
