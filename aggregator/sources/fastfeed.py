@@ -33,6 +33,7 @@ on the benchmark corpus and on feedparser's own test files.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from typing import Any
 
@@ -93,6 +94,7 @@ _SINGULAR = frozenset(
 )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=256)  # an RSS item's permalink guid is usually its link
 def _join(base: str, uri: str) -> str:
     """feedparser's ``_urljoin``: extra slashes after "scheme://" go, a bad URL becomes ''.
 
