@@ -1,0 +1,358 @@
+"""The shortcuts taken for normalize's and the fast parser's CPU answer as the slow ways did.
+
+Each shortcut replaces a function by a cheaper one that is only claimed equal
+on some inputs, or equal everywhere by an argument about a regex; each claim
+is checked here against the previous implementation (kept below as the
+reference) on generated inputs built to hit the edges of that argument:
+
+* ``sanitized_text`` (tags deleted by regex) against ``html_text`` (lexbor)
+  on ``sanitize_html`` output, which is the only input it is used on;
+* ``_may_end_in_cut_mark`` never says no when ``_CUT_MARK`` would match;
+* ``clean_text``, ``sanitize_html`` and ``excerpt`` against their previous code;
+* ``join_url`` against ``urljoin``, and fastfeed's ``_join`` against
+  feedparser's ``_urljoin``, including the ``ValueError`` cases;
+* ``_xml_encoding`` against feedparser's ``RE_XML_PI_ENCODING``;
+* the fingerprint's key text (one regex) against ``str.isalnum``, over every
+  code point.
+
+The whole-corpus check (every ``RawEntry`` and ``Item`` of the benchmark
+corpus unchanged) is ``python -m benchmarks.stages DIR --digest``, before
+and after; see benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from urllib.parse import urljoin
+
+import feedparser.encodings
+import pytest
+from feedparser.urls import _urljoin
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aggregator import dedupe
+from aggregator.normalize import (
+    _CLOSERS,
+    _CONTROL,
+    _CUT_MARK,
+    _INVISIBLE,
+    _MIN_SENTENCE_EXCERPT,
+    _SENTENCE_END,
+    _TRIM_BEFORE_ELLIPSIS,
+    EXCERPT_CHARS,
+    _cleaner,
+    _cluster_start,
+    _is_word_char,
+    _may_end_in_cut_mark,
+    clean_text,
+    excerpt,
+    html_text,
+    sanitize_html,
+    sanitized_text,
+    trim_cut_html,
+)
+from aggregator.sources.fastfeed import _join, _xml_encoding
+from aggregator.sources.links import join_url
+from aggregator.sources.markup import bound_markup
+
+BASE = "https://news.example.kr/list/page.html"
+CHECK = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# --------------------------------------------------------------- html to text
+
+TAGS = [
+    "p", "div", "br", "hr", "li", "ul", "ol", "h2", "h3", "pre", "blockquote", "table", "tr",
+    "td", "th", "tbody", "thead", "caption", "figure", "figcaption", "dl", "dt", "dd", "a",
+    "img", "b", "i", "em", "span", "abbr", "q", "sub", "code", "font", "button", "form",
+    "select", "option", "textarea", "title", "script", "style", "svg", "math", "object",
+    "template", "noscript", "iframe", "body", "html", "head", "P", "BR", "Td",
+]  # fmt: skip
+ATTRIBUTE_VALUES = ["x", "a>b", "<p>", '"', "'", "&amp;", "a&b", "/rel", "#top", "", "</td>"]
+ATTRIBUTE_NAMES = ["href", "src", "title", "alt", "colspan", "start", "scope", "class", "onclick"]
+TEXTS = [
+    "word", "한국어", " ", "  ", "\n", "\t", "\r\n", "\xa0", "&amp;", "&lt;", "&gt;", "&nbsp;",
+    "&amp;lt;", "&#60;", "&#x3c;", "&", "&am", "<", ">", "...", "…", "[...]", ".", "e\u0301",
+    "\u0301", "\u200b", "\x01", "\x85", "a", "\u1100\u1161", "&quot;", '"', "'", "x;",
+]  # fmt: skip
+
+
+@st.composite
+def tag(draw: st.DrawFn) -> str:
+    name = draw(st.sampled_from(TAGS))
+    kind = draw(st.sampled_from(["start", "end", "self"]))
+    if kind == "end":
+        return f"</{name}>"
+    attributes = draw(
+        st.lists(
+            st.tuples(st.sampled_from(ATTRIBUTE_NAMES), st.sampled_from(ATTRIBUTE_VALUES)),
+            max_size=3,
+        )
+    )
+    quote = draw(st.sampled_from(['"', "'"]))
+    rendered = "".join(f" {n}={quote}{v.replace(quote, '')}{quote}" for n, v in attributes)
+    return f"<{name}{rendered}{'/' if kind == 'self' else ''}>"
+
+
+fragments = st.lists(
+    st.one_of(tag(), st.sampled_from(TEXTS), st.sampled_from(["<!-- c -->", "<![CDATA[x]]>"])),
+    max_size=40,
+).map("".join)
+
+
+@CHECK
+@given(fragments)
+def test_sanitized_text_is_html_text_on_sanitized_markup(raw: str) -> None:
+    clean = sanitize_html(raw, BASE)
+    assert sanitized_text(clean) == html_text(clean)
+    trimmed = trim_cut_html(clean)  # what normalize takes the text of after a cut
+    assert sanitized_text(trimmed) == html_text(trimmed)
+
+
+@pytest.mark.parametrize(
+    "markup",
+    [
+        # Well-formed but beyond the caps: html_text drops the deep tags first.
+        "<blockquote>" * 300 + "a<p>b</p>c" + "</blockquote>" * 300,
+        # ">" and "<" in attribute values, which nh3 now escapes but html5ever once did not.
+        '<a title="x>y" href="https://a.kr/">link</a> after<p>block</p>',
+        '<img alt="<p>" src="https://a.kr/i.png">text<td title="a>b">cell</td>',
+    ],
+)
+def test_sanitized_text_leaves_what_it_cannot_read_to_the_parser(markup: str) -> None:
+    assert sanitized_text(markup) == html_text(markup)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "<blockquote>" * 300 + "a<p>b</p>c" + "</blockquote>" * 300,  # beyond the depth cap
+        '<a title="x>y" href="/a">link</a> after<p>block</p>',  # ">" in an attribute value
+        '<img alt="<p>" src="/i.png">text',
+        "<table><tr><td>a</td></tr>b</table>",  # text foster-parented by the sanitizer
+        "<p>" + "<b>" * 400 + "deep" + "</b>" * 400 + "</p>",
+        "<pre>\nfirst line</pre><textarea>gone</textarea>x&amp;lt;y",
+    ],
+)
+def test_sanitized_text_on_edges(raw: str) -> None:
+    clean = sanitize_html(raw, BASE)
+    assert sanitized_text(clean) == html_text(clean)
+
+
+# ------------------------------------------------------------------ cut marks
+
+cut_texts = st.lists(
+    st.sampled_from(
+        [
+            "word", " ", "\n", ".", ". ", "..", "...", "…", "……", "[", "]", "[...]", "[…]",
+            "</p>", "</b >", "<p>", "< /p>", "</", ">", "x>", "</1>", "\u3000", "다", "!",
+        ]
+    ),
+    max_size=20,
+).map("".join)  # fmt: skip
+
+
+@CHECK
+@given(cut_texts)
+def test_no_cut_mark_where_the_cheap_test_says_none(text: str) -> None:
+    if not _may_end_in_cut_mark(text):
+        assert _CUT_MARK.search(text) is None
+
+
+def test_the_cheap_test_lets_every_mark_through() -> None:
+    for mark in ["...", ". . .", "……", "[...]", "[ . . . ]", "[…]", "..."]:
+        for tail in ["", " ", "</p>", " </b>\n</p> ", "</p  >"]:
+            text = f"Some cut tex{mark}{tail}"
+            assert _may_end_in_cut_mark(text), text
+            assert _CUT_MARK.search(text) is not None
+
+
+# ------------------------------------------------------------ previous code
+
+
+def previous_clean_text(text: str | None) -> str:
+    """``clean_text`` before the stray-character scan was merged (the reference)."""
+
+    def once(value: str) -> str:
+        value = html.unescape(value)
+        value = unicodedata.normalize("NFC", value)
+        value = _INVISIBLE.sub("", value)
+        value = _CONTROL.sub(" ", value)
+        return " ".join(value.split())
+
+    if not text:
+        return ""
+    for _ in range(8):
+        cleaned = once(text)
+        if cleaned == text:
+            break
+        text = cleaned
+        if "&" not in text and unicodedata.is_normalized("NFC", text):
+            break
+    return text
+
+
+def previous_excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``excerpt`` before it searched for the sentence ends (the reference)."""
+    if len(text) <= limit:
+        return text
+    best = -1
+    for index in range(min(limit, len(text)) - 1, _MIN_SENTENCE_EXCERPT - 2, -1):
+        if text[index] not in _SENTENCE_END:
+            continue
+        end = index + 1
+        while end < len(text) and end < limit and text[end] in _CLOSERS:
+            end += 1
+        if end == len(text) or text[end].isspace():
+            best = end
+            break
+    if best > 0:
+        return text[:best]
+    cut = limit
+    while cut > 0 and not (text[cut].isspace() or not _is_word_char(text[cut])):
+        cut -= 1
+    if cut == 0:
+        end = cut = limit
+        while end < len(text) and end < 2 * limit and _is_word_char(text[end]):
+            end += 1
+        if end == len(text):
+            return text
+        if not _is_word_char(text[end]):
+            cut = end
+    cut = _cluster_start(text, cut)
+    head = text[:cut].rstrip(_TRIM_BEFORE_ELLIPSIS)
+    return (head or text[:cut]) + "…"
+
+
+odd_text = st.lists(
+    st.one_of(
+        st.sampled_from(list("&;#ax \n\t\xa0\u200b\u00ad\x00\x1f\x85\u0301\u1100\u1161가")),
+        st.sampled_from(["&amp;", "&lt;", "&amp;amp;", "&#0;", "&#x200b;", "&nbsp;"]),
+        st.characters(),
+    ),
+    max_size=60,
+).map("".join)
+
+
+@CHECK
+@given(odd_text)
+def test_clean_text_as_before(text: str) -> None:
+    assert clean_text(text) == previous_clean_text(text)
+
+
+@CHECK
+@given(odd_text)
+def test_sanitize_html_as_before(markup: str) -> None:
+    previous = _cleaner(BASE).clean(bound_markup(_INVISIBLE.sub("", _CONTROL.sub(" ", markup))))
+    expected = previous.strip() if markup.strip() else ""
+    assert sanitize_html(markup, BASE) == expected
+
+
+sentences = st.lists(
+    st.sampled_from(["word", " ", "다", ".", "!", "?", "。", "…", "”", ")", "'", "\n", "ab"]),
+    min_size=0,
+    max_size=400,
+).map("".join)
+
+
+@CHECK
+@given(sentences, st.sampled_from([EXCERPT_CHARS, 120, 40]))
+def test_excerpt_as_before(text: str, limit: int) -> None:
+    assert excerpt(text, limit) == previous_excerpt(text, limit)
+
+
+# ----------------------------------------------------------------------- urls
+
+url_parts = st.lists(
+    st.sampled_from(
+        [
+            "http://", "https://", "HTTP://", "ftp://", "//", "mailto:", "https:///", "http:",
+            "a.kr", "b.example.kr:8080", "[::1]", "[bad", "u@h.kr", "", "/", "/x", "/../y",
+            "/./z", ";p", ";", "?", "?q=1", "#", "#f", "%20", " ", "\t", "\n", "기사",
+            "\uff0e", "index.html", "..", "?a=b;c",
+        ]
+    ),
+    max_size=6,
+).map("".join)  # fmt: skip
+bases = st.sampled_from(
+    [BASE, "http://news.example.kr/", "https://a.kr", "", "ftp://f.kr/x", "http://[::1]:80/a/b"]
+)
+
+
+def outcome(function: object, *args: str) -> object:
+    try:
+        return function(*args)  # type: ignore[operator]
+    except ValueError as exc:
+        return ("ValueError", type(exc))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://a.kr/x;", "https://a.kr/x;p?q=1", "http://a.kr?", "http://a.kr#", "http://a.kr",
+        "https://[bad/x", "http:///x", "HTTPS://A.kr/x", "https://a.kr/../x", "https://a.kr/x?#",
+        "http://a.kr/\tx", " https://a.kr/x",
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("base", ["http://news.example.kr/", BASE, ""])
+def test_join_url_on_edges(base: str, url: str) -> None:
+    assert outcome(join_url, base, url) == outcome(urljoin, base, url)
+    assert outcome(_join, base, url) == outcome(_urljoin, base, url)
+
+
+@CHECK
+@given(bases, url_parts)
+def test_join_url_is_urljoin(base: str, url: str) -> None:
+    assert outcome(join_url, base, url) == outcome(urljoin, base, url)
+
+
+@CHECK
+@given(bases, url_parts)
+def test_fastfeed_join_is_feedparsers(base: str, url: str) -> None:
+    assert outcome(_join, base, url) == outcome(_urljoin, base, url)
+
+
+# ---------------------------------------------------------- xml declaration
+
+declarations = st.lists(
+    st.sampled_from(
+        [
+            b"<?", b"xml", b" ", b"version='1.0'", b"encoding=", b"encoding", b"'", b'"',
+            b"utf-8", b"euc-kr", b"?>", b"?", b">", b"\n", b"x", b"<rss>", b"=",
+        ]
+    ),
+    max_size=16,
+).map(b"".join)  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(declarations)
+def test_xml_encoding_is_feedparsers_pattern(content: bytes) -> None:
+    match = feedparser.encodings.RE_XML_PI_ENCODING.match(content)
+    assert _xml_encoding(content) == (match.group(1) if match else None)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"<?xml version='1.0' encoding='utf-8'?><rss/>",
+        b'<?xml version="1.0" encoding="euc-kr"?>\n<rss/>',
+        b"<?xml version='1.0' encoding='utf-8'?><rss><![CDATA[<?xml encoding='x'?>]]></rss>",
+        b"<?xml version='1.0' encoding='utf-8'?>\n<![CDATA[<?xml encoding='x'?>]]>",
+        b"<?xml encoding='utf-8?> no close quote",
+    ],
+)
+def test_xml_encoding_on_documents(content: bytes) -> None:
+    match = feedparser.encodings.RE_XML_PI_ENCODING.match(content)
+    assert _xml_encoding(content) == (match.group(1) if match else None)
+
+
+# ---------------------------------------------------------------- fingerprint
+
+
+def test_key_text_regex_deletes_exactly_what_isalnum_rejects() -> None:
+    every = "".join(map(chr, range(0x110000)))
+    assert dedupe._NOT_ALNUM.sub("", every) == "".join(filter(str.isalnum, every))
+    assert re.fullmatch(dedupe._NOT_ALNUM, "_") is not None
