@@ -13,7 +13,7 @@ reference) on generated inputs built to hit the edges of that argument:
   feedparser's ``_urljoin``, including the ``ValueError`` cases;
 * ``_xml_encoding`` against feedparser's ``RE_XML_PI_ENCODING``;
 * the fingerprint's key text (one regex) against ``str.isalnum``, over every
-  code point.
+  code point, and ``content_hash`` against the ``json.dumps`` it was made from.
 
 The whole-corpus check (every ``RawEntry`` and ``Item`` of the benchmark
 corpus unchanged) is ``python -m benchmarks.stages DIR --digest``, before
@@ -22,9 +22,14 @@ and after; see benchmarks/README.md.
 
 from __future__ import annotations
 
+import hashlib
 import html
+import json
 import re
 import unicodedata
+from collections.abc import Callable
+from datetime import UTC
+from typing import Any
 from urllib.parse import urljoin
 
 import feedparser.encodings
@@ -356,3 +361,53 @@ def test_key_text_regex_deletes_exactly_what_isalnum_rejects() -> None:
     every = "".join(map(chr, range(0x110000)))
     assert dedupe._NOT_ALNUM.sub("", every) == "".join(filter(str.isalnum, every))
     assert re.fullmatch(dedupe._NOT_ALNUM, "_") is not None
+
+
+def previous_content_hash(**fields: Any) -> str:
+    """``content_hash`` as it was: json.dumps of the fields (the reference)."""
+    payload = json.dumps(
+        [
+            fields["title"],
+            fields["url"],
+            fields["summary_html"],
+            fields["content_html"],
+            fields["image_url"],
+            fields["author"],
+            list(fields["categories"]),
+            fields["published_at"].isoformat(),
+        ],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+json_text = st.text(
+    st.one_of(st.sampled_from(list('"\\/\n\t\x00\x1f\x7f\u2028\ud800가<>&')), st.characters()),
+    max_size=30,
+)
+
+
+@CHECK
+@given(
+    title=json_text,
+    url=json_text,
+    summary_html=json_text,
+    content_html=st.one_of(json_text, st.just("<p>same</p>")),
+    image_url=st.one_of(st.none(), json_text),
+    author=st.one_of(st.none(), json_text),
+    categories=st.lists(json_text, max_size=3).map(tuple),
+    published_at=st.datetimes(timezones=st.just(UTC)),
+    same=st.booleans(),
+)
+def test_content_hash_as_json_dumps_made_it(same: bool, **fields: Any) -> None:
+    if same:
+        fields["summary_html"] = fields["content_html"]
+
+    def made(function: Callable[..., str]) -> object:
+        try:
+            return function(**fields)
+        except UnicodeEncodeError:  # a lone surrogate: both refuse it alike
+            return "UnicodeEncodeError"
+
+    assert made(dedupe.content_hash) == made(previous_content_hash)

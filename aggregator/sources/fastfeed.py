@@ -201,7 +201,7 @@ class _Reader:
 
     @staticmethod
     def attrs(el: Any, allowed: frozenset[str]) -> dict[str, str]:
-        found = dict(el.attrib)
+        found = dict(el.items())
         if not found.keys() <= allowed:
             raise _Refused(f"attribute on <{el.tag}>")
         return found
@@ -271,10 +271,11 @@ class _Reader:
         self.no_text(el)
         fields: dict[str, str] = {}
         for child in el:
-            if not isinstance(child.tag, str):
+            full = child.tag  # lxml builds this string on every access
+            if not isinstance(full, str):
                 continue
-            name = child.tag.removeprefix(_ATOM)
-            if child.tag == name or name not in ("name", "email", "uri") or name in fields:
+            name = full.removeprefix(_ATOM)
+            if full == name or name not in ("name", "email", "uri") or name in fields:
                 raise _Refused("unexpected element in an Atom author")
             self.attrs(child, frozenset())
             fields[name] = self.text(child, uri=name == "uri")
@@ -373,10 +374,11 @@ class _Reader:
         ctx: dict[str, Any] = {}
         seen: set[str] = set()
         for child in el:
-            if not isinstance(child.tag, str):
+            full = child.tag  # lxml builds this string on every access
+            if not isinstance(full, str):
                 continue
-            tag = child.tag.removeprefix(_ATOM)
-            if tag == child.tag:
+            tag = full.removeprefix(_ATOM)
+            if tag == full:
                 raise _Refused(f"<{tag}> in an Atom entry")
             if tag in _SINGULAR:
                 if tag in seen:
@@ -471,10 +473,11 @@ class _Reader:
         entries: list[dict[str, Any]] = []
         seen: set[str] = set()
         for child in root:
-            if not isinstance(child.tag, str):
+            full = child.tag  # lxml builds this string on every access
+            if not isinstance(full, str):
                 continue
-            tag = child.tag.removeprefix(_ATOM)
-            if tag == child.tag:
+            tag = full.removeprefix(_ATOM)
+            if tag == full:
                 raise _Refused(f"<{tag}> in an Atom feed")
             if tag == "entry":
                 entries.append(self.atom_entry(child))
