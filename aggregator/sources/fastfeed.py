@@ -291,10 +291,14 @@ class _Reader:
 
     def rss_item(self, el: Any) -> dict[str, Any]:
         self.attrs(el, frozenset())
-        self.no_text(el)
+        if (el.text or "").strip():
+            raise _Refused("text inside <item>")
         ctx: dict[str, Any] = {}
         seen: set[str] = set()
         for child in el:
+            tail = child.tail  # no_text(el), in the one pass over the children
+            if tail and tail.strip():
+                raise _Refused("text between elements")
             tag = child.tag
             if not isinstance(tag, str):
                 continue
@@ -370,10 +374,14 @@ class _Reader:
 
     def atom_entry(self, el: Any) -> dict[str, Any]:
         self.attrs(el, frozenset())
-        self.no_text(el)
+        if (el.text or "").strip():
+            raise _Refused("text inside <entry>")
         ctx: dict[str, Any] = {}
         seen: set[str] = set()
         for child in el:
+            tail = child.tail  # no_text(el), in the one pass over the children
+            if tail and tail.strip():
+                raise _Refused("text between elements")
             full = child.tag  # lxml builds this string on every access
             if not isinstance(full, str):
                 continue
