@@ -276,7 +276,8 @@ url_parts = st.lists(
             "http://", "https://", "HTTP://", "ftp://", "//", "mailto:", "https:///", "http:",
             "a.kr", "b.example.kr:8080", "[::1]", "[bad", "u@h.kr", "", "/", "/x", "/../y",
             "/./z", ";p", ";", "?", "?q=1", "#", "#f", "%20", " ", "\t", "\n", "기사",
-            "\uff0e", "index.html", "..", "?a=b;c",
+            "\uff0e", "index.html", "..", "?a=b;c", "urn:uuid:1", "tag:a.kr,2025:", "HTTP:",
+            "x:", "1a:", ":", "\x00", "https:////",
         ]
     ),
     max_size=6,
@@ -298,7 +299,8 @@ def outcome(function: object, *args: str) -> object:
     [
         "https://a.kr/x;", "https://a.kr/x;p?q=1", "http://a.kr?", "http://a.kr#", "http://a.kr",
         "https://[bad/x", "http:///x", "HTTPS://A.kr/x", "https://a.kr/../x", "https://a.kr/x?#",
-        "http://a.kr/\tx", " https://a.kr/x",
+        "http://a.kr/\tx", " https://a.kr/x", "urn:uuid:0a-1", "tag:a.kr,2025:7", "HTTP:x",
+        "mailto:a@b.kr", "//a.kr/x", "x", "", "ftp:////a", "https:////a.kr", " urn:x",
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("base", ["http://news.example.kr/", BASE, ""])

@@ -98,10 +98,13 @@ _SINGULAR = frozenset(
 def _join(base: str, uri: str) -> str:
     """feedparser's ``_urljoin``: extra slashes after "scheme://" go, a bad URL becomes ''.
 
-    An absolute http(s) URL has no such slashes to remove and takes
-    ``join_url``; everything else takes feedparser's own function.
+    A URI without "://", or an http(s) URL whose host follows it, has no such
+    slashes to remove and takes ``join_url``; everything else takes
+    feedparser's own function.
     """
-    if not uri.startswith(("https://", "http://")) or uri.startswith(("https:///", "http:///")):
+    if "://" in uri and (
+        not uri.startswith(("https://", "http://")) or uri.startswith(("https:///", "http:///"))
+    ):
         return str(_urljoin(base, uri))
     try:
         return join_url(base, uri)

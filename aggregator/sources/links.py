@@ -11,21 +11,22 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 
 def join_url(base: str, url: str) -> str:
-    """``urljoin(base, url)``, without its two ``urlparse`` calls for an absolute http(s) URL.
+    """``urljoin(base, url)``, without its two ``urlparse`` calls in the common cases.
 
-    For such a URL ``urljoin`` returns ``url`` when its scheme differs from
-    the base's, and else ``url`` split and put back together (which drops an
-    empty "?" or "#"). ``urlsplit`` is cached, and the split made here is the
-    one ``canonical_url`` asks for next. A ";" (``urlparse`` splits off
-    parameters, and drops an empty one) and a URL without a host take
-    ``urljoin`` itself. Raises ``ValueError`` where ``urljoin`` does
-    (``tests/test_normalize_fast.py`` compares the two on generated URLs).
+    ``urljoin`` returns ``url`` itself when its scheme is not the base's (an
+    Atom id such as ``urn:uuid:...`` or ``tag:...``), and an absolute URL
+    with a host split and put back together (which drops an empty "?" or
+    "#"). ``urlsplit`` is cached, and the split made here is the one
+    ``canonical_url`` asks for next. A ";" (``urlparse`` splits off
+    parameters, and drops an empty one), a relative URL and one without a
+    host take ``urljoin`` itself. Raises ``ValueError`` where ``urljoin``
+    does (``tests/test_normalize_fast.py`` compares the two on generated URLs).
     """
-    if not base or not url.startswith(("https://", "http://")) or ";" in url:
+    if not base or not url:
         return urljoin(base, url)
     parts = urlsplit(url)
-    if not parts.netloc:
-        return urljoin(base, url)
-    if parts.scheme != urlsplit(base).scheme:
+    if parts.scheme and parts.scheme != urlsplit(base).scheme:
         return url
-    return urlunsplit(parts)
+    if parts.netloc and ";" not in url and url.startswith(("https://", "http://")):
+        return urlunsplit(parts)
+    return urljoin(base, url)
