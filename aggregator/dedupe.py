@@ -121,8 +121,16 @@ def canonical_url(url: str, *, keep: Sequence[str] | None = None, drop: Sequence
 _NOT_ALNUM = re.compile(r"[\W_]+")
 
 
+# ASCII that str.isalnum rejects, for bytes.translate to delete.
+_ASCII_NOT_ALNUM = bytes(code for code in range(128) if not chr(code).isalnum())
+
+
 def _key_text(text: str) -> str:
     """Lowercase letters and digits only (Hangul syllables count as letters)."""
+    if text.isascii():
+        # NFKC leaves ASCII as it is and casefold is lower() on it; deleting
+        # bytes in C is ~10x faster than the regex (two thirds of the texts).
+        return text.encode("ascii").translate(None, _ASCII_NOT_ALNUM).decode("ascii").lower()
     return _NOT_ALNUM.sub("", unicodedata.normalize("NFKC", text).casefold())
 
 

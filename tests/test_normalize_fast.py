@@ -54,6 +54,7 @@ from aggregator.normalize import (
     _may_end_in_cut_mark,
     clean_text,
     excerpt,
+    has_stray_characters,
     html_text,
     sanitize_html,
     sanitized_text,
@@ -413,3 +414,35 @@ def test_content_hash_as_json_dumps_made_it(same: bool, **fields: Any) -> None:
             return "UnicodeEncodeError"
 
     assert made(dedupe.content_hash) == made(previous_content_hash)
+
+
+def previous_key_text(text: str) -> str:
+    """The fingerprint's key text as it was (the reference)."""
+    return "".join(filter(str.isalnum, unicodedata.normalize("NFKC", text).casefold()))
+
+
+@CHECK
+@given(st.text(st.one_of(st.characters(max_codepoint=127), st.characters()), max_size=40))
+def test_key_text_as_before(text: str) -> None:
+    assert dedupe._key_text(text) == previous_key_text(text)
+
+
+def test_key_text_of_every_ascii_character() -> None:
+    for code in range(128):
+        assert dedupe._key_text(chr(code) * 2 + "Ab1") == previous_key_text(chr(code) * 2 + "Ab1")
+
+
+@CHECK
+@given(odd_text)
+def test_stray_characters_found_as_the_regex_finds_them(text: str) -> None:
+    expected = _INVISIBLE.search(text) is not None or _CONTROL.search(text) is not None
+    assert has_stray_characters(text) == expected
+    ascii_only = text.encode("ascii", "ignore").decode()
+    expected = _CONTROL.search(ascii_only) is not None
+    assert has_stray_characters(ascii_only) == expected
+
+
+def test_stray_characters_over_every_ascii_character() -> None:
+    for code in range(128):
+        text = f"a{chr(code)}b"
+        assert has_stray_characters(text) == (_CONTROL.search(text) is not None)
