@@ -83,6 +83,7 @@ _RSS_ITEM: dict[str, frozenset[str]] = {
 _RSS_CHANNEL_INERT = frozenset(
     {"description", "lastBuildDate", "pubDate", "generator", "copyright", "ttl", "docs"}
 )
+_NO_ATTRIBUTES: frozenset[str] = frozenset()
 _ATOM_TEXT_TYPES = frozenset({"text", "html"})
 _ATOM_FEED_INERT = frozenset({"subtitle", "generator", "icon", "logo", "rights"})
 # Entry elements that may appear at most once (feedparser keeps first or last
@@ -200,11 +201,14 @@ class _Reader:
         return value
 
     def detail(self, content_type: str, value: str) -> dict[str, Any]:
-        return dict(type=content_type, language=self.lang, base=self.base, value=value)
+        return {"type": content_type, "language": self.lang, "base": self.base, "value": value}
 
     @staticmethod
     def attrs(el: Any, allowed: frozenset[str]) -> dict[str, str]:
-        found = dict(el.items())
+        items = el.items()
+        if not items:
+            return {}  # most elements
+        found = dict(items)
         if not found.keys() <= allowed:
             raise _Refused(f"attribute on <{el.tag}>")
         return found
@@ -227,7 +231,7 @@ class _Reader:
             content_type = self.atom_text_type(el)
             value = self.text(el)
         else:
-            self.attrs(el, frozenset())
+            self.attrs(el, _NO_ATTRIBUTES)
             value = self.text(el)
             # feedparser's guess for RSS titles, the same pure function.
             content_type = "text/html" if _looks_like_html(value) else "text/plain"
@@ -258,7 +262,7 @@ class _Reader:
             ctx.setdefault("link", value)
 
     def author_text(self, ctx: dict[str, Any], el: Any) -> None:
-        self.attrs(el, frozenset())
+        self.attrs(el, _NO_ATTRIBUTES)
         value = self.text(el)
         if "@" in value:
             raise _Refused("e-mail address in an RSS author")
@@ -270,7 +274,7 @@ class _Reader:
             detail["name"] = value
 
     def atom_author(self, ctx: dict[str, Any], el: Any) -> None:
-        self.attrs(el, frozenset())
+        self.attrs(el, _NO_ATTRIBUTES)
         self.no_text(el)
         fields: dict[str, str] = {}
         for child in el:
@@ -280,7 +284,7 @@ class _Reader:
             name = full.removeprefix(_ATOM)
             if full == name or name not in ("name", "email", "uri") or name in fields:
                 raise _Refused("unexpected element in an Atom author")
-            self.attrs(child, frozenset())
+            self.attrs(child, _NO_ATTRIBUTES)
             fields[name] = self.text(child, uri=name == "uri")
         if not fields.get("name"):
             raise _Refused("Atom author without a name")
@@ -293,7 +297,7 @@ class _Reader:
         ctx["author"] = f"{fields['name']} ({email})" if email else fields["name"]
 
     def rss_item(self, el: Any) -> dict[str, Any]:
-        self.attrs(el, frozenset())
+        self.attrs(el, _NO_ATTRIBUTES)
         if (el.text or "").strip():
             raise _Refused("text inside <item>")
         ctx: dict[str, Any] = {}
@@ -376,7 +380,7 @@ class _Reader:
                 tags.append(value)
 
     def atom_entry(self, el: Any) -> dict[str, Any]:
-        self.attrs(el, frozenset())
+        self.attrs(el, _NO_ATTRIBUTES)
         if (el.text or "").strip():
             raise _Refused("text inside <entry>")
         ctx: dict[str, Any] = {}
@@ -400,10 +404,10 @@ class _Reader:
             elif tag == "link":
                 self.atom_link(ctx, child)
             elif tag == "id":
-                self.attrs(child, frozenset())
+                self.attrs(child, _NO_ATTRIBUTES)
                 self.guid(ctx, child, True)
             elif tag in ("published", "updated"):
-                self.attrs(child, frozenset())
+                self.attrs(child, _NO_ATTRIBUTES)
                 ctx[tag] = self.text(child)
             elif tag == "summary":
                 content_type = self.atom_text_type(child)
@@ -437,7 +441,7 @@ class _Reader:
         if len(channels) != 1 or channels[0].tag != "channel":
             raise _Refused("RSS without exactly one channel")
         channel = channels[0]
-        self.attrs(channel, frozenset())
+        self.attrs(channel, _NO_ATTRIBUTES)
         self.no_text(channel)
         feed: dict[str, Any] = {}
         entries: list[dict[str, Any]] = []
@@ -453,16 +457,16 @@ class _Reader:
                 raise _Refused(f"repeated channel <{tag}>")
             seen.add(tag)
             if tag == "title":
-                self.attrs(child, frozenset())
+                self.attrs(child, _NO_ATTRIBUTES)
                 feed["title"] = self.text(child)
             elif tag == "link":
-                self.attrs(child, frozenset())
+                self.attrs(child, _NO_ATTRIBUTES)
                 value = self.text(child, uri=True)
                 if not value:
                     raise _Refused("empty channel link")
                 feed["link"] = _LINK_REF.sub(r"&\g<1>", value)
             elif tag == "language":
-                self.attrs(child, frozenset())
+                self.attrs(child, _NO_ATTRIBUTES)
                 feed["language"] = self.text(child)
             elif tag in _RSS_CHANNEL_INERT or tag == "category":
                 self.attrs(child, frozenset({"domain"} if tag == "category" else ()))
@@ -502,10 +506,10 @@ class _Reader:
             elif tag == "link":
                 self.atom_link(feed, child)
             elif tag == "id":
-                self.attrs(child, frozenset())
+                self.attrs(child, _NO_ATTRIBUTES)
                 self.guid(feed, child, True)
             elif tag == "updated":
-                self.attrs(child, frozenset())
+                self.attrs(child, _NO_ATTRIBUTES)
                 self.text(child)
             elif tag in _ATOM_FEED_INERT:
                 if tag in ("subtitle", "rights"):
