@@ -278,7 +278,7 @@ url_parts = st.lists(
             "a.kr", "b.example.kr:8080", "[::1]", "[bad", "u@h.kr", "", "/", "/x", "/../y",
             "/./z", ";p", ";", "?", "?q=1", "#", "#f", "%20", " ", "\t", "\n", "기사",
             "\uff0e", "index.html", "..", "?a=b;c", "urn:uuid:1", "tag:a.kr,2025:", "HTTP:",
-            "x:", "1a:", ":", "\x00", "https:////",
+            "x:", "1a:", ":", "\x00", "https:////", "?#", "#?", ":80", "%2F", "\x7f", "@",
         ]
     ),
     max_size=6,
@@ -302,6 +302,8 @@ def outcome(function: object, *args: str) -> object:
         "https://[bad/x", "http:///x", "HTTPS://A.kr/x", "https://a.kr/../x", "https://a.kr/x?#",
         "http://a.kr/\tx", " https://a.kr/x", "urn:uuid:0a-1", "tag:a.kr,2025:7", "HTTP:x",
         "mailto:a@b.kr", "//a.kr/x", "x", "", "ftp:////a", "https:////a.kr", " urn:x",
+        "https://a.kr/x?#f", "https://a.kr/x#?", "https://a.kr?q#", "https://a.kr/x\x7f",
+        "https://a.kr:99999/x", "http://a.kr/[x]", "https://u:p@a.kr/x?q=1&r=2#f",
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("base", ["http://news.example.kr/", BASE, ""])

@@ -24,9 +24,35 @@ def join_url(base: str, url: str) -> str:
     """
     if not base or not url:
         return urljoin(base, url)
+    if _is_plain_absolute(url):
+        # Split and put back together it is itself, whichever scheme the base has.
+        return url
     parts = urlsplit(url)
     if parts.scheme and parts.scheme != urlsplit(base).scheme:
         return url
     if parts.netloc and ";" not in url and url.startswith(("https://", "http://")):
         return urlunsplit(parts)
     return urljoin(base, url)
+
+
+def _is_plain_absolute(url: str) -> bool:
+    """Whether ``urlunsplit(urlsplit(url))`` is ``url`` for this http(s) URL, with no error.
+
+    ``urlsplit`` removes spaces and control characters, lowercases the
+    scheme, checks brackets and non-ASCII hosts (``ValueError``) and loses
+    an empty query or fragment; ``urlparse`` also splits off ";" parameters.
+    A lowercase http(s) URL with a host and none of those is left as it is.
+    """
+    if url.startswith("https://"):
+        host = url[8:9]
+    elif url.startswith("http://"):
+        host = url[7:8]
+    else:
+        return False
+    return (
+        host not in ("", "/", "?", "#")
+        and url.isascii()
+        and url.isprintable()
+        and not any(c in url for c in (" ", "[", "]", ";", "?#"))
+        and not url.endswith(("?", "#"))
+    )
