@@ -559,7 +559,12 @@ def parse_fast(
     ``content`` and ``content_type`` are what feedparser would be given (after
     the Korean recode and character-reference repair in ``feed.parse_feed``).
     """
-    if b"<!" in content and b"<!" in content.replace(b"<![CDATA[", b"").replace(b"<!--", b""):
+    # b"!" first: a one-byte search is a memchr, while b"<!" stops at every "<".
+    if (
+        b"!" in content
+        and b"<!" in content
+        and b"<!" in content.replace(b"<![CDATA[", b"").replace(b"<!--", b"")
+    ):
         return None  # DOCTYPE, ENTITY or anything else DTD-like
     if not _encoding_ok(content, content_type):
         return None

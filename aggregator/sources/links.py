@@ -53,6 +53,10 @@ def _is_plain_absolute(url: str) -> bool:
         host not in ("", "/", "?", "#")
         and url.isascii()
         and url.isprintable()
-        and not any(c in url for c in (" ", "[", "]", ";", "?#"))
+        and " " not in url
+        and "[" not in url
+        and "]" not in url
+        and ";" not in url
+        and "?#" not in url
         and not url.endswith(("?", "#"))
     )
