@@ -6,6 +6,7 @@ what a change to those stages saves::
 
     python -m benchmarks.stages benchmarks/.data/feeds-500              # CPU per stage
     python -m benchmarks.stages DIR --profile normalize --top 30        # where it goes
+    python -m benchmarks.stages DIR --breakdown                         # CPU per callee
     python -m benchmarks.stages DIR --digest out.txt                    # fidelity
 
 ``--digest`` writes one line per parsed entry and per item (the ``repr`` of
@@ -61,6 +62,63 @@ def load(corpus: Path) -> tuple[list[tuple[Source, FetchResult]], object]:
     return pairs, config
 
 
+# What normalize() and parse_feed() call directly, for --breakdown. Each is
+# timed only when no other one on the list is running, so nested calls
+# (clean_text inside sanitized_text) count for the outer one and the rows add up.
+NORMALIZE_PARTS = (
+    "bounded_html", "sanitized_text", "trim_cut_html", "trim_cut_text", "clean_plain",
+    "clean_text", "_http_url", "canonical_url", "fingerprint", "content_hash",
+    "item_language", "excerpt", "cut_title", "match_section", "_date", "_check_link_size",
+)  # fmt: skip
+PARSE_PARTS = (
+    ("aggregator.sources.feed", ("korean_as_utf8", "damaged_utf8_as_utf8", "_entry")),
+    ("aggregator.sources.feed", ("neutralize_char_ref_bytes",)),
+    ("aggregator.sources.fastfeed", ("_encoding_ok", "document_base")),
+)
+
+
+REST = {
+    "parse": "lxml's fromstring, byte scans, the timers",
+    "normalize": "normalize's own lines, Item(), the timers",
+}
+
+
+def _instrument() -> dict[str, float]:
+    """Wrap the stage functions of --breakdown; returns the CPU seconds per name."""
+    import importlib
+
+    spent: dict[str, float] = {}
+    depth = [0]
+
+    def wrap(module: object, name: str, label: str) -> None:
+        function = getattr(module, name)
+
+        def timed(*args: object, **kwargs: object) -> object:
+            if depth[0]:
+                return function(*args, **kwargs)
+            depth[0] += 1
+            start = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.process_time() - start
+                depth[0] -= 1
+
+        setattr(module, name, timed)
+
+    normalize_module = importlib.import_module("aggregator.normalize")
+    for name in NORMALIZE_PARTS:
+        wrap(normalize_module, name, f"normalize: {name}")
+    for module_name, names in PARSE_PARTS:
+        module = importlib.import_module(module_name)
+        for name in names:
+            wrap(module, name, f"parse: {name}")
+    reader = importlib.import_module("aggregator.sources.fastfeed")._Reader
+    for name in ("rss", "atom"):
+        wrap(reader, name, "parse: fastfeed walk (_Reader.rss/atom)")
+    return spent
+
+
 def main() -> None:
     """Time (or profile, or digest) parse and normalize over a corpus."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,7 +126,11 @@ def main() -> None:
     parser.add_argument("--profile", choices=("parse", "normalize"))
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--digest", type=Path, help="write one hashed line per entry/item")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="CPU per function called by each stage"
+    )
     args = parser.parse_args()
+    spent = _instrument() if args.breakdown else {}
 
     pairs, config = load(args.corpus)
     sections = config.sections  # type: ignore[attr-defined]
@@ -101,6 +163,14 @@ def main() -> None:
     print(f"normalize {normalize_cpu:.3f} s CPU, {count} items")
     if args.profile:
         pstats.Stats(profile).sort_stats("tottime").print_stats(args.top)
+    if spent:
+        stage_cpu = {"parse": parse_cpu, "normalize": normalize_cpu}
+        for stage in ("parse", "normalize"):
+            rows = {k: v for k, v in spent.items() if k.startswith(f"{stage}: ")}
+            rows[f"{stage}: (the rest: {REST[stage]})"] = stage_cpu[stage] - sum(rows.values())
+            for label, seconds in sorted(rows.items(), key=lambda kv: -kv[1]):
+                share = seconds / stage_cpu[stage]
+                print(f"  {label:68s} {seconds:6.3f} s {share:6.1%}")
     if args.digest:
         total = hashlib.sha256()
         with args.digest.open("w") as out:
