@@ -683,8 +683,23 @@ def match_section(
 # ----------------------------------------------------------------------- entry
 
 
-@lru_cache(maxsize=256)  # an entry's base URL is usually its feed's, entry after entry
 def _http_url(base: str, value: str | None) -> str | None:
+    if value is not None and len(value) <= _CACHED_URL_CHARS:
+        return _http_url_cached(base, value)
+    return _resolve_http_url(base, value)
+
+
+# An entry's base URL is usually its feed's, entry after entry: cached, when
+# short (a hostile megabyte URL must not stay in memory with 255 others).
+_CACHED_URL_CHARS = 2048
+
+
+@lru_cache(maxsize=256)
+def _http_url_cached(base: str, value: str) -> str | None:
+    return _resolve_http_url(base, value)
+
+
+def _resolve_http_url(base: str, value: str | None) -> str | None:
     if not value or not value.strip():
         return None
     url = join_url(base, value.strip()) if base else value.strip()

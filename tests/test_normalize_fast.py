@@ -28,7 +28,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urljoin
 
@@ -39,6 +39,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aggregator import dedupe
+from aggregator import normalize as normalize_module
+from aggregator.models import Source
 from aggregator.normalize import (
     _CLOSERS,
     _CONTROL,
@@ -60,11 +62,14 @@ from aggregator.normalize import (
     sanitized_text,
     trim_cut_html,
 )
+from aggregator.sources import fastfeed, feed
+from aggregator.sources.dates import parse_date
 from aggregator.sources.fastfeed import _join, _xml_encoding
 from aggregator.sources.links import join_url
 from aggregator.sources.markup import bound_markup
 
 BASE = "https://news.example.kr/list/page.html"
+NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
 CHECK = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # --------------------------------------------------------------- html to text
@@ -448,3 +453,20 @@ def test_stray_characters_over_every_ascii_character() -> None:
     for code in range(128):
         text = f"a{chr(code)}b"
         assert has_stray_characters(text) == (_CONTROL.search(text) is not None)
+
+
+def test_long_values_are_resolved_alike_but_never_cached() -> None:
+    """The per-worker caches hold short values only: a hostile feed's megabyte
+    links and dates must not stay in memory after its entries are gone."""
+    long_link = "https://a.kr/" + "x" * 100_000
+    long_date = "Mon, 01 Dec 2025 10:00:00 +0900" + " " * 100_000
+    caches = (fastfeed._join_cached, normalize_module._http_url_cached, feed._parse_date)
+    before = [cache.cache_info().currsize for cache in caches]
+    assert _join(BASE, long_link) == _urljoin(BASE, long_link)
+    assert normalize_module._http_url(BASE, long_link) == long_link
+    source = Source(id="s", url=BASE)
+    expected = parse_date(long_date, tz=source.timezone, now=NOW)
+    assert feed._date(long_date, source, NOW) == expected is not None
+    assert [cache.cache_info().currsize for cache in caches] == before
+    assert _join(BASE, "https://a.kr/short") == "https://a.kr/short"
+    assert fastfeed._join_cached.cache_info().currsize == before[0] + 1

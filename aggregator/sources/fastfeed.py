@@ -95,8 +95,21 @@ _SINGULAR = frozenset(
 )  # fmt: skip
 
 
-@functools.lru_cache(maxsize=256)  # an RSS item's permalink guid is usually its link
 def _join(base: str, uri: str) -> str:
+    # An RSS item's permalink guid is usually its link: joined once, when short
+    # (a hostile megabyte link must not stay in memory with 255 others).
+    return _join_cached(base, uri) if len(uri) <= _CACHED_URI_CHARS else _join_uri(base, uri)
+
+
+_CACHED_URI_CHARS = 2048
+
+
+@functools.lru_cache(maxsize=256)
+def _join_cached(base: str, uri: str) -> str:
+    return _join_uri(base, uri)
+
+
+def _join_uri(base: str, uri: str) -> str:
     """feedparser's ``_urljoin``: extra slashes after "scheme://" go, a bad URL becomes ''.
 
     A URI without "://", or an http(s) URL whose host follows it, has no such

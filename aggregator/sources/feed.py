@@ -63,7 +63,13 @@ def _date(text: object, source: Source, now: datetime) -> datetime | None:
     """
     if not isinstance(text, str):
         return None
+    if len(text) > _CACHED_DATE_CHARS:  # not kept in the cache below
+        return parse_date(text, tz=source.timezone, fmt=source.date_format, now=now)
     return _parse_date(text, source.timezone, source.date_format, now)
+
+
+# Real dates are short; a hostile long one is read without being kept.
+_CACHED_DATE_CHARS = 200
 
 
 @functools.lru_cache(maxsize=256)
