@@ -103,7 +103,8 @@ def test_the_rest_of_the_file_reaches_the_config(
             bounces:
               address: bounces@example.org
               verp_domain: bounce.example.org
-              imap: {host: imap.example.org, username_env: IMAP_USER, password_env: IMAP_PASS}
+              imap: {host: imap.example.org, username_env: IMAP_USER, password_env: IMAP_PASS,
+                     folder: Bounces, timeout: 10s}
               soft_limit: 2
               soft_window_issues: 4
               poll: 30m
@@ -153,6 +154,8 @@ def test_the_rest_of_the_file_reaches_the_config(
             port=993,  # TLS without a port: the IMAPS port
             username_env="IMAP_USER",
             password_env="IMAP_PASS",
+            folder="Bounces",
+            timeout=10.0,
         ),
         soft_limit=2,
         soft_window_issues=4,
@@ -173,6 +176,47 @@ def test_a_dkim_key_in_the_environment_is_not_read_by_the_file_check(tmp_path: P
     )
     assert config.smtp.dkim == DkimSettings(domain="example.org", selector="s1", key_env="DKIM_PEM")
     assert config.smtp.return_path is None and config.bounces is None
+
+
+def test_bounces_without_a_mailbox_to_read(tmp_path: Path) -> None:
+    config = parse_config(
+        SITE + "sources: []\nbounces: {address: bounces@example.org}\n",
+        path=tmp_path / "feeds.yaml",
+    )
+    assert config.bounces == BounceSettings(address="bounces@example.org")
+    assert config.smtp.return_path == ReturnPath(address="bounces@example.org")
+
+
+def test_a_templates_folder_without_a_file_is_taken_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "theme").mkdir()
+    (tmp_path / "theme" / "home.html.j2").write_text("x", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    config = parse_config("site: {title: T, templates: theme}\nsources: []\n")
+    assert config.site.templates == str(tmp_path / "theme")
+
+
+@pytest.mark.parametrize(
+    ("language", "titles", "chosen"),
+    [
+        ("ko-KR", "{en: Previews, ko: 기대작}", "기대작"),  # the site's language, region aside
+        ("ja", "{ko: 기대작, en: Previews}", "Previews"),  # not given: English
+        ("fr", "{ko: 기대작, ja: 期待作}", "기대작"),  # neither: the first given
+    ],
+)
+def test_a_per_language_title_in_the_site_language_else_english_else_the_first(
+    language: str, titles: str, chosen: str, tmp_path: Path
+) -> None:
+    config = parse_config(
+        f"site: {{title: T, language: {language}}}\nsources: []\n"
+        f"sections:\n  - {{id: previews, title: {titles}}}\n"
+        f"digest: {{subject: {titles}, other_section_title: {titles}}}\n",
+        path=tmp_path / "feeds.yaml",
+    )
+    assert config.sections[0].title == chosen
+    assert config.digest.subject == chosen
+    assert config.digest.other_section_title == chosen
 
 
 def test_the_default_digest_sections_are_the_ones_defined(tmp_path: Path) -> None:
@@ -218,8 +262,16 @@ def test_the_documented_defaults_read_as_the_readme_shows_them(tmp_path: Path) -
     assert config.bounces is not None
     assert (config.bounces.soft_limit, config.bounces.soft_window_issues) == (3, 5)
     assert config.bounces.poll_interval == timedelta(minutes=15)
-    assert config.bounces.imap is not None
-    assert (config.bounces.imap.port, config.bounces.imap.folder) == (143, "INBOX")
+    # Without TLS and a port: plain IMAP on 143; the folder INBOX, a 30 s timeout.
+    assert config.bounces.imap == ImapSettings(
+        host="imap.example.org",
+        port=143,
+        username_env="U",
+        password_env="P",
+        tls=False,
+        folder="INBOX",
+        timeout=30.0,
+    )
     assert config.smtp.return_path == ReturnPath(verp_domain="example.org")
 
 
@@ -322,6 +374,36 @@ def test_procrastinate_on_sqlite_is_refused_at_the_queue_line(tmp_path: Path) ->
     assert str(error) == (
         f"{path}:4: storage.queue: procrastinate needs PostgreSQL, but the database is sqlite "
         "(set storage.url or DATABASE_URL to a postgresql:// URL, or use queue: none)"
+    )
+
+
+def test_procrastinate_accepts_both_postgresql_url_schemes(tmp_path: Path) -> None:
+    for url in ("postgresql://digest@db/digest", "postgres://digest@db/digest"):
+        config = parse_config(
+            SITE + f"storage: {{url: '{url}', queue: procrastinate}}\nsources: []\n",
+            path=tmp_path / "feeds.yaml",
+        )
+        assert (config.queue, config.database_url) == ("procrastinate", url)
+
+
+def test_the_queue_error_names_the_database_kind_not_its_password(tmp_path: Path) -> None:
+    path = tmp_path / "feeds.yaml"
+    error = refused(
+        SITE + "storage: {url: 'mysql://digest:s3cret@db:3306/digest', queue: procrastinate}\n",
+        path,
+    )
+    assert str(error) == (
+        f"{path}:2: storage.queue: procrastinate needs PostgreSQL, but the database is mysql "
+        "(set storage.url or DATABASE_URL to a postgresql:// URL, or use queue: none)"
+    )
+
+
+def test_a_dkim_key_variable_must_be_a_variable_name(tmp_path: Path) -> None:
+    path = tmp_path / "feeds.yaml"
+    text = SITE + "smtp:\n  dkim:\n    domain: example.org\n    selector: s1\n    key_env: 1-KEY\n"
+    assert str(refused(text, path)) == (
+        f'{path}:6: smtp.dkim.key_env: "1-KEY" is not an environment variable name '
+        "(e.g. IMAP_PASSWORD)"
     )
 
 
