@@ -241,7 +241,8 @@ def test_other_news_left_out_with_an_empty_title(tmp_path: Path) -> None:
 def test_the_documented_defaults_read_as_the_readme_shows_them(tmp_path: Path) -> None:
     """The values the README's feeds.yaml example and Deliverability block write out."""
     config = parse_config(
-        SITE + "sources: []\nbounces:\n  verp_domain: example.org\n"
+        SITE + "sources: [{id: a, url: 'https://a.example.org/feed'}]\n"
+        "bounces:\n  verp_domain: example.org\n"
         "  imap: {host: imap.example.org, tls: false, username_env: U, password_env: P}\n",
         path=tmp_path / "feeds.yaml",
     )
@@ -255,6 +256,9 @@ def test_the_documented_defaults_read_as_the_readme_shows_them(tmp_path: Path) -
         when_empty="skip",
         period=timedelta(days=7),
     )
+    # defaults: "max_items: 500  # entries kept per fetch (1-10000)"
+    assert config.sources[0].max_items == 500
+    assert config.web.trusted_proxies == ()  # "(default: none)"
     assert config.pending_expiry == timedelta(days=7)
     assert config.queue == "none"
     assert config.demo is False
@@ -453,3 +457,19 @@ def test_a_non_utf8_byte_after_a_blank_first_line_is_on_line_two(tmp_path: Path)
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert str(caught.value) == f"{path}:2: not UTF-8 text (byte 0xff); save it as UTF-8"
+
+
+def test_max_items_takes_the_documented_range_1_to_10000(tmp_path: Path) -> None:
+    path = tmp_path / "feeds.yaml"
+
+    def text(value: int) -> str:
+        return SITE + f"defaults:\n  max_items: {value}\nsources: []\n"
+
+    for value in (1, 10000):
+        assert parse_config(text(value), path=path).sources == ()
+    assert str(refused(text(10001), path)) == (
+        f"{path}:3: defaults.max_items: Input should be less than or equal to 10000"
+    )
+    assert str(refused(text(0), path)) == (
+        f"{path}:3: defaults.max_items: Input should be greater than or equal to 1"
+    )
