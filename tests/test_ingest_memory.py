@@ -118,7 +118,7 @@ def test_packed_items_come_back_identical(text: str, count: int) -> None:
     "odd",
     [
         {"published_at": datetime(2026, 1, 1, 9, tzinfo=timezone(timedelta(hours=9)))},
-        {"updated_at": datetime(2026, 1, 1, 9, tzinfo=timezone.utc).replace(fold=1)},
+        {"updated_at": datetime(2026, 1, 1, 9, tzinfo=UTC).replace(fold=1)},
         {"source_id": "another"},
     ],
 )
