@@ -25,11 +25,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .decoding import decoded
-from .dedupe import listing_hash
 from .errors import AggregatorError, EntryTooLarge, ScrapeError
 from .models import FetchResult, Item, ParsedFeed, RawEntry, SectionRule, Source
-from .normalize import normalize
-from .sources import parse
 
 __all__ = [
     "Extracted",
@@ -73,6 +70,12 @@ def extract(
         result = decoded(result)
     except AggregatorError as exc:
         return Extracted(error=str(exc))
+    # Imported here, not at the top: the main process needs this module for
+    # ``unpack`` but parses nothing itself when a pool does it, and the
+    # parsers and sanitizers are ~10 MB. The pool's forkserver preloads them.
+    from .dedupe import listing_hash
+    from .sources import parse
+
     try:
         parsed: ParsedFeed = parse(source, result)
     except ScrapeError as exc:
@@ -144,6 +147,8 @@ def normalize_entries(
     Entries refused for their size are also appended to ``refused``: those are
     worth a warning on the source, unlike an entry without a link.
     """
+    from .normalize import normalize  # see ``extract``
+
     items = []
     for entry in entries:
         try:

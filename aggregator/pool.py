@@ -25,8 +25,8 @@ does not give us, and why:
 * **Started on first use, small.** No process (not even multiprocessing's
   resource tracker) starts until the first document is submitted, so a pass
   in which every source answers 304 never starts one. The forkserver
-  preloads only :mod:`aggregator.extract` (parsing and normalizing, no HTTP
-  client, SQL or config code), so each worker forked from it is too.
+  preloads only :mod:`aggregator.extract` and the parsers it runs (no HTTP
+  client, SQL or config code), so each worker forked from it is small too.
 """
 
 from __future__ import annotations
@@ -217,7 +217,15 @@ class ParsePool(Executor):
         ctx = multiprocessing.get_context("forkserver")
         # Only what the workers run: the pipeline's other modules (httpx,
         # SQLAlchemy, pydantic) would double each worker's size for nothing.
-        ctx.set_forkserver_preload(["aggregator.pool", "aggregator.extract"])
+        ctx.set_forkserver_preload(
+            [
+                "aggregator.pool",
+                "aggregator.extract",
+                "aggregator.sources",
+                "aggregator.normalize",
+                "aggregator.dedupe",
+            ]
+        )
         level, json_logs = _parent_logging()
         return ProcessPoolExecutor(
             max_workers=self.workers,
