@@ -70,7 +70,7 @@ MAX_IN_FLIGHT = 64
 # the body's size as Python objects) pile up in the main process while the
 # store caught up. No new fetch starts while this much is held; one source
 # over the limit on its own still runs (alone), so nothing is ever refused.
-MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024
+MAX_IN_FLIGHT_BYTES = 4 * 1024 * 1024
 # Within one pass, after this many store writes in a row have failed the
 # database counts as down: later sources stop waiting on it (each wait can
 # last the SQLite busy timeout) and the pass ends with the error.
