@@ -12,7 +12,9 @@ reused across sources) and enforces, per request:
   source on a public address may not redirect to a loopback, private or
   link-local one (a hostile feed cannot point us at internal services);
 * size: an honest ``Content-Length`` over ``max_bytes`` is refused before
-  reading, and the body is decompressed here in bounded pieces, so a gzip or
+  reading, the raw stream is stopped at ``max_bytes``, and the body is
+  decompressed in bounded pieces (:mod:`aggregator.decoding`: here, or with
+  ``decode=False`` in the parse worker, under the same cap), so a gzip or
   brotli bomb is stopped after about ``max_bytes`` of output, not after it has
   been inflated in memory;
 * time: connect and read timeouts, plus a total deadline per request
