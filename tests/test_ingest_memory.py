@@ -48,7 +48,9 @@ def feeds(server: FixtureServer, count: int, *, items: int = 3, text_size: int =
             for i in range(items)
         ]
         server.add(f"/f{n}.xml", rss(entries), etag=f'"e{n}"')
-        yaml += f"  - {{id: s{n}, url: '{server.url(f'/f{n}.xml')}'}}\n"
+        # A generous deadline: on a loaded machine a timed-out fetch would free its
+        # share of the byte bound and let another source in.
+        yaml += f"  - {{id: s{n}, url: '{server.url(f'/f{n}.xml')}', timeout: 60s}}\n"
     return yaml
 
 
