@@ -30,6 +30,7 @@ from aggregator.normalize import (
     _is_hangul,
     _is_word_char,
     _jamo,
+    _letters_class,
     _splits_cluster,
     bounded_html,
     clean_plain,
@@ -121,6 +122,32 @@ def test_the_hangul_regex_and_is_hangul_agree_on_the_whole_bmp() -> None:
     by_function = {code for code in range(0x10000) if _is_hangul(chr(code))}
     assert by_regex == by_function
     assert len(by_function) == 11172 + 256 + 96 + 32 + 80
+
+
+@pytest.mark.parametrize(
+    ("ranges", "letters"),
+    [
+        (((0x41, 0x5A),), "[A-Z]"),  # letters from the first code point to the last
+        (((0x40, 0x5B),), "[A-Z]"),  # a non-letter at each end
+        (((0x61, 0x61),), "[a-a]"),  # one code point
+        (((0x30, 0x39), (0x61, 0x63)), "[a-c]"),  # a range without letters adds nothing
+        (((0x58, 0x62),), "[X-Za-b]"),  # two runs split by "[", "\\", "]", "^", "_", "`"
+        (((0x61, 0x62), (0x41, 0x42)), "[a-bA-B]"),  # each range's runs, in order
+        (((0x3130, 0x318F),), "[\u3131-\u318e]"),  # compatibility jamo: unassigned ends
+    ],
+)
+def test_letters_class_lists_the_letter_runs_of_its_ranges(
+    ranges: tuple[tuple[int, int], ...], letters: str
+) -> None:
+    # Called once at import to build _HANGUL_LETTERS, so only a direct call
+    # notices a mistake in it (mutmut's mutants never run at import time).
+    assert _letters_class(*ranges) == letters
+    pattern = re.compile(letters)
+    for first, last in ranges:
+        for code in range(first - 2, last + 3):
+            inside = any(f <= code <= t for f, t in ranges)
+            expected = inside and chr(code).isalpha()
+            assert (pattern.fullmatch(chr(code)) is not None) is expected, hex(code)
 
 
 # One character of each syllable type, and a non-Hangul letter.
