@@ -42,6 +42,7 @@ from aggregator.normalize import (
     item_language,
     normalize,
     sanitize_html,
+    sanitized_text,
     trim_cut_html,
     trim_cut_text,
 )
@@ -228,6 +229,10 @@ def test_cluster_start(text: str, cut: int, start: int) -> None:
         ("ꥠꥡab", "ko"),  # jamo extended-A
         ("ힰힱab", "ko"),  # jamo extended-B
         ("日本語", None),  # CJK letters are not Hangul
+        ("가나다 ab éé", None),  # other letters count: 3 Hangul of 7 letters
+        ("가나다 ab é", "ko"),  # 3 of 6
+        ("가나 漢字", "ko"),  # Hanja are letters too: 2 of 4
+        ("가나 漢字 Кино", None),  # 2 of 8
     ],
 )
 def test_detect_language_at_the_share(text: str, language: str | None) -> None:
@@ -841,3 +846,38 @@ def test_a_long_title_is_named_by_its_first_60_characters() -> None:
     with pytest.raises(EntryTooLarge) as error:
         run(raw(link=link, title="t" * 70))
     assert f"entry {'t' * 60!r} refused" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("markup", "text"),
+    [
+        # The parser moves text out of a table (foster parenting); deleting tags does not.
+        ("<table><tr><td>a</td></tr>b</table>", "b a c"),
+        # A comment with ">" inside is not one tag to the tag-deleting regex.
+        ("x<!-- a > b -->y", "xy c"),
+    ],
+)
+def test_sanitized_text_of_markup_past_the_caps_is_the_parsers_text(markup: str, text: str) -> None:
+    # Not sanitizer output (nesting beyond the cap): the shortcut does not apply.
+    deep = "<div>" * 300 + "c" + "</div>" * 300
+    assert sanitized_text(markup + deep) == text
+
+
+@pytest.mark.parametrize("field", ["summary_html", "content_html"])
+@pytest.mark.parametrize(
+    ("shown", "trimmed"),
+    [
+        ("Premiere dates; wor...", "Premiere dates;…"),
+        ("개봉일 확정; 자세한...", "개봉일 확정;…"),
+        ("Premiere dates;wor...", "Premiere dates;…"),
+    ],
+)
+def test_the_text_of_a_trimmed_excerpt_is_read_from_the_trimmed_markup(
+    field: str, shown: str, trimmed: str
+) -> None:
+    # In markup a ";" before the cut word may end a reference, so it stays;
+    # the text must say what the markup shows, not trim the plain text anew.
+    item = run(raw(**{"summary_html": "<p>Short.</p>", field: f"<p>{shown}</p>"}))
+    assert getattr(item, field) == f"<p>{trimmed}</p>"
+    assert item.text == trimmed
+    assert item.excerpt == trimmed
