@@ -128,7 +128,7 @@ _UNSAFE_ADDRESS = re.compile(r"[\x00-\x20\x7f<>]")
 
 def can_send_wire(client: aiosmtplib.SMTP, *addresses: str) -> bool:
     """May ``send_wire`` carry this message (ASCII addresses without controls, brackets
-    or spaces, a session past EHLO, an aiosmtplib exposing the two private names it drives)?
+    or spaces, a session past EHLO, an aiosmtplib exposing the private names it drives)?
     """
     protocol: Any = client.protocol
     return (
@@ -138,6 +138,7 @@ def can_send_wire(client: aiosmtplib.SMTP, *addresses: str) -> bool:
         and hasattr(protocol, "_command_lock")
         and hasattr(protocol, "_response_pending")
         and hasattr(protocol, "read_response")
+        and hasattr(protocol, "_read_response_from_buffer")
     )
 
 
@@ -164,20 +165,35 @@ async def send_wire(
     )
     try:
         async with protocol._command_lock:
-            for command, expected in steps:
+            if client.supports_extension("pipelining"):
+                # RFC 2920: the three commands in one write, then their three
+                # replies: one round trip instead of three.
                 protocol._response_pending = True
-                protocol.write(command)
-                answer = await protocol.read_response(timeout=client.timeout)
-                if answer.code in expected:
-                    continue
-                if command.startswith(b"MAIL"):
-                    raise aiosmtplib.SMTPSenderRefused(answer.code, answer.message, sender)
-                if command.startswith(b"RCPT"):
-                    refused = aiosmtplib.SMTPRecipientRefused(
-                        answer.code, answer.message, recipient
-                    )
-                    raise aiosmtplib.SMTPRecipientsRefused([refused])
-                raise aiosmtplib.SMTPDataError(answer.code, answer.message)
+                protocol.write(b"".join(command for command, _ in steps))
+                answers = [await protocol.read_response(timeout=client.timeout)]
+                while len(answers) < len(steps):
+                    # aiosmtplib parses one reply per packet: the others of the
+                    # group may already be in its buffer.
+                    buffered = protocol._read_response_from_buffer()
+                    if buffered is None:
+                        protocol._response_pending = True
+                        buffered = await protocol.read_response(timeout=client.timeout)
+                    answers.append(buffered)
+                codes = [(answer.code, ok) for answer, (_, ok) in zip(answers, steps, strict=True)]
+                refusal = next((i for i, (code, ok) in enumerate(codes) if code not in ok), None)
+                if refusal is not None:
+                    if answers[2].code == 354:
+                        # DATA was accepted after a refusal: end it empty (RFC 2920 3.1).
+                        protocol.write(b".\r\n")
+                        await protocol.read_response(timeout=client.timeout)
+                    _raise_refusal(steps[refusal][0], answers[refusal], sender, recipient)
+            else:
+                for command, expected in steps:
+                    protocol._response_pending = True
+                    protocol.write(command)
+                    answer = await protocol.read_response(timeout=client.timeout)
+                    if answer.code not in expected:
+                        _raise_refusal(command, answer, sender, recipient)
             protocol._response_pending = True
             protocol.write(message.stuffed + b".\r\n")
             done = await protocol.read_response(timeout=client.timeout)
@@ -189,6 +205,16 @@ async def send_wire(
     except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
         await _reset(client)  # as sendmail does: the session stays usable
         raise
+
+
+def _raise_refusal(command: bytes, answer: Any, sender: str, recipient: str) -> None:
+    """The exception ``sendmail`` raises when the server refuses ``command``."""
+    if command.startswith(b"MAIL"):
+        raise aiosmtplib.SMTPSenderRefused(answer.code, answer.message, sender)
+    if command.startswith(b"RCPT"):
+        refused = aiosmtplib.SMTPRecipientRefused(answer.code, answer.message, recipient)
+        raise aiosmtplib.SMTPRecipientsRefused([refused])
+    raise aiosmtplib.SMTPDataError(answer.code, answer.message)
 
 
 async def _reset(client: aiosmtplib.SMTP) -> None:
