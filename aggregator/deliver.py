@@ -69,7 +69,7 @@ from urllib.parse import urlsplit
 import aiosmtplib
 
 from .errors import DeliveryError, RecipientRefused
-from .mail.dkim import DkimSigner
+from .mail.dkim import BodyHash, DkimSigner
 from .mail.wire import SplicedBody, WireMessage, can_send_wire, dot_stuff, send_wire
 from .models import DeliveryStatus, Digest, DigestSection, Site, SmtpSettings, utcnow
 from .render import (
@@ -107,6 +107,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 50
+# Between a spliced value and the encoded text around it (see mail/wire.py).
+_SOFT_BREAK = b"=\r\n"
 _RECONNECT_TRIES = 3
 # Accepted messages whose ``sent`` marks share one commit: at most this many,
 # accepted within this many seconds (see the module docstring, point 2).
@@ -229,6 +231,22 @@ class MessageBuilder:
         self._text_body = SplicedBody(digest.text, UNSUBSCRIBE_PLACEHOLDER, PREFERENCES_PLACEHOLDER)
         self._html_body = SplicedBody(digest.html, UNSUBSCRIBE_PLACEHOLDER, PREFERENCES_PLACEHOLDER)
 
+        b = self._boundary
+        # The MIME skeleton around the two parts: the same in every message.
+        self._preamble = (
+            f"--{b}\r\n"
+            'Content-Type: text/plain; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        ).encode("ascii")
+        self._middle = (
+            f"\r\n--{b}\r\n"
+            'Content-Type: text/html; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        ).encode("ascii")
+        self._tail = f"\r\n--{b}--\r\n".encode("ascii")
+        self._content_type = f'Content-Type: multipart/alternative; boundary="{b}"\r\n'
+        self._body_hash: BodyHash | None = None
+
     def build(
         self,
         *,
@@ -244,9 +262,8 @@ class MessageBuilder:
         ``preferences`` is the recipient's preferences link; without one (a
         test copy) the link points at the site's subscribe page instead.
         """
-        return self._assemble(
-            email, name, message_id, unsubscribe, preferences, date, stuffed=False
-        )
+        head, body = self._assemble(email, name, message_id, unsubscribe, preferences, date)
+        return head + self._join(body, stuffed=False)
 
     def build_wire(
         self,
@@ -257,10 +274,18 @@ class MessageBuilder:
         unsubscribe: str,
         preferences: str = "",
         date: datetime | None = None,
+        body_hash: bool = False,
     ) -> WireMessage:
-        """The same message, dot-stuffed for ``SmtpConnection.send`` to write as it is."""
+        """The same message, dot-stuffed for ``SmtpConnection.send`` to write as it is.
+
+        With ``body_hash`` the message carries its DKIM body hash, computed
+        from the issue's shared parts, so a DKIM signer signs only its header block.
+        """
+        head, body = self._assemble(email, name, message_id, unsubscribe, preferences, date)
         return WireMessage(
-            self._assemble(email, name, message_id, unsubscribe, preferences, date, stuffed=True)
+            dot_stuff(head) + self._join(body, stuffed=True),
+            head=head,
+            body_hash=self._hash_body(body[0]) if body_hash else None,
         )
 
     def _assemble(
@@ -271,13 +296,12 @@ class MessageBuilder:
         unsubscribe: str,
         preferences: str,
         date: datetime | None,
-        *,
-        stuffed: bool,
-    ) -> bytes:
-        b = self._boundary
-        preferences = preferences or self._subscribe_url
-        text = self._text_body.render(unsubscribe, preferences, stuffed=stuffed)
-        html = self._html_body.render(unsubscribe, preferences, stuffed=stuffed)
+    ) -> tuple[bytes, tuple[list[bytes], list[bytes]]]:
+        """The header block, and the encoded values (plain, dot-stuffed) for the bodies."""
+        values = [
+            SplicedBody.encode(unsubscribe),
+            SplicedBody.encode(preferences or self._subscribe_url),
+        ]
         head = (
             f"{self._head}"
             f"To: {_address(name, email)}\r\n"
@@ -287,20 +311,39 @@ class MessageBuilder:
             # to a mailbox nothing reads (no bounce/unsubscribe mailbox yet).
             f"List-Unsubscribe: <{unsubscribe}>\r\n"
             "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
-            f'Content-Type: multipart/alternative; boundary="{b}"\r\n'
+            f"{self._content_type}"
             "\r\n"
-            f"--{b}\r\n"
-            'Content-Type: text/plain; charset="utf-8"\r\n'
-            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         ).encode("ascii")
-        middle = (
-            f"\r\n--{b}\r\n"
-            'Content-Type: text/html; charset="utf-8"\r\n'
-            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-        ).encode("ascii")
-        if stuffed:
-            head = dot_stuff(head)
-        return b"".join((head, text, middle, html, f"\r\n--{b}--\r\n".encode("ascii")))
+        return head, (values, [dot_stuff(v) for v in values])
+
+    def _join(self, body: tuple[list[bytes], list[bytes]], *, stuffed: bool) -> bytes:
+        plain, dotted = body
+        values = dotted if stuffed else None
+        return b"".join(
+            (
+                self._preamble,
+                self._text_body.render_encoded(plain, values),
+                self._middle,
+                self._html_body.render_encoded(plain, values),
+                self._tail,
+            )
+        )
+
+    def _hash_body(self, values: list[bytes]) -> bytes:
+        """The DKIM body hash of this message: the fixed parts are canonicalized once."""
+        if self._body_hash is None:
+            plan = BodyHash()
+            fixed = self._preamble
+            for spliced, after in ((self._text_body, self._middle), (self._html_body, self._tail)):
+                fixed += spliced.pieces[0]
+                for slot, piece in zip(spliced.slots, spliced.pieces[1:], strict=True):
+                    plan.add_fixed(fixed + _SOFT_BREAK)
+                    plan.add_slot(slot)
+                    fixed = piece
+                fixed += after
+            plan.add_fixed(fixed)
+            self._body_hash = plan
+        return self._body_hash.digest([v + _SOFT_BREAK for v in values])
 
 
 class Editions:
@@ -499,8 +542,14 @@ class SmtpConnection:
         plain = b""
         if not isinstance(message, WireMessage):
             plain = message
-        elif self._signer is None and can_send_wire(self._client, sender, recipient):
+        elif not can_send_wire(self._client, sender, recipient):
+            plain = message.plain()
+        elif self._signer is None:
             wire = message
+        elif message.body_hash is not None:
+            # The body's hash came with the message (from the issue's shared
+            # parts): only the header block is signed here, ~1 ms in OpenSSL.
+            wire = message.signed(self._signer.signature_for(message.head, message.body_hash))
         else:
             plain = message.plain()
         if wire is None and self._signer is not None:
@@ -739,6 +788,7 @@ async def deliver_digest(
                         preferences=preferences_url(
                             site, tokens, delivery.subscriber_id, delivery.email
                         ),
+                        body_hash=smtp.dkim is not None,
                     )
                     send_started = time.monotonic()
                     try:

@@ -79,9 +79,20 @@ def dot_unstuff(stuffed: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class WireMessage:
-    """A message already CRLF-normalized and dot-stuffed: DATA without the final ".\\r\\n"."""
+    """A message already CRLF-normalized and dot-stuffed: DATA without the final ".\\r\\n".
+
+    ``head`` (the header block with its empty line, the same stuffed or not)
+    and ``body_hash`` (the DKIM relaxed body hash) are there when the builder
+    computed them, so a signer can sign the message without reading its body.
+    """
 
     stuffed: bytes
+    head: bytes = b""
+    body_hash: bytes | None = None
+
+    def signed(self, signature: bytes) -> WireMessage:
+        """The message with ``signature`` (a DKIM-Signature header) in front."""
+        return WireMessage(dot_stuff(signature) + self.stuffed)
 
     def plain(self) -> bytes:
         """The message as ``sendmail`` expects it (it stuffs again), e.g. for DKIM signing."""
@@ -108,15 +119,33 @@ class SplicedBody:
         ]
         self._stuffed = [dot_stuff(piece) for piece in self._plain]
 
+    @property
+    def pieces(self) -> list[bytes]:
+        """The encoded text between placeholders (not dot-stuffed)."""
+        return self._plain
+
+    @property
+    def slots(self) -> list[int]:
+        """Which value goes into each gap between two pieces."""
+        return self._slots
+
+    @staticmethod
+    def encode(value: str) -> bytes:
+        """One value as it is spliced (not dot-stuffed), the same for every body part."""
+        return fit_lines(qp_crlf(value), soft_break_follows=True)
+
     def render(self, *values: str, stuffed: bool) -> bytes:
         """The encoded body with each value at its placeholders (dot-stuffed when asked)."""
-        pieces = self._stuffed if stuffed else self._plain
+        encoded = [self.encode(value) for value in values]
+        return self.render_encoded(encoded, [dot_stuff(e) for e in encoded] if stuffed else None)
+
+    def render_encoded(self, plain: list[bytes], stuffed: list[bytes] | None) -> bytes:
+        """:meth:`render` with values already encoded (``encode``; ``stuffed``: their
+        dot-stuffed forms, for a dot-stuffed body), so several parts share the work."""
+        pieces = self._plain if stuffed is None else self._stuffed
         if len(pieces) == 1:
             return pieces[0]
-        encoded = []
-        for value in values:
-            one = fit_lines(qp_crlf(value), soft_break_follows=True)
-            encoded.append(dot_stuff(one) if stuffed else one)
+        encoded = plain if stuffed is None else stuffed
         out = [pieces[0]]
         for slot, piece in zip(self._slots, pieces[1:], strict=True):
             out += [_SOFT_BREAK, encoded[slot], _SOFT_BREAK, piece]
