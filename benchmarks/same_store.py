@@ -61,6 +61,27 @@ def _snapshot(db: Path) -> dict[str, Any]:
     return {"items": items, "sources": sources}
 
 
+def compare(before: Path, after: Path, feeds: Path, n: int) -> tuple[list[str], int, int]:
+    """Ingest the first ``n`` feeds of ``feeds`` with each checkout; returns the differences
+    (empty: the same content), and the items and sources compared."""
+    snapshots = []
+    with serve(feeds) as (base, _), tempfile.TemporaryDirectory(prefix="same-") as tmp:
+        for name, code in (("before", before), ("after", after)):
+            db = Path(tmp) / f"{name}.db"
+            _ingest(code.resolve(), base, n, db)
+            snapshots.append(_snapshot(db))
+    old_snapshot, new_snapshot = snapshots
+    problems = []
+    for table in ("items", "sources"):
+        old, new = old_snapshot[table], new_snapshot[table]
+        for key in sorted(set(old) | set(new), key=repr):
+            if old.get(key) != new.get(key):
+                a, b = old.get(key) or {}, new.get(key) or {}
+                cols = [c for c in set(a) | set(b) if a.get(c) != b.get(c)]
+                problems.append(f"{table} {key}: differs in {sorted(cols)}")
+    return problems, len(new_snapshot["items"]), len(new_snapshot["sources"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--before", type=Path, required=True, help="checkout of the old code")
@@ -69,26 +90,11 @@ def main() -> None:
     args = parser.parse_args()
     feeds = HERE / ".data" / f"feeds-{args.n}"
     generate(feeds, args.n)
-    snapshots = []
-    with serve(feeds) as (base, _), tempfile.TemporaryDirectory(prefix="same-") as tmp:
-        for name, code in (("before", args.before), ("after", args.after)):
-            db = Path(tmp) / f"{name}.db"
-            _ingest(code.resolve(), base, args.n, db)
-            snapshots.append(_snapshot(db))
-    before, after = snapshots
-    problems = []
-    for table in ("items", "sources"):
-        old, new = before[table], after[table]
-        for key in sorted(set(old) | set(new), key=repr):
-            if old.get(key) != new.get(key):
-                a, b = old.get(key) or {}, new.get(key) or {}
-                cols = [c for c in set(a) | set(b) if a.get(c) != b.get(c)]
-                problems.append(f"{table} {key}: differs in {sorted(cols)}")
-    count = len(after["items"])
+    problems, count, sources = compare(args.before, args.after, feeds, args.n)
     if problems:
         print(f"{len(problems)} differences over {count} items:", *problems[:20], sep="\n  ")
         sys.exit(1)
-    print(f"same content: {count} items and {len(after['sources'])} sources, "
+    print(f"same content: {count} items and {sources} sources, "
           "all columns but ids and timestamps")  # fmt: skip
 
 

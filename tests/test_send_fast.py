@@ -237,6 +237,7 @@ def test_a_sender_killed_against_a_fast_server_repeats_at_most_one_group_of_mark
 ) -> None:
     emails = add_active(store, 400)
     digest = make_digest(store)
+    assert digest.id is not None
 
     first = _sender(tmp_path, db_url, digest, smtp_server, "first", lease=1.0)
     smtp_server.wait_for(60, timeout=30)
