@@ -652,14 +652,21 @@ class DeliveryReport:
 class _SentMarks:
     """``sent`` marks of accepted messages, committed a few at a time (module docstring, 2).
 
-    ``on_sent`` is called for each row once its mark is committed.
+    A row waiting for its mark stays in ``held`` (the sender's rows under
+    lease), so its lease is extended like the others' until the mark is
+    committed. ``on_sent`` is called for each row once its mark is committed.
     """
 
     def __init__(
-        self, store: Store, owner: str, on_sent: Callable[[ClaimedDelivery], None] | None
+        self,
+        store: Store,
+        owner: str,
+        held: set[int],
+        on_sent: Callable[[ClaimedDelivery], None] | None,
     ) -> None:
         self._store = store
         self._owner = owner
+        self._held = held
         self._on_sent = on_sent
         self._waiting: list[ClaimedDelivery] = []
         self._oldest = 0.0
@@ -682,7 +689,9 @@ class _SentMarks:
         if not self._waiting:
             return
         waiting, self._waiting = self._waiting, []
-        self._store.mark_sent_many([d.id for d in waiting], owner=self._owner, now=utcnow())
+        ids = [d.id for d in waiting]
+        self._store.mark_sent_many(ids, owner=self._owner, now=utcnow())
+        self._held.difference_update(ids)
         if self._on_sent is not None:
             for delivery in waiting:
                 self._on_sent(delivery)
@@ -733,7 +742,7 @@ async def deliver_digest(
     pacer = _Pacer(smtp.rate_per_second)
     sent = failed = retried = skipped = 0
     held: set[int] = set()
-    marks = _SentMarks(store, owner, on_sent)
+    marks = _SentMarks(store, owner, held, on_sent)
     retried_in_pass = 0
     try:
         for pass_number in range(1, smtp.max_attempts + 1):
@@ -755,12 +764,13 @@ async def deliver_digest(
                 )
                 if not batch:
                     break
-                held = {d.id for d in batch}
+                held.clear()  # in place: `marks` keeps a reference
+                held.update(d.id for d in batch)
                 for delivery in batch:
                     if lease_end - utcnow() < margin:
                         now = utcnow()
                         lease_end = now + lease
-                        held = store.extend_lease(owner, held, lease_until=lease_end, now=now)
+                        held &= store.extend_lease(owner, held, lease_until=lease_end, now=now)
                     if delivery.id not in held:
                         log.warning("lost the lease of delivery %d; not sending it", delivery.id)
                         continue
@@ -796,6 +806,7 @@ async def deliver_digest(
                             envelope_sender(smtp, site, secret, delivery), delivery.email, message
                         )
                     except DeliveryError as error:
+                        marks.flush()  # before anything slow: a retry pass, a reconnect
                         status = store.record_delivery_failure(
                             delivery,
                             owner=owner,
@@ -816,6 +827,7 @@ async def deliver_digest(
                             log.info("will retry: %s", error)
                         continue
                     except _ConnectionLost as error:
+                        marks.flush()
                         store.record_delivery_failure(
                             delivery,
                             owner=owner,
@@ -834,8 +846,7 @@ async def deliver_digest(
                         )
                         await connection.reconnect()
                         continue
-                    held.discard(delivery.id)  # no longer ours to release: it was sent
-                    marks.add(delivery, send_started=send_started)
+                    marks.add(delivery, send_started=send_started)  # leaves `held` once marked
                     sent += 1
                 marks.flush()
             if not retried_in_pass:
