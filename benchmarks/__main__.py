@@ -203,9 +203,14 @@ def same_store_row(ref: str, n: int) -> tuple[str, bool]:
             return f"git archive {ref} failed: {archive.stderr.decode().strip()[:60]}", False
         subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
         problems, items, sources = compare(Path(tmp), root, DATA / f"feeds-{n}", n)
-    if problems:
-        return f"{len(problems)} differ; first: {problems[0]}", False
-    return f"same ({items:,} items, {sources} sources)", True
+    # Story grouping depends on the order feeds answer: two runs of the same
+    # code differ there too (11 to ~190 items of 20,089 at 500 feeds, 2026-11-30).
+    stories = [p for p in problems if p.endswith("differs in ['story']")]
+    others = [p for p in problems if p not in stories]
+    if others:
+        return f"{len(others)} differ; first: {others[0]}", False
+    note = f"; story grouping differs for {len(stories)} (run-to-run)" if stories else ""
+    return f"same ({items:,} items, {sources} sources{note})", True
 
 
 # ----------------------------------------------------------------- other stages
