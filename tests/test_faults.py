@@ -469,10 +469,11 @@ def test_store_survives_a_killed_writer_on_postgres(pg_url: str) -> None:
         "from aggregator.models import Source, utcnow\n"
         "s = Store.open(sys.argv[1])\n"
         "s.sync_sources([Source(id='k', url='https://k.example/', type='feed')])\n"
-        "with s.transaction() as conn:\n"
-        "    from aggregator.store import schema\n"
-        "    s._insert_new(conn, 'k', [make_item('k', n) for n in range(50)], utcnow())\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "from sqlalchemy import event\n"
+        "# Killed after the rows are written, before they are committed.\n"
+        "event.listen(s.engine, 'commit', lambda conn: os.kill(os.getpid(), signal.SIGKILL))\n"
+        "items = [make_item('k', n) for n in range(50)]\n"
+        "s.save_items('k', items, fetched_at=utcnow(), next_fetch_at=utcnow())\n"
     )
     proc = subprocess.run([sys.executable, "-c", script, pg_url], timeout=60)
     assert proc.returncode == -signal.SIGKILL
