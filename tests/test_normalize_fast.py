@@ -35,7 +35,7 @@ from urllib.parse import urljoin
 import feedparser.encodings
 import pytest
 from feedparser.urls import _urljoin
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from aggregator import dedupe
@@ -255,8 +255,16 @@ def test_clean_text_as_before(text: str) -> None:
 
 @CHECK
 @given(odd_text)
+@example("\ud800")  # found by hypothesis
 def test_sanitize_html_as_before(markup: str) -> None:
-    previous = _cleaner(BASE).clean(bound_markup(_INVISIBLE.sub("", _CONTROL.sub(" ", markup))))
+    try:
+        previous = _cleaner(BASE).clean(bound_markup(_INVISIBLE.sub("", _CONTROL.sub(" ", markup))))
+    except UnicodeEncodeError:
+        # A lone surrogate (which decoding never produces: bytes are decoded
+        # with replacement, JSON's "\ud800" becomes U+FFFD) fails as before.
+        with pytest.raises(UnicodeEncodeError):
+            sanitize_html(markup, BASE)
+        return
     expected = previous.strip() if markup.strip() else ""
     assert sanitize_html(markup, BASE) == expected
 
