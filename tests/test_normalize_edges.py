@@ -881,3 +881,32 @@ def test_the_text_of_a_trimmed_excerpt_is_read_from_the_trimmed_markup(
     assert getattr(item, field) == f"<p>{trimmed}</p>"
     assert item.text == trimmed
     assert item.excerpt == trimmed
+
+
+# ---------------------------------------------------------- bounded decoding work
+
+
+@pytest.mark.parametrize(
+    ("levels", "left"),
+    [(1, 0), (24, 0), (31, 0), (32, 1), (40, 9), (60, 29)],
+)
+def test_a_title_is_decoded_at_most_32_references_deep(levels: int, left: int) -> None:
+    """Four cleaning rounds of up to eight decodings each: hostile nesting costs bounded
+    CPU, and whatever is nested deeper is shown still escaped, never dropped."""
+    title = clean_plain("Title &" + "amp;" * levels + "lt;b&gt; end", 300)
+    assert title == "Title " + ("&" + "amp;" * (left - 1) + "lt;b>" if left else "<b>") + " end"
+
+
+# Ordinary nested markup whose cut, sanitized again, still does not fit after four
+# rounds (found by comparing against a five-round loop on generated markup).
+UNFITTING = (
+    "<li><table>word <span>&amp;<em>가나 <b><blockquote><span><ul><b><li><span>ab cd "
+    "<blockquote>&amp;<i>word <div><td>ab cd <div>x<em>가나 <span><i>ab cd <li>x<b>"
+    "<span>가나 text"
+)
+
+
+def test_markup_that_cannot_be_cut_to_fit_in_four_rounds_becomes_its_escaped_text() -> None:
+    shown = bounded_html(UNFITTING, "https://e.org/", 121)
+    assert shown == "word &amp;가나 ab cd &amp;wor"  # the start of its text, 121 // 6 chars
+    assert len(shown) <= 121 and "<" not in shown
