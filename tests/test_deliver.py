@@ -377,9 +377,7 @@ def test_ledger_rows_are_made_once_per_active_unsuppressed_subscriber(store: Sto
     # Row order within one INSERT ... SELECT is the database's: sort by subscriber.
     rows = sorted(store.deliveries(digest.id), key=lambda r: r.subscriber_id)
     assert len(rows) == 3
-    # The count returned is right on SQLite; on PostgreSQL it is 0 (rowcount of
-    # this INSERT ... SELECT ... ON CONFLICT; nothing uses it yet): known, open.
-    assert added == (3 if store.dialect == "sqlite" else 0)
+    assert added == 3
     ids = {s.email: s.id for s in store.list_subscribers()}
     assert [r.subscriber_id for r in rows] == [ids[e] for e in emails[:3]]
     for row, email in zip(rows, emails[:3], strict=True):
@@ -409,6 +407,28 @@ def test_ledger_rows_are_made_once_per_active_unsuppressed_subscriber(store: Sto
         == 0
     )
     assert sorted(store.deliveries(digest.id), key=lambda r: r.subscriber_id) == rows
+
+
+@pytest.mark.parametrize(("first", "joined"), [(1, 1), (3, 2), (40, 25)])
+def test_create_deliveries_counts_exactly_the_rows_it_adds(
+    store: Store, first: int, joined: int
+) -> None:
+    """The count is the rows added by this call, on both dialects (it was 0 on PostgreSQL)."""
+    add_active(store, first)
+    digest = make_digest(store)
+    assert digest.id is not None
+
+    def create() -> int:
+        assert digest.id is not None
+        return store.create_deliveries(digest.id, message_id_tag="t", message_id_domain="x", now=T0)
+
+    assert create() == first
+    # Readers who join after the first call get their rows from the next one;
+    # the rows already there are not counted again.
+    add_active(store, joined, start=first)
+    assert create() == joined
+    assert create() == 0
+    assert len(store.deliveries(digest.id)) == first + joined
 
 
 @pytest.mark.parametrize("limit", [1, 2, 5])

@@ -180,8 +180,11 @@ class DeliveriesMixin(StoreBase):
             .on_conflict_do_nothing(index_elements=["digest_id", "subscriber_id"])
         )
         with self.transaction() as conn:
-            result = conn.execute(statement)
-        return max(int(result.rowcount), 0)
+            # SQLAlchemy keeps an INSERT's rowcount only when asked: psycopg 3
+            # forgets it once the cursor closes, which SQLAlchemy does right
+            # after a statement that returns no rows (it read -1, reported as 0).
+            result = conn.execute(statement, execution_options={"preserve_rowcount": True})
+        return int(result.rowcount)
 
     def claim_deliveries(
         self,
