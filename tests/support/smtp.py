@@ -41,7 +41,7 @@ from typing import Any, cast
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from aggregator.models import SmtpSettings
 from tests.support.http import unused_port
@@ -89,6 +89,8 @@ class RecordingHandler:
         self._drop_at: int | None = None
         self.drops = 0
         self.refusals: list[tuple[str, int]] = []
+        # Client connections the server still holds open (see _TrackingSMTP).
+        self.open_sessions = 0
 
     def reject(self, address: str) -> None:
         """Answer ``550`` to RCPT for this address, every time."""
@@ -152,6 +154,34 @@ class RecordingHandler:
         with self._lock:
             self.messages.append(received)
         return "250 2.0.0 accepted"
+
+
+class _TrackingSMTP(SMTP):
+    """aiosmtpd's server protocol, counting open connections in the handler.
+
+    When the server sees a connection end it cancels that session's command
+    in progress (a DATA it had not answered yet), so once the count is back
+    to zero nothing more can be recorded from a client that died.
+    """
+
+    def connection_made(self, transport: Any) -> None:
+        handler = cast(RecordingHandler, self.event_handler)
+        with handler._lock:
+            handler.open_sessions += 1
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        try:
+            super().connection_lost(error)
+        finally:
+            handler = cast(RecordingHandler, self.event_handler)
+            with handler._lock:
+                handler.open_sessions -= 1
+
+
+class _TrackingController(Controller):
+    def factory(self) -> SMTP:
+        return _TrackingSMTP(self.handler, **self.SMTP_kwargs)
 
 
 def _login_name(login_data: Any) -> str | None:
@@ -250,7 +280,7 @@ class SmtpFixture:
                 auth_require_tls=certificate is not None,
                 auth_exclude_mechanism=excluded,
             )
-        self._controller = Controller(
+        self._controller = _TrackingController(
             self.handler,
             hostname=self.host,
             port=self.port,
@@ -294,6 +324,20 @@ class SmtpFixture:
                 return found
             time.sleep(0.02)
         pytest.fail(f"expected {count} messages, the SMTP server got {len(self.messages)}")
+
+    def wait_idle(self, timeout: float = 10.0) -> list[ReceivedMessage]:
+        """Block until the server holds no client connection; the messages then.
+
+        A positive barrier for "nothing more arrives": after it, a client
+        that is gone (closed, or killed mid-DATA) can add no message.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.handler._lock:
+                if self.handler.open_sessions == 0:
+                    return list(self.handler.messages)
+            time.sleep(0.01)
+        pytest.fail(f"the SMTP server still holds {self.handler.open_sessions} connection(s)")
 
 
 @pytest.fixture
