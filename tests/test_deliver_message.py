@@ -1,0 +1,456 @@
+"""What each reader's copy of the digest carries, as the real SMTP server receives it.
+
+The links are the reader's own (signed for their id and address), however
+the site's URL is written; headers stay within the line length mail
+servers accept, whatever the subject and site title; a test copy links to
+nobody's unsubscribe page; dot lines survive both ways of sending; each
+reader's edition (sections, language, ``digest.when_empty``) is the one
+their ledger row asks for. These pin what ``aggregator/deliver.py`` promises
+in its docstrings, so a small mistake in it (the mutation run of
+``scripts/mutation deliver``) turns a test red.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import pytest
+
+from aggregator.config import parse_config
+from aggregator.deliver import (
+    DeliveryReport,
+    MessageBuilder,
+    SmtpConnection,
+    deliver_digest,
+    send_test_copy,
+)
+from aggregator.errors import DeliveryError
+from aggregator.mail.wire import dot_stuff
+from aggregator.models import DeliveryStatus, Digest, ReturnPath, Site, SmtpSettings
+from aggregator.render import PREFERENCES_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER
+from aggregator.store import Store
+from aggregator.tokens import Tokens
+from tests.support.http import unused_port
+from tests.test_editions import MARKERS, _config, _issue, _sections_seen, _subscribe
+from tests.test_mail_readers import config_yaml
+
+if TYPE_CHECKING:
+    from tests.support.smtp import ReceivedMessage, SmtpFixture
+
+SECRET = "test-secret-0123456789abcdef"
+END = datetime(2026, 11, 23, tzinfo=UTC)
+# Lines that SMTP's transparency rule touches: one dot, a dot and text, two dots.
+DOT_LINES = ".\n. a line starting with a dot\n..two dots\n"
+
+
+def _site(url: str, title: str = "Korean Film Digest") -> Site:
+    return Site(
+        title=title,
+        url=url,
+        sender_email="digest@example.org",
+        sender_name="한국 영화 다이제스트",
+    )
+
+
+def _render(digest: Digest) -> tuple[str, str]:
+    html = (
+        f"<html><body><h1>{digest.subject}</h1>"
+        f'<p><a href="{UNSUBSCRIBE_PLACEHOLDER}">Unsubscribe</a>'
+        f' <a href="{PREFERENCES_PLACEHOLDER}">Preferences</a></p></body></html>'
+    )
+    text = (
+        f"{digest.subject}\n\n{DOT_LINES}\n"
+        f"Unsubscribe: {UNSUBSCRIBE_PLACEHOLDER}\nPreferences: {PREFERENCES_PLACEHOLDER}\n"
+    )
+    return html, text
+
+
+def _digest(store: Store, subject: str = "Korean Film Digest: week of Nov 16") -> Digest:
+    digest = Digest(
+        period_start=END - timedelta(days=7), period_end=END, subject=subject, sections=()
+    )
+    return store.save_digest(digest, _render, now=END)
+
+
+def _deliver(
+    store: Store, digest: Digest, site: Site, smtp: SmtpSettings, **kwargs: object
+) -> DeliveryReport:
+    kwargs.setdefault("retry_delay", 0.05)
+    return asyncio.run(
+        deliver_digest(store, digest, site=site, smtp=smtp, secret=SECRET, **kwargs)  # type: ignore[arg-type]
+    )
+
+
+def _parts(received: ReceivedMessage) -> tuple[str, str]:
+    text = received.message.get_body(("plain",))
+    html = received.message.get_body(("html",))
+    assert text is not None and html is not None
+    # The parts keep the CRLF line ends of the wire; compare with plain newlines.
+    return text.get_content().replace("\r\n", "\n"), html.get_content().replace("\r\n", "\n")
+
+
+# ------------------------------------------------------------------ the links
+
+
+@pytest.mark.parametrize(
+    ("url", "base"),
+    [
+        ("https://digest.example.org/", "https://digest.example.org/"),
+        ("https://digest.example.org", "https://digest.example.org/"),
+        ("https://example.org/kfd/", "https://example.org/kfd/"),
+        ("http://127.0.0.1:8080/k/digest", "http://127.0.0.1:8080/k/digest/"),
+    ],
+)
+def test_each_reader_gets_their_own_signed_links_however_the_site_url_ends(
+    store: Store, smtp_server: SmtpFixture, url: str, base: str
+) -> None:
+    now = datetime.now(UTC)
+    named, _ = store.add_subscriber("kim@example.org", name="김지운", now=now, active=True)
+    bare, _ = store.add_subscriber("lee@example.org", now=now, active=True)
+    digest = _digest(store)
+
+    report = _deliver(store, digest, _site(url), smtp_server.settings())
+
+    assert report.sent == 2
+    tokens = Tokens(SECRET)
+    for subscriber in (named, bare):
+        (received,) = smtp_server.to(subscriber.email)
+        unsubscribe = (
+            f"{base}unsubscribe/{tokens.unsubscribe_token(subscriber.id, subscriber.email)}"
+        )
+        preferences = (
+            f"{base}preferences/{tokens.preferences_token(subscriber.id, subscriber.email)}"
+        )
+        text, html = _parts(received)
+        assert f"Unsubscribe: {unsubscribe}\n" in text
+        assert f"Preferences: {preferences}\n" in text
+        assert f'href="{unsubscribe}"' in html and f'href="{preferences}"' in html
+        assert str(received.message["List-Unsubscribe"]) == f"<{unsubscribe}>"
+        # The two placeholders are gone from every part.
+        raw = received.data.decode("ascii")
+        assert "%%" not in raw
+        # The boundary starts with "=", which quoted-printable never writes unescaped.
+        boundary = received.message.get_boundary()
+        assert boundary is not None and boundary.startswith("=_")
+        # SMTP's dot lines come out as they went in.
+        assert DOT_LINES in text
+    (to_bare,) = smtp_server.to("lee@example.org")
+    assert str(to_bare.message["To"]) == "lee@example.org"  # no name: the bare address
+    (to_named,) = smtp_server.to("kim@example.org")
+    assert to_named.message["To"].addresses[0].display_name == "김지운"
+
+
+@pytest.mark.parametrize("url", ["https://digest.example.org/", "https://digest.example.org"])
+def test_a_test_copy_unsubscribes_nobody_and_offers_the_subscribe_page(
+    store: Store, smtp_server: SmtpFixture, url: str
+) -> None:
+    digest = _digest(store)
+    site = _site(url)
+
+    message_id = asyncio.run(
+        send_test_copy(
+            digest, "editor@example.org", site=site, smtp=smtp_server.settings(), secret=SECRET
+        )
+    )
+
+    (received,) = smtp_server.messages
+    assert received.recipients == ("editor@example.org",)
+    assert received.message["Message-ID"] == message_id
+    # make_msgid's form with our tag and the sender's domain: <time.pid.random.test@domain>
+    assert re.fullmatch(r"<[0-9.]+\.test@example\.org>", message_id), message_id
+    token = Tokens(SECRET).unsubscribe_token(0, "editor@example.org")
+    unsubscribe = f"https://digest.example.org/unsubscribe/{token}"
+    assert str(received.message["List-Unsubscribe"]) == f"<{unsubscribe}>"
+    assert Tokens(SECRET).read_unsubscribe(token).subscriber_id == 0  # nobody's id
+    text, html = _parts(received)
+    assert f"Unsubscribe: {unsubscribe}\n" in text
+    assert "Preferences: https://digest.example.org/subscribe\n" in text
+    assert 'href="https://digest.example.org/subscribe"' in html
+    assert str(received.message["To"]) == "editor@example.org"
+    assert DOT_LINES in text
+    assert store.deliveries(digest.id or 0) == []  # the ledger is not touched
+
+
+@pytest.mark.parametrize("name", ["홍길동", "Lee, Chang-dong", None])
+def test_the_wire_form_is_the_built_message_dot_stuffed(store: Store, name: str | None) -> None:
+    digest = _digest(store)
+    builder = MessageBuilder(digest, _site("https://digest.example.org/"))
+    date = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+    fields = {
+        "email": "reader@example.org",
+        "name": name,
+        "message_id": "<kfd.1.2@example.org>",
+        "unsubscribe": "https://digest.example.org/unsubscribe/u",
+        "preferences": "https://digest.example.org/preferences/p",
+        "date": date,
+    }
+    built = builder.build(**fields)  # type: ignore[arg-type]
+    wire = builder.build_wire(**fields)  # type: ignore[arg-type]
+
+    assert wire.plain() == built
+    assert wire.stuffed == dot_stuff(built)
+    assert b"\r\n...two dots\r\n" in wire.stuffed and b"\r\n..two dots\r\n" in built
+    import email
+    import email.policy
+
+    message = email.message_from_bytes(built, policy=email.policy.default)
+    assert message["Date"].datetime == date
+    assert message["Message-ID"] == "<kfd.1.2@example.org>"
+    display = message["To"].addresses[0].display_name
+    assert display == (name or "")
+    # Without a preferences link (a test copy) the subscribe page stands in.
+    fields.pop("preferences")
+    fields.pop("date")
+    plain = builder.build(**fields)  # type: ignore[arg-type]
+    without = email.message_from_bytes(plain, policy=email.policy.default)
+    body = without.get_body(("plain",))
+    assert body is not None
+    assert "Preferences: https://digest.example.org/subscribe\r\n" in body.get_content()
+    assert (
+        builder.build_wire(**fields).plain().split(b"Date: ")[1].split(b"\r\n", 1)[1]
+        == (  # type: ignore[arg-type]
+            plain.split(b"Date: ")[1].split(b"\r\n", 1)[1]
+        )
+    )
+
+
+# ------------------------------------------------------------------ headers
+
+
+@pytest.mark.parametrize(
+    ("subject", "title", "phrase"),
+    [
+        ("Korean Film Digest: week of Nov 16", "Korean Film Digest", "Korean Film Digest"),
+        (
+            "이번 주 한국 영화 소식 " * 6,
+            '"한국 영화"   다이제스트 ' * 4,
+            " ".join(["한국 영화 다이제스트"] * 4),
+        ),
+        ("봉준호 — " + "x" * 120, 'The "Weekly"\tDigest', "The Weekly Digest"),
+    ],
+    ids=["ascii", "hangul-long", "quotes-and-tabs"],
+)
+def test_headers_fold_within_78_characters_and_decode_to_what_was_given(
+    store: Store, smtp_server: SmtpFixture, subject: str, title: str, phrase: str
+) -> None:
+    store.add_subscriber("reader@example.org", now=datetime.now(UTC), active=True)
+    digest = _digest(store, subject)
+
+    _deliver(store, digest, _site("https://digest.example.org/", title), smtp_server.settings())
+
+    (received,) = smtp_server.messages
+    # The encoded headers count their own name in the first line's length
+    # (RFC 5322's 78 characters). Each physical line of those two headers:
+    head = received.data.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    current, checked = "", 0
+    for line in head.split("\r\n"):
+        if not line[:1].isspace():
+            current = line.split(":", 1)[0]
+        if current in ("Subject", "List-Id"):
+            assert len(line) <= 78, line
+            checked += 1
+    assert checked >= 2
+    assert str(received.message["Subject"]) == " ".join(subject.split())
+    # Quotes dropped and white space collapsed: the phrase needs no quoting.
+    assert str(received.message["List-Id"]) == f"{phrase} <weekly.example.org>"
+
+
+@pytest.mark.parametrize("title", ["", '""', "  "])
+def test_a_site_without_a_title_sends_a_bare_list_id(
+    store: Store, smtp_server: SmtpFixture, title: str
+) -> None:
+    store.add_subscriber("reader@example.org", now=datetime.now(UTC), active=True)
+    digest = _digest(store)
+    _deliver(store, digest, _site("https://digest.example.org/", title), smtp_server.settings())
+    (received,) = smtp_server.messages
+    assert str(received.message["List-Id"]) == "<weekly.example.org>"
+
+
+@pytest.mark.parametrize(
+    ("return_path", "expected"),
+    [
+        (ReturnPath(address="bounces@example.org"), "bounces@example.org"),
+        (None, "digest@example.org"),
+    ],
+)
+def test_mail_from_is_the_configured_bounce_address_else_the_sender(
+    store: Store, smtp_server: SmtpFixture, return_path: ReturnPath | None, expected: str
+) -> None:
+    store.add_subscriber("reader@example.org", now=datetime.now(UTC), active=True)
+    digest = _digest(store)
+    settings = smtp_server.settings(return_path=return_path)
+    _deliver(store, digest, _site("https://digest.example.org/"), settings)
+    (received,) = smtp_server.messages
+    assert received.mail_from == expected
+    assert str(received.message["From"].addresses[0].addr_spec) == "digest@example.org"
+
+
+# ------------------------------------------------------------------ failures
+
+
+def test_a_refusal_given_up_on_is_recorded_with_the_servers_reply(
+    store: Store, smtp_server: SmtpFixture
+) -> None:
+    store.add_subscriber("gone@example.org", now=datetime.now(UTC), active=True)
+    store.add_subscriber("kim@example.org", now=datetime.now(UTC), active=True)
+    smtp_server.handler.reject("gone@example.org")
+    digest = _digest(store)
+
+    report = _deliver(
+        store, digest, _site("https://digest.example.org/"), smtp_server.settings(max_attempts=2)
+    )
+
+    assert (report.sent, report.failed) == (1, 1)
+    assert store.is_suppressed("gone@example.org")
+    (suppression,) = store.suppressions()
+    assert "550 5.1.1 no such mailbox (test)" in suppression.reason, suppression
+
+
+@pytest.fixture
+def closing_listener() -> Iterator[tuple[int, list[float]]]:
+    """A TCP port whose server accepts each connection and closes it at once
+    (a mail server going away); yields the port and the accept times."""
+    port = unused_port()
+    accepted: list[float] = []
+    server = socket.create_server(("127.0.0.1", port))
+    server.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            accepted.append(time.monotonic())
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield port, accepted
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+
+
+def test_reconnecting_tries_three_times_with_growing_pauses_then_names_the_server(
+    closing_listener: tuple[int, list[float]],
+) -> None:
+    port, accepted = closing_listener
+    connection = SmtpConnection(SmtpSettings(host="127.0.0.1", port=port, timeout=5.0))
+
+    with pytest.raises(DeliveryError, match=rf"cannot connect to SMTP server 127\.0\.0\.1:{port}"):
+        asyncio.run(connection.reconnect())
+
+    assert len(accepted) == 3
+    first_pause, second_pause = accepted[1] - accepted[0], accepted[2] - accepted[1]
+    # 0.2 s, then four times that: a blip is ridden out fast, an outage not hammered.
+    assert 0.2 <= first_pause < 0.7, first_pause
+    assert 0.8 <= second_pause < 2.0, second_pause
+
+
+# ------------------------------------------------------------------ pacing
+
+
+@pytest.mark.parametrize(("rate", "count"), [(4.0, 5), (0.8, 2)])
+def test_rate_limit_spaces_messages_by_exactly_its_interval(
+    store: Store, smtp_server: SmtpFixture, rate: float, count: int
+) -> None:
+    for i in range(count):
+        store.add_subscriber(f"r{i}@example.org", now=datetime.now(UTC), active=True)
+    digest = _digest(store)
+
+    _deliver(
+        store,
+        digest,
+        _site("https://digest.example.org/"),
+        smtp_server.settings(rate_per_second=rate),
+    )
+
+    times = [m.time for m in smtp_server.messages]
+    assert len(times) == count
+    interval = 1.0 / rate
+    span = times[-1] - times[0]
+    assert span >= (count - 1) * interval * 0.95, span
+    assert span < (count - 1) * interval + 0.8, span
+
+
+def test_no_rate_limit_sends_without_pauses(store: Store, smtp_server: SmtpFixture) -> None:
+    for i in range(6):
+        store.add_subscriber(f"r{i}@example.org", now=datetime.now(UTC), active=True)
+    digest = _digest(store)
+    _deliver(store, digest, _site("https://digest.example.org/"), smtp_server.settings())
+    times = [m.time for m in smtp_server.messages]
+    assert len(times) == 6
+    assert times[-1] - times[0] < 2.0  # a pause of a second each would take five
+
+
+# ------------------------------------------------------------------ editions
+
+
+def test_editions_without_a_config_skip_empty_views_and_render_each_view_once(
+    store: Store, smtp_server: SmtpFixture
+) -> None:
+    config = _config()
+    digest = _issue(store, config, {"ko-pick": 2, "previews": 1})
+    _subscribe(store, "kopick@example.org", ("ko-pick",))
+    _subscribe(store, "kopick2@example.org", ("ko-pick",))
+    _subscribe(store, "empty@example.org", ("more",))
+    _subscribe(store, "all@example.org", None)
+    # The caller's Digest may come without its sections (a listing): the
+    # views are made from the issue as stored.
+    listed = replace(digest, sections=())
+
+    report = _deliver(store, listed, config.site, smtp_server.settings())
+
+    assert (report.sent, report.skipped, report.renders) == (3, 1, 1)
+    assert smtp_server.to("empty@example.org") == []
+    for email in ("kopick@example.org", "kopick2@example.org"):
+        (received,) = smtp_server.to(email)
+        assert _sections_seen(received) == {"ko-pick"}
+    (everything,) = smtp_server.to("all@example.org")
+    assert _sections_seen(everything) == {"ko-pick", "previews"}
+    statuses = {d.status for d in store.deliveries(digest.id or 0)}
+    assert statuses == {DeliveryStatus.SENT, DeliveryStatus.SKIPPED}
+
+
+def test_when_empty_note_from_the_config_sends_the_empty_view(
+    store: Store, smtp_server: SmtpFixture
+) -> None:
+    config = parse_config(config_yaml(cap=10) + "  when_empty: note\n")
+    digest = _issue(store, config, {"ko-pick": 2})
+    _subscribe(store, "previews@example.org", ("previews",))
+    report = _deliver(store, digest, config.site, smtp_server.settings(), config=config)
+    assert (report.sent, report.skipped, report.renders) == (1, 0, 1)
+    (received,) = smtp_server.to("previews@example.org")
+    assert _sections_seen(received) == set()
+
+
+def test_a_reader_of_another_language_gets_the_whole_issue_in_it(
+    store: Store, smtp_server: SmtpFixture
+) -> None:
+    config = _config()
+    digest = _issue(store, config, {"ko-pick": 2, "previews": 1, None: 1})
+    found, _ = store.add_subscriber("ko@example.org", now=datetime.now(UTC), active=True)
+    store.set_preferences(found.id, found.email, sections=None, language="ko")
+    _subscribe(store, "en@example.org", None)
+
+    report = _deliver(store, digest, config.site, smtp_server.settings(), config=config)
+
+    assert (report.sent, report.renders) == (2, 1)
+    (korean,) = smtp_server.to("ko@example.org")
+    (english,) = smtp_server.to("en@example.org")
+    assert _sections_seen(korean) == _sections_seen(english) == set(MARKERS)
+    assert str(english.message["Subject"]) == digest.subject
+    korean_subject = str(korean.message["Subject"])
+    assert korean_subject != digest.subject and "년" in korean_subject, korean_subject
