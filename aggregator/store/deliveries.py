@@ -178,13 +178,13 @@ class DeliveriesMixin(StoreBase):
                 source,
             )
             .on_conflict_do_nothing(index_elements=["digest_id", "subscriber_id"])
+            # Counted from the rows returned, not the driver's rowcount: psycopg 3
+            # reported -1 for this INSERT once SQLAlchemy had closed the cursor.
+            # Both dialects return only the rows inserted, not the ones skipped.
+            .returning(_d.c.id)
         )
         with self.transaction() as conn:
-            # SQLAlchemy keeps an INSERT's rowcount only when asked: psycopg 3
-            # forgets it once the cursor closes, which SQLAlchemy does right
-            # after a statement that returns no rows (it read -1, reported as 0).
-            result = conn.execute(statement, execution_options={"preserve_rowcount": True})
-        return int(result.rowcount)
+            return len(conn.execute(statement).all())
 
     def claim_deliveries(
         self,
