@@ -233,6 +233,49 @@ def test_unsubscribed_before_sending_is_not_mailed(store: Store, smtp_server: Sm
     assert sorted(r for m in smtp_server.messages for r in m.recipients) == emails[:2]
 
 
+@pytest.mark.parametrize("how", ["unsubscribed", "bounced"])
+def test_a_reader_who_leaves_while_a_dead_sender_holds_their_row_is_not_mailed(
+    store: Store, smtp_server: SmtpFixture, how: str
+) -> None:
+    """Leaving cancels only ``pending`` rows: a row claimed by a sender that
+    then died stays ``sending`` and becomes claimable when its lease expires.
+    The claim's active-subscriber filter is what keeps it from being mailed."""
+    emails = add_active(store, 4)
+    digest = make_digest(store)
+    assert digest.id is not None
+    store.create_deliveries(digest.id, message_id_tag="t", message_id_domain="x", now=T0)
+    # A sender took every row an hour ago and died (its lease ran out long since).
+    held = store.claim_deliveries(
+        digest.id,
+        owner="dead",
+        limit=10,
+        lease_until=T0 + timedelta(minutes=1),
+        now=T0,
+        pass_started=T0,
+    )
+    assert len(held) == 4
+    leaving = store.subscriber_by_email(emails[2])
+    assert leaving is not None
+    if how == "unsubscribed":
+        store.unsubscribe_subscriber(leaving.id, leaving.email, now=T0)
+    else:
+        # A hard bounce of an earlier issue, heard while the row was held.
+        from aggregator.mail.bounces import record_smtp_refusal
+
+        (row,) = [d for d in held if d.subscriber_id == leaving.id]
+        record_smtp_refusal(store, row, "550 5.1.1 no such mailbox", now=T0)
+        assert store.subscriber_by_email(leaving.email).status is SubscriberStatus.BOUNCED  # type: ignore[union-attr]
+
+    report = deliver(store, digest, smtp_server.settings())
+
+    assert sorted(r for m in smtp_server.messages for r in m.recipients) == [
+        e for e in emails if e != emails[2]
+    ]
+    assert report.sent == 3  # type: ignore[attr-defined]
+    left = [d for d in store.deliveries(digest.id) if d.subscriber_id == leaving.id]
+    assert [(d.status, d.lease_owner) for d in left] == [(DeliveryStatus.SENDING, "dead")]
+
+
 def test_an_issue_goes_to_the_subscribers_of_its_first_send(
     store: Store, smtp_server: SmtpFixture
 ) -> None:
