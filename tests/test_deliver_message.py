@@ -13,6 +13,7 @@ in its docstrings, so a small mistake in it (the mutation run of
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 import threading
@@ -30,6 +31,7 @@ from aggregator.deliver import (
     MessageBuilder,
     SmtpConnection,
     deliver_digest,
+    open_ledger,
     send_test_copy,
 )
 from aggregator.errors import DeliveryError
@@ -454,3 +456,137 @@ def test_a_reader_of_another_language_gets_the_whole_issue_in_it(
     assert str(english.message["Subject"]) == digest.subject
     korean_subject = str(korean.message["Subject"])
     assert korean_subject != digest.subject and "년" in korean_subject, korean_subject
+
+
+# ------------------------------------------------------------------ the session and the ledger
+
+
+def test_a_run_opens_the_ledger_names_itself_and_says_goodbye(
+    store: Store, smtp_server: SmtpFixture
+) -> None:
+    for i in range(3):
+        store.add_subscriber(f"r{i}@example.org", now=datetime.now(UTC), active=True)
+    digest = _digest(store)
+    site = _site("https://digest.example.org/")
+    assert digest.id is not None
+
+    counts = open_ledger(store, digest.id, secret=SECRET, site=site)
+    assert counts[DeliveryStatus.PENDING] == 3 and sum(counts.values()) == 3
+    # Opening again adds nothing, and tells the same.
+    assert open_ledger(store, digest.id, secret=SECRET, site=site) == counts
+
+    report = _deliver(store, digest, site, smtp_server.settings())
+
+    assert report.sent == 3
+    # Without an owner given, the lease owner is this process: host, pid, 8 hex digits.
+    owners = {d.lease_owner for d in store.deliveries(digest.id)}
+    assert owners == {report.owner}
+    host, pid, tag = report.owner.rsplit(":", 2)
+    assert (host, pid) == (socket.gethostname(), str(os.getpid()))
+    assert re.fullmatch(r"[0-9a-f]{8}", tag), report.owner
+    # One session for the run, closed with QUIT (not left for the server to time out).
+    assert len({m.peer for m in smtp_server.messages}) == 1
+    smtp_server.wait_idle()
+    assert smtp_server.handler.quits == 1
+
+
+@pytest.mark.parametrize(
+    ("timeout", "rate", "batch", "lease"),
+    [
+        (10.0, 0.0, 50, 60.0),  # the one-minute floor
+        (30.0, 0.0, 50, 90.0),  # three server timeouts
+        (10.0, 2.0, 50, 80.0),  # three timeouts and two batches at the rate
+        (5.0, 0.5, 10, 60.0),  # 15 + 2 * 20 s = 55 s: still the floor
+        (8.0, 0.8, 20, 74.0),  # a rate below one message a second: 24 + 2 * 25 s
+    ],
+)
+def test_the_default_lease_covers_three_timeouts_and_two_batches(
+    store: Store, smtp_server: SmtpFixture, timeout: float, rate: float, batch: int, lease: float
+) -> None:
+    """Read from the ledger while the batch is being sent: each claimed row's
+    lease ends ``lease`` seconds after the claim."""
+    store.add_subscriber("a@example.org", now=datetime.now(UTC), active=True)
+    store.add_subscriber("b@example.org", now=datetime.now(UTC), active=True)
+    digest = _digest(store)
+    assert digest.id is not None
+    seen: list[datetime] = []
+
+    def on_sent(_delivery: object) -> None:
+        seen.extend(
+            d.lease_until
+            for d in store.deliveries(digest.id or 0)
+            if d.status is DeliveryStatus.SENDING and d.lease_until is not None
+        )
+
+    before = datetime.now(UTC)
+    report = asyncio.run(
+        deliver_digest(
+            store,
+            digest,
+            site=_site("https://digest.example.org/"),
+            smtp=smtp_server.settings(timeout=timeout, rate_per_second=rate),
+            secret=SECRET,
+            batch_size=batch,
+            on_sent=on_sent,  # type: ignore[arg-type]
+        )
+    )
+    after = datetime.now(UTC)
+    assert report.sent == 2
+    assert len(seen) == 1  # the second row, still held while the first was reported
+    (lease_until,) = seen
+    # The batch was claimed once, between these two instants.
+    low, high = before + timedelta(seconds=lease), after + timedelta(seconds=lease)
+    assert low <= lease_until <= high, (lease_until - before).total_seconds()
+
+
+def test_a_dropped_connection_is_recorded_with_the_clients_reason(
+    store: Store, smtp_server: SmtpFixture
+) -> None:
+    for i in range(3):
+        store.add_subscriber(f"r{i}@example.org", now=datetime.now(UTC), active=True)
+    digest = _digest(store)
+    assert digest.id is not None
+    smtp_server.handler.drop_after(1)
+
+    report = _deliver(
+        store, digest, _site("https://digest.example.org/"), smtp_server.settings(max_attempts=1)
+    )
+
+    # One pass only: the row on the wire at the drop is left pending, with why.
+    assert (report.sent, report.retried) == (2, 1)
+    (dropped,) = [d for d in store.deliveries(digest.id) if d.status is DeliveryStatus.PENDING]
+    assert dropped.last_error is not None
+    reason = dropped.last_error.removeprefix("connection lost: ")
+    assert reason != dropped.last_error and reason not in ("", "None"), dropped.last_error
+
+
+@pytest.mark.parametrize(
+    "reply",
+    ["500 5.5.2 syntax error (test)", "501 5.1.3 bad address (test)", "553 5.1.8 refused (test)"],
+)
+def test_every_5xx_at_rcpt_is_permanent_from_500_up(
+    store: Store, smtp_server: SmtpFixture, reply: str
+) -> None:
+    store.add_subscriber("gone@example.org", now=datetime.now(UTC), active=True)
+    smtp_server.handler.reject("gone@example.org", reply)
+    digest = _digest(store)
+    assert digest.id is not None
+
+    report = _deliver(
+        store, digest, _site("https://digest.example.org/"), smtp_server.settings(max_attempts=1)
+    )
+
+    assert report.failed == 1
+    (row,) = store.deliveries(digest.id)
+    assert row.status is DeliveryStatus.FAILED
+    # The ledger keeps the address and the server's whole reply.
+    assert row.last_error == f"gone@example.org: {reply}"
+    assert store.is_suppressed("gone@example.org")
+
+
+def test_sending_before_connecting_is_a_lost_connection_not_a_crash() -> None:
+    from aggregator.deliver import _ConnectionLost
+
+    connection = SmtpConnection(SmtpSettings(host="127.0.0.1", port=unused_port()))
+    with pytest.raises(_ConnectionLost, match="not connected"):
+        asyncio.run(connection.send("a@example.org", "b@example.org", b"Subject: x\r\n\r\nx\r\n"))

@@ -84,18 +84,20 @@ class RecordingHandler:
         self._lock = threading.Lock()
         self.messages: list[ReceivedMessage] = []
         self.delay = 0.0
-        self._rejected: set[str] = set()
+        self._rejected: dict[str, str] = {}
         self._deferred: dict[str, int] = {}
         self._drop_at: int | None = None
         self.drops = 0
         self.refusals: list[tuple[str, int]] = []
-        # Client connections the server still holds open (see _TrackingSMTP).
+        # Client connections the server still holds open (see _TrackingSMTP),
+        # and how many of them ended with QUIT (a client that closes politely).
         self.open_sessions = 0
+        self.quits = 0
 
-    def reject(self, address: str) -> None:
-        """Answer ``550`` to RCPT for this address, every time."""
+    def reject(self, address: str, reply: str = "550 5.1.1 no such mailbox (test)") -> None:
+        """Answer ``reply`` (a 5xx) to RCPT for this address, every time."""
         with self._lock:
-            self._rejected.add(address.lower())
+            self._rejected[address.lower()] = reply
 
     def defer(self, address: str, *, times: int = 1) -> None:
         """Answer ``451`` to RCPT for this address the next ``times`` times."""
@@ -129,8 +131,9 @@ class RecordingHandler:
         key = address.lower()
         with self._lock:
             if key in self._rejected:
-                self.refusals.append((key, 550))
-                return "550 5.1.1 no such mailbox (test)"
+                reply = self._rejected[key]
+                self.refusals.append((key, int(reply[:3])))
+                return reply
             remaining = self._deferred.get(key, 0)
             if remaining > 0:
                 self._deferred[key] = remaining - 1
@@ -138,6 +141,11 @@ class RecordingHandler:
                 return "451 4.3.0 try again later (test)"
         envelope.rcpt_tos.append(address)
         return "250 OK"
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        with self._lock:
+            self.quits += 1
+        return "221 Bye"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.delay:
