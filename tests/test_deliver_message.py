@@ -75,11 +75,13 @@ def _render(digest: Digest) -> tuple[str, str]:
     return html, text
 
 
-def _digest(store: Store, subject: str = "Korean Film Digest: week of Nov 16") -> Digest:
+def _digest(
+    store: Store, subject: str = "Korean Film Digest: week of Nov 16", *, end: datetime = END
+) -> Digest:
     digest = Digest(
-        period_start=END - timedelta(days=7), period_end=END, subject=subject, sections=()
+        period_start=end - timedelta(days=7), period_end=end, subject=subject, sections=()
     )
-    return store.save_digest(digest, _render, now=END)
+    return store.save_digest(digest, _render, now=end)
 
 
 def _deliver(
@@ -590,3 +592,97 @@ def test_sending_before_connecting_is_a_lost_connection_not_a_crash() -> None:
     connection = SmtpConnection(SmtpSettings(host="127.0.0.1", port=unused_port()))
     with pytest.raises(_ConnectionLost, match="not connected"):
         asyncio.run(connection.send("a@example.org", "b@example.org", b"Subject: x\r\n\r\nx\r\n"))
+
+
+# ------------------------------------------------------------------ passes and batches
+
+
+@pytest.mark.parametrize("max_attempts", [1, 2, 3])
+def test_a_deferred_address_is_tried_once_per_pass_with_the_delay_between(
+    store: Store, smtp_server: SmtpFixture, max_attempts: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.add_subscriber("later@example.org", now=datetime.now(UTC), active=True)
+    store.add_subscriber("now@example.org", now=datetime.now(UTC), active=True)
+    smtp_server.handler.defer("later@example.org", times=100)
+    digest = _digest(store)
+    assert digest.id is not None
+    caplog.set_level("INFO", logger="aggregator.deliver")
+
+    started = time.monotonic()
+    report = _deliver(
+        store,
+        digest,
+        _site("https://digest.example.org/"),
+        smtp_server.settings(max_attempts=max_attempts),
+        retry_delay=0.3,
+    )
+    took = time.monotonic() - started
+
+    # max_attempts passes, one try each; the pause only between passes.
+    assert smtp_server.handler.refusals == [("later@example.org", 451)] * max_attempts
+    assert took >= 0.3 * (max_attempts - 1)
+    assert (report.sent, report.retried, report.failed) == (1, max_attempts, 0)
+    row = next(d for d in store.deliveries(digest.id) if d.attempts)
+    assert (row.status, row.attempts) == (DeliveryStatus.PENDING, max_attempts)
+    retries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retrying")]
+    assert retries == ["retrying 1 deliveries in 0.3s"] * (max_attempts - 1)
+
+
+def test_the_retry_pause_comes_after_the_first_pass_and_only_when_needed(
+    store: Store, smtp_server: SmtpFixture
+) -> None:
+    store.add_subscriber("later@example.org", now=datetime.now(UTC), active=True)
+    store.add_subscriber("now@example.org", now=datetime.now(UTC), active=True)
+    smtp_server.handler.defer("later@example.org", times=1)
+    digest = _digest(store)
+    site = _site("https://digest.example.org/")
+
+    _deliver(store, digest, site, smtp_server.settings(max_attempts=3), retry_delay=1.0)
+
+    (first,) = smtp_server.to("now@example.org")
+    (retried,) = smtp_server.to("later@example.org")
+    assert retried.time - first.time >= 1.0  # the deferred address waited for the pause
+
+    # A run with nothing to retry never pauses, however long the pause would be.
+    store.add_subscriber("next@example.org", now=datetime.now(UTC), active=True)
+    again = _digest(store, "Korean Film Digest: week of Nov 23", end=END + timedelta(days=7))
+    started = time.monotonic()
+    report = _deliver(store, again, site, smtp_server.settings(max_attempts=3), retry_delay=30.0)
+    assert report.sent == 3
+    assert time.monotonic() - started < 15.0
+
+
+@pytest.mark.parametrize(("readers", "batch"), [(5, 2), (4, 1), (3, 3)])
+def test_a_sender_holds_at_most_one_batch_at_a_time(
+    store: Store, smtp_server: SmtpFixture, readers: int, batch: int
+) -> None:
+    for i in range(readers):
+        store.add_subscriber(f"r{i}@example.org", now=datetime.now(UTC), active=True)
+    digest = _digest(store)
+    assert digest.id is not None
+    held: list[int] = []
+
+    def on_sent(_delivery: object) -> None:
+        rows = store.deliveries(digest.id or 0)
+        held.append(sum(d.status is DeliveryStatus.SENDING for d in rows))
+
+    report = asyncio.run(
+        deliver_digest(
+            store,
+            digest,
+            site=_site("https://digest.example.org/"),
+            smtp=smtp_server.settings(),
+            secret=SECRET,
+            batch_size=batch,
+            on_sent=on_sent,  # type: ignore[arg-type]
+        )
+    )
+
+    assert report.sent == readers
+    # After each message: what is left of its batch is still held, nothing more.
+    expected = [
+        min(batch, readers - start) - 1 - k
+        for start in range(0, readers, batch)
+        for k in range(min(batch, readers - start))
+    ]
+    assert held == expected
