@@ -598,12 +598,14 @@ def test_sending_before_connecting_is_a_lost_connection_not_a_crash() -> None:
 
 
 @pytest.mark.parametrize("max_attempts", [1, 2, 3])
-def test_a_deferred_address_is_tried_once_per_pass_with_the_delay_between(
+def test_deferred_addresses_are_tried_once_per_pass_with_the_delay_between(
     store: Store, smtp_server: SmtpFixture, max_attempts: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store.add_subscriber("later@example.org", now=datetime.now(UTC), active=True)
-    store.add_subscriber("now@example.org", now=datetime.now(UTC), active=True)
-    smtp_server.handler.defer("later@example.org", times=100)
+    later = ["later1@example.org", "later2@example.org"]
+    for email in [*later, "now@example.org"]:
+        store.add_subscriber(email, now=datetime.now(UTC), active=True)
+    for email in later:
+        smtp_server.handler.defer(email, times=100)
     digest = _digest(store)
     assert digest.id is not None
     caplog.set_level("INFO", logger="aggregator.deliver")
@@ -619,13 +621,19 @@ def test_a_deferred_address_is_tried_once_per_pass_with_the_delay_between(
     took = time.monotonic() - started
 
     # max_attempts passes, one try each; the pause only between passes.
-    assert smtp_server.handler.refusals == [("later@example.org", 451)] * max_attempts
+    assert smtp_server.handler.refusals == [(e, 451) for e in later] * max_attempts
     assert took >= 0.3 * (max_attempts - 1)
-    assert (report.sent, report.retried, report.failed) == (1, max_attempts, 0)
-    row = next(d for d in store.deliveries(digest.id) if d.attempts)
-    assert (row.status, row.attempts) == (DeliveryStatus.PENDING, max_attempts)
-    retries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retrying")]
-    assert retries == ["retrying 1 deliveries in 0.3s"] * (max_attempts - 1)
+    assert (report.sent, report.retried, report.failed) == (1, 2 * max_attempts, 0)
+    rows = [d for d in store.deliveries(digest.id) if d.attempts]
+    assert [(d.status, d.attempts) for d in rows] == [(DeliveryStatus.PENDING, max_attempts)] * 2
+    lines = [r.getMessage() for r in caplog.records]
+    assert [m for m in lines if m.startswith("retrying")] == ["retrying 2 deliveries in 0.3s"] * (
+        max_attempts - 1
+    )
+    reply = "451 4.3.0 try again later (test)"
+    assert [m for m in lines if m.startswith("will retry")] == [
+        f"will retry: {e}: {reply}" for e in later
+    ] * max_attempts
 
 
 def test_the_retry_pause_comes_after_the_first_pass_and_only_when_needed(
