@@ -694,3 +694,29 @@ def test_a_sender_holds_at_most_one_batch_at_a_time(
         for k in range(min(batch, readers - start))
     ]
     assert held == expected
+
+
+def test_a_deferral_and_a_drop_in_one_pass_are_both_retried_in_the_next(
+    store: Store, smtp_server: SmtpFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    emails = [f"r{i}@example.org" for i in range(3)]
+    for email in emails:
+        store.add_subscriber(email, now=datetime.now(UTC), active=True)
+    smtp_server.handler.defer(emails[0], times=1)  # 451 for the first address, once
+    smtp_server.handler.drop_after(1)  # the connection goes at the third address's MAIL
+    digest = _digest(store)
+    caplog.set_level("INFO", logger="aggregator.deliver")
+
+    report = _deliver(
+        store,
+        digest,
+        _site("https://digest.example.org/"),
+        smtp_server.settings(max_attempts=2),
+        retry_delay=0.1,
+    )
+
+    assert sorted(r for m in smtp_server.messages for r in m.recipients) == emails
+    assert (report.sent, report.retried, report.failed) == (3, 2, 0)
+    assert smtp_server.handler.drops == 1
+    lines = [r.getMessage() for r in caplog.records]
+    assert [m for m in lines if m.startswith("retrying")] == ["retrying 2 deliveries in 0.1s"]
