@@ -31,6 +31,8 @@ from aggregator.deliver import (
     MessageBuilder,
     SmtpConnection,
     deliver_digest,
+    list_id,
+    message_id_domain,
     open_ledger,
     send_test_copy,
 )
@@ -720,3 +722,21 @@ def test_a_deferral_and_a_drop_in_one_pass_are_both_retried_in_the_next(
     assert smtp_server.handler.drops == 1
     lines = [r.getMessage() for r in caplog.records]
     assert [m for m in lines if m.startswith("retrying")] == ["retrying 2 deliveries in 0.1s"]
+
+
+@pytest.mark.parametrize(
+    ("sender", "url", "domain"),
+    [
+        ("digest@mail.example.net", "https://digest.example.org/", "mail.example.net"),
+        ('"news@desk"@example.org', "https://digest.example.org/", "example.org"),
+        ("digest", "https://news.example.org:8443/k/", "news.example.org"),
+        ("", "file:///srv/site", "localhost"),
+    ],
+)
+def test_message_ids_and_the_list_id_are_under_the_senders_domain(
+    sender: str, url: str, domain: str
+) -> None:
+    """The right-hand side after the address's last "@", else the site's host."""
+    site = replace(_site(url), sender_email=sender)
+    assert message_id_domain(site) == domain
+    assert list_id(site) == f"Korean Film Digest <weekly.{domain}>"
