@@ -284,6 +284,7 @@ def test_a_site_without_a_title_sends_a_bare_list_id(
     ("return_path", "expected"),
     [
         (ReturnPath(address="bounces@example.org"), "bounces@example.org"),
+        (ReturnPath(verp_domain="bounces.example.org"), "verp"),
         (None, "digest@example.org"),
     ],
 )
@@ -295,6 +296,11 @@ def test_mail_from_is_the_configured_bounce_address_else_the_sender(
     settings = smtp_server.settings(return_path=return_path)
     _deliver(store, digest, _site("https://digest.example.org/"), settings)
     (received,) = smtp_server.messages
+    if expected == "verp":  # signed for this delivery: digest and subscriber
+        from aggregator.mail.verp import verp_address
+
+        (row,) = store.deliveries(digest.id or 0)
+        expected = verp_address(SECRET, "bounces.example.org", row.digest_id, row.subscriber_id)
     assert received.mail_from == expected
     assert str(received.message["From"].addresses[0].addr_spec) == "digest@example.org"
 
@@ -569,22 +575,27 @@ def test_a_dropped_connection_is_recorded_with_the_clients_reason(
     ["500 5.5.2 syntax error (test)", "501 5.1.3 bad address (test)", "553 5.1.8 refused (test)"],
 )
 def test_every_5xx_at_rcpt_is_permanent_from_500_up(
-    store: Store, smtp_server: SmtpFixture, reply: str
+    store: Store, smtp_server: SmtpFixture, reply: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store.add_subscriber("gone@example.org", now=datetime.now(UTC), active=True)
-    smtp_server.handler.reject("gone@example.org", reply)
+    gone = ["gone@example.org", "left@example.org"]
+    for email in gone:
+        store.add_subscriber(email, now=datetime.now(UTC), active=True)
+        smtp_server.handler.reject(email, reply)
     digest = _digest(store)
     assert digest.id is not None
+    caplog.set_level("INFO", logger="aggregator.deliver")
 
     report = _deliver(
         store, digest, _site("https://digest.example.org/"), smtp_server.settings(max_attempts=1)
     )
 
-    assert report.failed == 1
-    (row,) = store.deliveries(digest.id)
-    assert row.status is DeliveryStatus.FAILED
-    # The ledger keeps the address and the server's whole reply.
-    assert row.last_error == f"gone@example.org: {reply}"
+    assert report.failed == 2
+    rows = store.deliveries(digest.id)
+    assert [row.status for row in rows] == [DeliveryStatus.FAILED] * 2
+    # The ledger keeps the address and the server's whole reply, and so does the log.
+    assert [row.last_error for row in rows] == [f"{e}: {reply}" for e in gone]
+    given_up = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert given_up == [f"giving up on {e}: {reply}" for e in gone]
     assert store.is_suppressed("gone@example.org")
 
 
@@ -722,6 +733,12 @@ def test_a_deferral_and_a_drop_in_one_pass_are_both_retried_in_the_next(
     assert smtp_server.handler.drops == 1
     lines = [r.getMessage() for r in caplog.records]
     assert [m for m in lines if m.startswith("retrying")] == ["retrying 2 deliveries in 0.1s"]
+    (dropped,) = [m for m in lines if "dropped the connection" in m]
+    assert re.fullmatch(
+        rf"SMTP server 127\.0\.0\.1:{smtp_server.port} dropped the connection \(.+\); reconnecting",
+        dropped,
+    ), dropped
+    assert "(None)" not in dropped
 
 
 @pytest.mark.parametrize(
