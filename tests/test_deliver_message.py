@@ -278,6 +278,7 @@ def test_a_site_without_a_title_sends_a_bare_list_id(
     _deliver(store, digest, _site("https://digest.example.org/", title), smtp_server.settings())
     (received,) = smtp_server.messages
     assert str(received.message["List-Id"]) == "<weekly.example.org>"
+    assert b"\r\nList-Id: <weekly.example.org>\r\n" in received.data  # no empty phrase
 
 
 @pytest.mark.parametrize(
@@ -485,9 +486,16 @@ def test_a_run_opens_the_ledger_names_itself_and_says_goodbye(
     # Opening again adds nothing, and tells the same.
     assert open_ledger(store, digest.id, secret=SECRET, site=site) == counts
 
+    started = time.monotonic()
     report = _deliver(store, digest, site, smtp_server.settings())
+    took = time.monotonic() - started
 
     assert report.sent == 3
+    # The report tells what the ledger holds afterwards, for this digest.
+    assert report.digest_id == digest.id
+    assert report.counts == store.delivery_counts(digest.id)
+    assert (report.counts[DeliveryStatus.SENT], report.pending) == (3, 0)
+    assert 0 < report.elapsed <= took
     # Without an owner given, the lease owner is this process: host, pid, 8 hex digits.
     owners = {d.lease_owner for d in store.deliveries(digest.id)}
     assert owners == {report.owner}
