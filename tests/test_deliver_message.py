@@ -473,7 +473,7 @@ def test_a_reader_of_another_language_gets_the_whole_issue_in_it(
 
 
 def test_a_run_opens_the_ledger_names_itself_and_says_goodbye(
-    store: Store, smtp_server: SmtpFixture
+    store: Store, smtp_server: SmtpFixture, caplog: pytest.LogCaptureFixture
 ) -> None:
     for i in range(3):
         store.add_subscriber(f"r{i}@example.org", now=datetime.now(UTC), active=True)
@@ -487,8 +487,15 @@ def test_a_run_opens_the_ledger_names_itself_and_says_goodbye(
     assert open_ledger(store, digest.id, secret=SECRET, site=site) == counts
 
     started = time.monotonic()
-    report = _deliver(store, digest, site, smtp_server.settings())
+    with caplog.at_level("INFO", logger="aggregator.deliver"):
+        report = _deliver(store, digest, site, smtp_server.settings())
     took = time.monotonic() - started
+    summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("digest #")]
+    assert len(summary) == 1 and re.fullmatch(
+        rf"digest #{digest.id}: sent 3, failed 0, skipped 0 \(empty sections\), "
+        r"still pending 0 \([0-9.]+ msg/s\)",
+        summary[0],
+    ), summary
 
     assert report.sent == 3
     # The report tells what the ledger holds afterwards, for this digest.
