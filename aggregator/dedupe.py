@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import json.encoder
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
 
@@ -114,10 +115,23 @@ def canonical_url(url: str, *, keep: Sequence[str] | None = None, drop: Sequence
     return urlunsplit((scheme, netloc, path, query, ""))
 
 
+# Everything but what str.isalnum accepts: the regex engine's word characters
+# are exactly those plus "_" (tests/test_normalize_fast.py checks every code
+# point). Deleting them in one regex pass is ~4x faster than filtering in Python.
+_NOT_ALNUM = re.compile(r"[\W_]+")
+
+
+# ASCII that str.isalnum rejects, for bytes.translate to delete.
+_ASCII_NOT_ALNUM = bytes(code for code in range(128) if not chr(code).isalnum())
+
+
 def _key_text(text: str) -> str:
     """Lowercase letters and digits only (Hangul syllables count as letters)."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return "".join(filter(str.isalnum, text))
+    if text.isascii():
+        # NFKC leaves ASCII as it is and casefold is lower() on it; deleting
+        # bytes in C is ~10x faster than the regex (two thirds of the texts).
+        return text.encode("ascii").translate(None, _ASCII_NOT_ALNUM).decode("ascii").lower()
+    return _NOT_ALNUM.sub("", unicodedata.normalize("NFKC", text).casefold())
 
 
 def _key_prefix(text: str, length: int) -> str:
@@ -159,22 +173,38 @@ def content_hash(
     categories: Sequence[str],
     published_at: datetime,
 ) -> str:
-    """A hash of everything a reader sees of an item; it changes when any of it does."""
-    payload = json.dumps(
-        [
-            title,
-            url,
-            summary_html,
-            content_html,
-            image_url,
-            author,
-            list(categories),
-            published_at.isoformat(),
-        ],
-        ensure_ascii=False,
-        separators=(",", ":"),
+    """A hash of everything a reader sees of an item; it changes when any of it does.
+
+    The hashed text is ``json.dumps([title, url, summary_html, content_html,
+    image_url, author, list(categories), published_at.isoformat()],
+    ensure_ascii=False, separators=(",", ":"))``, which stored hashes were
+    made from. It is put together here from the same C string encoder that
+    ``json.dumps`` uses, which skips building an encoder per item and
+    encodes the content once when the summary is the content (most items).
+    """
+    content = _json_string(content_html)
+    summary = content if summary_html == content_html else _json_string(summary_html)
+    payload = ",".join(
+        (
+            _json_string(title),
+            _json_string(url),
+            summary,
+            content,
+            _json_optional(image_url),
+            _json_optional(author),
+            "[" + ",".join(map(_json_string, categories)) + "]",
+            _json_string(published_at.isoformat()),
+        )
     )
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+    return hashlib.sha256(f"[{payload}]".encode()).hexdigest()[:32]
+
+
+# What json.dumps(ensure_ascii=False) writes for a str (the same function).
+_json_string: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def _json_optional(value: str | None) -> str:
+    return "null" if value is None else _json_string(value)
 
 
 def listing_hash(entries: Sequence[RawEntry]) -> str:

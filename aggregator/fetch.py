@@ -12,7 +12,9 @@ reused across sources) and enforces, per request:
   source on a public address may not redirect to a loopback, private or
   link-local one (a hostile feed cannot point us at internal services);
 * size: an honest ``Content-Length`` over ``max_bytes`` is refused before
-  reading, and the body is decompressed here in bounded pieces, so a gzip or
+  reading, the raw stream is stopped at ``max_bytes``, and the body is
+  decompressed in bounded pieces (:mod:`aggregator.decoding`: here, or with
+  ``decode=False`` in the parse worker, under the same cap), so a gzip or
   brotli bomb is stopped after about ``max_bytes`` of output, not after it has
   been inflated in memory;
 * time: connect and read timeouts, plus a total deadline per request
@@ -28,36 +30,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import ipaddress
 import logging
 import random
+import select
 import socket
+import ssl
 import time
-import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
+import httpcore
 import httpx
 
+from aggregator.decoding import ACCEPT_ENCODING, BoundedDecoder
 from aggregator.errors import FetchError, FetchTimeout, ResponseTooLarge
 from aggregator.models import FetchResult, Source, SourceState
-
-
-def _import_brotli() -> Any:
-    """The brotli module httpx[brotli] installs (no type stubs), or None without it."""
-    for name in ("brotli", "brotlicffi"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    return None  # pragma: no cover - depends on the environment
-
-
-_brotli: Any = _import_brotli()
 
 __all__ = [
     "DEFAULT_USER_AGENT",
@@ -77,7 +68,6 @@ ACCEPT = (
     "application/atom+xml, application/rss+xml, application/rdf+xml, application/feed+json, "
     "application/xml;q=0.9, text/xml;q=0.9, text/html;q=0.8, */*;q=0.5"
 )
-ACCEPT_ENCODING = "gzip, deflate, br" if _brotli is not None else "gzip, deflate"
 
 MAX_BACKOFF = timedelta(hours=24)
 # A Retry-After beyond this is treated as a typo or hostility, not an instruction.
@@ -87,132 +77,6 @@ JITTER = 0.10
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _PERMANENT_REDIRECTS = frozenset({301, 308})
 _RETRYABLE = frozenset({429, 503})
-# Decompressed output is produced in pieces of at most about this size, so the
-# size cap is checked long before a compressed bomb can fill memory.
-_DECODE_CHUNK = 64 * 1024
-
-
-# ------------------------------------------------------------------- decoding
-
-
-class _Decoder(Protocol):
-    def feed(self, data: bytes) -> Iterator[bytes]: ...
-
-    def finish(self) -> Iterator[bytes]: ...
-
-
-class _IdentityDecoder:
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        if data:
-            yield data
-
-    def finish(self) -> Iterator[bytes]:
-        return iter(())
-
-
-class _ZlibDecoder:
-    """gzip (also several members) or deflate (zlib-wrapped, or raw as some servers send)."""
-
-    def __init__(self, encoding: str) -> None:
-        self._gzip = encoding == "gzip"
-        self._wbits = zlib.MAX_WBITS | 16 if self._gzip else zlib.MAX_WBITS
-        self._obj = zlib.decompressobj(self._wbits)
-        self._started = False
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        if not self._started and data and not self._gzip:
-            self._started = True
-            try:  # Probe: "deflate" should be zlib-wrapped, but raw deflate is common.
-                zlib.decompressobj(zlib.MAX_WBITS).decompress(data[:64], 1)
-            except zlib.error:
-                self._obj = zlib.decompressobj(-zlib.MAX_WBITS)
-        pending = data
-        while True:
-            if self._obj.eof:
-                rest = (self._obj.unused_data + pending).lstrip(b"\0")
-                if not (self._gzip and rest.startswith(b"\x1f\x8b")):
-                    return  # padding or garbage after the stream: ignore, as browsers do
-                self._obj = zlib.decompressobj(self._wbits)  # the next gzip member
-                pending = rest
-            out = self._obj.decompress(pending, _DECODE_CHUNK)
-            pending = self._obj.unconsumed_tail
-            if out:
-                yield out
-            if self._obj.eof:
-                continue
-            if not pending and len(out) < _DECODE_CHUNK:
-                return
-
-    def finish(self) -> Iterator[bytes]:
-        tail = self._obj.flush()
-        if tail:
-            yield tail
-
-
-class _BrotliDecoder:
-    def __init__(self) -> None:
-        assert _brotli is not None
-        self._obj: Any = _brotli.Decompressor()
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        out: bytes = self._obj.process(data, output_buffer_limit=_DECODE_CHUNK)
-        while out:
-            yield out
-            if self._obj.is_finished():
-                return
-            out = self._obj.process(b"", output_buffer_limit=_DECODE_CHUNK)
-
-    def finish(self) -> Iterator[bytes]:
-        return iter(())
-
-
-class _ChainDecoder:
-    """``Content-Encoding: gzip, br`` was applied left to right; undo it right to left."""
-
-    def __init__(self, decoders: list[_Decoder]) -> None:
-        self._decoders = decoders
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        return self._through(0, self._decoders[0].feed(data))
-
-    def finish(self) -> Iterator[bytes]:
-        return self._finish_from(0)
-
-    def _through(self, index: int, pieces: Iterator[bytes]) -> Iterator[bytes]:
-        if index == len(self._decoders) - 1:
-            yield from pieces
-            return
-        for piece in pieces:
-            yield from self._through(index + 1, self._decoders[index + 1].feed(piece))
-
-    def _finish_from(self, index: int) -> Iterator[bytes]:
-        yield from self._through(index, self._decoders[index].finish())
-        if index + 1 < len(self._decoders):
-            yield from self._finish_from(index + 1)
-
-
-def _decoder_for(content_encoding: str) -> _Decoder:
-    """A decoder for a Content-Encoding header; raises ValueError for unknown codings."""
-    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
-    decoders: list[_Decoder] = []
-    for coding in reversed(codings):
-        if coding in ("gzip", "x-gzip"):
-            decoders.append(_ZlibDecoder("gzip"))
-        elif coding == "deflate":
-            decoders.append(_ZlibDecoder("deflate"))
-        elif coding == "br" and _brotli is not None:
-            decoders.append(_BrotliDecoder())
-        elif coding != "identity":
-            raise ValueError(f"unsupported Content-Encoding {coding!r}")
-    if not decoders:
-        return _IdentityDecoder()
-    return decoders[0] if len(decoders) == 1 else _ChainDecoder(decoders)
-
-
-_DECODE_ERRORS: tuple[type[Exception], ...] = (zlib.error,)
-if _brotli is not None:
-    _DECODE_ERRORS += (_brotli.error,)
-
 
 # -------------------------------------------------------------------- helpers
 
@@ -302,6 +166,118 @@ async def redirect_allowed(source: httpx.URL | str, target: httpx.URL | str) -> 
     return await host_is_public(target.host) is not False
 
 
+# ----------------------------------------------------------- idle-connection check
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether ``sock`` has something to read right now (one ``poll``, no waiting).
+
+    On an idle keep-alive connection that means the server closed it (or sent
+    bytes nobody asked for): either way it must not carry the next request.
+    """
+    try:
+        fd = sock.fileno()
+    except OSError:
+        return True
+    if fd < 0:
+        return True  # closed: the next read would return b""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class _Stream(httpcore.AsyncNetworkStream):
+    """httpcore's stream, with the idle check on a socket looked up once.
+
+    Before every request httpcore asks each idle pooled connection whether it
+    is readable. Through anyio that lookup builds the stream's whole attribute
+    table, a ``getpeername`` system call included, each time: about 7 calls
+    per request here, 0.5 s of the main process's CPU in a 500-feed pass. The
+    socket does not change while the connection lives, so it is asked for
+    once; everything else is passed through unchanged.
+    """
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._socket: socket.socket | None = inner.get_extra_info("socket")
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return _Stream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        if self._socket is not None:
+            if info == "is_readable":
+                return _readable(self._socket)
+            if info == "socket":
+                return self._socket
+        return self._inner.get_extra_info(info)
+
+
+class _Backend(httpcore.AsyncNetworkBackend):
+    """httpcore's default network backend, handing out ``_Stream`` wrappers."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self._inner = inner
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_tcp(
+            host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+        )
+        return _Stream(stream)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_unix_socket(
+            path, timeout=timeout, socket_options=socket_options
+        )
+        return _Stream(stream)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def _transport(limits: httpx.Limits, trust_env: bool) -> httpx.AsyncHTTPTransport:
+    """httpx's own transport (same TLS verification, limits and env settings) over ``_Backend``.
+
+    httpx does not take a network backend as an argument, so it is set on the
+    connection pool it made; if a future httpx stores it elsewhere, the
+    transport is used as it is (only slower).
+    """
+    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=trust_env)
+    pool = getattr(transport, "_pool", None)
+    inner = getattr(pool, "_network_backend", None)
+    if isinstance(pool, httpcore.AsyncConnectionPool) and isinstance(
+        inner, httpcore.AsyncNetworkBackend
+    ):
+        pool._network_backend = _Backend(inner)
+    return transport
+
+
 # -------------------------------------------------------------------- Fetcher
 
 
@@ -372,6 +348,11 @@ class Fetcher:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.timeout = timeout
+        limits = httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=30.0,
+        )
         self._client = httpx.AsyncClient(
             headers={
                 "User-Agent": user_agent,
@@ -381,13 +362,9 @@ class Fetcher:
             follow_redirects=False,
             # Waiting for a free slot happens on our semaphores, outside the deadline.
             timeout=httpx.Timeout(connect_timeout, read=read_timeout, pool=None),
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-                keepalive_expiry=30.0,
-            ),
+            limits=limits,
             trust_env=trust_env,
-            transport=transport,
+            transport=transport if transport is not None else _transport(limits, trust_env),
             event_hooks={"response": [_check_redirect]},
         )
         self._total_slots = asyncio.Semaphore(max_connections)
@@ -415,11 +392,14 @@ class Fetcher:
             slot = self._host_slots[key] = asyncio.Semaphore(self.max_per_host)
         return slot
 
-    async def fetch(self, source: Source, state: SourceState | None) -> FetchResult:
+    async def fetch(
+        self, source: Source, state: SourceState | None, *, decode: bool = True
+    ) -> FetchResult:
         """Fetch a source's main URL, conditionally when ``state`` holds validators.
 
         The URL is ``state.url`` when the store knows one (it follows permanent
         redirects), else ``source.url``; the deadline is ``source.timeout``.
+        ``decode`` as for :meth:`fetch_url`.
         """
         url = state.url if state is not None and state.url else source.url
         return await self.fetch_url(
@@ -428,6 +408,7 @@ class Fetcher:
             etag=state.etag if state is not None else None,
             last_modified=state.last_modified if state is not None else None,
             timeout=source.timeout,
+            decode=decode,
         )
 
     async def fetch_url(
@@ -438,16 +419,21 @@ class Fetcher:
         etag: str | None = None,
         last_modified: str | None = None,
         timeout: float | None = None,
+        decode: bool = True,
     ) -> FetchResult:
         """GET ``url`` for ``source_id`` (paging, full-text articles, a source's feed).
 
         ``timeout`` is the total deadline in seconds (default: the Fetcher's).
-        Raises :class:`FetchError` (and its subclasses) on any failure.
+        With ``decode`` false a compressed body is returned as sent, with
+        ``content_encoding`` and ``max_bytes`` set so that whoever parses it
+        decodes it under the same cap (``decoding.decoded``; the ingest pass does
+        it in its parse workers). Raises :class:`FetchError` (and its
+        subclasses) on any failure.
         """
         deadline = self.timeout if timeout is None else timeout
         started = time.monotonic()
         try:
-            return await self._fetch(url, source_id, etag, last_modified, deadline, started)
+            return await self._fetch(url, source_id, etag, last_modified, deadline, started, decode)
         except FetchError as exc:
             logger.debug("fetch failed: %s", exc)
             raise
@@ -460,6 +446,7 @@ class Fetcher:
         last_modified: str | None,
         deadline: float,
         started: float,
+        decode: bool = True,
     ) -> FetchResult:
         try:
             current = httpx.URL(url)
@@ -493,7 +480,7 @@ class Fetcher:
                     ends_at = loop.time() + deadline
                 async with _within(ends_at, deadline, source_id, str(current)):
                     outcome = await self._one_hop(
-                        current, headers, per_phase, source_id, etag, last_modified
+                        current, headers, per_phase, source_id, etag, last_modified, decode
                     )
             if isinstance(outcome, _Hop):
                 target = outcome.location
@@ -546,6 +533,8 @@ class Fetcher:
                 or (last_modified if outcome.content is None else None),
                 permanent_url=permanent_url,
                 elapsed=elapsed,
+                content_encoding=outcome.encoding,
+                max_bytes=self.max_bytes,
             )
             logger.debug(
                 "%s: %s %s, %s bytes in %.2f s",
@@ -565,6 +554,7 @@ class Fetcher:
         source_id: str,
         etag: str | None,
         last_modified: str | None,
+        decode: bool = True,
     ) -> _Hop | _Body:
         """One request: a redirect to follow, or a final body (None for 304)."""
         where = str(url)
@@ -598,13 +588,14 @@ class Fetcher:
                 )
             if not 200 <= status < 300:
                 raise _status_error(response, source_id)
-            content = await self._read_body(response, source_id)
+            content, encoding = await self._read_body(response, source_id, decode)
             return _Body(
                 status,
                 content,
                 response.headers.get("Content-Type"),
                 response.headers.get("ETag"),
                 response.headers.get("Last-Modified"),
+                encoding,
             )
         except httpx.HTTPError as exc:
             raise _translate(exc, source_id, where) from exc
@@ -617,10 +608,19 @@ class Fetcher:
         except _UnusableRedirect as exc:
             raise exc.as_fetch_error(source_id) from None
 
-    async def _read_body(self, response: httpx.Response, source_id: str) -> bytes:
-        """The decoded body, stopped as soon as it (or the raw stream) exceeds ``max_bytes``."""
+    async def _read_body(
+        self, response: httpx.Response, source_id: str, decode: bool
+    ) -> tuple[bytes, str | None]:
+        """The body and the Content-Encoding still applied to it (None once decoded).
+
+        Reading stops as soon as the raw stream exceeds ``max_bytes``; a decoded
+        body is also stopped there (``BoundedDecoder``). With ``decode`` false an
+        encoded body comes back as it came off the wire, for a parse worker to
+        decode under the same cap (``decoding.decoded``).
+        """
         url = str(response.url)
         cap = self.max_bytes
+        status = response.status_code
         encoding = response.headers.get("Content-Encoding", "")
         declared = response.headers.get("Content-Length", "")
         if declared.strip().isdigit() and int(declared) > cap:
@@ -630,54 +630,29 @@ class Fetcher:
                 f"the {cap}-byte limit",
                 source_id=source_id,
                 url=url,
-                status=response.status_code,
+                status=status,
             )
-        try:
-            decoder = _decoder_for(encoding)
-        except ValueError as exc:
-            raise FetchError(
-                str(exc), source_id=source_id, url=url, status=response.status_code
-            ) from exc
-
-        parts: list[bytes] = []
-        size = 0
+        # Built first in both modes: an unknown coding is refused before reading.
+        decoder = BoundedDecoder(encoding, cap, source_id=source_id, url=url, status=status)
+        keep_encoded = not decode and encoding.strip().lower() not in ("", "identity")
+        raw: list[bytes] = []
         raw_size = 0
-
-        def take(pieces: Iterator[bytes]) -> None:
-            nonlocal size
-            for piece in pieces:
-                size += len(piece)
-                if size > cap:
-                    raise ResponseTooLarge(
-                        f"response too large: more than {cap} bytes"
-                        + (f" after {encoding} decoding" if encoding else "")
-                        + "; stopped reading",
-                        source_id=source_id,
-                        url=url,
-                        status=response.status_code,
-                    )
-                parts.append(piece)
-
-        try:
-            async for chunk in response.aiter_raw():
-                raw_size += len(chunk)
-                if raw_size > cap:
-                    raise ResponseTooLarge(
-                        f"response too large: more than {cap} bytes on the wire; stopped reading",
-                        source_id=source_id,
-                        url=url,
-                        status=response.status_code,
-                    )
-                take(decoder.feed(chunk))
-            take(decoder.finish())
-        except _DECODE_ERRORS as exc:
-            raise FetchError(
-                f"could not decode the {encoding} body: {_describe(exc)}",
-                source_id=source_id,
-                url=url,
-                status=response.status_code,
-            ) from exc
-        return b"".join(parts)
+        async for chunk in response.aiter_raw():
+            raw_size += len(chunk)
+            if raw_size > cap:
+                raise ResponseTooLarge(
+                    f"response too large: more than {cap} bytes on the wire; stopped reading",
+                    source_id=source_id,
+                    url=url,
+                    status=status,
+                )
+            if keep_encoded:
+                raw.append(chunk)
+            else:
+                decoder.feed(chunk)
+        if keep_encoded:
+            return b"".join(raw), encoding
+        return decoder.finish(), None
 
 
 class _UnusableRedirect(Exception):
@@ -742,7 +717,7 @@ class _Hop:
 
 
 class _Body:
-    __slots__ = ("content", "content_type", "etag", "last_modified", "status")
+    __slots__ = ("content", "content_type", "encoding", "etag", "last_modified", "status")
 
     def __init__(
         self,
@@ -751,8 +726,10 @@ class _Body:
         content_type: str | None,
         etag: str | None,
         last_modified: str | None,
+        encoding: str | None = None,
     ) -> None:
         self.status = status
+        self.encoding = encoding
         self.content = content
         self.content_type = content_type
         self.etag = etag

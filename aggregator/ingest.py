@@ -25,26 +25,35 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from .config import Config
-from .dedupe import listing_hash
-from .errors import AggregatorError, EntryTooLarge, FetchError, ScrapeError, StoreError
+from .errors import FetchError, StoreError
+from .extract import Extracted, extract, extract_packed, unpack
+from .extract import newest_entries as newest_entries  # re-exported, as before the split
+from .extract import normalize_entries as normalize_entries
 from .fetch import Fetcher, next_fetch_delay, redirect_allowed
 from .models import (
     FetchResult,
     IngestOutcome,
     IngestStats,
     Item,
-    ParsedFeed,
-    RawEntry,
-    SectionRule,
     Source,
     SourceState,
     utcnow,
 )
-from .normalize import normalize
 from .pool import BrokenProcessPool, OverBudget, ParsePool
 from .pool import make_pool as make_pool  # re-exported: the scheduler and benchmarks use it
-from .sources import parse
-from .store import Store
+from .store import Failure, NotModified, SaveItems, SourceWrite, Store
+
+__all__ = [
+    "MAX_IN_FLIGHT",
+    "MAX_IN_FLIGHT_BYTES",
+    "Extracted",
+    "Ingestor",
+    "extract",
+    "ingest",
+    "make_pool",
+    "newest_entries",
+    "normalize_entries",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +64,21 @@ POOL_THRESHOLD = 8
 # fast server does not pile every response body (and its parsed items) up in
 # memory while the parsing pool catches up: memory stays flat as sources grow.
 MAX_IN_FLIGHT = 64
+# ...and bytes held by sources between "body fetched" and "stored": the bodies
+# as they came off the wire plus the packed items coming back from the pool.
+# Counting sources alone let 64 large feeds (and their items, several times
+# the body's size as Python objects) pile up in the main process while the
+# store caught up. No new fetch starts while this much is held; one source
+# over the limit on its own still runs (alone), so nothing is ever refused.
+MAX_IN_FLIGHT_BYTES = 4 * 1024 * 1024
 # Within one pass, after this many store writes in a row have failed the
 # database counts as down: later sources stop waiting on it (each wait can
 # last the SQLite busy timeout) and the pass ends with the error.
 STORE_FAILURES_TO_GIVE_UP = 2
+# Sources' writes that share one transaction at most (those waiting while the
+# previous write ran). Bounds how long the write lock is held: ~64 cold
+# sources are a few tenths of a second.
+MAX_WRITES_PER_BATCH = 64
 
 T = TypeVar("T")
 
@@ -75,112 +95,35 @@ _store_breaker: ContextVar[_StoreBreaker | None] = ContextVar("store_breaker", d
 
 
 @dataclass(frozen=True, slots=True)
-class Extracted:
-    """What the CPU-bound half of a source's ingest produced (picklable)."""
+class _Waiting:
+    """A store write waiting for its turn: the call, and the record to batch it with others."""
 
-    items: tuple[Item, ...] = ()
-    listing_hash: str | None = None
-    warning: str | None = None
-    next_page_url: str | None = None
-    error: str | None = None
-    broken: bool = False
-    # Problems with some entries, stored as the source's warning (the rest is stored).
-    notes: tuple[str, ...] = ()
+    record: SourceWrite | None
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    done: asyncio.Future[Any]
 
 
-def extract(
-    source: Source, result: FetchResult, sections: Sequence[SectionRule], now: datetime
-) -> Extracted:
-    """Parse one response and normalize its entries (runs in a worker process).
+# The store's per-source writes and the records Store.save_batch takes for them.
+_BATCHABLE: dict[Any, type[SaveItems | NotModified | Failure]] = {
+    Store.save_items: SaveItems,
+    Store.record_not_modified: NotModified,
+    Store.record_failure: Failure,
+}
 
-    Errors come back as text rather than exceptions so nothing unpicklable
-    crosses the process boundary.
+
+def _as_source_write(
+    store: Store, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> SourceWrite | None:
+    """``fn(*args, **kwargs)`` as a batchable record, if ``fn`` is one of ``store``'s own writes.
+
+    Anything else (a stand-in a test put on the store) runs as called.
     """
-    try:
-        parsed: ParsedFeed = parse(source, result)
-    except ScrapeError as exc:
-        return Extracted(error=str(exc), broken=True)
-    except AggregatorError as exc:
-        return Extracted(error=str(exc))
-    except (ValueError, LookupError, OverflowError, RecursionError, MemoryError) as exc:
-        # A parser library crashing on hostile bytes is this source's problem: it
-        # gets a message like any unreadable document, and the pass goes on.
-        log.warning("%s: parser crashed on %s", source.id, result.url, exc_info=True)
-        return Extracted(
-            error=f"{source.id}: could not parse the document "
-            f"({type(exc).__name__}: {exc}) ({result.url})"
-        )
-    notes: list[str] = []
-    entries = newest_entries(parsed.entries, source.max_items)
-    if len(entries) < len(parsed.entries):
-        notes.append(
-            f"kept {len(entries):,} of {len(parsed.entries):,} entries "
-            f"(max_items: {source.max_items:,}, the newest by date)"
-        )
-        log.warning("%s: %s", source.id, notes[-1])
-    refused: list[str] = []
-    items = normalize_entries(source, entries, sections, now, result.url, refused=refused)
-    if refused:
-        notes.append(f"{len(refused)} entries refused: {refused[0]}")
-    return Extracted(
-        items=tuple(items),
-        listing_hash=listing_hash(parsed.entries),
-        warning=parsed.warning,
-        next_page_url=parsed.next_page_url,
-        notes=tuple(notes),
-    )
-
-
-def newest_entries(entries: Sequence[RawEntry], limit: int) -> Sequence[RawEntry]:
-    """At most ``limit`` entries: the newest by date, else the first in the document.
-
-    Dated entries rank before undated ones, newer first; ties and undated
-    entries keep document order (feeds list their newest first). The kept
-    entries stay in document order. Bounds what one response can make us
-    normalize and store (an outside test stored 20,000 items from one feed).
-    """
-    if len(entries) <= limit:
-        return entries
-
-    def rank(index: int) -> tuple[bool, float, int]:
-        entry = entries[index]
-        date = entry.published or entry.updated
-        if date is None or date.tzinfo is None:
-            return (False, 0.0, -index)
-        return (True, date.timestamp(), -index)
-
-    chosen = sorted(range(len(entries)), key=rank, reverse=True)[:limit]
-    return [entries[i] for i in sorted(chosen)]
-
-
-def normalize_entries(
-    source: Source,
-    entries: Sequence[RawEntry],
-    sections: Sequence[SectionRule],
-    now: datetime,
-    base_url: str,
-    *,
-    refused: list[str] | None = None,
-) -> list[Item]:
-    """Normalize entries, dropping (and logging) any single entry that fails.
-
-    Entries refused for their size are also appended to ``refused``: those are
-    worth a warning on the source, unlike an entry without a link.
-    """
-    items = []
-    for entry in entries:
-        try:
-            items.append(
-                normalize(source, entry, sections=sections, now=now, fallback_base=base_url)
-            )
-        except EntryTooLarge as exc:
-            if refused is not None:
-                refused.append(exc.reason)  # the warning is on the source already
-            log.warning("%s", exc)
-        except (ValueError, AggregatorError) as exc:
-            where = (entry.link or entry.guid or "")[:200]
-            log.warning("%s: skipped an entry (%s): %s", source.id, where, exc)
-    return items
+    if getattr(fn, "__self__", None) is not store:
+        return None
+    record = _BATCHABLE.get(getattr(fn, "__func__", None))
+    return None if record is None else record(*args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -214,6 +157,92 @@ def _pool_stops_on_sigterm(pool: ParsePool | None) -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+class _ByteBudget:
+    """Bytes held by a pass's sources between "body fetched" and "stored".
+
+    ``room`` waits (before a source's fetch starts) until the bytes held are
+    under ``limit``; each source adds what it holds with ``take`` and gives
+    it all back with ``give_back`` once written. A fetch not yet answered
+    holds ``estimate`` (the mean a source has held so far), so a burst of new
+    fetches cannot all pass ``room`` before any body is counted. A single
+    body over the limit still goes through when it is alone. ``peak`` is for
+    tests and benchmarks.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+        self._waiters: list[asyncio.Future[None]] = []
+        self._released_bytes = 0
+        self._released_sources = 0
+
+    @property
+    def estimate(self) -> int:
+        """What a source about to be fetched is counted as holding (64 KiB until one is done)."""
+        if not self._released_sources:
+            return 64 * 1024
+        return self._released_bytes // self._released_sources
+
+    async def room(self) -> None:
+        """Return once the bytes held are under the limit."""
+        while self.held >= self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+
+    def take(self, size: int) -> None:
+        self.held += size
+        self.peak = max(self.peak, self.held)
+
+    def give_back(self, size: int, *, finished: bool = False) -> None:
+        self.held -= size
+        if finished:
+            self._released_bytes += size
+            self._released_sources += 1
+        if self.held < self.limit:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+
+class _Held:
+    """What one source holds of the pass's ``_ByteBudget``; all given back by ``release``."""
+
+    __slots__ = ("_budget", "_estimate", "size")
+
+    def __init__(self, budget: _ByteBudget | None) -> None:
+        self._budget = budget
+        self.size = 0
+        # Held until the body is counted: see ``_ByteBudget``.
+        self._estimate = budget.estimate if budget is not None else 0
+        if budget is not None:
+            budget.take(self._estimate)
+
+    def add(self, size: int) -> None:
+        if self._estimate and self._budget is not None:
+            self._budget.give_back(self._estimate)
+            self._estimate = 0
+        self.size += size
+        if self._budget is not None:
+            self._budget.take(size)
+
+    def release(self) -> None:
+        if self._budget is not None:
+            self._budget.give_back(self._estimate)
+            self._budget.give_back(self.size, finished=self.size > 0)
+        self._estimate = 0
+        self.size = 0
+
+
+_budget: ContextVar[_ByteBudget | None] = ContextVar("ingest_byte_budget", default=None)
+
+
 class Ingestor:
     """Runs ingest passes for a config against one store.
 
@@ -234,6 +263,10 @@ class Ingestor:
         self._fetcher = fetcher
         self._pool = pool
         self._write_lock = asyncio.Lock()
+        self._waiting: list[_Waiting] = []
+        self.max_in_flight_bytes = MAX_IN_FLIGHT_BYTES
+        # The byte budget of the last pass (its ``peak`` is what tests and benchmarks read).
+        self.last_budget: _ByteBudget | None = None
 
     async def run(
         self,
@@ -284,9 +317,11 @@ class Ingestor:
         in_flight = asyncio.Semaphore(
             max(MAX_IN_FLIGHT, 2 * getattr(fetcher, "max_connections", 0))
         )
+        budget = _ByteBudget(self.max_in_flight_bytes)
 
         async def one(source: Source) -> IngestStats:
             async with in_flight:
+                await budget.room()
                 stats = await self.ingest_source(source, states.get(source.id), fetcher, pool)
             if on_done:
                 on_done(stats)
@@ -296,9 +331,12 @@ class Ingestor:
         # but only once every source has finished: the others' items and errors
         # are still written if the database comes back meanwhile.
         token = _store_breaker.set(_StoreBreaker())
+        budget_token = _budget.set(budget)
+        self.last_budget = budget
         try:
             results = await asyncio.gather(*(one(s) for s in sources), return_exceptions=True)
         finally:
+            _budget.reset(budget_token)
             _store_breaker.reset(token)
         for result in results:
             if isinstance(result, BaseException):
@@ -314,8 +352,9 @@ class Ingestor:
     ) -> IngestStats:
         """Fetch, extract and store one source; never raises for source problems."""
         started = time.perf_counter()
+        held = _Held(_budget.get())
         try:
-            return await self._ingest_source(source, state, fetcher, pool, started)
+            return await self._ingest_source(source, state, fetcher, pool, started, held)
         except FetchError as exc:
             await self._fail(source, state, str(exc), retry_after=exc.retry_after)
             return IngestStats(
@@ -333,6 +372,8 @@ class Ingestor:
             return IngestStats(
                 source.id, IngestOutcome.ERROR, error=message, elapsed=time.perf_counter() - started
             )
+        finally:
+            held.release()
 
     async def _ingest_source(
         self,
@@ -341,15 +382,21 @@ class Ingestor:
         fetcher: Fetcher,
         pool: Executor | None,
         started: float,
+        held: _Held,
     ) -> IngestStats:
-        result = await fetcher.fetch(source, state)
+        # The body stays compressed until a parse worker decodes it (under the
+        # same cap): a fifth of the bytes to hold and to send, and the
+        # decompression CPU off the main process.
+        result = await fetcher.fetch(source, state, decode=False)
         error_count = 0
         next_at = result.fetched_at + next_fetch_delay(source.interval, error_count)
         if result.not_modified:
             log.info("%s: not modified", source.id)
             return await self._not_modified(source, result, next_at, started)
 
-        extracted = await self._extract(pool, source, result)
+        held.add(len(result.content or b""))
+        extracted = await self._extract(pool, source, result, held)
+        result = replace(result, content=None)  # the body is not needed any more
         if extracted.error:
             await self._fail(source, state, extracted.error, broken=extracted.broken)
             return IngestStats(
@@ -422,7 +469,11 @@ class Ingestor:
         )
 
     async def _extract(
-        self, pool: Executor | None, source: Source, result: FetchResult
+        self,
+        pool: Executor | None,
+        source: Source,
+        result: FetchResult,
+        held: _Held | None = None,
     ) -> Extracted:
         """Run ``extract`` in the pool (or a thread), turning a budget overrun or a
         dead worker into this source's error.
@@ -438,7 +489,12 @@ class Ingestor:
         loop = asyncio.get_running_loop()
         for attempt in range(2):
             try:
-                return await loop.run_in_executor(pool, extract, source, result, sections, now)
+                blob = await loop.run_in_executor(
+                    pool, extract_packed, source, result, sections, now
+                )
+                if held is not None:
+                    held.add(len(blob))
+                return unpack(blob)
             except OverBudget as exc:
                 return Extracted(
                     error=f"{source.id}: parsing {exc}; the document is too costly to read, "
@@ -459,7 +515,12 @@ class Ingestor:
     async def _not_modified(
         self, source: Source, result: FetchResult, next_at: datetime, started: float
     ) -> IngestStats:
-        """A 304, or a listing that extracts as last time: record the fetch, write nothing else."""
+        """A 304, or a listing that extracts as last time: record the fetch, write nothing else.
+
+        In a warm pass every source ends here within milliseconds of the
+        others: their writes wait together and go out as one batch (see
+        :meth:`_write`), one UPDATE for all of them.
+        """
         await self._write(
             self.store.record_not_modified,
             source.id,
@@ -501,7 +562,9 @@ class Ingestor:
                 log.warning("%s: stopped paging: %s is a private address", source.id, url)
                 break
             try:
-                result = await fetcher.fetch_url(url, source_id=source.id, timeout=source.timeout)
+                result = await fetcher.fetch_url(
+                    url, source_id=source.id, timeout=source.timeout, decode=False
+                )
             except FetchError as exc:
                 log.warning("%s: stopped paging at %s: %s", source.id, url, exc)
                 break
@@ -544,21 +607,73 @@ class Ingestor:
         )
 
     async def _write(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """One store write, serialized; gives up early on a database that is down."""
-        breaker = _store_breaker.get()
+        """One store write, serialized; gives up early on a database that is down.
+
+        Writes that arrive while another is running wait together, and the
+        next one to run takes them all (up to :data:`MAX_WRITES_PER_BATCH`)
+        into ONE transaction (:meth:`Store.save_batch`), each source in its
+        own savepoint: a source the database refuses fails alone, as before,
+        and only the commit is shared. Nothing waits for a batch to fill: a
+        write that finds the store idle runs at once, alone.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        record = _as_source_write(self.store, fn, args, kwargs)
+        self._waiting.append(_Waiting(record, fn, args, kwargs, done))
         async with self._write_lock:
-            if breaker is not None and breaker.failures >= STORE_FAILURES_TO_GIVE_UP:
-                raise StoreError(f"not written, the database is unavailable: {breaker.error}")
-            try:
-                result = await asyncio.to_thread(fn, *args, **kwargs)
-            except StoreError as exc:
-                if breaker is not None:
-                    breaker.failures += 1
-                    breaker.error = breaker.error or exc
-                raise
+            while not done.done():
+                batch = self._waiting[:MAX_WRITES_PER_BATCH]
+                del self._waiting[: len(batch)]
+                await self._write_batch(batch)
+        result: T = await done
+        return result
+
+    async def _write_batch(self, batch: list[_Waiting]) -> None:
+        """Run ``batch`` (one transaction), settling each waiter's future."""
+        breaker = _store_breaker.get()
+        if breaker is not None and breaker.failures >= STORE_FAILURES_TO_GIVE_UP:
+            gave_up = StoreError(f"not written, the database is unavailable: {breaker.error}")
+            for waiting in batch:
+                waiting.done.set_exception(gave_up)
+            return
+        try:
+            outcomes = await self._run_writes(batch)
+        except StoreError as exc:
             if breaker is not None:
-                breaker.failures = 0
-            return result
+                breaker.failures += 1
+                breaker.error = breaker.error or exc
+            for waiting in batch:
+                waiting.done.set_exception(exc)
+            return
+        except BaseException:
+            for waiting in batch:
+                waiting.done.cancel()
+            raise
+        if breaker is not None:
+            breaker.failures = 0
+        for waiting, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                waiting.done.set_exception(outcome)
+            else:
+                waiting.done.set_result(outcome)
+
+    async def _run_writes(self, batch: list[_Waiting]) -> list[Any]:
+        """Each write's result or exception; a :class:`StoreError` fails them all."""
+        writes = [w.record for w in batch if w.record is not None]
+        if len(batch) > 1 and len(writes) == len(batch):
+            return await asyncio.to_thread(self.store.save_batch, writes)
+        # One write, or one the store cannot batch (a stand-in): each alone, as called.
+        outcomes: list[Any] = []
+        for waiting in batch:
+            try:
+                outcomes.append(
+                    await asyncio.to_thread(waiting.fn, *waiting.args, **waiting.kwargs)
+                )
+            except StoreError:
+                raise
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
 
 async def ingest(

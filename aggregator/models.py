@@ -298,6 +298,11 @@ class FetchResult:
     permanent_url: str | None = None
     fetched_at: datetime = field(default_factory=utcnow)
     elapsed: float = 0.0
+    # Set when ``content`` is still compressed as it came off the wire (the
+    # ingest pass decodes in its parse workers): the Content-Encoding to undo,
+    # and ``max_bytes``, the cap the decoded body must stay within.
+    content_encoding: str | None = None
+    max_bytes: int = 0
 
     @property
     def not_modified(self) -> bool:

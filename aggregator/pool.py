@@ -22,6 +22,11 @@ does not give us, and why:
   the source reported.
 * **Logs like the main process.** Workers set up logging as the parent did
   (JSON lines when stderr is not a terminal).
+* **Started on first use, small.** No process (not even multiprocessing's
+  resource tracker) starts until the first document is submitted, so a pass
+  in which every source answers 304 never starts one. The forkserver
+  preloads only :mod:`aggregator.extract` and the parsers it runs (no HTTP
+  client, SQL or config code), so each worker forked from it is small too.
 """
 
 from __future__ import annotations
@@ -189,11 +194,38 @@ class ParsePool(Executor):
         self.cpu_budget = cpu_budget
         self._lock = threading.Lock()
         self._broken: set[ProcessPoolExecutor] = set()  # executors a dead worker broke
-        self._executor = self._new_executor()
+        # Made on the first submit: even an idle ProcessPoolExecutor starts the
+        # resource tracker (a Python process) for its queues' semaphores.
+        self._executor: ProcessPoolExecutor | None = None
+        self._shut_down = False
+
+    @property
+    def started(self) -> bool:
+        """Whether anything was ever submitted (so worker processes may exist)."""
+        with self._lock:
+            return self._executor is not None
+
+    def _current(self) -> ProcessPoolExecutor:
+        """The executor, made now if this is the first call (hold ``_lock``)."""
+        if self._shut_down:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if self._executor is None:
+            self._executor = self._new_executor()
+        return self._executor
 
     def _new_executor(self) -> ProcessPoolExecutor:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["aggregator.ingest"])
+        # Only what the workers run: the pipeline's other modules (httpx,
+        # SQLAlchemy, pydantic) would double each worker's size for nothing.
+        ctx.set_forkserver_preload(
+            [
+                "aggregator.pool",
+                "aggregator.extract",
+                "aggregator.sources",
+                "aggregator.normalize",
+                "aggregator.dedupe",
+            ]
+        )
         level, json_logs = _parent_logging()
         return ProcessPoolExecutor(
             max_workers=self.workers,
@@ -207,7 +239,7 @@ class ParsePool(Executor):
         if kwargs:
             raise TypeError("ParsePool.submit takes positional arguments only")
         with self._lock:
-            executor = self._executor
+            executor = self._current()
         future = executor.submit(_budgeted, self.cpu_budget, fn, *args)
         future.add_done_callback(lambda done: self._note_broken(executor, done))
         return future
@@ -221,10 +253,10 @@ class ParsePool(Executor):
     def renew(self) -> None:
         """Replace the executor if a call on it failed because a worker died."""
         with self._lock:
-            if self._executor not in self._broken:
+            broken = self._executor
+            if broken is None or broken not in self._broken:
                 return
             log.warning("a parse worker died; starting a fresh pool")
-            broken = self._executor
             self._broken.clear()
             self._executor = self._new_executor()
         broken.shutdown(wait=False, cancel_futures=True)
@@ -233,6 +265,8 @@ class ParsePool(Executor):
         """Stop every worker now, mid-task (for SIGTERM): nothing is waited for."""
         with self._lock:
             executor = self._executor
+        if executor is None:
+            return
         # ProcessPoolExecutor has no public way to stop running workers before 3.14.
         processes = dict(getattr(executor, "_processes", None) or {})
         executor.shutdown(wait=False, cancel_futures=True)
@@ -244,10 +278,12 @@ class ParsePool(Executor):
                 process.join(timeout=5)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Shut the current executor down (``Executor.shutdown``)."""
+        """Shut the current executor down (``Executor.shutdown``); nothing to do if never used."""
         with self._lock:
             executor = self._executor
-        executor.shutdown(wait=wait, cancel_futures=cancel_futures)
+            self._shut_down = True
+        if executor is not None:
+            executor.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
 def make_pool(workers: int | None = None, *, cpu_budget: float = PARSE_CPU_BUDGET) -> ParsePool:

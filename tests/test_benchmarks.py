@@ -7,8 +7,9 @@ import http.client
 from pathlib import Path
 
 import feedparser
+import pytest
 
-from benchmarks.__main__ import _publish, _render, _send
+from benchmarks.__main__ import _publish, _render, _send, _summary
 from benchmarks.generate import generate
 from benchmarks.ingest_bench import TreeMemory, run_floor
 from benchmarks.server import python_server, serve
@@ -78,7 +79,27 @@ def test_other_stages_output_is_understood() -> None:
     assert publish[0].met is True
     render = _render("render_digest, 30 items, 100 runs: median 7.77 ms (min 4.99, p90 8.09)")
     assert render[0].value == 7.77
-    send = _send(
-        "sent 2000 messages (47 KB HTML each, ledger rows sent: 2000) in 17.72 s: 113 messages/s"
+    output = (
+        "run: sent 2000 (ledger rows sent: 2000) in 2.70 s, sender 0.52 ms CPU/message\n"
+        "sent 2000 messages (47 KB HTML each) in 2.61 s: 766 messages/s (SQLite ledger, "
+        "batch 50, loopback smtp-sink sink; fastest of 3)\n"
+        "CPU per message: sender 0.48 ms median, 0.44 ms min of 3 runs "
+        "(smtp-sink sink not counted: 0.41 ms median)\n"
     )
-    assert send[0].value == 113 and send[0].met is False
+    rate, cpu = _send(output)
+    assert (rate.value, rate.met, cpu.value, cpu.met) == (766, False, 0.48, True)
+    assert "min 0.44 ms of 3" in cpu.note and "smtp-sink" in cpu.note
+    (signed,) = _send(output.replace("0.48 ms median", "1.31 ms median"), signed=True)
+    assert signed.value == 1.31 and "DKIM" in signed.label
+    with pytest.raises(ValueError, match="unexpected send output"):
+        _send("sent 2000 messages in 17.72 s: 113 messages/s")
+
+
+def test_repeated_runs_report_median_and_min() -> None:
+    runs = [
+        {"wall": w, "cpu": c, "server": "nginx"} for w, c in ((3.0, 9.0), (1.0, 7.0), (2.0, 8.5))
+    ]
+    summary = _summary(runs)
+    assert (summary["wall"], summary["cpu"]) == (2.0, 8.5)
+    assert summary["min"] == {"wall": 1.0, "cpu": 7.0}
+    assert summary["runs"] == runs

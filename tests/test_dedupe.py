@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -226,3 +227,26 @@ def test_fingerprint_folds_a_hangul_syllable_split_at_the_folding_window(before:
     assert fingerprint("t", decomposed) == fingerprint("t", composed)
     shifted = "a " * (199 - before // 2) + "\u1100\u1161" + " tail" * 50
     assert fingerprint("t", shifted) == fingerprint("t", shifted.replace("\u1100\u1161", "가"))
+
+
+@pytest.mark.parametrize(
+    ("image_url", "author", "written"),
+    [
+        (None, None, "null,null"),
+        ("https://e.kr/i.jpg", None, '"https://e.kr/i.jpg",null'),
+        (None, "김지운", 'null,"김지운"'),
+    ],
+)
+def test_content_hash_writes_a_missing_image_or_author_as_json_null(
+    image_url: str | None, author: str | None, written: str
+) -> None:
+    # The stored hashes were made by json.dumps, which writes None as null: the
+    # hashed text is spelt out here, so any other spelling of "missing" breaks it.
+    text = (
+        '["부산국제영화제 라인업 발표","https://e.kr/a/1","<p>열 편의 영화</p>",'
+        f'"<p>열 편의 영화가 초청됐다.</p>",{written},["festival","영화제"],'
+        '"2025-11-27T09:30:00+00:00"]'
+    )
+    fields = {**CONTENT, "image_url": image_url, "author": author}
+    expected = hashlib.sha256(text.encode()).hexdigest()[:32]
+    assert content_hash(**fields) == expected  # type: ignore[arg-type]

@@ -30,6 +30,7 @@ from aggregator.normalize import (
     _is_hangul,
     _is_word_char,
     _jamo,
+    _letters_class,
     _splits_cluster,
     bounded_html,
     clean_plain,
@@ -41,6 +42,7 @@ from aggregator.normalize import (
     item_language,
     normalize,
     sanitize_html,
+    sanitized_text,
     trim_cut_html,
     trim_cut_text,
 )
@@ -123,6 +125,32 @@ def test_the_hangul_regex_and_is_hangul_agree_on_the_whole_bmp() -> None:
     assert len(by_function) == 11172 + 256 + 96 + 32 + 80
 
 
+@pytest.mark.parametrize(
+    ("ranges", "letters"),
+    [
+        (((0x41, 0x5A),), "[A-Z]"),  # letters from the first code point to the last
+        (((0x40, 0x5B),), "[A-Z]"),  # a non-letter at each end
+        (((0x61, 0x61),), "[a-a]"),  # one code point
+        (((0x30, 0x39), (0x61, 0x63)), "[a-c]"),  # a range without letters adds nothing
+        (((0x58, 0x62),), "[X-Za-b]"),  # two runs split by "[", "\\", "]", "^", "_", "`"
+        (((0x61, 0x62), (0x41, 0x42)), "[a-bA-B]"),  # each range's runs, in order
+        (((0x3130, 0x318F),), "[\u3131-\u318e]"),  # compatibility jamo: unassigned ends
+    ],
+)
+def test_letters_class_lists_the_letter_runs_of_its_ranges(
+    ranges: tuple[tuple[int, int], ...], letters: str
+) -> None:
+    # Called once at import to build _HANGUL_LETTERS, so only a direct call
+    # notices a mistake in it (mutmut's mutants never run at import time).
+    assert _letters_class(*ranges) == letters
+    pattern = re.compile(letters)
+    for first, last in ranges:
+        for code in range(first - 2, last + 3):
+            inside = any(f <= code <= t for f, t in ranges)
+            expected = inside and chr(code).isalpha()
+            assert (pattern.fullmatch(chr(code)) is not None) is expected, hex(code)
+
+
 # One character of each syllable type, and a non-Hangul letter.
 KINDS = {"L": "\u1100", "V": "\u1161", "T": "\u11a8", "LV": "가", "LVT": "각", "": "a"}
 # The pairs UAX #29 (GB6-GB8) keeps together.
@@ -201,6 +229,10 @@ def test_cluster_start(text: str, cut: int, start: int) -> None:
         ("ꥠꥡab", "ko"),  # jamo extended-A
         ("ힰힱab", "ko"),  # jamo extended-B
         ("日本語", None),  # CJK letters are not Hangul
+        ("가나다 ab éé", None),  # other letters count: 3 Hangul of 7 letters
+        ("가나다 ab é", "ko"),  # 3 of 6
+        ("가나 漢字", "ko"),  # Hanja are letters too: 2 of 4
+        ("가나 漢字 Кино", None),  # 2 of 8
     ],
 )
 def test_detect_language_at_the_share(text: str, language: str | None) -> None:
@@ -814,3 +846,38 @@ def test_a_long_title_is_named_by_its_first_60_characters() -> None:
     with pytest.raises(EntryTooLarge) as error:
         run(raw(link=link, title="t" * 70))
     assert f"entry {'t' * 60!r} refused" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("markup", "text"),
+    [
+        # The parser moves text out of a table (foster parenting); deleting tags does not.
+        ("<table><tr><td>a</td></tr>b</table>", "b a c"),
+        # A comment with ">" inside is not one tag to the tag-deleting regex.
+        ("x<!-- a > b -->y", "xy c"),
+    ],
+)
+def test_sanitized_text_of_markup_past_the_caps_is_the_parsers_text(markup: str, text: str) -> None:
+    # Not sanitizer output (nesting beyond the cap): the shortcut does not apply.
+    deep = "<div>" * 300 + "c" + "</div>" * 300
+    assert sanitized_text(markup + deep) == text
+
+
+@pytest.mark.parametrize("field", ["summary_html", "content_html"])
+@pytest.mark.parametrize(
+    ("shown", "trimmed"),
+    [
+        ("Premiere dates; wor...", "Premiere dates;…"),
+        ("개봉일 확정; 자세한...", "개봉일 확정;…"),
+        ("Premiere dates;wor...", "Premiere dates;…"),
+    ],
+)
+def test_the_text_of_a_trimmed_excerpt_is_read_from_the_trimmed_markup(
+    field: str, shown: str, trimmed: str
+) -> None:
+    # In markup a ";" before the cut word may end a reference, so it stays;
+    # the text must say what the markup shows, not trim the plain text anew.
+    item = run(raw(**{"summary_html": "<p>Short.</p>", field: f"<p>{shown}</p>"}))
+    assert getattr(item, field) == f"<p>{trimmed}</p>"
+    assert item.text == trimmed
+    assert item.excerpt == trimmed

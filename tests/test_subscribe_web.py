@@ -41,6 +41,22 @@ class Web:
     url: str
     ctx: WebContext
     client: httpx.Client
+    server: EmbeddedServer | None = None
+
+    def settle(self, timeout: float = 10) -> None:
+        """Wait until no request is in flight, its background mail included.
+
+        uvicorn keeps one task per request until the app returns, and Starlette
+        runs a response's background task (the confirmation mail) inside that
+        call: once the set is empty, every mail the requests so far could send
+        has reached the SMTP server or failed. "No mail was sent" is then a
+        fact, not a guess after a pause.
+        """
+        assert self.server is not None, "settle() needs the server from serve_web()"
+        deadline = time.monotonic() + timeout
+        while self.server.server_state.tasks:
+            assert time.monotonic() < deadline, f"requests still running after {timeout} s"
+            time.sleep(0.01)
 
     def confirm_url(self, smtp: SmtpFixture, email: str) -> str:
         deadline = time.monotonic() + 10
@@ -95,7 +111,7 @@ def serve_web(store: Store, smtp: SmtpFixture, output_dir: Path, **kw: Any) -> I
     assert server.started, "uvicorn did not start"
     try:
         with httpx.Client(base_url=base, timeout=10) as client:
-            yield Web(base, ctx, client)
+            yield Web(base, ctx, client, server)
     finally:
         server.should_exit = True
         thread.join(timeout=10)

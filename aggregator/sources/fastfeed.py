@@ -33,6 +33,7 @@ on the benchmark corpus and on feedparser's own test files.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from typing import Any
 
@@ -41,6 +42,8 @@ import feedparser.mixin
 from feedparser.html import _cp1252
 from feedparser.urls import _urljoin
 from lxml import etree
+
+from .links import join_url
 
 _ATOM = "{http://www.w3.org/2005/Atom}"
 _CONTENT = "{http://purl.org/rss/1.0/modules/content/}"
@@ -54,6 +57,7 @@ _looks_like_html = feedparser.mixin._FeedParserMixin.looks_like_html
 # feedparser maps C1 control characters to their windows-1252 meaning in every
 # text value; a cheap search decides whether the (slower) translate is needed.
 _C1 = re.compile("[\x80-\x9f]")
+_BEYOND_LATIN1 = re.compile("[^\x00-\xff]")
 _LINK_REF = re.compile("&([A-Za-z0-9_]+);")
 
 _APP_XML = ("application/xml", "application/xml-dtd", "application/xml-external-parsed-entity")
@@ -79,6 +83,7 @@ _RSS_ITEM: dict[str, frozenset[str]] = {
 _RSS_CHANNEL_INERT = frozenset(
     {"description", "lastBuildDate", "pubDate", "generator", "copyright", "ttl", "docs"}
 )
+_NO_ATTRIBUTES: frozenset[str] = frozenset()
 _ATOM_TEXT_TYPES = frozenset({"text", "html"})
 _ATOM_FEED_INERT = frozenset({"subtitle", "generator", "icon", "logo", "rights"})
 # Entry elements that may appear at most once (feedparser keeps first or last
@@ -88,6 +93,64 @@ _SINGULAR = frozenset(
      "summary", "content", "published", "updated", _CONTENT + "encoded", _DC + "creator",
      _DC + "date"}
 )  # fmt: skip
+
+
+def _join(base: str, uri: str) -> str:
+    # An RSS item's permalink guid is usually its link: joined once, when short
+    # (a hostile megabyte link must not stay in memory with 255 others).
+    return _join_cached(base, uri) if len(uri) <= _CACHED_URI_CHARS else _join_uri(base, uri)
+
+
+_CACHED_URI_CHARS = 2048
+
+
+@functools.lru_cache(maxsize=256)
+def _join_cached(base: str, uri: str) -> str:
+    return _join_uri(base, uri)
+
+
+def _join_uri(base: str, uri: str) -> str:
+    """feedparser's ``_urljoin``: extra slashes after "scheme://" go, a bad URL becomes ''.
+
+    A URI without "://", or an http(s) URL whose host follows it, has no such
+    slashes to remove and takes ``join_url``; everything else takes
+    feedparser's own function.
+    """
+    if "://" in uri and (
+        not uri.startswith(("https://", "http://")) or uri.startswith(("https:///", "http:///"))
+    ):
+        return str(_urljoin(base, uri))
+    try:
+        return join_url(base, uri)
+    except ValueError:
+        return ""
+
+
+def _xml_encoding(content: bytes) -> bytes | None:
+    r"""``group(1)`` of ``RE_XML_PI_ENCODING.match(content)``, without its backtracking.
+
+    The pattern (``^<\?.*encoding=['"](.*?)['"].*\?>``, no DOTALL) matches
+    within the first line; on a feed written as one line its greedy ``.*``
+    backtracks over the whole document (a tenth of the fast path's CPU). Its
+    answer: the last "encoding=" on that line, followed by a quote, whose
+    next quote has a "?>" somewhere after it on the line. Checked against the
+    pattern on generated declarations in tests/test_normalize_fast.py.
+    """
+    if not content.startswith(b"<?"):
+        return None
+    end = content.find(b"\n")
+    if end < 0:
+        end = len(content)
+    at = content.rfind(b"encoding=", 2, end)
+    while at >= 0:
+        start = at + 10
+        if start <= end and content[at + 9 : start] in (b"'", b'"'):
+            quotes = (content.find(b"'", start, end), content.find(b'"', start, end))
+            close = min((q for q in quotes if q >= 0), default=-1)
+            if close >= 0 and content.find(b"?>", close + 1, end) >= 0:
+                return content[start:close]
+        at = content.rfind(b"encoding=", 2, at + 8)
+    return None
 
 
 def _with_updated_fallback(entry: dict[str, Any]) -> dict[str, Any]:
@@ -106,8 +169,8 @@ def _encoding_ok(content: bytes, content_type: str | None) -> bool:
     if not content_type or content.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
         return False
     mime, http_encoding = feedparser.encodings.parse_content_type(content_type)
-    match = feedparser.encodings.RE_XML_PI_ENCODING.match(content)
-    xml_encoding = match.group(1).decode("utf-8", "replace").lower() if match else ""
+    declared = _xml_encoding(content)
+    xml_encoding = declared.decode("utf-8", "replace").lower() if declared is not None else ""
     if mime in _APP_XML or (mime.startswith("application/") and mime.endswith("+xml")):
         encoding = http_encoding or xml_encoding or "utf-8"
     elif mime in _TEXT_XML or (mime.startswith("text/") and mime.endswith("+xml")):
@@ -138,21 +201,27 @@ class _Reader:
             raise _Refused("child nodes inside a text element")
         value: str = (el.text or "").strip()
         if uri and value:
-            value = _urljoin(self.base, value)
+            value = _join(self.base, value)
         if not value.isascii():
             # feedparser's repair of UTF-8 read as Latin-1, applied to every value.
-            with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
-                value = value.encode("iso-8859-1").decode("utf-8")
+            # Beyond Latin-1 (all Korean text) the encode fails: a search says so
+            # without raising.
+            if _BEYOND_LATIN1.search(value) is None:
+                with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
+                    value = value.encode("iso-8859-1").decode("utf-8")
             if _C1.search(value):
                 value = value.translate(_cp1252)
         return value
 
     def detail(self, content_type: str, value: str) -> dict[str, Any]:
-        return dict(type=content_type, language=self.lang, base=self.base, value=value)
+        return {"type": content_type, "language": self.lang, "base": self.base, "value": value}
 
     @staticmethod
     def attrs(el: Any, allowed: frozenset[str]) -> dict[str, str]:
-        found = dict(el.attrib)
+        items = el.items()
+        if not items:
+            return {}  # most elements
+        found = dict(items)
         if not found.keys() <= allowed:
             raise _Refused(f"attribute on <{el.tag}>")
         return found
@@ -175,7 +244,7 @@ class _Reader:
             content_type = self.atom_text_type(el)
             value = self.text(el)
         else:
-            self.attrs(el, frozenset())
+            self.attrs(el, _NO_ATTRIBUTES)
             value = self.text(el)
             # feedparser's guess for RSS titles, the same pure function.
             content_type = "text/html" if _looks_like_html(value) else "text/plain"
@@ -193,7 +262,7 @@ class _Reader:
             raise _Refused("Atom link without a target")
         found.setdefault("rel", "alternate")
         found.setdefault("type", "application/atom+xml" if found["rel"] == "self" else "text/html")
-        found["href"] = _urljoin(self.base, found["href"])
+        found["href"] = _join(self.base, found["href"])
         ctx.setdefault("links", []).append(dict(found))
         if found["rel"] == "alternate" and _map_type(found["type"]) in _HTML_TYPES:
             ctx["link"] = found["href"]
@@ -206,7 +275,7 @@ class _Reader:
             ctx.setdefault("link", value)
 
     def author_text(self, ctx: dict[str, Any], el: Any) -> None:
-        self.attrs(el, frozenset())
+        self.attrs(el, _NO_ATTRIBUTES)
         value = self.text(el)
         if "@" in value:
             raise _Refused("e-mail address in an RSS author")
@@ -218,16 +287,17 @@ class _Reader:
             detail["name"] = value
 
     def atom_author(self, ctx: dict[str, Any], el: Any) -> None:
-        self.attrs(el, frozenset())
+        self.attrs(el, _NO_ATTRIBUTES)
         self.no_text(el)
         fields: dict[str, str] = {}
         for child in el:
-            if not isinstance(child.tag, str):
+            full = child.tag  # lxml builds this string on every access
+            if not isinstance(full, str):
                 continue
-            name = child.tag.removeprefix(_ATOM)
-            if child.tag == name or name not in ("name", "email", "uri") or name in fields:
+            name = full.removeprefix(_ATOM)
+            if full == name or name not in ("name", "email", "uri") or name in fields:
                 raise _Refused("unexpected element in an Atom author")
-            self.attrs(child, frozenset())
+            self.attrs(child, _NO_ATTRIBUTES)
             fields[name] = self.text(child, uri=name == "uri")
         if not fields.get("name"):
             raise _Refused("Atom author without a name")
@@ -240,11 +310,15 @@ class _Reader:
         ctx["author"] = f"{fields['name']} ({email})" if email else fields["name"]
 
     def rss_item(self, el: Any) -> dict[str, Any]:
-        self.attrs(el, frozenset())
-        self.no_text(el)
+        self.attrs(el, _NO_ATTRIBUTES)
+        if (el.text or "").strip():
+            raise _Refused("text inside <item>")
         ctx: dict[str, Any] = {}
         seen: set[str] = set()
         for child in el:
+            tail = child.tail  # no_text(el), in the one pass over the children
+            if tail and tail.strip():
+                raise _Refused("text between elements")
             tag = child.tag
             if not isinstance(tag, str):
                 continue
@@ -319,15 +393,20 @@ class _Reader:
                 tags.append(value)
 
     def atom_entry(self, el: Any) -> dict[str, Any]:
-        self.attrs(el, frozenset())
-        self.no_text(el)
+        self.attrs(el, _NO_ATTRIBUTES)
+        if (el.text or "").strip():
+            raise _Refused("text inside <entry>")
         ctx: dict[str, Any] = {}
         seen: set[str] = set()
         for child in el:
-            if not isinstance(child.tag, str):
+            tail = child.tail  # no_text(el), in the one pass over the children
+            if tail and tail.strip():
+                raise _Refused("text between elements")
+            full = child.tag  # lxml builds this string on every access
+            if not isinstance(full, str):
                 continue
-            tag = child.tag.removeprefix(_ATOM)
-            if tag == child.tag:
+            tag = full.removeprefix(_ATOM)
+            if tag == full:
                 raise _Refused(f"<{tag}> in an Atom entry")
             if tag in _SINGULAR:
                 if tag in seen:
@@ -338,10 +417,10 @@ class _Reader:
             elif tag == "link":
                 self.atom_link(ctx, child)
             elif tag == "id":
-                self.attrs(child, frozenset())
+                self.attrs(child, _NO_ATTRIBUTES)
                 self.guid(ctx, child, True)
             elif tag in ("published", "updated"):
-                self.attrs(child, frozenset())
+                self.attrs(child, _NO_ATTRIBUTES)
                 ctx[tag] = self.text(child)
             elif tag == "summary":
                 content_type = self.atom_text_type(child)
@@ -375,7 +454,7 @@ class _Reader:
         if len(channels) != 1 or channels[0].tag != "channel":
             raise _Refused("RSS without exactly one channel")
         channel = channels[0]
-        self.attrs(channel, frozenset())
+        self.attrs(channel, _NO_ATTRIBUTES)
         self.no_text(channel)
         feed: dict[str, Any] = {}
         entries: list[dict[str, Any]] = []
@@ -391,16 +470,16 @@ class _Reader:
                 raise _Refused(f"repeated channel <{tag}>")
             seen.add(tag)
             if tag == "title":
-                self.attrs(child, frozenset())
+                self.attrs(child, _NO_ATTRIBUTES)
                 feed["title"] = self.text(child)
             elif tag == "link":
-                self.attrs(child, frozenset())
+                self.attrs(child, _NO_ATTRIBUTES)
                 value = self.text(child, uri=True)
                 if not value:
                     raise _Refused("empty channel link")
                 feed["link"] = _LINK_REF.sub(r"&\g<1>", value)
             elif tag == "language":
-                self.attrs(child, frozenset())
+                self.attrs(child, _NO_ATTRIBUTES)
                 feed["language"] = self.text(child)
             elif tag in _RSS_CHANNEL_INERT or tag == "category":
                 self.attrs(child, frozenset({"domain"} if tag == "category" else ()))
@@ -422,10 +501,11 @@ class _Reader:
         entries: list[dict[str, Any]] = []
         seen: set[str] = set()
         for child in root:
-            if not isinstance(child.tag, str):
+            full = child.tag  # lxml builds this string on every access
+            if not isinstance(full, str):
                 continue
-            tag = child.tag.removeprefix(_ATOM)
-            if tag == child.tag:
+            tag = full.removeprefix(_ATOM)
+            if tag == full:
                 raise _Refused(f"<{tag}> in an Atom feed")
             if tag == "entry":
                 entries.append(self.atom_entry(child))
@@ -439,10 +519,10 @@ class _Reader:
             elif tag == "link":
                 self.atom_link(feed, child)
             elif tag == "id":
-                self.attrs(child, frozenset())
+                self.attrs(child, _NO_ATTRIBUTES)
                 self.guid(feed, child, True)
             elif tag == "updated":
-                self.attrs(child, frozenset())
+                self.attrs(child, _NO_ATTRIBUTES)
                 self.text(child)
             elif tag in _ATOM_FEED_INERT:
                 if tag in ("subtitle", "rights"):
@@ -492,7 +572,12 @@ def parse_fast(
     ``content`` and ``content_type`` are what feedparser would be given (after
     the Korean recode and character-reference repair in ``feed.parse_feed``).
     """
-    if b"<!" in content and b"<!" in content.replace(b"<![CDATA[", b"").replace(b"<!--", b""):
+    # b"!" first: a one-byte search is a memchr, while b"<!" stops at every "<".
+    if (
+        b"!" in content
+        and b"<!" in content
+        and b"<!" in content.replace(b"<![CDATA[", b"").replace(b"<!--", b"")
+    ):
         return None  # DOCTYPE, ENTITY or anything else DTD-like
     if not _encoding_ok(content, content_type):
         return None

@@ -63,7 +63,20 @@ def _date(text: object, source: Source, now: datetime) -> datetime | None:
     """
     if not isinstance(text, str):
         return None
-    return parse_date(text, tz=source.timezone, fmt=source.date_format, now=now)
+    if len(text) > _CACHED_DATE_CHARS:  # not kept in the cache below
+        return parse_date(text, tz=source.timezone, fmt=source.date_format, now=now)
+    return _parse_date(text, source.timezone, source.date_format, now)
+
+
+# Real dates are short; a hostile long one is read without being kept.
+_CACHED_DATE_CHARS = 200
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_date(text: str, tz: str, fmt: str | None, now: datetime) -> datetime | None:
+    # An entry's updated date is its published one when it has only that
+    # (feedparser's fallback), so each such string would be read twice.
+    return parse_date(text, tz=tz, fmt=fmt, now=now)
 
 
 def _detail_html(value: str, detail: Mapping[str, Any] | None) -> str:

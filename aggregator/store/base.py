@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Self
 
@@ -12,6 +12,15 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from ..errors import StoreError
 from .engine import make_engine, migrate, safe_url
+
+# Parameters per IN (...) list; SQLite's default limit is 32766, PostgreSQL's 65535.
+CHUNK = 500
+
+
+def chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    """``values`` in slices of at most ``size``: one IN list each."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 class StoreBase:

@@ -27,12 +27,21 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from ..models import Item
 from . import schema
 
-__all__ = ["Copy", "SourceRank", "copy_rank", "load_copies", "load_source_ranks", "take_over"]
+__all__ = [
+    "UNKNOWN_SOURCE",
+    "Copy",
+    "SourceRank",
+    "better_copies",
+    "copy_rank",
+    "load_copies",
+    "load_source_ranks",
+    "take_over",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +54,7 @@ class SourceRank:
 
 # A source without a row (items saved before their source was synced): owns
 # nothing, default priority.
-_UNKNOWN = SourceRank(host="", priority=0)
+UNKNOWN_SOURCE = SourceRank(host="", priority=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,35 +117,38 @@ def stored_rank(copy: Copy, source: SourceRank) -> tuple[int, int, datetime, str
     )
 
 
+# Built once with expanding IN lists (see store.writes): a per-call select()
+# cost more CPU than the query.
+_SOURCE_RANKS = select(schema.sources.c.id, schema.sources.c.url, schema.sources.c.priority).where(
+    schema.sources.c.id.in_(bindparam("ids", expanding=True))
+)
+_COPIES = select(
+    schema.items.c.id,
+    schema.items.c.source_id,
+    schema.items.c.guid,
+    schema.items.c.canonical_url,
+    schema.items.c.published_at,
+    schema.items.c.first_seen_at,
+    schema.items.c.story_source_id,
+    schema.items.c.story_guid,
+).where(schema.items.c.id.in_(bindparam("ids", expanding=True)))
+
+
 def load_source_ranks(conn: Connection, source_ids: Iterable[str]) -> dict[str, SourceRank]:
     """Host and priority of each source (the fetched URL's host: a redirect moves it)."""
-    t = schema.sources
     wanted = sorted(set(source_ids))
     if not wanted:
         return {}
-    rows = conn.execute(select(t.c.id, t.c.url, t.c.priority).where(t.c.id.in_(wanted)))
+    rows = conn.execute(_SOURCE_RANKS, {"ids": wanted})
     return {r.id: SourceRank(host=host_of(r.url), priority=int(r.priority or 0)) for r in rows}
 
 
 def load_copies(conn: Connection, ids: Iterable[int]) -> dict[int, Copy]:
     """The stored originals with these ids."""
-    t = schema.items
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    rows = conn.execute(
-        select(
-            t.c.id,
-            t.c.source_id,
-            t.c.guid,
-            t.c.canonical_url,
-            t.c.published_at,
-            t.c.first_seen_at,
-            t.c.story_source_id,
-            t.c.story_guid,
-        ).where(t.c.id.in_(wanted))
-    )
-    return {r.id: Copy(**r._mapping) for r in rows}
+    return {r.id: Copy(**r._mapping) for r in conn.execute(_COPIES, {"ids": wanted})}
 
 
 def inherited_values(old: Copy, now: datetime) -> dict[str, Any]:
@@ -149,33 +161,47 @@ def inherited_values(old: Copy, now: datetime) -> dict[str, Any]:
     }
 
 
+# Built once (see store.writes): repoint a story's copies, then its old original.
+_REPOINT_COPIES = (
+    update(schema.items)
+    .where(schema.items.c.duplicate_of == bindparam("old_id"))
+    .values(duplicate_of=bindparam("new_id"))
+)
+_REPOINT_ORIGINAL = (
+    update(schema.items)
+    .where(schema.items.c.id == bindparam("old_id"))
+    .values(duplicate_of=bindparam("new_id"))
+)
+
+
 def take_over(conn: Connection, old_id: int, new_id: int) -> None:
     """Make ``new_id`` the original of ``old_id``'s story: every copy points at it."""
-    t = schema.items
-    conn.execute(update(t).where(t.c.duplicate_of == old_id).values(duplicate_of=new_id))
-    conn.execute(update(t).where(t.c.id == old_id).values(duplicate_of=new_id))
+    ids = {"old_id": old_id, "new_id": new_id}
+    conn.execute(_REPOINT_COPIES, ids)
+    conn.execute(_REPOINT_ORIGINAL, ids)
 
 
 def better_copies(
-    conn: Connection,
+    copies: Mapping[int, Copy],
     candidates: Mapping[int, list[Item]],
     sources: Mapping[str, SourceRank],
+    stored_sources: Mapping[str, SourceRank],
 ) -> dict[str, int]:
     """Which new items should replace the stored original they duplicate.
 
-    ``candidates`` maps an original's id to the new items that duplicate it;
-    returns ``{guid of the winning new item: id of the original it replaces}``
+    ``candidates`` maps an original's id to the new items that duplicate it,
+    ``copies`` those originals as stored (:func:`load_copies`); ``sources``
+    ranks the new items' sources, ``stored_sources`` the originals' sources.
+    Returns ``{guid of the winning new item: id of the original it replaces}``
     (at most one winner per original: the best of the new copies).
     """
-    copies = load_copies(conn, candidates)
-    stored_sources = load_source_ranks(conn, (c.source_id for c in copies.values()))
     winners: dict[str, int] = {}
     for original_id, items in candidates.items():
         copy = copies.get(original_id)
         if copy is None:
             continue
-        current = stored_rank(copy, stored_sources.get(copy.source_id, _UNKNOWN))
-        best = min(items, key=lambda i: item_rank(i, sources.get(i.source_id, _UNKNOWN)))
-        if item_rank(best, sources.get(best.source_id, _UNKNOWN)) < current:
+        current = stored_rank(copy, stored_sources.get(copy.source_id, UNKNOWN_SOURCE))
+        best = min(items, key=lambda i: item_rank(i, sources.get(i.source_id, UNKNOWN_SOURCE)))
+        if item_rank(best, sources.get(best.source_id, UNKNOWN_SOURCE)) < current:
             winners[best.guid] = original_id
     return winners

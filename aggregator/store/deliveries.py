@@ -76,6 +76,22 @@ _MARK_SENT = (
         updated_at=bindparam("now", type_=_d.c.updated_at.type),
     )
 )
+# The same for several rows at once: the sender commits its marks in small groups.
+_MARK_SENT_MANY = (
+    update(_d)
+    .where(
+        _d.c.id.in_(bindparam("delivery_ids", expanding=True)),
+        _d.c.lease_owner == bindparam("owner"),
+        _d.c.status == DeliveryStatus.SENDING.value,
+    )
+    .values(
+        status=DeliveryStatus.SENT.value,
+        sent_at=bindparam("now", type_=_d.c.sent_at.type),
+        lease_until=None,
+        last_error=None,
+        updated_at=bindparam("now", type_=_d.c.updated_at.type),
+    )
+)
 _s = schema.subscribers
 
 
@@ -299,6 +315,17 @@ class DeliveriesMixin(StoreBase):
                 _MARK_SENT, {"delivery_id": delivery_id, "owner": owner, "now": now}
             )
         return int(result.rowcount) == 1
+
+    def mark_sent_many(self, delivery_ids: Collection[int], *, owner: str, now: datetime) -> int:
+        """Record several accepted messages in one commit; returns how many rows ``owner``
+        still held (the others were taken over and are left as they are)."""
+        if not delivery_ids:
+            return 0
+        with self.transaction() as conn:
+            result = conn.execute(
+                _MARK_SENT_MANY, {"delivery_ids": list(delivery_ids), "owner": owner, "now": now}
+            )
+        return int(result.rowcount)
 
     def mark_skipped(self, delivery_id: int, *, owner: str, reason: str, now: datetime) -> bool:
         """Record that this subscriber gets nothing of the issue (their sections are empty).

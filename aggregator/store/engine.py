@@ -34,9 +34,14 @@ def _sqlite_pragmas(busy_timeout: float) -> Any:
         cursor.execute("PRAGMA synchronous=NORMAL")
         # Checkpoint the WAL every ~40 MB instead of every 4 MB: an ingest
         # writes tens of MB, and each checkpoint is an fsync on the write path
-        # (measured: commit time down 60% on 500 feeds). A 32 MB page cache.
+        # (measured: commit time down 60% on 500 feeds).
         cursor.execute("PRAGMA wal_autocheckpoint=10000")
-        cursor.execute("PRAGMA cache_size=-32768")
+        # An 8 MB page cache: the ingest's writes are appends, and a larger
+        # cache only grew the main process (32 MB cost ~27 MB of PSS).
+        cursor.execute("PRAGMA cache_size=-8192")
+        # Savepoints (one per source of a batched write, one per insert) keep
+        # their undo pages in a sub-journal: in memory instead of a temp file.
+        cursor.execute("PRAGMA temp_store=MEMORY")
         cursor.close()
 
     return apply

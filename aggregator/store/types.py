@@ -26,7 +26,8 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if not isinstance(value, datetime) or value.tzinfo is None:
             raise ValueError(f"naive or invalid datetime {value!r} cannot be stored")
-        moment = value.astimezone(UTC)
+        # Most values are UTC already (normalize makes them so): skip the conversion.
+        moment = value if value.tzinfo is UTC else value.astimezone(UTC)
         if dialect.name == "sqlite":
             return moment.replace(tzinfo=None)
         return moment

@@ -1,0 +1,325 @@
+"""What keeps the ingest pass small: the packed trip back from the workers, a
+pool that starts only when there is something to parse, bodies decoded in the
+worker, and a bound in bytes on what is held between fetch and store.
+
+Real parts throughout: the fixture HTTP server on 127.0.0.1, real parsing, a
+real SQLite store, a real process pool where the test is about the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import pickle
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aggregator.config import Config
+from aggregator.extract import Extracted, extract, pack, unpack
+from aggregator.ingest import Ingestor
+from aggregator.models import FetchResult, IngestOutcome, Item, Source
+from aggregator.pool import make_pool
+from aggregator.store import Store
+from tests.support.http import FixtureServer
+from tests.test_ingest import make_config, rss
+
+SOURCE = Source(id="news", url="https://news.example.kr/feed.xml")
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def store_at(tmp_path: Path) -> Store:
+    return Store.open(f"sqlite:///{tmp_path}/db.sqlite")
+
+
+def feeds(server: FixtureServer, count: int, *, items: int = 3, text_size: int = 40) -> str:
+    """``count`` feeds on the server, each with validators (so a second pass is all 304)."""
+    yaml = ""
+    for n in range(count):
+        entries = [
+            (f"s{n}-{i}", f"뉴스 {n}/{i}: story", f"본문 {i} " + "가나다 word " * text_size)
+            for i in range(items)
+        ]
+        server.add(f"/f{n}.xml", rss(entries), etag=f'"e{n}"')
+        # A generous deadline: on a loaded machine a timed-out fetch would free its
+        # share of the byte bound and let another source in.
+        yaml += f"  - {{id: s{n}, url: '{server.url(f'/f{n}.xml')}', timeout: 60s}}\n"
+    return yaml
+
+
+def passes(config: Config, store: Store, **ingestor: Any) -> dict[str, Any]:
+    store.sync_sources(config.sources)
+    stats = asyncio.run(Ingestor(config, store, **ingestor).run())
+    return {s.source_id: s for s in stats}
+
+
+# ---------------------------------------------------------------- packed items
+
+
+def make_item(n: int, text: str, **changes: Any) -> Item:
+    base = Item(
+        source_id="news",
+        guid=f"g{n}",
+        url=f"https://news.example.kr/{n}",
+        canonical_url=f"https://news.example.kr/{n}",
+        title=f"제목 {n}",
+        summary_html="",
+        content_html=f"<p>{text}</p>",
+        text=text,
+        excerpt=text[:50],
+        fingerprint=f"fp{n}",
+        content_hash=f"ch{n}",
+        published_at=NOW - timedelta(minutes=n, microseconds=n),
+        updated_at=NOW,
+    )
+    return replace(base, **changes)
+
+
+TEXTS = ["", "short", "한국 영화 " * 80, "e\u0301 accents " * 30, "\U0001f3ac emoji " * 40]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+@pytest.mark.parametrize("count", [0, 1, 17])
+def test_packed_items_come_back_identical(text: str, count: int) -> None:
+    items = []
+    for n in range(count):
+        variants: list[dict[str, Any]] = [
+            {},
+            {"excerpt": text[:30].rstrip() + "…"},  # cut at a word
+            {"excerpt": "not a prefix at all"},
+            {"canonical_url": "https://news.example.kr/canonical"},
+            {"summary_html": "<p>summary</p>", "image_url": "https://i.example.kr/1.jpg"},
+            {"author": "김", "categories": ("영화", "news"), "section": "ko-pick"},
+            {"language": "ko", "date_missing": True},
+        ]
+        items.append(make_item(n, text, **variants[n % len(variants)]))
+    extracted = Extracted(
+        items=tuple(items),
+        listing_hash="abc" if count else None,
+        warning="malformed" if count == 1 else None,
+        next_page_url="https://news.example.kr/?page=2",
+        notes=("kept 1 of 2 entries",) if count else (),
+    )
+
+    blob = pack(extracted)
+
+    assert unpack(blob) == extracted
+    assert blob[:1] == b"M"  # the compact form, not the pickle fallback
+    if count > 1:
+        assert len(blob) < len(pickle.dumps(extracted, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"published_at": datetime(2026, 1, 1, 9, tzinfo=timezone(timedelta(hours=9)))},
+        {"updated_at": datetime(2026, 1, 1, 9, tzinfo=UTC).replace(fold=1)},
+        {"source_id": "another"},
+    ],
+)
+def test_what_the_compact_form_cannot_carry_still_comes_back_identical(
+    odd: dict[str, Any],
+) -> None:
+    extracted = Extracted(items=(make_item(1, "plain text"), make_item(2, "more", **odd)))
+
+    blob = pack(extracted)
+
+    assert blob[:1] == b"P"
+    back = unpack(blob)
+    assert back == extracted
+    assert back.items[1].published_at.utcoffset() == extracted.items[1].published_at.utcoffset()
+
+
+def test_errors_come_back_packed() -> None:
+    extracted = Extracted(error="news: not a feed (https://news.example.kr/feed.xml)", broken=True)
+    assert unpack(pack(extracted)) == extracted
+
+
+def test_unpack_names_a_blob_it_does_not_know() -> None:
+    with pytest.raises(ValueError, match="not a packed extract result"):
+        unpack(b"Xjunk")
+
+
+# ------------------------------------------------------- decoding in the worker
+
+
+@pytest.mark.parametrize("size", [1, 40, 400])
+def test_a_gzip_body_left_encoded_is_decoded_by_extract(size: int) -> None:
+    document = rss([(f"g{i}", f"제목 {i}", "본문 " * size) for i in range(5)]).encode()
+    plain = FetchResult("news", SOURCE.url, 200, document, content_type="application/rss+xml")
+    encoded = replace(
+        plain, content=gzip.compress(document), content_encoding="gzip", max_bytes=10 * 2**20
+    )
+
+    assert extract(SOURCE, encoded, (), NOW) == extract(SOURCE, plain, (), NOW)
+
+
+def test_a_body_left_encoded_is_still_capped_with_the_fetch_message() -> None:
+    bomb = gzip.compress(b"<rss>" + b" " * (5 * 2**20))
+    result = FetchResult("news", SOURCE.url, 200, bomb, content_encoding="gzip", max_bytes=2**20)
+
+    extracted = extract(SOURCE, result, (), NOW)
+
+    assert extracted.items == ()
+    assert extracted.error is not None
+    assert "response too large: more than 1048576 bytes after gzip decoding" in extracted.error
+    assert SOURCE.url in extracted.error
+
+
+def test_ingest_stores_the_same_from_gzip_and_plain_responses(
+    http_server: FixtureServer, tmp_path: Path
+) -> None:
+    entries = [(f"g{i}", f"한국 영화 {i}", "본문 " * 200) for i in range(6)]
+    http_server.add("/plain.xml", rss(entries))
+    http_server.add("/gz.xml", rss(entries), gzip=True)
+    config = make_config(
+        tmp_path,
+        f"  - {{id: plain, url: '{http_server.url('/plain.xml')}'}}\n"
+        f"  - {{id: gz, url: '{http_server.url('/gz.xml')}'}}\n",
+    )
+    store = store_at(tmp_path)
+
+    stats = passes(config, store)
+
+    assert stats["plain"].outcome is stats["gz"].outcome is IngestOutcome.OK
+    assert http_server.requests_for("/gz.xml")[-1].headers.get("Accept-Encoding")
+
+    def stored(source_id: str) -> list[tuple[str, str, str]]:
+        return sorted(
+            (i.guid, i.title, i.text)
+            for i in store.recent_items(100, include_duplicates=True)
+            if i.source_id == source_id
+        )
+
+    assert stored("gz") == stored("plain") and len(stored("gz")) == 6
+
+
+# ------------------------------------------------------------ the lazy pool
+
+
+def _children() -> set[int]:
+    pids: set[int] = set()
+    for task in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        pids.update(int(p) for p in task.read_text().split())
+    return pids
+
+
+def test_an_all_304_pass_starts_no_pool_process(http_server: FixtureServer, tmp_path: Path) -> None:
+    config = make_config(tmp_path, feeds(http_server, 10))
+    store = store_at(tmp_path)
+    with ThreadPoolExecutor(2) as threads:
+        first = passes(config, store, pool=threads)
+    assert {s.outcome for s in first.values()} == {IngestOutcome.OK}
+
+    pool = make_pool()
+    before = _children()
+    try:
+        second = passes(config, store, pool=pool)
+        started = pool.started
+        new_children = _children() - before
+    finally:
+        pool.shutdown()
+
+    assert {s.outcome for s in second.values()} == {IngestOutcome.NOT_MODIFIED}
+    assert not started
+    assert new_children == set()  # no forkserver, no resource tracker, no worker
+
+
+def test_the_pool_starts_on_the_first_body_and_parses_in_workers(
+    http_server: FixtureServer, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, feeds(http_server, 8, items=2))
+    store = store_at(tmp_path)
+    pool = make_pool(2)
+    try:
+        assert not pool.started
+        stats = passes(config, store, pool=pool)
+        assert pool.started
+    finally:
+        pool.shutdown()
+    assert {s.outcome for s in stats.values()} == {IngestOutcome.OK}
+    assert store.count_items() == 16
+    with pytest.raises(RuntimeError):
+        pool.submit(len, "after shutdown")
+
+
+# ------------------------------------------------------------- the byte bound
+
+
+@pytest.mark.parametrize(("limit_kib", "most_fetched"), [(64, 6), (256, 12)])
+def test_held_bytes_bound_how_many_sources_are_fetched_ahead_of_the_store(
+    http_server: FixtureServer, tmp_path: Path, limit_kib: int, most_fetched: int
+) -> None:
+    # 30 feeds of ~60 KiB: with the store stalled, only what fits in the byte
+    # bound (plus the fetches already under way) may be fetched meanwhile.
+    config = make_config(tmp_path, feeds(http_server, 30, items=4, text_size=1200))
+    store = store_at(tmp_path)
+    store.sync_sources(config.sources)
+    release = threading.Event()
+    save_items = store.save_items
+
+    def stalled_save(*args: Any, **kwargs: Any) -> Any:
+        release.wait(30)
+        return save_items(*args, **kwargs)
+
+    store.save_items = stalled_save  # type: ignore[method-assign]
+    ingestor = Ingestor(config, store, pool=ThreadPoolExecutor(2))
+    ingestor.max_in_flight_bytes = limit_kib * 1024
+    results: list[Any] = []
+    runner = threading.Thread(target=lambda: results.append(asyncio.run(ingestor.run())))
+    runner.start()
+    try:
+        fetched = -1
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # until the fetching stops, held back
+            time.sleep(0.5)
+            now = sum(http_server.count(f"/f{n}.xml") for n in range(30))
+            if now == fetched:
+                break
+            fetched = now
+    finally:
+        release.set()
+        runner.join(60)
+
+    assert 1 <= fetched <= most_fetched
+    assert {s.outcome for s in results[0]} == {IngestOutcome.OK}  # nothing lost
+    assert store.count_items() == 120
+
+
+def test_without_the_byte_bound_the_stalled_store_lets_everything_pile_up(
+    http_server: FixtureServer, tmp_path: Path
+) -> None:
+    # The control for the test above: the same pass with a bound too large to
+    # matter fetches every source while the store is stalled.
+    config = make_config(tmp_path, feeds(http_server, 30, items=4, text_size=1200))
+    store = store_at(tmp_path)
+    store.sync_sources(config.sources)
+    release = threading.Event()
+    save_items = store.save_items
+
+    def stalled_save(*args: Any, **kwargs: Any) -> Any:
+        release.wait(30)
+        return save_items(*args, **kwargs)
+
+    store.save_items = stalled_save  # type: ignore[method-assign]
+    ingestor = Ingestor(config, store, pool=ThreadPoolExecutor(2))
+    ingestor.max_in_flight_bytes = 1 << 40
+    runner = threading.Thread(target=lambda: asyncio.run(ingestor.run()))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 20
+        fetched = 0
+        while time.monotonic() < deadline and fetched < 30:
+            time.sleep(0.2)
+            fetched = sum(http_server.count(f"/f{n}.xml") for n in range(30))
+    finally:
+        release.set()
+        runner.join(60)
+    assert fetched == 30
