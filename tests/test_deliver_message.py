@@ -543,6 +543,9 @@ def test_the_default_lease_covers_three_timeouts_and_two_batches(
             if d.status is DeliveryStatus.SENDING and d.lease_until is not None
         )
 
+    # A server slower than MARK_WINDOW: each sent mark is its own commit, so
+    # on_sent runs after each message, while the rest of the batch is held.
+    smtp_server.handler.delay = 0.05
     before = datetime.now(UTC)
     report = asyncio.run(
         deliver_digest(
@@ -697,6 +700,7 @@ def test_a_sender_holds_at_most_one_batch_at_a_time(
     digest = _digest(store)
     assert digest.id is not None
     held: list[int] = []
+    smtp_server.handler.delay = 0.05  # one sent mark per commit (see the lease test)
 
     def on_sent(_delivery: object) -> None:
         rows = store.deliveries(digest.id or 0)
