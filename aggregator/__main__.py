@@ -1,5 +1,5 @@
 """``python -m aggregator`` runs the same command as the ``aggregator`` script."""
 
-from .cli import main
+from .launch import main
 
 main()

@@ -33,6 +33,37 @@ def _size(path: Path) -> float:
     return total / (1024 * 1024)
 
 
+def _own_cpu(pid: int) -> float:
+    """CPU seconds of one live process itself (not its reaped children), from /proc."""
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def _tracker_pid() -> list[int]:
+    """multiprocessing's resource tracker, a child of this process, when one was started."""
+    from multiprocessing import resource_tracker
+
+    pid = getattr(resource_tracker._resource_tracker, "_pid", None)
+    return [pid] if pid else []
+
+
+def _roles(split: dict[int, float], forkserver: list[int], tracker: list[int]) -> dict[str, float]:
+    """Per-process PSS at the peak, named: main, forkserver, tracker, workers (summed)."""
+    named = {"main": 0.0, "forkserver": 0.0, "tracker": 0.0, "workers": 0.0}
+    for pid, mb in split.items():
+        if pid == os.getpid():
+            named["main"] += mb
+        elif pid in forkserver:
+            named["forkserver"] += mb
+        elif pid in tracker:
+            named["tracker"] += mb
+        else:
+            named["workers"] += mb
+    return {k: round(v, 1) for k, v in named.items()}
+
+
 def _worker_usage(pids: list[int]) -> tuple[float, float]:
     """CPU seconds and summed peak RSS (MB) of pool processes, read from /proc before they exit.
 
@@ -67,6 +98,8 @@ class TreeMemory:
         self.interval = interval
         self.peak_pss_mb = 0.0
         self.peak_rss_mb = 0.0
+        # PSS (MB) per process at the tree's peak, by pid; roles are named afterwards.
+        self.peak_split: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -97,13 +130,17 @@ class TreeMemory:
 
     def sample(self) -> None:
         pss = rss = 0
+        split: dict[int, float] = {}
         for pid in self._tree(os.getpid()):
             with contextlib.suppress(OSError):
                 for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                     if line.startswith("Pss:"):
                         pss += int(line.split()[1])
+                        split[pid] = int(line.split()[1]) / 1024
                     elif line.startswith("Rss:"):
                         rss += int(line.split()[1])
+        if pss / 1024 > self.peak_pss_mb:
+            self.peak_split = split
         self.peak_pss_mb = max(self.peak_pss_mb, pss / 1024)
         self.peak_rss_mb = max(self.peak_rss_mb, rss / 1024)
 
@@ -130,12 +167,14 @@ def run_ours(base: str, n: int, db: Path, profile: Path | None = None) -> dict[s
     store = Store.open(config.database_url)
     started = time.perf_counter()
     cpu0, _ = _usage()
+    main0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
     pool = make_pool()  # what Ingestor makes itself for this many sources
     profiler = None
     if profile is not None:
         import cProfile
 
-        profiler = cProfile.Profile()
+        # CPU of this thread only: waits (pipe writes to busy workers, epoll) are not work.
+        profiler = cProfile.Profile(time.thread_time)
         profiler.enable()
     try:
         with TreeMemory() as memory:
@@ -148,6 +187,13 @@ def run_ours(base: str, n: int, db: Path, profile: Path | None = None) -> dict[s
         executor = getattr(pool, "_executor", pool)
         processes = list(getattr(executor, "_processes", None) or {})
         workers_cpu, workers_peak = _worker_usage([*processes, *_forkserver_pid()])
+        split_cpu = {
+            "main": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - main0,
+            "forkserver": sum(_own_cpu(p) for p in _forkserver_pid()),
+            "workers": sum(_own_cpu(p) for p in processes),
+            "tracker": sum(_own_cpu(p) for p in _tracker_pid()),
+        }
+        split_pss = _roles(memory.peak_split, _forkserver_pid(), _tracker_pid())
     finally:
         pool.shutdown()
     cpu, peak = _usage()
@@ -165,6 +211,8 @@ def run_ours(base: str, n: int, db: Path, profile: Path | None = None) -> dict[s
         "new": sum(s.new + s.duplicates for s in stats),
         "errors": sum(1 for s in stats if s.error),
         "db_mb": _size(db),
+        "split_cpu": {k: round(v, 2) for k, v in split_cpu.items()},
+        "split_pss_mb": split_pss,
     }
 
 

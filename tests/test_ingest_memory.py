@@ -12,8 +12,11 @@ import asyncio
 import gzip
 import os
 import pickle
+import subprocess
+import sys
 import threading
 import time
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -323,3 +326,44 @@ def test_without_the_byte_bound_the_stalled_store_lets_everything_pile_up(
         release.set()
         runner.join(60)
     assert fetched == 30
+
+
+# ------------------------------------------------------------ the console script
+
+ROOT = Path(__file__).resolve().parent.parent
+PROBE = """
+import sys
+
+HEAVY = ("typer", "rich", "sqlalchemy", "httpx", "pydantic", "aggregator.cli")
+
+
+def heavy_modules(_: object) -> list[str]:
+    return sorted(name for name in HEAVY if name in sys.modules)
+"""
+
+
+def test_pool_workers_under_the_console_script_do_not_import_the_cli(tmp_path: Path) -> None:
+    """Workers re-run the main script as ``__mp_main__``: its entry-point import must be light.
+
+    The script is written as pip writes console scripts (the entry point's
+    module imported at the top, outside the guard), from pyproject's entry
+    point, so a change of entry point is what this test checks.
+    """
+    entry = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, function = entry["aggregator"].split(":")
+    (tmp_path / "probe.py").write_text(PROBE)
+    script = tmp_path / "aggregator"
+    script.write_text(
+        f"import re\nimport sys\nfrom {module} import {function}\n"
+        "if __name__ == '__main__':\n"
+        "    import probe\n"
+        "    from aggregator.pool import ParsePool\n"
+        "    pool = ParsePool(workers=1)\n"
+        "    print(pool.submit(probe.heavy_modules, None).result())\n"
+        "    pool.shutdown()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    out = subprocess.run(
+        [sys.executable, str(script)], check=True, env=env, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
