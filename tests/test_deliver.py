@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +21,14 @@ import pytest
 
 from aggregator.deliver import deliver_digest, message_id_tag, send_test_copy
 from aggregator.errors import DeliveryError
-from aggregator.models import DeliveryStatus, Digest, Site, SmtpSettings, SubscriberStatus
+from aggregator.models import (
+    DeliveryStatus,
+    Digest,
+    Site,
+    SmtpSettings,
+    SubscriberStatus,
+    utcnow,
+)
 from aggregator.render import UNSUBSCRIBE_PLACEHOLDER
 from aggregator.store import Store
 from aggregator.store.deliveries import parse_variant, variant_key
@@ -225,6 +233,49 @@ def test_unsubscribed_before_sending_is_not_mailed(store: Store, smtp_server: Sm
     assert sorted(r for m in smtp_server.messages for r in m.recipients) == emails[:2]
 
 
+@pytest.mark.parametrize("how", ["unsubscribed", "bounced"])
+def test_a_reader_who_leaves_while_a_dead_sender_holds_their_row_is_not_mailed(
+    store: Store, smtp_server: SmtpFixture, how: str
+) -> None:
+    """Leaving cancels only ``pending`` rows: a row claimed by a sender that
+    then died stays ``sending`` and becomes claimable when its lease expires.
+    The claim's active-subscriber filter is what keeps it from being mailed."""
+    emails = add_active(store, 4)
+    digest = make_digest(store)
+    assert digest.id is not None
+    store.create_deliveries(digest.id, message_id_tag="t", message_id_domain="x", now=T0)
+    # A sender took every row an hour ago and died (its lease ran out long since).
+    held = store.claim_deliveries(
+        digest.id,
+        owner="dead",
+        limit=10,
+        lease_until=T0 + timedelta(minutes=1),
+        now=T0,
+        pass_started=T0,
+    )
+    assert len(held) == 4
+    leaving = store.subscriber_by_email(emails[2])
+    assert leaving is not None
+    if how == "unsubscribed":
+        store.unsubscribe_subscriber(leaving.id, leaving.email, now=T0)
+    else:
+        # A hard bounce of an earlier issue, heard while the row was held.
+        from aggregator.mail.bounces import record_smtp_refusal
+
+        (row,) = [d for d in held if d.subscriber_id == leaving.id]
+        record_smtp_refusal(store, row, "550 5.1.1 no such mailbox", now=T0)
+        assert store.subscriber_by_email(leaving.email).status is SubscriberStatus.BOUNCED  # type: ignore[union-attr]
+
+    report = deliver(store, digest, smtp_server.settings())
+
+    assert sorted(r for m in smtp_server.messages for r in m.recipients) == [
+        e for e in emails if e != emails[2]
+    ]
+    assert report.sent == 3  # type: ignore[attr-defined]
+    left = [d for d in store.deliveries(digest.id) if d.subscriber_id == leaving.id]
+    assert [(d.status, d.lease_owner) for d in left] == [(DeliveryStatus.SENDING, "dead")]
+
+
 def test_an_issue_goes_to_the_subscribers_of_its_first_send(
     store: Store, smtp_server: SmtpFixture
 ) -> None:
@@ -300,6 +351,14 @@ def _sender(
     )
 
 
+def _wait_until(check: Callable[[], bool], *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting until {what}")
+        time.sleep(0.02)
+
+
 def _assert_exactly_once(smtp: SmtpFixture, emails: list[str], *, allowed_repeats: int) -> None:
     per_address = Counter(r for m in smtp.messages for r in m.recipients)
     assert set(per_address) == set(emails), "somebody got nothing"
@@ -322,11 +381,21 @@ def test_killed_sender_resumes_and_repeats_at_most_the_message_in_flight(
     smtp_server.wait_for(12, timeout=20)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
-    killed_at = len(smtp_server.messages)
-    assert killed_at < 40, "the sender finished before it could be killed"
-    time.sleep(0.3)  # let the server finish a DATA that was in flight at the kill
+    # Once the server has dropped the dead sender's connection, a DATA that was
+    # in flight at the kill is either recorded or cancelled: nothing more comes.
+    killed_at = len(smtp_server.wait_idle())
+    assert 12 <= killed_at < 40, "the sender finished before it could be killed"
+    assert len(smtp_server.messages) == killed_at
+    # Each 250 is followed by its own commit: only the message on the wire at
+    # the kill can be at the server without being marked sent.
+    assert digest.id is not None
+    assert store.delivery_counts(digest.id)[DeliveryStatus.SENT] in (killed_at - 1, killed_at)
 
-    time.sleep(1.0)  # the dead sender's lease expires
+    # The second sender starts once every lease the dead one held has expired
+    # (read from the ledger: a sender never takes rows under a live lease).
+    leases = [d.lease_until for d in store.deliveries(digest.id) if d.lease_until is not None]
+    assert leases, "the dead sender held no claimed rows"
+    _wait_until(lambda: utcnow() > max(leases), timeout=10, what="the dead sender's leases expire")
     second = _sender(tmp_path, db_url, digest, smtp_server, "second", lease=5.0)
     _, err = second.communicate(timeout=30)
     assert second.returncode == 0, err
@@ -377,9 +446,7 @@ def test_ledger_rows_are_made_once_per_active_unsuppressed_subscriber(store: Sto
     # Row order within one INSERT ... SELECT is the database's: sort by subscriber.
     rows = sorted(store.deliveries(digest.id), key=lambda r: r.subscriber_id)
     assert len(rows) == 3
-    # The count returned is right on SQLite; on PostgreSQL it is 0 (rowcount of
-    # this INSERT ... SELECT ... ON CONFLICT; nothing uses it yet): known, open.
-    assert added == (3 if store.dialect == "sqlite" else 0)
+    assert added == 3
     ids = {s.email: s.id for s in store.list_subscribers()}
     assert [r.subscriber_id for r in rows] == [ids[e] for e in emails[:3]]
     for row, email in zip(rows, emails[:3], strict=True):
@@ -409,6 +476,28 @@ def test_ledger_rows_are_made_once_per_active_unsuppressed_subscriber(store: Sto
         == 0
     )
     assert sorted(store.deliveries(digest.id), key=lambda r: r.subscriber_id) == rows
+
+
+@pytest.mark.parametrize(("first", "joined"), [(1, 1), (3, 2), (40, 25)])
+def test_create_deliveries_counts_exactly_the_rows_it_adds(
+    store: Store, first: int, joined: int
+) -> None:
+    """The count is the rows added by this call, on both dialects (it was 0 on PostgreSQL)."""
+    add_active(store, first)
+    digest = make_digest(store)
+    assert digest.id is not None
+
+    def create() -> int:
+        assert digest.id is not None
+        return store.create_deliveries(digest.id, message_id_tag="t", message_id_domain="x", now=T0)
+
+    assert create() == first
+    # Readers who join after the first call get their rows from the next one;
+    # the rows already there are not counted again.
+    add_active(store, joined, start=first)
+    assert create() == joined
+    assert create() == 0
+    assert len(store.deliveries(digest.id)) == first + joined
 
 
 @pytest.mark.parametrize("limit", [1, 2, 5])

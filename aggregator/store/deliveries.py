@@ -194,10 +194,13 @@ class DeliveriesMixin(StoreBase):
                 source,
             )
             .on_conflict_do_nothing(index_elements=["digest_id", "subscriber_id"])
+            # Counted from the rows returned, not the driver's rowcount: psycopg 3
+            # reported -1 for this INSERT once SQLAlchemy had closed the cursor.
+            # Both dialects return only the rows inserted, not the ones skipped.
+            .returning(_d.c.id)
         )
         with self.transaction() as conn:
-            result = conn.execute(statement)
-        return max(int(result.rowcount), 0)
+            return len(conn.execute(statement).all())
 
     def claim_deliveries(
         self,

@@ -41,7 +41,7 @@ from typing import Any, cast
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from aggregator.models import SmtpSettings
 from tests.support.http import unused_port
@@ -84,16 +84,20 @@ class RecordingHandler:
         self._lock = threading.Lock()
         self.messages: list[ReceivedMessage] = []
         self.delay = 0.0
-        self._rejected: set[str] = set()
+        self._rejected: dict[str, str] = {}
         self._deferred: dict[str, int] = {}
         self._drop_at: int | None = None
         self.drops = 0
         self.refusals: list[tuple[str, int]] = []
+        # Client connections the server still holds open (see _TrackingSMTP),
+        # and how many of them ended with QUIT (a client that closes politely).
+        self.open_sessions = 0
+        self.quits = 0
 
-    def reject(self, address: str) -> None:
-        """Answer ``550`` to RCPT for this address, every time."""
+    def reject(self, address: str, reply: str = "550 5.1.1 no such mailbox (test)") -> None:
+        """Answer ``reply`` (a 5xx) to RCPT for this address, every time."""
         with self._lock:
-            self._rejected.add(address.lower())
+            self._rejected[address.lower()] = reply
 
     def defer(self, address: str, *, times: int = 1) -> None:
         """Answer ``451`` to RCPT for this address the next ``times`` times."""
@@ -127,8 +131,9 @@ class RecordingHandler:
         key = address.lower()
         with self._lock:
             if key in self._rejected:
-                self.refusals.append((key, 550))
-                return "550 5.1.1 no such mailbox (test)"
+                reply = self._rejected[key]
+                self.refusals.append((key, int(reply[:3])))
+                return reply
             remaining = self._deferred.get(key, 0)
             if remaining > 0:
                 self._deferred[key] = remaining - 1
@@ -136,6 +141,11 @@ class RecordingHandler:
                 return "451 4.3.0 try again later (test)"
         envelope.rcpt_tos.append(address)
         return "250 OK"
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        with self._lock:
+            self.quits += 1
+        return "221 Bye"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.delay:
@@ -152,6 +162,34 @@ class RecordingHandler:
         with self._lock:
             self.messages.append(received)
         return "250 2.0.0 accepted"
+
+
+class _TrackingSMTP(SMTP):
+    """aiosmtpd's server protocol, counting open connections in the handler.
+
+    When the server sees a connection end it cancels that session's command
+    in progress (a DATA it had not answered yet), so once the count is back
+    to zero nothing more can be recorded from a client that died.
+    """
+
+    def connection_made(self, transport: Any) -> None:
+        handler = cast(RecordingHandler, self.event_handler)
+        with handler._lock:
+            handler.open_sessions += 1
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        try:
+            super().connection_lost(error)
+        finally:
+            handler = cast(RecordingHandler, self.event_handler)
+            with handler._lock:
+                handler.open_sessions -= 1
+
+
+class _TrackingController(Controller):
+    def factory(self) -> SMTP:
+        return _TrackingSMTP(self.handler, **self.SMTP_kwargs)
 
 
 def _login_name(login_data: Any) -> str | None:
@@ -250,7 +288,7 @@ class SmtpFixture:
                 auth_require_tls=certificate is not None,
                 auth_exclude_mechanism=excluded,
             )
-        self._controller = Controller(
+        self._controller = _TrackingController(
             self.handler,
             hostname=self.host,
             port=self.port,
@@ -294,6 +332,20 @@ class SmtpFixture:
                 return found
             time.sleep(0.02)
         pytest.fail(f"expected {count} messages, the SMTP server got {len(self.messages)}")
+
+    def wait_idle(self, timeout: float = 10.0) -> list[ReceivedMessage]:
+        """Block until the server holds no client connection; the messages then.
+
+        A positive barrier for "nothing more arrives": after it, a client
+        that is gone (closed, or killed mid-DATA) can add no message.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.handler._lock:
+                if self.handler.open_sessions == 0:
+                    return list(self.handler.messages)
+            time.sleep(0.01)
+        pytest.fail(f"the SMTP server still holds {self.handler.open_sessions} connection(s)")
 
 
 @pytest.fixture
