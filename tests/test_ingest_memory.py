@@ -27,7 +27,7 @@ import pytest
 
 from aggregator.config import Config
 from aggregator.extract import Extracted, extract, pack, unpack
-from aggregator.ingest import Ingestor
+from aggregator.ingest import MAX_IN_FLIGHT, Ingestor
 from aggregator.models import FetchResult, IngestOutcome, Item, Source
 from aggregator.pool import make_pool
 from aggregator.store import Store
@@ -326,6 +326,28 @@ def test_without_the_byte_bound_the_stalled_store_lets_everything_pile_up(
         release.set()
         runner.join(60)
     assert fetched == 30
+
+
+@pytest.mark.parametrize("count", [150, 400])
+def test_tasks_alive_during_a_pass_do_not_grow_with_the_sources(
+    http_server: FixtureServer, tmp_path: Path, count: int
+) -> None:
+    # A task per source waiting its turn held ~5 KB each (~50 MB at 10,000
+    # sources); a fixed set of runners keeps the count at the in-flight limit.
+    config = make_config(tmp_path, feeds(http_server, count, items=1, text_size=1))
+    store = store_at(tmp_path)
+    store.sync_sources(config.sources)
+    alive: list[int] = []
+
+    def on_done(_: object) -> None:
+        alive.append(len(asyncio.all_tasks()))
+
+    ingestor = Ingestor(config, store, pool=ThreadPoolExecutor(2))
+    stats = asyncio.run(ingestor.run(on_done=on_done))
+    assert [s.source_id for s in stats] == [f"s{n}" for n in range(count)]  # in config order
+    assert {s.outcome for s in stats} == {IngestOutcome.OK}
+    assert len(alive) == count
+    assert max(alive) <= MAX_IN_FLIGHT + 8  # the runners, the main task, a few helpers
 
 
 # ------------------------------------------------------------ the console script
