@@ -547,7 +547,37 @@ class _LineLoader(yaml.SafeLoader):
     """A safe loader; lines are read from the composed node tree instead."""
 
 
-def _construct(node: yaml.Node, path: tuple[str | int, ...], lines: dict[Any, int]) -> Any:
+def _compose(text: str) -> yaml.Node | None:
+    """The node tree of ``text``: libyaml's parser when it is there, PyYAML's otherwise.
+
+    libyaml composes a 10,000-source feeds.yaml in a fifth of the CPU and
+    under half the memory (which the process kept after parsing). A document
+    it refuses is composed again by PyYAML's own parser, whose messages (what
+    it expected, where) are the ones the error reports are written around.
+    """
+    fast = getattr(yaml, "CSafeLoader", None)
+    if fast is not None:
+        try:
+            return yaml.compose(text, Loader=fast)
+        except yaml.YAMLError:
+            pass
+    return yaml.compose(text, Loader=_LineLoader)
+
+
+def _construct(
+    node: yaml.Node,
+    path: tuple[str | int, ...],
+    lines: dict[Any, int],
+    loader: _LineLoader | None = None,
+) -> Any:
+    """The Python value of ``node``, recording each key's line in ``lines``.
+
+    One loader constructs every scalar of a document: a loader per scalar
+    (its reader, scanner and parser state) cost a 10,000-source feeds.yaml
+    ~40 MB of memory that stayed with the process after parsing.
+    """
+    if loader is None:
+        loader = _LineLoader("")
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
@@ -563,13 +593,14 @@ def _construct(node: yaml.Node, path: tuple[str | int, ...], lines: dict[Any, in
                     line=key_node.start_mark.line + 1,
                     key=_dotted((*path, key)),
                 )
-            result[key] = _construct(value_node, (*path, key), lines)
+            result[key] = _construct(value_node, (*path, key), lines, loader)
             lines[(*path, key)] = key_node.start_mark.line + 1
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(child, (*path, i), lines) for i, child in enumerate(node.value)]
-    loader = _LineLoader("")
-    return loader.construct_object(node, deep=True)
+        return [_construct(child, (*path, i), lines, loader) for i, child in enumerate(node.value)]
+    value = loader.construct_object(node, deep=True)
+    loader.constructed_objects.pop(node, None)  # nothing refers back to a scalar
+    return value
 
 
 def _dotted(path: tuple[str | int, ...]) -> str:
@@ -654,7 +685,7 @@ def parse_config(text: str, *, path: Path | None = None) -> Config:
     """Validate feeds.yaml text; ``path`` is used in messages and for relative paths."""
     name = str(path) if path else "<config>"
     try:
-        node = yaml.compose(text, Loader=_LineLoader)
+        node = _compose(text)
     except yaml.MarkedYAMLError as exc:
         raise _syntax_error(exc, name) from None
     except yaml.YAMLError as exc:
