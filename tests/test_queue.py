@@ -547,7 +547,10 @@ def test_senders_in_worker_processes_with_one_killed_reach_everyone_once(
             received.setdefault(rcpt, []).append(message.message_id)
     assert len(received) == subscribers
     repeats = {r: ids for r, ids in received.items() if len(ids) > 1}
-    assert len(repeats) <= 1, repeats  # only the message in flight at the kill
+    # README: the message on the wire at the kill, and, against a relay that
+    # accepts in under 20 ms (this one takes 10), at most 20 accepted in the
+    # 20 ms before it, whose sent marks share one commit.
+    assert len(repeats) <= 21, repeats
     for ids in repeats.values():
         assert len(set(ids)) == 1  # resent with the same Message-ID
 
