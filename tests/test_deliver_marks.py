@@ -1,0 +1,141 @@
+"""When the sender commits its ``sent`` marks, and what a wire message carries for DKIM.
+
+``sent`` marks (``aggregator/deliver.py`` docstring, point 2): a server that
+took ``MARK_WINDOW`` or longer to accept a message has it marked right away;
+against a fast one the marks wait, at most ``MARK_BATCH`` of them and at most
+``MARK_WINDOW`` after the first. The moment of each commit is seen through
+``on_sent`` (called once the mark is committed) against the number of
+messages the real SMTP server had received then. The window is far from
+every delay used here (0 s against a window of 60 s, 100 ms against the real
+20 ms), so no result depends on the machine's speed.
+
+These pin the fast paths' edges that the mutation run of
+``scripts/mutation deliver`` found unchecked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import dkim
+import pytest
+from dkim.canonicalization import CanonicalizationPolicy
+
+import aggregator.deliver
+from aggregator.deliver import MARK_BATCH, MARK_WINDOW, MessageBuilder, deliver_digest
+from aggregator.models import DeliveryStatus, Digest
+from aggregator.render import PREFERENCES_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER
+from aggregator.store import Store
+from aggregator.store.deliveries import ClaimedDelivery
+from tests.test_deliver import SECRET, SITE, add_active, make_digest
+
+if TYPE_CHECKING:
+    from tests.support.smtp import SmtpFixture
+
+RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+
+
+def _send_recording_marks(
+    store: Store, smtp_server: SmtpFixture, readers: int
+) -> list[tuple[str, int]]:
+    """Deliver to ``readers`` readers; for each committed mark, in order: the
+    row's address and how many messages the server had received by then."""
+    emails = add_active(store, readers)
+    digest = make_digest(store)
+    marks: list[tuple[str, int]] = []
+
+    def on_sent(delivery: ClaimedDelivery) -> None:
+        marks.append((delivery.email, len(smtp_server.messages)))
+
+    report = asyncio.run(
+        deliver_digest(
+            store,
+            digest,
+            site=SITE,
+            smtp=smtp_server.settings(),
+            secret=SECRET,
+            batch_size=100,  # one claimed batch: only the marks' own rules group them
+            retry_delay=0.05,
+            on_sent=on_sent,
+        )
+    )
+    assert report.sent == readers
+    assert sorted(e for e, _ in marks) == sorted(emails)
+    assert store.delivery_counts(report.digest_id)[DeliveryStatus.SENT] == readers
+    return marks
+
+
+@pytest.mark.parametrize("readers", [1, MARK_BATCH - 1, MARK_BATCH, 2 * MARK_BATCH + 5])
+def test_marks_against_a_fast_server_are_committed_in_groups_of_mark_batch(
+    store: Store, smtp_server: SmtpFixture, monkeypatch: pytest.MonkeyPatch, readers: int
+) -> None:
+    # A window no run of this size reaches: only the group size and the end of
+    # the batch decide when marks are committed.
+    monkeypatch.setattr(aggregator.deliver, "MARK_WINDOW", 60.0)
+    assert MARK_BATCH == 20  # README: at most 20 messages resent after a kill
+
+    marks = _send_recording_marks(store, smtp_server, readers)
+
+    # Each group is committed once its last message is accepted: after the
+    # 20th, the 40th, ... and the rest at the end of the batch.
+    expected = [min(readers, (i // MARK_BATCH + 1) * MARK_BATCH) for i in range(readers)]
+    assert [seen for _, seen in marks] == expected
+
+
+def test_marks_against_a_slow_server_are_committed_one_by_one(
+    store: Store, smtp_server: SmtpFixture
+) -> None:
+    assert MARK_WINDOW == 0.02  # README: 20 ms
+    smtp_server.handler.delay = 0.1  # five times the window: each message is "slow"
+
+    marks = _send_recording_marks(store, smtp_server, 4)
+
+    assert [seen for _, seen in marks] == [1, 2, 3, 4]
+
+
+def _digest(text: str, html: str) -> Digest:
+    end = datetime(2026, 11, 23, tzinfo=UTC)
+    return Digest(
+        period_start=end - timedelta(days=7),
+        period_end=end,
+        subject="Korean Film Digest: 이번 주",
+        sections=(),
+        html=html,
+        text=text,
+        id=7,
+    )
+
+
+@pytest.mark.parametrize(
+    "unsubscribe",
+    [
+        "https://digest.example.org/unsubscribe/abc.sig",
+        # A value that starts a line with a dot: its dot-stuffed form differs,
+        # and the hash must be of the message as read, not as stuffed.
+        ".hidden/unsubscribe",
+        "." * 90,
+    ],
+)
+def test_a_wire_message_carries_the_dkim_body_hash_only_when_asked(unsubscribe: str) -> None:
+    text = f"봉준호\n{UNSUBSCRIBE_PLACEHOLDER}\n\n.dot line\n{PREFERENCES_PLACEHOLDER}\n"
+    html = f"<p><a href='{UNSUBSCRIBE_PLACEHOLDER}'>x</a>\n{UNSUBSCRIBE_PLACEHOLDER}</p>"
+    builder = MessageBuilder(_digest(text, html), SITE)
+    fields = {
+        "email": "kim@example.org",
+        "name": "김지운",
+        "message_id": "<t.7.1@example.org>",
+        "unsubscribe": unsubscribe,
+        "preferences": "https://digest.example.org/preferences/p1",
+        "date": datetime(2026, 11, 23, 9, 30, tzinfo=UTC),
+    }
+    plain = builder.build(**fields)  # type: ignore[arg-type]
+    _, body = dkim.rfc822_parse(plain)
+    expected = hashlib.sha256(RELAXED.canonicalize_body(body)).digest()
+
+    assert builder.build_wire(**fields).body_hash is None  # type: ignore[arg-type]
+    assert builder.build_wire(**fields, body_hash=False).body_hash is None  # type: ignore[arg-type]
+    for _ in range(2):  # the shared parts are hashed once, then reused
+        assert builder.build_wire(**fields, body_hash=True).body_hash == expected  # type: ignore[arg-type]
