@@ -22,15 +22,19 @@ from typing import TYPE_CHECKING
 
 import dkim
 import pytest
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from dkim.canonicalization import CanonicalizationPolicy
 
 import aggregator.deliver
+from aggregator.config import Config, parse_config
 from aggregator.deliver import MARK_BATCH, MARK_WINDOW, MessageBuilder, deliver_digest
 from aggregator.models import DeliveryStatus, Digest
 from aggregator.render import PREFERENCES_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER
 from aggregator.store import Store
 from aggregator.store.deliveries import ClaimedDelivery
 from tests.test_deliver import SECRET, SITE, add_active, make_digest
+from tests.test_editions import _issue, _subscribe
+from tests.test_mail_readers import config_yaml
 
 if TYPE_CHECKING:
     from tests.support.smtp import SmtpFixture
@@ -135,7 +139,79 @@ def test_a_wire_message_carries_the_dkim_body_hash_only_when_asked(unsubscribe: 
     _, body = dkim.rfc822_parse(plain)
     expected = hashlib.sha256(RELAXED.canonicalize_body(body)).digest()
 
-    assert builder.build_wire(**fields).body_hash is None  # type: ignore[arg-type]
+    # Both bodies dot-stuffed on the wire, as aiosmtplib would stuff the message.
+    wire = builder.build_wire(**fields)  # type: ignore[arg-type]
+    assert wire.stuffed == PERIOD_REGEX.sub(b"..", normalize_message_line_endings(plain))
+    assert wire.body_hash is None
     assert builder.build_wire(**fields, body_hash=False).body_hash is None  # type: ignore[arg-type]
     for _ in range(2):  # the shared parts are hashed once, then reused
         assert builder.build_wire(**fields, body_hash=True).body_hash == expected  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ editions
+
+
+def _config_with_korean_titles(site_url: str) -> Config:
+    text = config_yaml(cap=10).replace("url: https://digest.example.org/\n", f"url: {site_url}\n")
+    text = text.replace("title: Ko-pick columns", "title: {en: Ko-pick columns, ko: 코픽 칼럼}")
+    return parse_config(
+        text.replace("title: Film previews", "title: {en: Film previews, ko: 영화 프리뷰}")
+    )
+
+
+# The site's URL with and without its final slash; the second ends in a
+# letter that a sloppy strip of the slash would take too.
+@pytest.mark.parametrize("site_url", ["https://digest.example.org/", "https://example.org/KFDX"])
+def test_each_rendered_view_has_its_readers_titles_summary_language_and_archive_link(
+    store: Store, smtp_server: SmtpFixture, site_url: str
+) -> None:
+    config = _config_with_korean_titles(site_url)
+    digest = _issue(store, config, {"ko-pick": 2, "previews": 1})
+    found, _ = store.add_subscriber("ko@example.org", now=datetime.now(UTC), active=True)
+    store.set_preferences(found.id, found.email, sections=("ko-pick",), language="ko")
+    _subscribe(store, "previews@example.org", ("previews",))
+    _subscribe(store, "all@example.org", None)
+
+    report = asyncio.run(
+        deliver_digest(
+            store,
+            digest,
+            site=config.site,
+            smtp=smtp_server.settings(),
+            secret=SECRET,
+            retry_delay=0.05,
+            config=config,
+        )
+    )
+
+    # Two views rendered (the whole issue is the frozen one, never re-rendered).
+    assert (report.sent, report.renders) == (3, 2)
+    archive = f"{site_url.rstrip('/')}/digests/{digest.id}"
+    assert archive.endswith(("org/digests/1", "KFDX/digests/1"))
+    korean, previews, everything = (
+        _parts_of(smtp_server, email)
+        for email in ("ko@example.org", "previews@example.org", "all@example.org")
+    )
+    # The Korean reader's view: the Korean section title, the summary line
+    # in Korean counting only their section, the Korean chrome.
+    assert "이번 주: 코픽 칼럼 2건\n" in korean[0]
+    assert "\n코픽 칼럼\n" in korean[0] and "Ko-pick columns" not in korean[0]
+    assert '<html lang="ko"' in korean[1] and ">코픽 칼럼<" in korean[1]
+    assert f"브라우저에서 보기: {archive}\n" in korean[0]
+    # The English reader of one section: a summary of that section alone.
+    assert "This week: 1 film preview.\n" in previews[0]
+    assert "Ko-pick" not in previews[0]
+    assert '<html lang="en"' in previews[1]
+    # The whole issue as frozen.
+    assert "This week: 2 Ko-pick columns and 1 film preview.\n" in everything[0]
+    for text, html in (korean, previews, everything):
+        assert f"{archive}\n" in text and "//digests" not in text
+        assert f'href="{archive}"' in html and "//digests" not in html
+
+
+def _parts_of(smtp_server: SmtpFixture, email: str) -> tuple[str, str]:
+    (received,) = smtp_server.to(email)
+    text = received.message.get_body(("plain",))
+    html = received.message.get_body(("html",))
+    assert text is not None and html is not None
+    return text.get_content().replace("\r\n", "\n"), html.get_content()
