@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import dkim
 import pytest
+import sqlalchemy
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from dkim.canonicalization import CanonicalizationPolicy
 
@@ -215,3 +216,62 @@ def _parts_of(smtp_server: SmtpFixture, email: str) -> tuple[str, str]:
     html = received.message.get_body(("html",))
     assert text is not None and html is not None
     return text.get_content().replace("\r\n", "\n"), html.get_content()
+
+
+# ------------------------------------------------------------------ the default lease
+
+
+@pytest.mark.parametrize(
+    ("timeout", "rate", "batch", "lease"),
+    [
+        (10.0, 0.0, 50, 60.0),  # README: at least one minute
+        (5.0, 0.5, 10, 60.0),  # 15 + 2 * 20 s = 55 s: still the minute
+        (30.0, 0.0, 50, 90.0),  # three server timeouts
+        (10.0, 2.0, 50, 80.0),  # three timeouts and two batches at the rate
+        (8.0, 0.8, 20, 74.0),  # 24 + 2 * 25 s
+    ],
+)
+def test_a_claimed_rows_lease_ends_exactly_the_default_lease_after_the_claim(
+    store: Store, smtp_server: SmtpFixture, timeout: float, rate: float, batch: int, lease: float
+) -> None:
+    """The claim writes the lease's end and its own time from one clock reading:
+    their difference is the lease to the microsecond, however long the run takes
+    on a loaded machine (bounds around the whole run could not tell 60 s from 61)."""
+    add_active(store, 2)
+    digest = make_digest(store)
+    claims: list[timedelta] = []
+
+    def on_sent(_delivery: ClaimedDelivery) -> None:
+        # The second row is still held (claimed, not yet sent) when the first
+        # one's mark is committed: a server slower than MARK_WINDOW below.
+        with store.engine.connect() as conn:
+            rows = conn.execute(
+                sqlalchemy.text(
+                    "SELECT lease_until, updated_at FROM deliveries"
+                    " WHERE digest_id = :d AND status = 'sending'"
+                ),
+                {"d": digest.id},
+            ).all()
+        claims.extend(_aware(until) - _aware(at) for until, at in rows)
+
+    smtp_server.handler.delay = 0.05
+    report = asyncio.run(
+        deliver_digest(
+            store,
+            digest,
+            site=SITE,
+            smtp=smtp_server.settings(timeout=timeout, rate_per_second=rate),
+            secret=SECRET,
+            batch_size=batch,
+            on_sent=on_sent,
+        )
+    )
+
+    assert report.sent == 2
+    assert claims == [timedelta(seconds=lease)]
+
+
+def _aware(value: datetime | str) -> datetime:
+    if isinstance(value, str):  # SQLite's text form
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
