@@ -275,3 +275,24 @@ def _aware(value: datetime | str) -> datetime:
     if isinstance(value, str):  # SQLite's text form
         value = datetime.fromisoformat(value)
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def test_a_reader_whose_sections_are_empty_is_skipped_with_the_reason_in_the_ledger(
+    store: Store, smtp_server: SmtpFixture
+) -> None:
+    config = _config_with_korean_titles("https://digest.example.org/")
+    digest = _issue(store, config, {"ko-pick": 2})
+    _subscribe(store, "previews@example.org", ("previews",))
+    _subscribe(store, "all@example.org", None)
+
+    report = asyncio.run(
+        deliver_digest(store, digest, site=config.site, smtp=smtp_server.settings(), secret=SECRET)
+    )
+
+    assert (report.sent, report.skipped) == (1, 1)
+    assert smtp_server.to("previews@example.org") == []
+    rows = {r.status: r for r in store.deliveries(digest.id or 0)}
+    skipped = rows[DeliveryStatus.SKIPPED]
+    # The ledger says why nothing was sent to that reader.
+    assert skipped.last_error == "nothing new in the subscriber's sections"
+    assert (skipped.sent_at, rows[DeliveryStatus.SENT].last_error) == (None, None)
