@@ -28,11 +28,19 @@ from dkim.canonicalization import CanonicalizationPolicy
 
 import aggregator.deliver
 from aggregator.config import Config, parse_config
-from aggregator.deliver import MARK_BATCH, MARK_WINDOW, MessageBuilder, deliver_digest
-from aggregator.models import DeliveryStatus, Digest
+from aggregator.deliver import (
+    MARK_BATCH,
+    MARK_WINDOW,
+    MessageBuilder,
+    SmtpConnection,
+    _ConnectionLost,
+    deliver_digest,
+)
+from aggregator.models import DeliveryStatus, Digest, SmtpSettings
 from aggregator.render import PREFERENCES_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER
 from aggregator.store import Store
 from aggregator.store.deliveries import ClaimedDelivery
+from tests.support.http import unused_port
 from tests.test_deliver import SECRET, SITE, add_active, make_digest
 from tests.test_editions import _issue, _subscribe
 from tests.test_mail_readers import config_yaml
@@ -298,3 +306,12 @@ def test_readers_whose_sections_are_empty_are_skipped_with_the_reason_in_the_led
     # The ledger says why nothing was sent to those readers.
     assert [r.last_error for r in skipped] == ["nothing new in the subscriber's sections"] * 2
     assert [r.sent_at for r in skipped] == [None, None] and sent.last_error is None
+
+
+def test_a_send_on_a_closed_connection_says_exactly_not_connected() -> None:
+    """The reason is what the ledger records for the row ("connection lost: not
+    connected") and the log line names: nothing more around it."""
+    connection = SmtpConnection(SmtpSettings(host="127.0.0.1", port=unused_port()))
+    with pytest.raises(_ConnectionLost) as raised:
+        asyncio.run(connection.send("a@example.org", "b@example.org", b"Subject: x\r\n\r\nx\r\n"))
+    assert str(raised.value) == "not connected"
