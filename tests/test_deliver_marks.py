@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
+import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -36,6 +38,7 @@ from aggregator.deliver import (
     _ConnectionLost,
     deliver_digest,
 )
+from aggregator.errors import DeliveryError
 from aggregator.models import DeliveryStatus, Digest, SmtpSettings
 from aggregator.render import PREFERENCES_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER
 from aggregator.store import Store
@@ -315,3 +318,20 @@ def test_a_send_on_a_closed_connection_says_exactly_not_connected() -> None:
     with pytest.raises(_ConnectionLost) as raised:
         asyncio.run(connection.send("a@example.org", "b@example.org", b"Subject: x\r\n\r\nx\r\n"))
     assert str(raised.value) == "not connected"
+
+
+def test_a_server_that_never_greets_fails_after_the_configured_timeout() -> None:
+    """``smtp.timeout`` bounds the wait for the greeting: 0.3 s here, against
+    aiosmtplib's own default of 60 s (a listener that accepts and says nothing)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    try:
+        connection = SmtpConnection(SmtpSettings(host="127.0.0.1", port=port, timeout=0.3))
+        started = time.monotonic()
+        with pytest.raises(
+            DeliveryError, match=rf"cannot connect to SMTP server 127\.0\.0\.1:{port}"
+        ):
+            asyncio.run(asyncio.wait_for(connection.connect(), timeout=20))
+        assert time.monotonic() - started < 10
+    finally:
+        listener.close()
