@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import socket
 import time
 from datetime import UTC, datetime, timedelta
@@ -39,12 +40,14 @@ from aggregator.deliver import (
     deliver_digest,
 )
 from aggregator.errors import DeliveryError
-from aggregator.models import DeliveryStatus, Digest, SmtpSettings
+from aggregator.mail.dkim import generate_key_pair
+from aggregator.models import DeliveryStatus, Digest, DkimSettings, SmtpSettings
 from aggregator.render import PREFERENCES_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER
 from aggregator.store import Store
 from aggregator.store.deliveries import ClaimedDelivery
 from tests.support.http import unused_port
 from tests.test_deliver import SECRET, SITE, add_active, make_digest
+from tests.test_dkim import dns_for
 from tests.test_editions import _issue, _subscribe
 from tests.test_mail_readers import config_yaml
 
@@ -335,3 +338,29 @@ def test_a_server_that_never_greets_fails_after_the_configured_timeout() -> None
         assert time.monotonic() - started < 10
     finally:
         listener.close()
+
+
+def test_a_connection_reads_the_dkim_key_from_the_environment_it_is_given(
+    smtp_server: SmtpFixture,
+) -> None:
+    """``key_env`` is looked up in the ``environ`` handed to the connection (the
+    CLI's and the scheduler's), not only in the process environment."""
+    key = generate_key_pair().private_pem
+    settings = smtp_server.settings(
+        dkim=DkimSettings(domain="example.org", selector="kfd", key_env="KFD_TEST_ONLY_KEY")
+    )
+    assert "KFD_TEST_ONLY_KEY" not in os.environ
+
+    async def send() -> None:
+        connection = SmtpConnection(settings, environ={"KFD_TEST_ONLY_KEY": key.decode()})
+        await connection.connect()
+        try:
+            await connection.send(
+                "digest@example.org", "kim@example.org", b"Subject: x\r\n\r\nx\r\n"
+            )
+        finally:
+            await connection.close()
+
+    asyncio.run(send())
+    (received,) = smtp_server.messages
+    assert dkim.verify(received.data, dnsfunc=dns_for(key, "kfd", "example.org"))
