@@ -239,7 +239,7 @@ def _parts_of(smtp_server: SmtpFixture, email: str) -> tuple[str, str]:
     ("timeout", "rate", "batch", "lease"),
     [
         (10.0, 0.0, 50, 60.0),  # README: at least one minute
-        (5.0, 0.5, 10, 60.0),  # 15 + 2 * 20 s = 55 s: still the minute
+        (5.0, 4.0, 10, 60.0),  # 15 + 2 * 2.5 s = 20 s: still the minute
         (30.0, 0.0, 50, 90.0),  # three server timeouts
         (10.0, 2.0, 50, 80.0),  # three timeouts and two batches at the rate
         (8.0, 0.8, 20, 74.0),  # 24 + 2 * 25 s
