@@ -256,13 +256,11 @@ def test_the_pool_starts_on_the_first_body_and_parses_in_workers(
 # ------------------------------------------------------------- the byte bound
 
 
-@pytest.mark.parametrize(("limit_kib", "most_fetched"), [(64, 6), (256, 12)])
-def test_held_bytes_bound_how_many_sources_are_fetched_ahead_of_the_store(
-    http_server: FixtureServer, tmp_path: Path, limit_kib: int, most_fetched: int
-) -> None:
-    # 30 feeds of ~60 KiB: with the store stalled, only what fits in the byte
-    # bound (plus the fetches already under way) may be fetched meanwhile.
-    config = make_config(tmp_path, feeds(http_server, 30, items=4, text_size=1200))
+def stalled_store_pass(
+    server: FixtureServer, tmp_path: Path, max_bytes: int
+) -> tuple[Store, Ingestor, threading.Event]:
+    """An ingest of 30 feeds of ~60 KiB whose store writes wait until the event is set."""
+    config = make_config(tmp_path, feeds(server, 30, items=4, text_size=1200))
     store = store_at(tmp_path)
     store.sync_sources(config.sources)
     release = threading.Event()
@@ -274,7 +272,17 @@ def test_held_bytes_bound_how_many_sources_are_fetched_ahead_of_the_store(
 
     store.save_items = stalled_save  # type: ignore[method-assign]
     ingestor = Ingestor(config, store, pool=ThreadPoolExecutor(2))
-    ingestor.max_in_flight_bytes = limit_kib * 1024
+    ingestor.max_in_flight_bytes = max_bytes
+    return store, ingestor, release
+
+
+@pytest.mark.parametrize(("limit_kib", "most_fetched"), [(64, 6), (256, 12)])
+def test_held_bytes_bound_how_many_sources_are_fetched_ahead_of_the_store(
+    http_server: FixtureServer, tmp_path: Path, limit_kib: int, most_fetched: int
+) -> None:
+    # 30 feeds of ~60 KiB: with the store stalled, only what fits in the byte
+    # bound (plus the fetches already under way) may be fetched meanwhile.
+    store, ingestor, release = stalled_store_pass(http_server, tmp_path, limit_kib * 1024)
     results: list[Any] = []
     runner = threading.Thread(target=lambda: results.append(asyncio.run(ingestor.run())))
     runner.start()
@@ -301,19 +309,7 @@ def test_without_the_byte_bound_the_stalled_store_lets_everything_pile_up(
 ) -> None:
     # The control for the test above: the same pass with a bound too large to
     # matter fetches every source while the store is stalled.
-    config = make_config(tmp_path, feeds(http_server, 30, items=4, text_size=1200))
-    store = store_at(tmp_path)
-    store.sync_sources(config.sources)
-    release = threading.Event()
-    save_items = store.save_items
-
-    def stalled_save(*args: Any, **kwargs: Any) -> Any:
-        release.wait(30)
-        return save_items(*args, **kwargs)
-
-    store.save_items = stalled_save  # type: ignore[method-assign]
-    ingestor = Ingestor(config, store, pool=ThreadPoolExecutor(2))
-    ingestor.max_in_flight_bytes = 1 << 40
+    _, ingestor, release = stalled_store_pass(http_server, tmp_path, 1 << 40)
     runner = threading.Thread(target=lambda: asyncio.run(ingestor.run()))
     runner.start()
     try:

@@ -46,6 +46,7 @@ from aggregator.normalize import (
     trim_cut_html,
     trim_cut_text,
 )
+from tests.test_normalize import entry as raw  # the same minimal entry
 
 # Each range of _jamo with the code point just outside it on either side.
 JAMO_EDGES = [
@@ -572,18 +573,6 @@ def test_date_is_aware_plausible_and_never_later_than_now() -> None:
 
 NOW = datetime(2025, 11, 28, 3, 0, tzinfo=UTC)
 SOURCE = Source(id="news", url=BASE_PAGE, section="general")
-
-
-def raw(**overrides: object) -> RawEntry:
-    values: dict[str, object] = {
-        "guid": "g-1",
-        "link": "/news/1",
-        "title": "A title",
-        "summary_html": "<p>Summary.</p>",
-        "published": datetime(2025, 11, 27, tzinfo=UTC),
-    }
-    values.update(overrides)
-    return RawEntry(**values)  # type: ignore[arg-type]
 
 
 def run(entry: RawEntry, source: Source = SOURCE, sections: tuple[SectionRule, ...] = ()) -> Item:

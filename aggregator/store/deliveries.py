@@ -58,40 +58,32 @@ def parse_variant(key: str | None) -> tuple[tuple[str, ...] | None, str | None]:
 
 _d = schema.deliveries
 
+
+def _mark_sent(which: Any) -> Any:
+    """``sending`` rows chosen by ``which`` and still held by ``owner`` become ``sent``."""
+    return (
+        update(_d)
+        .where(
+            which,
+            _d.c.lease_owner == bindparam("owner"),
+            _d.c.status == DeliveryStatus.SENDING.value,
+        )
+        .values(
+            status=DeliveryStatus.SENT.value,
+            sent_at=bindparam("now", type_=_d.c.sent_at.type),
+            lease_until=None,
+            last_error=None,
+            updated_at=bindparam("now", type_=_d.c.updated_at.type),
+        )
+    )
+
+
 # Built once: mark_sent runs once per message sent, and constructing the
 # statement each time cost more CPU than executing it (SQLAlchemy caches the
 # compiled form per statement object).
-_MARK_SENT = (
-    update(_d)
-    .where(
-        _d.c.id == bindparam("delivery_id"),
-        _d.c.lease_owner == bindparam("owner"),
-        _d.c.status == DeliveryStatus.SENDING.value,
-    )
-    .values(
-        status=DeliveryStatus.SENT.value,
-        sent_at=bindparam("now", type_=_d.c.sent_at.type),
-        lease_until=None,
-        last_error=None,
-        updated_at=bindparam("now", type_=_d.c.updated_at.type),
-    )
-)
+_MARK_SENT = _mark_sent(_d.c.id == bindparam("delivery_id"))
 # The same for several rows at once: the sender commits its marks in small groups.
-_MARK_SENT_MANY = (
-    update(_d)
-    .where(
-        _d.c.id.in_(bindparam("delivery_ids", expanding=True)),
-        _d.c.lease_owner == bindparam("owner"),
-        _d.c.status == DeliveryStatus.SENDING.value,
-    )
-    .values(
-        status=DeliveryStatus.SENT.value,
-        sent_at=bindparam("now", type_=_d.c.sent_at.type),
-        lease_until=None,
-        last_error=None,
-        updated_at=bindparam("now", type_=_d.c.updated_at.type),
-    )
-)
+_MARK_SENT_MANY = _mark_sent(_d.c.id.in_(bindparam("delivery_ids", expanding=True)))
 _s = schema.subscribers
 
 
