@@ -21,16 +21,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from aggregator import deliver
 from aggregator.config import parse_config
 from aggregator.deliver import (
     DeliveryReport,
     MessageBuilder,
     SmtpConnection,
     deliver_digest,
+    lease_margin,
     list_id,
     message_id_domain,
     open_ledger,
@@ -372,6 +374,12 @@ def test_reconnecting_tries_three_times_with_growing_pauses_then_names_the_serve
     assert 0.8 <= second_pause < 2.0, second_pause
 
 
+def test_the_reconnect_pauses_are_the_documented_ones() -> None:
+    """README, "Retries and leases": 0.2 s, then 0.8 s. The timing test above
+    allows a loaded machine its slack; the numbers themselves are pinned here."""
+    assert deliver.RECONNECT_PAUSES == (0.2, 0.8)
+
+
 # ------------------------------------------------------------------ pacing
 
 
@@ -565,6 +573,110 @@ def test_the_default_lease_covers_three_timeouts_and_two_batches(
     # The batch was claimed once, between these two instants.
     low, high = before + timedelta(seconds=lease), after + timedelta(seconds=lease)
     assert low <= lease_until <= high, (lease_until - before).total_seconds()
+
+
+@pytest.mark.parametrize(
+    ("timeout", "lease", "margin"),
+    [
+        (10.0, 60.0, 15.0),  # one timeout and 5 s
+        (30.0, 90.0, 35.0),  # the default lease for a 30 s timeout
+        (5.0, 300.0, 10.0),  # the queue's five-minute send lease
+        (30.0, 60.0, 30.0),  # at most half the lease
+        (10.0, 20.0, 10.0),
+        (0.5, 1.0, 0.5),
+    ],
+)
+def test_a_lease_is_extended_with_a_timeout_and_5_s_left_at_most_half_of_it(
+    timeout: float, lease: float, margin: float
+) -> None:
+    """README, "Retries and leases": the documented numbers, as literals."""
+    assert lease_margin(timeout, timedelta(seconds=lease)) == timedelta(seconds=margin)
+
+
+@pytest.mark.parametrize("lease", [timedelta(minutes=2), timedelta(minutes=10), timedelta(hours=1)])
+def test_a_batch_is_claimed_until_a_lease_from_the_claim(
+    store: Store, smtp_server: SmtpFixture, monkeypatch: pytest.MonkeyPatch, lease: timedelta
+) -> None:
+    """The rows a claim takes are reserved for ``lease`` from that moment on,
+    read from the ledger right after the claim statement (before the sender
+    could extend anything): a claim that wrote an expired lease would leave
+    them to any other sender."""
+    for i in range(3):
+        store.add_subscriber(f"r{i}@example.org", now=datetime.now(UTC), active=True)
+    digest = _digest(store)
+    assert digest.id is not None
+    claim = store.claim_deliveries
+    claims: list[tuple[datetime, list[datetime | None]]] = []
+
+    def claim_and_read(*args: Any, **kwargs: Any) -> Any:
+        batch = claim(*args, **kwargs)
+        if batch:
+            rows = store.deliveries(digest.id or 0)
+            leases = [d.lease_until for d in rows if d.status is DeliveryStatus.SENDING]
+            claims.append((datetime.now(UTC), leases))
+        return batch
+
+    monkeypatch.setattr(store, "claim_deliveries", claim_and_read)
+    before = datetime.now(UTC)
+    report = _deliver(
+        store, digest, _site("https://digest.example.org/"), smtp_server.settings(), lease=lease
+    )
+
+    assert report.sent == 3
+    [(after, leases)] = claims  # one batch of three, claimed between these two instants
+    assert len(leases) == 3
+    assert all(u is not None and before + lease <= u <= after + lease for u in leases), leases
+
+
+def test_a_deferred_address_is_retried_30_s_later_by_default(
+    store: Store, smtp_server: SmtpFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """README, "Retries and leases": without ``retry_delay`` (the scheduler and
+    the queue's send job pass none) the next pass starts 30 s later. The run is
+    cancelled once it says so, instead of waiting those 30 s; the deferred row
+    is left pending for the next run."""
+    store.add_subscriber("later@example.org", now=datetime.now(UTC), active=True)
+    store.add_subscriber("now@example.org", now=datetime.now(UTC), active=True)
+    smtp_server.handler.defer("later@example.org", times=1)
+    digest = _digest(store)
+    assert digest.id is not None
+    caplog.set_level("INFO", logger="aggregator.deliver")
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("retrying")]
+
+    async def scenario() -> None:
+        run = asyncio.create_task(
+            deliver_digest(
+                store,
+                digest,
+                site=_site("https://digest.example.org/"),
+                smtp=smtp_server.settings(max_attempts=2),
+                secret=SECRET,
+            )
+        )
+        deadline = time.monotonic() + 10
+        while not said() and not run.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert not run.done()  # waiting for its second pass
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    asyncio.run(scenario())
+
+    assert said() == ["retrying 1 deliveries in 30.0s"]
+    assert [m.recipients for m in smtp_server.messages] == [("now@example.org",)]
+    emails = {
+        s.id: s.email
+        for s in map(store.subscriber_by_email, ["later@example.org", "now@example.org"])
+        if s
+    }
+    rows = {emails[d.subscriber_id]: (d.status, d.attempts) for d in store.deliveries(digest.id)}
+    assert rows == {
+        "later@example.org": (DeliveryStatus.PENDING, 1),
+        "now@example.org": (DeliveryStatus.SENT, 0),
+    }
 
 
 def test_a_dropped_connection_is_recorded_with_the_clients_reason(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -181,3 +182,115 @@ def test_confirmation_mail_uses_the_same_tls_and_login(relay: SmtpFixture) -> No
     asyncio.run(send_message(tls_settings(relay), "digest@example.org", "new@example.org", data))
     [message] = relay.wait_for(1)
     assert message.tls and message.login == SMTP_USER
+
+
+def _server(directory: Path, host: str = "127.0.0.1", **options: object) -> SmtpFixture:
+    """A relay on 127.0.0.1 requiring AUTH, its certificate issued for ``host``."""
+    server = SmtpFixture(
+        certificate=self_signed_certificate(directory, host),
+        credentials=Credentials(SMTP_USER, SMTP_PASSWORD),
+        **options,  # type: ignore[arg-type]
+    )
+    server.start()
+    return server
+
+
+@pytest.fixture
+def implicit_tls_relay(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[SmtpFixture]:
+    """A relay speaking TLS from the first byte (``smtp.ssl``), requiring AUTH.
+
+    aiosmtpd warns that AUTH does not require TLS: it counts only STARTTLS as
+    TLS; these sessions are encrypted from their first byte (hence the
+    ``filterwarnings`` marks on the tests that use it)."""
+    server = _server(tmp_path_factory.mktemp("implicit-tls"), implicit_tls=True)
+    server.trust(monkeypatch)
+    monkeypatch.setenv(USER_ENV, SMTP_USER)
+    monkeypatch.setenv(PASSWORD_ENV, SMTP_PASSWORD)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+@pytest.mark.parametrize("count", [1, 3])
+def test_digest_goes_out_over_implicit_tls_with_smtp_ssl(
+    sqlite_store: Store, implicit_tls_relay: SmtpFixture, count: int
+) -> None:
+    emails = add_active(sqlite_store, count)
+    # A short timeout: a client that waited for a plain greeting would give up
+    # in 3 s (the server says nothing before the TLS handshake).
+    send(sqlite_store, implicit_tls_relay, starttls=False, ssl=True, timeout=3.0)
+    received = implicit_tls_relay.wait_for(count)
+    assert sorted(r for m in received for r in m.recipients) == emails
+    assert all(m.tls and m.login == SMTP_USER for m in received)
+    assert implicit_tls_relay.credentials is not None
+    assert implicit_tls_relay.credentials.attempts == [("PLAIN", SMTP_USER, True)]
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+@pytest.mark.parametrize("mode", ["starttls", "ssl"])
+@pytest.mark.parametrize("certified", ["127.0.0.2", "::1"])
+def test_a_trusted_certificate_for_another_host_is_refused(
+    sqlite_store: Store,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+    certified: str,
+) -> None:
+    """The certificate is checked against ``smtp.host``, not only its issuer: a
+    relay on 127.0.0.1 showing a trusted certificate issued for another address
+    (what a man in the middle with a certificate of the same private CA would
+    show) gets neither the password nor a message."""
+    server = _server(tmp_path, certified, implicit_tls=mode == "ssl")
+    try:
+        server.trust(monkeypatch)
+        monkeypatch.setenv(USER_ENV, SMTP_USER)
+        monkeypatch.setenv(PASSWORD_ENV, SMTP_PASSWORD)
+        add_active(sqlite_store, 1)
+        with pytest.raises(
+            DeliveryError, match=rf"^cannot connect to SMTP server 127\.0\.0\.1:{server.port}: "
+        ):
+            send(sqlite_store, server, starttls=mode == "starttls", ssl=mode == "ssl", timeout=3.0)
+        assert server.messages == []
+        assert server.credentials is not None and server.credentials.attempts == []
+    finally:
+        server.stop()
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+@pytest.mark.parametrize("password_env", [None, "DIGEST_RELAY_PASSWORD_NOT_SET"])
+@pytest.mark.parametrize("how", ["digest", "one message"])
+def test_without_a_password_variable_the_login_sends_an_empty_password(
+    sqlite_store: Store, monkeypatch: pytest.MonkeyPatch, password_env: str | None, how: str
+) -> None:
+    """A relay account with a user and no password (README, ``smtp``): with
+    ``password_env`` left out, or naming a variable that is not set, the login
+    sends the user and an empty password."""
+    server = SmtpFixture(credentials=Credentials(SMTP_USER, ""))
+    server.start()
+    try:
+        monkeypatch.setenv(USER_ENV, SMTP_USER)
+        monkeypatch.delenv("DIGEST_RELAY_PASSWORD_NOT_SET", raising=False)
+        settings = server.settings(username_env=USER_ENV, password_env=password_env)
+        if how == "digest":
+            add_active(sqlite_store, 2)
+            digest = make_digest(sqlite_store)
+            asyncio.run(
+                deliver_digest(
+                    sqlite_store, digest, site=SITE, smtp=settings, secret=SECRET, retry_delay=0.05
+                )
+            )
+            expected = 2
+        else:
+            data = b"From: digest@example.org\r\nTo: new@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
+            asyncio.run(send_message(settings, "digest@example.org", "new@example.org", data))
+            expected = 1
+        received = server.wait_for(expected)
+        assert [m.login for m in received] == [SMTP_USER] * expected
+        assert server.credentials is not None
+        assert server.credentials.attempts == [("PLAIN", SMTP_USER, True)]
+    finally:
+        server.stop()

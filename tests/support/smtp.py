@@ -150,13 +150,15 @@ class RecordingHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.delay:
             await asyncio.sleep(self.delay)
+        # STARTTLS sets session.ssl; under implicit TLS only the transport knows.
+        tls = session.ssl is not None or server.transport.get_extra_info("sslcontext") is not None
         received = ReceivedMessage(
             mail_from=envelope.mail_from,
             recipients=tuple(envelope.rcpt_tos),
             data=bytes(envelope.original_content or envelope.content),
             time=time.monotonic(),
             peer=repr(session.peer),
-            tls=session.ssl is not None,
+            tls=tls,
             login=_login_name(session.login_data),
         )
         with self._lock:
@@ -260,7 +262,9 @@ class SmtpFixture:
     """The running server: its address, its handler and what it received.
 
     With ``certificate`` (cert and key files) it offers STARTTLS and refuses
-    mail before it; with ``credentials`` it requires AUTH (after STARTTLS).
+    mail before it, or with ``implicit_tls`` speaks TLS from the first byte
+    (``smtp.ssl``, port 465 on a real relay); with ``credentials`` it requires
+    AUTH (after STARTTLS).
     """
 
     def __init__(
@@ -269,6 +273,7 @@ class SmtpFixture:
         certificate: tuple[Path, Path] | None = None,
         credentials: Credentials | None = None,
         mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN"),
+        implicit_tls: bool = False,
     ) -> None:
         self.handler = RecordingHandler()
         self.host = "127.0.0.1"
@@ -279,13 +284,18 @@ class SmtpFixture:
         if certificate is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(*certificate)
-            extra.update(tls_context=context, require_starttls=True)
+            if implicit_tls:
+                extra.update(ssl_context=context)
+            else:
+                extra.update(tls_context=context, require_starttls=True)
         if credentials is not None:
             excluded = [m for m in ("PLAIN", "LOGIN") if m not in mechanisms]
             extra.update(
                 authenticator=credentials,
                 auth_required=True,
-                auth_require_tls=certificate is not None,
+                # aiosmtpd counts only STARTTLS as TLS here; an implicit-TLS
+                # session is encrypted before its first command anyway.
+                auth_require_tls=certificate is not None and not implicit_tls,
                 auth_exclude_mechanism=excluded,
             )
         self._controller = _TrackingController(
