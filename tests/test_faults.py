@@ -96,7 +96,12 @@ def test_sigkill_during_ingest_leaves_a_consistent_store(
                     break
             except sqlite3.OperationalError:
                 pass  # schema not there yet
+        assert proc.poll() is None, "the fetch ended before the kill"
         time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("the six fast sources were not stored within 60 s")
+    assert http_server.answered("/slow.xml") == 0  # killed before the slow feed came in full
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
 
@@ -178,7 +183,16 @@ def test_lock_taken_mid_run_fails_one_write_and_keeps_the_others(
         time.sleep(0.05)
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
-    time.sleep(3.5)  # victim (at ~1.5 s) waits 1 s and fails; broken and late come at ~6 s
+    # victim's feed arrives (its 1.5 s delay) while the lock is held ...
+    while http_server.answered("/victim.xml") == 0:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    # ... and its write must outwait the 1 s busy timeout: holding the lock that
+    # long (and a second more for a loaded machine) is the scenario itself, not
+    # a guess at when something settles.
+    time.sleep(2.0)
+    # broken and late answer only at ~6 s, after the lock is gone.
+    assert http_server.answered("/broken.xml") == 0 and http_server.answered("/late.xml") == 0
     holder.execute("ROLLBACK")
     holder.close()
     _, err = proc.communicate(timeout=60)

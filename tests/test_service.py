@@ -14,11 +14,12 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -57,6 +58,39 @@ def write_config(tmp_path: Path, sources: str, *, port: int, schedule: str = "mo
         encoding="utf-8",
     )
     return path
+
+
+class OutputLines:
+    """A child process's output, read line by line in a thread while it runs,
+    so a test can wait for a line (an event) instead of sleeping."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            with self._lock:
+                self._lines.append(line)
+
+    def wait_for(self, text: str, *, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.text():
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {text!r} in:\n{self.text()}")
+
+    def finish(self, timeout: float = 10.0) -> str:
+        """All of the output, once the process closed it."""
+        self._thread.join(timeout)
+        return self.text()
+
+    def text(self) -> str:
+        with self._lock:
+            return "".join(self._lines)
 
 
 async def eventually(
@@ -218,16 +252,21 @@ def test_sigterm_during_fetch_shuts_down_cleanly(
         stderr=subprocess.STDOUT,
         text=True,
     )
+    assert proc.stdout is not None
+    lines = OutputLines(proc.stdout)
     try:
         deadline = time.monotonic() + 30
         while http_server.count("/slow.xml") == 0 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert http_server.count("/slow.xml") == 1, "the slow fetch never started"
-        time.sleep(0.5)
+        # The fast fetch is done (it logs its counts as it returns): the only
+        # job still running at SIGTERM is the slow one.
+        lines.wait_for("fast: 4 new")
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=40)
+        proc.wait(timeout=40)
         took = time.monotonic() - started
+        output = lines.finish()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -297,6 +336,22 @@ def test_a_shorter_interval_applied_by_reload_takes_effect_at_once(
     asyncio.run(scenario())
 
 
+async def watcher_saw(marker: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Write ``marker`` next to feeds.yaml until the config watcher reports it
+    filtered out (watchfiles' debug line naming it). watchfiles reports
+    changes in order, so by then it has handled every change made before:
+    a positive barrier for "nothing more comes of them"."""
+
+    def seen() -> bool:
+        marker.write_text(f"{time.monotonic()}\n", encoding="utf-8")
+        return any(
+            "filtered out" in r.getMessage() and marker.name in r.getMessage()
+            for r in caplog.records
+        )
+
+    await eventually(seen, what=f"the config watcher to see {marker.name}")
+
+
 def test_config_watcher_ignores_files_next_to_feeds_yaml(
     http_server: FixtureServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -311,14 +366,15 @@ def test_config_watcher_ignores_files_next_to_feeds_yaml(
         service = Service(load_config(path), port=port, secret=SECRET, watch=True)
         task = await running(service)
         try:
-            await asyncio.sleep(0.5)  # the watcher is up
+            await watcher_saw(tmp_path / "ready.marker", caplog)  # the watcher is up
             caplog.clear()
             for n in range(25):
                 for target in (log_file, nested):
                     with target.open("a", encoding="utf-8") as handle:
                         handle.write(f"line {n}\n")
+                # A log written in bursts, as a running service writes it.
                 await asyncio.sleep(0.04)
-            await asyncio.sleep(1.0)  # past the watcher's debounce
+            await watcher_saw(tmp_path / "after-logs.marker", caplog)
             assert service.reloads == 0
             noticed = [r for r in caplog.records if "detected" in r.getMessage()]
             assert noticed == [], [r.getMessage() for r in noticed]
@@ -328,7 +384,10 @@ def test_config_watcher_ignores_files_next_to_feeds_yaml(
                 encoding="utf-8",
             )
             await eventually(lambda: service.reloads == 1, what="reload after editing feeds.yaml")
-            await asyncio.sleep(1.0)
+            await watcher_saw(tmp_path / "after-edit.marker", caplog)
+            # The edit woke the watcher once: one reload requested, one done.
+            noticed = [r for r in caplog.records if "detected" in r.getMessage()]
+            assert len(noticed) == 1, [r.getMessage() for r in noticed]
             assert service.reloads == 1
             assert service.config.site.title == "Edited Digest"
         finally:

@@ -444,6 +444,13 @@ class FixtureServer:
         with self._lock:
             return self.requests[-1]
 
+    def answered(self, path: str) -> int:
+        """How many requests for ``path`` (without its query string) were answered in full."""
+        bare = path.split("?", 1)[0]
+        with self._lock:
+            arrived = sum(1 for r in self.requests if _path_matches(r.path, bare))
+            return arrived - self._in_flight.get(bare, 0)
+
     def max_concurrency(self, path: str | None = None) -> int:
         """The most requests (for ``path``, or for any path) that were in flight at once."""
         with self._lock:
