@@ -5,6 +5,8 @@ refuses mail before TLS and login. The sender reads the user and password from
 the environment variables that ``smtp.username_env`` / ``smtp.password_env``
 name (never from feeds.yaml); a refused login is one clear error naming the
 host and the user, and leaves every ledger row pending for the next send.
+Implicit TLS (``smtp.ssl``) is served the same way; either way the
+certificate must be valid for ``smtp.host``, not only trusted.
 """
 
 from __future__ import annotations
