@@ -243,6 +243,16 @@ class _Held:
 _budget: ContextVar[_ByteBudget | None] = ContextVar("ingest_byte_budget", default=None)
 
 
+def _due(state: SourceState | None, now: datetime) -> bool:
+    """Whether a source is due for a fetch (``only_due`` passes)."""
+    return state is None or state.next_fetch_at is None or state.next_fetch_at <= now
+
+
+def _body_expected(state: SourceState | None) -> bool:
+    """Whether a fetch of this source will surely bring a body to parse (no 304 possible)."""
+    return state is None or not (state.etag or state.last_modified)
+
+
 class Ingestor:
     """Runs ingest passes for a config against one store.
 
@@ -280,24 +290,19 @@ class Ingestor:
             sources = [self.config.source(sid) for sid in source_ids]
         else:
             sources = [s for s in self.config.sources if s.enabled]
-        await asyncio.to_thread(self.store.sync_sources, self.config.sources)
-        states = {s.id: s for s in await asyncio.to_thread(self.store.source_states)}
-        now = utcnow()
-        if only_due:
-            sources = [
-                s
-                for s in sources
-                if states.get(s.id) is None
-                or states[s.id].next_fetch_at is None
-                or states[s.id].next_fetch_at <= now  # type: ignore[operator]
-            ]
         own_pool = None
         pool = self._pool
         if pool is None and len(sources) >= POOL_THRESHOLD:
-            pool = own_pool = make_pool()
+            pool = own_pool = make_pool()  # no process yet: see _prepare
         fetcher = self._fetcher
         try:
             with _pool_stops_on_sigterm(own_pool):
+                now = utcnow()
+                states = await asyncio.to_thread(self._prepare, sources, pool, only_due, now)
+                if only_due:
+                    sources = [s for s in sources if _due(states.get(s.id), now)]
+                if own_pool is not None and len(sources) < POOL_THRESHOLD:
+                    pool = None  # too few due to be worth a pool
                 if fetcher is None:
                     async with Fetcher() as fetcher:
                         return await self._run_all(sources, states, fetcher, pool, on_done)
@@ -305,6 +310,28 @@ class Ingestor:
         finally:
             if own_pool is not None:
                 own_pool.shutdown(wait=True, cancel_futures=True)
+
+    def _prepare(
+        self, sources: Sequence[Source], pool: Executor | None, only_due: bool, now: datetime
+    ) -> dict[str, SourceState]:
+        """Sync the configured sources into the store and read their states (in a thread).
+
+        When some source of the pass is sure to answer with a body (never
+        fetched, or no validators to send, so no 304 is possible), the parse
+        pool starts now, in the background: the forkserver's imports (a few
+        tenths of a second) then overlap the source sync and the first
+        fetches instead of holding up the first parse. A pass in which every
+        source can answer 304 still starts no process until a body arrives.
+        """
+        if isinstance(pool, ParsePool) and not pool.started and len(sources) >= POOL_THRESHOLD:
+            before = {s.id: s for s in self.store.source_states()}
+            expected = [s for s in sources if not only_due or _due(before.get(s.id), now)]
+            if len(expected) >= POOL_THRESHOLD and any(
+                _body_expected(before.get(s.id)) for s in expected
+            ):
+                pool.start()
+        self.store.sync_sources(self.config.sources)
+        return {s.id: s for s in self.store.source_states()}
 
     async def _run_all(
         self,
@@ -495,6 +522,15 @@ class Ingestor:
         if pool is None:
             return await asyncio.to_thread(extract, source, result, sections, now)
         loop = asyncio.get_running_loop()
+        if isinstance(pool, ParsePool):
+            # Started in a thread (now, if no earlier step started it): the
+            # first submit would otherwise spawn the workers in this event
+            # loop, stopping every fetch for as long. A pool that cannot
+            # start fails the submit below, which reports it as before.
+            starting = pool.start()
+            if not starting.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(starting)
         for attempt in range(2):
             try:
                 blob = await loop.run_in_executor(
