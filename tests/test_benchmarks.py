@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import feedparser
@@ -68,6 +71,30 @@ def test_floor_and_memory_sampler(tmp_path: Path) -> None:
         result = run_floor(tmp_path, 2, fast=True)
     assert result["entries"] >= 40 and result["cpu"] > 0
     assert memory.peak_pss_mb > 0
+
+
+def test_timeline_accounts_for_every_source_of_a_pass(tmp_path: Path) -> None:
+    # In a child process: the timeline wraps the ingest classes for its run.
+    feeds = tmp_path / "feeds"
+    generate(feeds, 12)
+    raw = tmp_path / "timeline.json"
+    with python_server(feeds) as base:
+        command = [sys.executable, "-m", "benchmarks.timeline", "--base", base, "--n", "12"]
+        command += ["--db", str(tmp_path / "t.db"), "--json", str(raw), "--bin", "0.1"]
+        shown = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        ).stdout
+    timeline = json.loads(raw.read_text())
+    assert timeline["result"]["errors"] == 0 and timeline["result"]["entries"] > 0
+    final = timeline["samples"][-1][1]["counts"]
+    assert (final["fetch_done"], final["parse_done"], final["write_done"]) == (12, 12, 12)
+    assert sum(batch[3] for batch in timeline["batches"]) == 12
+    assert any(key.startswith("p") for key in timeline["samples"][-1][1])  # the pool's processes
+    assert "blocked s" in shown and "store:" in shown
 
 
 def test_other_stages_output_is_understood() -> None:
