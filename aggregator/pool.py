@@ -20,9 +20,6 @@ does not give us, and why:
   Native code that ignores the signal is stopped by a wall-clock watchdog
   (``faulthandler``), which ends the worker; the pool is then replaced and
   the source reported.
-* **Below the main process's priority** (:data:`WORKER_NICE`): the store
-  thread there is the pass's serial stage; the workers are the parallel one
-  and should only take what it leaves.
 * **Logs like the main process.** Workers set up logging as the parent did
   (JSON lines when stderr is not a terminal).
 * **Started on first use, small.** No process (not even multiprocessing's
@@ -72,7 +69,6 @@ from .logs import JsonFormatter, setup_logging
 __all__ = [
     "PARSE_CPU_BUDGET",
     "PIPE_BYTES",
-    "WORKER_NICE",
     "BrokenProcessPool",
     "CpuBudgetExceeded",
     "OverBudget",
@@ -97,13 +93,6 @@ WATCHDOG_GRACE = 30.0
 # How often a worker checks that the main process still exists.
 PARENT_CHECK_INTERVAL = 1.0
 _PR_SET_PDEATHSIG = 1
-# How much lower the workers' CPU priority is than the main process's
-# (``nice``). The main process holds the pass's one serial stage, the store
-# thread; at equal priority it got a third of a core beside two busy workers
-# and the pass waited on it, though the workers had room to spare. At +3 the
-# scheduler gives it about two thirds of a core shared with a worker; the
-# workers still take every cycle the main process leaves.
-WORKER_NICE = 3
 # Kernel buffer of each of the pool's pipes (tasks out, results back): room
 # for several parsed feeds, so a worker's write of its result does not wait
 # for the main process to read. Linux lets an unprivileged process go up to
@@ -168,10 +157,8 @@ def _on_cpu_timer(signum: int, frame: object) -> None:
 
 
 def _init_worker(main_pid: int, log_level: int, json_logs: bool) -> None:
-    """Pool initializer: parent-death handling, priority, the CPU-timer handler, logging."""
+    """Pool initializer: parent-death handling, the CPU-timer handler, logging."""
     _die_with_parent(main_pid)
-    with contextlib.suppress(OSError):
-        os.nice(WORKER_NICE)
     # The parent's SIGINT handling covers the whole process group: a Ctrl-C
     # must not leave each worker printing a KeyboardInterrupt traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -21,7 +21,7 @@ import pytest
 
 from aggregator.ingest import Ingestor
 from aggregator.models import IngestOutcome
-from aggregator.pool import PIPE_BYTES, WORKER_NICE, ParsePool, make_pool
+from aggregator.pool import PIPE_BYTES, ParsePool, make_pool
 from tests.support.http import FixtureServer
 from tests.test_ingest import make_config, rss
 from tests.test_ingest_memory import feeds, store_at
@@ -226,15 +226,3 @@ def test_the_store_writes_the_next_batch_while_the_event_loop_is_busy(
         stats = asyncio.run(Ingestor(config, store, pool=threads).run(on_done=on_done))
     assert {s.outcome for s in stats} == {IngestOutcome.OK}
     assert stored_while_busy == [3 * count]
-
-
-@pytest.mark.parametrize("workers", [1, 2])
-def test_workers_run_below_the_main_process_priority(workers: int) -> None:
-    # The store thread in the main process is the pass's serial stage: the
-    # workers must leave it the CPU it wants.
-    pool = make_pool(workers)
-    try:
-        seen = {pool.submit(os.nice, 0).result(60) for _ in range(4 * workers)}
-    finally:
-        pool.shutdown()
-    assert seen == {os.nice(0) + WORKER_NICE}
