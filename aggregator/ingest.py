@@ -103,7 +103,6 @@ class _Waiting:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     done: asyncio.Future[Any]
-    breaker: _StoreBreaker | None
 
 
 # The store's per-source writes and the records Store.save_batch takes for them.
@@ -257,9 +256,8 @@ def _body_expected(state: SourceState | None) -> bool:
 class Ingestor:
     """Runs ingest passes for a config against one store.
 
-    Store writes run one batch at a time in one store thread (see ``_write``):
-    SQLite has one writer, and serializing them keeps PostgreSQL transactions
-    short too.
+    Store writes go through a single-thread lock: SQLite has one writer, and
+    serializing them keeps PostgreSQL transactions short too.
     """
 
     def __init__(
@@ -274,11 +272,8 @@ class Ingestor:
         self.store = store
         self._fetcher = fetcher
         self._pool = pool
-        # Writes waiting for the store thread, and whether one is running (see _write).
-        self._queue_lock = threading.Lock()
+        self._write_lock = asyncio.Lock()
         self._waiting: list[_Waiting] = []
-        self._draining = False
-        self._drainer: asyncio.Future[None] | None = None
         self.max_in_flight_bytes = MAX_IN_FLIGHT_BYTES
         # The byte budget of the last pass (its ``peak`` is what tests and benchmarks read).
         self.last_budget: _ByteBudget | None = None
@@ -659,111 +654,70 @@ class Ingestor:
         """One store write, serialized; gives up early on a database that is down.
 
         Writes that arrive while another is running wait together, and the
-        next batch takes them all (up to :data:`MAX_WRITES_PER_BATCH`) into
-        ONE transaction (:meth:`Store.save_batch`), each source in its own
-        savepoint: a source the database refuses fails alone, as before, and
-        only the commit is shared. Nothing waits for a batch to fill: a write
-        that finds the store idle runs at once, alone.
-
-        The batches run one after another in one store thread (:meth:`_drain`)
-        that takes the next batch itself as soon as one is written. When the
-        event loop handed each batch to a thread, the store stood idle between
-        batches until the loop got round to it (the loop is busy with fetches
-        and results): ~10% of a busy pass, with the store the slowest stage.
+        next one to run takes them all (up to :data:`MAX_WRITES_PER_BATCH`)
+        into ONE transaction (:meth:`Store.save_batch`), each source in its
+        own savepoint: a source the database refuses fails alone, as before,
+        and only the commit is shared. Nothing waits for a batch to fill: a
+        write that finds the store idle runs at once, alone.
         """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
         record = _as_source_write(self.store, fn, args, kwargs)
-        waiting = _Waiting(record, fn, args, kwargs, done, _store_breaker.get())
-        with self._queue_lock:
-            self._waiting.append(waiting)
-            start = not self._draining
-            self._draining = True
-        if start:
-            self._drainer = loop.run_in_executor(None, self._drain)
+        self._waiting.append(_Waiting(record, fn, args, kwargs, done))
+        async with self._write_lock:
+            while not done.done():
+                batch = self._waiting[:MAX_WRITES_PER_BATCH]
+                del self._waiting[: len(batch)]
+                await self._write_batch(batch)
         result: T = await done
         return result
 
-    def _drain(self) -> None:
-        """Write the waiting batches, one after another, until none is left (a store thread)."""
-        while True:
-            with self._queue_lock:
-                # A write whose caller was cancelled (the pass is stopping) is not made.
-                self._waiting = [w for w in self._waiting if not w.done.cancelled()]
-                batch = self._waiting[:MAX_WRITES_PER_BATCH]
-                del self._waiting[: len(batch)]
-                if not batch:
-                    self._draining = False
-                    return
-            try:
-                outcomes = self._write_batch(batch)
-            except Exception as exc:  # not the database's answer (a bug): each source reports it
-                outcomes = [exc] * len(batch)
-            except BaseException:
-                with self._queue_lock:
-                    self._draining = False
-                _settle_soon(batch, [_CANCELLED] * len(batch))
-                raise
-            _settle_soon(batch, outcomes)
-
-    def _write_batch(self, batch: list[_Waiting]) -> list[Any]:
-        """Run ``batch`` (one transaction): each write's result, or the exception to raise."""
-        breaker = batch[0].breaker
+    async def _write_batch(self, batch: list[_Waiting]) -> None:
+        """Run ``batch`` (one transaction), settling each waiter's future."""
+        breaker = _store_breaker.get()
         if breaker is not None and breaker.failures >= STORE_FAILURES_TO_GIVE_UP:
             gave_up = StoreError(f"not written, the database is unavailable: {breaker.error}")
-            return [gave_up] * len(batch)
+            for waiting in batch:
+                waiting.done.set_exception(gave_up)
+            return
         try:
-            outcomes = self._run_writes(batch)
+            outcomes = await self._run_writes(batch)
         except StoreError as exc:
             if breaker is not None:
                 breaker.failures += 1
                 breaker.error = breaker.error or exc
-            return [exc] * len(batch)
+            for waiting in batch:
+                waiting.done.set_exception(exc)
+            return
+        except BaseException:
+            for waiting in batch:
+                waiting.done.cancel()
+            raise
         if breaker is not None:
             breaker.failures = 0
-        return outcomes
+        for waiting, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                waiting.done.set_exception(outcome)
+            else:
+                waiting.done.set_result(outcome)
 
-    def _run_writes(self, batch: list[_Waiting]) -> list[Any]:
+    async def _run_writes(self, batch: list[_Waiting]) -> list[Any]:
         """Each write's result or exception; a :class:`StoreError` fails them all."""
         writes = [w.record for w in batch if w.record is not None]
         if len(batch) > 1 and len(writes) == len(batch):
-            return list(self.store.save_batch(writes))
+            return await asyncio.to_thread(self.store.save_batch, writes)
         # One write, or one the store cannot batch (a stand-in): each alone, as called.
         outcomes: list[Any] = []
         for waiting in batch:
             try:
-                outcomes.append(waiting.fn(*waiting.args, **waiting.kwargs))
+                outcomes.append(
+                    await asyncio.to_thread(waiting.fn, *waiting.args, **waiting.kwargs)
+                )
             except StoreError:
                 raise
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes
-
-
-# The outcome of a write not made because the store thread itself was stopped.
-_CANCELLED = object()
-
-
-def _settle_soon(batch: list[_Waiting], outcomes: list[Any]) -> None:
-    """From the store thread: settle each write's future on its own event loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Waiting, Any]]] = {}
-    for waiting, outcome in zip(batch, outcomes, strict=True):
-        by_loop.setdefault(waiting.done.get_loop(), []).append((waiting, outcome))
-
-    def settle(settled: list[tuple[_Waiting, Any]]) -> None:
-        for waiting, outcome in settled:
-            if waiting.done.done():  # its caller was cancelled meanwhile
-                continue
-            if outcome is _CANCELLED:
-                waiting.done.cancel()
-            elif isinstance(outcome, Exception):
-                waiting.done.set_exception(outcome)
-            else:
-                waiting.done.set_result(outcome)
-
-    for loop, settled in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(settle, settled)
 
 
 async def ingest(

@@ -13,7 +13,6 @@ import fcntl
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -187,42 +186,3 @@ def test_the_pool_pipes_hold_whole_parsed_feeds(size: int) -> None:
         assert len(pool.submit(bytes, size).result(60)) == size
     finally:
         pool.shutdown()
-
-
-@pytest.mark.parametrize("count", [6, 12])
-def test_the_store_writes_the_next_batch_while_the_event_loop_is_busy(
-    http_server: FixtureServer, tmp_path: Path, count: int
-) -> None:
-    # The first write waits until every other source is parsed and waiting;
-    # then the event loop is kept busy (the first on_done blocks it for 2 s).
-    # The waiting writes must still be stored meanwhile: the store thread
-    # takes the next batch itself instead of waiting for the loop to hand it.
-    config = make_config(tmp_path, _serve(http_server, count))
-    store = store_at(tmp_path)
-    save_batch = store.save_batch
-    first = threading.Event()
-
-    def first_waits(writes: Any) -> Any:
-        if not first.is_set():
-            first.set()
-            deadline = time.monotonic() + 30
-            while (
-                sum(http_server.count(f"/f{n}.xml") for n in range(count)) < count
-                and time.monotonic() < deadline
-            ):
-                time.sleep(0.05)
-            time.sleep(0.5)  # their parse (tiny feeds) and their place in the queue
-        return save_batch(writes)
-
-    store.save_batch = first_waits  # type: ignore[method-assign]
-    stored_while_busy: list[int] = []
-
-    def on_done(stats: Any) -> None:
-        if not stored_while_busy:
-            time.sleep(2.0)  # the loop is busy (blocked) for 2 s
-            stored_while_busy.append(store.count_items())
-
-    with ThreadPoolExecutor(2) as threads:
-        stats = asyncio.run(Ingestor(config, store, pool=threads).run(on_done=on_done))
-    assert {s.outcome for s in stats} == {IngestOutcome.OK}
-    assert stored_while_busy == [3 * count]
