@@ -1,7 +1,9 @@
 """Download sources over HTTP, politely and within hard limits.
 
-One :class:`Fetcher` owns one ``httpx.AsyncClient`` (keep-alive connections are
-reused across sources) and enforces, per request:
+One :class:`Fetcher` owns one httpx transport (``httpx.AsyncHTTPTransport``,
+whose keep-alive connections are reused across sources), hands it each
+request directly (no ``AsyncClient.send`` machinery, no cookie jar), and
+enforces, per request:
 
 * conditional GET: ``If-None-Match`` / ``If-Modified-Since`` from the stored
   state; a 304 comes back as a :class:`FetchResult` whose ``content`` is None;
@@ -319,7 +321,7 @@ async def _drain(response: httpx.Response) -> None:
 
 
 class Fetcher:
-    """Fetch sources with one shared ``httpx.AsyncClient``; use as ``async with Fetcher() as f``.
+    """Fetch sources over one shared httpx transport; use as ``async with Fetcher() as f``.
 
     ``timeout`` is the default total deadline of one request (redirects and body
     included); :meth:`fetch` uses the source's own ``timeout`` instead.
