@@ -96,9 +96,9 @@ _store_breaker: ContextVar[_StoreBreaker | None] = ContextVar("store_breaker", d
 
 @dataclass(frozen=True, slots=True)
 class _Waiting:
-    """A store write waiting for its turn: the call, and the records to batch it with others."""
+    """A store write waiting for its turn: the call, and the record to batch it with others."""
 
-    records: tuple[SourceWrite, ...] | None
+    record: SourceWrite | None
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
@@ -124,20 +124,6 @@ def _as_source_write(
         return None
     record = _BATCHABLE.get(getattr(fn, "__func__", None))
     return None if record is None else record(*args, **kwargs)
-
-
-def _as_source_writes(
-    store: Store, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[SourceWrite, ...] | None:
-    """The records ``fn(*args, **kwargs)`` writes, if they can share a batch with others.
-
-    One record for a single-source write (see ``_as_source_write``); the
-    batch itself for ``store.save_batch(writes)`` (the pass's deferred 304s).
-    """
-    if fn == store.save_batch and not kwargs and len(args) == 1:
-        return tuple(args[0])
-    record = _as_source_write(store, fn, args, kwargs)
-    return None if record is None else (record,)
 
 
 @contextlib.contextmanager
@@ -546,13 +532,14 @@ class Ingestor:
         """A 304, or a listing that extracts as last time: record the fetch, write nothing else.
 
         Within a pass (``run``) the record is not written at once: 304s are
-        collected and written :data:`MAX_WRITES_PER_BATCH` at a time (one
-        transaction, one statement), the rest when the pass ends. In a warm
-        pass every source ends here; writing each as it came meant some 250
-        transactions of one or two rows and a thread hop each, a quarter of
-        the pass's CPU. Nothing is lost by the delay that a refetch would not
-        restore: until written, the source merely looks due again. A database
-        that refuses the batch fails the pass as any store error does.
+        collected and queued :data:`MAX_WRITES_PER_BATCH` at a time, so they
+        go out together (a transaction and one UPDATE for each run of them),
+        the rest when the pass ends. In a warm pass every source ends here;
+        writing each as it came meant some 250 transactions of one or two
+        rows and a thread hop each, a quarter of the pass's CPU. Nothing is
+        lost by the delay that a refetch would not restore: until written,
+        the source merely looks due again. A database that refuses the batch
+        fails the pass as any store error does.
         """
         kwargs = {
             "fetched_at": result.fetched_at,
@@ -573,14 +560,37 @@ class Ingestor:
         )
 
     async def _write_not_modified(self, deferred: list[NotModified]) -> None:
-        """Write (and empty) ``deferred``: one batch, through the same queue as every write."""
+        """Write (and empty) ``deferred``: queued all at once, so they share transactions.
+
+        Each is an ordinary :meth:`_write`; queued together, the next batch
+        takes them all (the one that finds the store idle runs alone first).
+        A source the database refuses is logged (its 304 is simply not
+        recorded); a database in trouble fails the pass.
+        """
         if not deferred:
             return
         batch = deferred[:]
         deferred.clear()
-        outcomes = await self._write(self.store.save_batch, batch)
+        outcomes = await asyncio.gather(
+            *(
+                self._write(
+                    self.store.record_not_modified,
+                    record.source_id,
+                    fetched_at=record.fetched_at,
+                    next_fetch_at=record.next_fetch_at,
+                    etag=record.etag,
+                    last_modified=record.last_modified,
+                )
+                for record in batch
+            ),
+            return_exceptions=True,
+        )
         for record, outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, Exception):  # that source's savepoint only; the rest stand
+            if isinstance(outcome, StoreError) or (
+                isinstance(outcome, BaseException) and not isinstance(outcome, Exception)
+            ):
+                raise outcome
+            if isinstance(outcome, Exception):
                 log.error("%s: could not record the fetch: %s", record.source_id, outcome)
 
     async def _older_pages(
@@ -668,29 +678,15 @@ class Ingestor:
         """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
-        records = _as_source_writes(self.store, fn, args, kwargs)
-        self._waiting.append(_Waiting(records, fn, args, kwargs, done))
+        record = _as_source_write(self.store, fn, args, kwargs)
+        self._waiting.append(_Waiting(record, fn, args, kwargs, done))
         async with self._write_lock:
             while not done.done():
-                batch = self._next_batch()
+                batch = self._waiting[:MAX_WRITES_PER_BATCH]
+                del self._waiting[: len(batch)]
                 await self._write_batch(batch)
         result: T = await done
         return result
-
-    def _next_batch(self) -> list[_Waiting]:
-        """The waiting writes the next transaction takes: the oldest first, at least one,
-        up to :data:`MAX_WRITES_PER_BATCH` sources' records in all."""
-        count = 0
-        taken = 0
-        for waiting in self._waiting:
-            size = len(waiting.records) if waiting.records is not None else 1
-            if taken and count + size > MAX_WRITES_PER_BATCH:
-                break
-            count += size
-            taken += 1
-        batch = self._waiting[:taken]
-        del self._waiting[:taken]
-        return batch
 
     async def _write_batch(self, batch: list[_Waiting]) -> None:
         """Run ``batch`` (one transaction), settling each waiter's future."""
@@ -723,19 +719,9 @@ class Ingestor:
 
     async def _run_writes(self, batch: list[_Waiting]) -> list[Any]:
         """Each write's result or exception; a :class:`StoreError` fails them all."""
-        if len(batch) > 1 and all(w.records is not None for w in batch):
-            writes = [record for w in batch for record in w.records or ()]
-            results = await asyncio.to_thread(self.store.save_batch, writes)
-            # Back to each caller: a single write's result (or exception), or a batch's list.
-            shared: list[Any] = []
-            start = 0
-            for waiting in batch:
-                assert waiting.records is not None
-                end = start + len(waiting.records)
-                single = waiting.fn != self.store.save_batch
-                shared.append(results[start] if single else results[start:end])
-                start = end
-            return shared
+        writes = [w.record for w in batch if w.record is not None]
+        if len(batch) > 1 and len(writes) == len(batch):
+            return await asyncio.to_thread(self.store.save_batch, writes)
         # One write, or one the store cannot batch (a stand-in): each alone, as called.
         outcomes: list[Any] = []
         for waiting in batch:

@@ -1,9 +1,9 @@
 """The warm pass (most sources answer 304) and the per-request fetch path.
 
-A warm pass's 304s are recorded in batches (one transaction and one
-statement per :data:`aggregator.ingest.MAX_WRITES_PER_BATCH` sources), not
-one transaction per source; a pass that mixes 304s, new entries and errors
-still stores every source as before. Requests go to httpx's transport
+A warm pass's 304s are queued :data:`aggregator.ingest.MAX_WRITES_PER_BATCH`
+at a time and share transactions (not one transaction per source or two); a
+pass that mixes 304s, new entries and errors still stores every source as
+before. Requests go to httpx's transport
 directly, so what the client used to add is checked here on the wire.
 Real HTTP on 127.0.0.1, a real SQLite and PostgreSQL store (``db_url``).
 """
@@ -67,8 +67,8 @@ def by_id(stats: list[IngestStats]) -> dict[str, IngestStats]:
     return {s.source_id: s for s in stats}
 
 
-@pytest.mark.parametrize("count", [3, MAX_WRITES_PER_BATCH, 150])
-def test_a_warm_pass_records_its_304s_in_full_batches(
+@pytest.mark.parametrize("count", [MAX_WRITES_PER_BATCH, 150])
+def test_a_warm_pass_records_its_304s_in_few_transactions(
     http_server: FixtureServer, db_url: str, count: int
 ) -> None:
     ids = [f"s{n:03d}" for n in range(count)]
@@ -84,8 +84,12 @@ def test_a_warm_pass_records_its_304s_in_full_batches(
         warm = asyncio.run(Ingestor(config, store).run())
 
         assert {s.outcome for s in warm} == {IngestOutcome.NOT_MODIFIED}
-        full, rest = divmod(count, MAX_WRITES_PER_BATCH)
-        assert sizes == [MAX_WRITES_PER_BATCH] * full + ([rest] if rest else [])
+        # Queued 64 at a time: the first of each lot finds the store idle and
+        # runs alone, the others go together (a few more transactions if the
+        # store happens to start on a lot before all of it is queued). Written
+        # as they came, it was about one transaction per two sources.
+        lots = -(-count // MAX_WRITES_PER_BATCH)
+        assert sum(sizes) == count and len(sizes) <= 3 * lots
         after = {s.id: s for s in store.source_states()}
         for source_id in ids:
             old, new = before[source_id], after[source_id]
