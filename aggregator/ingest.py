@@ -532,14 +532,14 @@ class Ingestor:
         """A 304, or a listing that extracts as last time: record the fetch, write nothing else.
 
         Within a pass (``run``) the record is not written at once: 304s are
-        collected and queued :data:`MAX_WRITES_PER_BATCH` at a time, so they
-        go out together (a transaction and one UPDATE for each run of them),
-        the rest when the pass ends. In a warm pass every source ends here;
-        writing each as it came meant some 250 transactions of one or two
-        rows and a thread hop each, a quarter of the pass's CPU. Nothing is
-        lost by the delay that a refetch would not restore: until written,
-        the source merely looks due again. A database that refuses the batch
-        fails the pass as any store error does.
+        collected and written :data:`MAX_WRITES_PER_BATCH` at a time (one
+        transaction, one UPDATE), the rest when the pass ends. In a warm pass
+        every source ends here; writing each as it came meant some 250
+        transactions of one or two rows and a thread hop each, a quarter of
+        the pass's CPU. Nothing is lost by the delay that a refetch would
+        not restore: until written, the source merely looks due again. A
+        database that refuses the batch fails the pass as any store error
+        does.
         """
         kwargs = {
             "fetched_at": result.fetched_at,
@@ -560,37 +560,22 @@ class Ingestor:
         )
 
     async def _write_not_modified(self, deferred: list[NotModified]) -> None:
-        """Write (and empty) ``deferred``: queued all at once, so they share transactions.
+        """Write (and empty) ``deferred``: one ``save_batch`` call through the write queue.
 
-        Each is an ordinary :meth:`_write`; queued together, the next batch
-        takes them all (the one that finds the store idle runs alone first).
-        A source the database refuses is logged (its 304 is simply not
-        recorded); a database in trouble fails the pass.
+        One transaction and one UPDATE for the lot. ``_write`` cannot merge
+        this call with other sources' writes waiting at the same moment, so
+        those few run one by one in that turn (as any write it cannot batch):
+        a cost of mixed passes only, once per lot. A source the database
+        refuses is logged (its 304 is simply not recorded); a database in
+        trouble fails the pass.
         """
         if not deferred:
             return
         batch = deferred[:]
         deferred.clear()
-        outcomes = await asyncio.gather(
-            *(
-                self._write(
-                    self.store.record_not_modified,
-                    record.source_id,
-                    fetched_at=record.fetched_at,
-                    next_fetch_at=record.next_fetch_at,
-                    etag=record.etag,
-                    last_modified=record.last_modified,
-                )
-                for record in batch
-            ),
-            return_exceptions=True,
-        )
+        outcomes = await self._write(self.store.save_batch, batch)
         for record, outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, StoreError) or (
-                isinstance(outcome, BaseException) and not isinstance(outcome, Exception)
-            ):
-                raise outcome
-            if isinstance(outcome, Exception):
+            if isinstance(outcome, Exception):  # that source's savepoint only; the rest stand
                 log.error("%s: could not record the fetch: %s", record.source_id, outcome)
 
     async def _older_pages(
