@@ -360,7 +360,7 @@ class Fetcher:
         # Requests go straight to httpx's transport (its connection pool), not
         # through ``AsyncClient.send``: that machinery (cookie jar, auth flow,
         # redirect preparation, event hooks, elapsed-time stream wrapper) was
-        # about a third of the main process's CPU per conditional GET, and none
+        # ~30% of the main process's CPU per conditional GET, and none
         # of it is used: redirects are followed and vetted here, there is no
         # auth, and a feed poller has no business carrying one site's cookies
         # from poll to poll. Proxies from the environment were never used
