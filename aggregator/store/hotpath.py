@@ -22,14 +22,16 @@ store test suite: SQLite this one, PostgreSQL the other.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from . import schema
+from .copies import Copy, SourceRank, host_of, load_copies, load_source_ranks, take_over
 from .types import UTCDateTime
 
 _items = schema.items
@@ -123,11 +125,31 @@ class CoreStatements:
         """Run the items INSERT (its compiled ``sql``) over driver-ready ``params``."""
         self.conn.exec_driver_sql(sql, list(params))
 
+    def source_ranks(self, source_ids: Sequence[str]) -> dict[str, SourceRank]:
+        """:func:`~aggregator.store.copies.load_source_ranks`."""
+        return load_source_ranks(self.conn, source_ids)
+
+    def copies(self, ids: Iterable[int]) -> dict[int, Copy]:
+        """:func:`~aggregator.store.copies.load_copies`."""
+        return load_copies(self.conn, ids)
+
+    def take_over(self, old_id: int, new_id: int) -> None:
+        """:func:`~aggregator.store.copies.take_over`."""
+        take_over(self.conn, old_id, new_id)
+
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """Statements inside roll back together on an exception (which propagates)."""
         with self.conn.begin_nested():
             yield
+
+
+def _stored_time(text: Any) -> datetime:
+    """A NOT NULL timestamp column's value, read as SQLAlchemy would."""
+    value = UTCDateTime.sqlite_value(text)
+    if value is None:
+        raise ValueError("NULL in a NOT NULL timestamp column")
+    return value
 
 
 def _marks(count: int) -> str:
@@ -196,6 +218,42 @@ class SqliteStatements(CoreStatements):
         ]
         sql = f"UPDATE sources SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?"
         self._run(sql, [*values, source_id])
+
+    def source_ranks(self, source_ids: Sequence[str]) -> dict[str, SourceRank]:
+        wanted = sorted(set(source_ids))
+        if not wanted:
+            return {}
+        sql = f"SELECT id, url, priority FROM sources WHERE id IN ({_marks(len(wanted))})"
+        return {
+            source_id: SourceRank(host=host_of(url), priority=int(priority or 0))
+            for source_id, url, priority in self._run(sql, wanted)
+        }
+
+    def copies(self, ids: Iterable[int]) -> dict[int, Copy]:
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
+        sql = (
+            "SELECT id, source_id, guid, canonical_url, published_at, first_seen_at, "
+            f"story_source_id, story_guid FROM items WHERE id IN ({_marks(len(wanted))})"
+        )
+        return {
+            row[0]: Copy(
+                id=row[0],
+                source_id=row[1],
+                guid=row[2],
+                canonical_url=row[3],
+                published_at=_stored_time(row[4]),
+                first_seen_at=_stored_time(row[5]),
+                story_source_id=row[6],
+                story_guid=row[7],
+            )
+            for row in self._run(sql, wanted)
+        }
+
+    def take_over(self, old_id: int, new_id: int) -> None:
+        self._run("UPDATE items SET duplicate_of = ? WHERE duplicate_of = ?", (new_id, old_id))
+        self._run("UPDATE items SET duplicate_of = ? WHERE id = ?", (new_id, old_id))
 
     def insert_items(self, sql: str, params: Sequence[Any]) -> None:
         try:

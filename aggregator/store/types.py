@@ -49,6 +49,20 @@ class UTCDateTime(TypeDecorator[datetime]):
         moment = value if value.tzinfo is UTC else value.astimezone(UTC)
         return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
 
+    @staticmethod
+    def sqlite_value(value: Any) -> datetime | None:
+        """What a SQLite timestamp column reads back as: :meth:`sqlite_text` undone.
+
+        SQLAlchemy parses SQLite's text with its DATETIME regex, then this
+        type marks it UTC; ``fromisoformat`` reads the same text to the same
+        value (``tests/test_store_hotpath.py``).
+        """
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f"unexpected value {value!r} in a timestamp column")
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None

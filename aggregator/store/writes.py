@@ -42,9 +42,6 @@ from .copies import (
     SourceRank,
     better_copies,
     inherited_values,
-    load_copies,
-    load_source_ranks,
-    take_over,
 )
 from .hotpath import CoreStatements, statements
 from .schema import text_key
@@ -196,10 +193,10 @@ class _Ranks:
     def __init__(self) -> None:
         self._known: dict[str, SourceRank] = {}
 
-    def get(self, conn: Connection, source_ids: Sequence[str]) -> dict[str, SourceRank]:
+    def get(self, sql: CoreStatements, source_ids: Sequence[str]) -> dict[str, SourceRank]:
         missing = [s for s in source_ids if s not in self._known]
         if missing:
-            self._known.update(load_source_ranks(conn, missing))
+            self._known.update(sql.source_ranks(missing))
         return {s: self._known.get(s, UNKNOWN_SOURCE) for s in source_ids}
 
     def forget(self, source_id: str) -> None:
@@ -555,9 +552,9 @@ class WritesMixin(StoreBase):
         winners: dict[str, int] = {}
         replaced: dict[int, Copy] = {}
         if candidates:
-            copies = load_copies(sql.conn, candidates)
+            copies = sql.copies(candidates)
             owners = sorted({c.source_id for c in copies.values()} | {source_id})
-            known = ranks.get(sql.conn, owners)
+            known = ranks.get(sql, owners)
             winners = better_copies(copies, candidates, {source_id: known[source_id]}, known)
             replaced = {old: copies[old] for old in winners.values()}
 
@@ -600,7 +597,7 @@ class WritesMixin(StoreBase):
             new_row = fresh.get(text_key(guid))
             if new_row is None:
                 continue  # refused
-            take_over(sql.conn, old_id, new_row[0])
+            sql.take_over(old_id, new_row[0])
             takeovers += 1
             for mapping in (by_canon, by_print):
                 for key, value in mapping.items():
@@ -713,8 +710,10 @@ class _ItemInsert:
         by_key = {c.key: c for c in columns}
         self._names = list(self._order or by_key)
         self._values = itemgetter(*self._names)
+        # (position, processor, whether its values repeat: the timestamps,
+        # first_seen_at on every row and updated_at mostly published_at).
         self._processors = [
-            (index, process)
+            (index, process, isinstance(by_key[name].type, UTCDateTime))
             for index, name in enumerate(self._names)
             if (process := _bind_processor(by_key[name].type, dialect))
         ]
@@ -722,11 +721,20 @@ class _ItemInsert:
     def parameters(self, rows: Sequence[dict[str, Any]]) -> list[Any]:
         """``rows`` (every column key → value) as the driver's executemany parameters."""
         out: list[Any] = []
+        # Equal timestamps bind to equal values (the same instant, in UTC):
+        # each is converted once per call.
+        times: dict[Any, Any] = {}
         for row in rows:
             values = list(self._values(row))
             try:
-                for index, process in self._processors:
-                    values[index] = process(values[index])
+                for index, process, repeats in self._processors:
+                    value = values[index]
+                    if not repeats:
+                        values[index] = process(value)
+                    elif (known := times.get(value)) is not None:
+                        values[index] = known
+                    else:
+                        values[index] = times[value] = process(value)
             except (ValueError, TypeError) as exc:
                 # What SQLAlchemy raises for a value its type refuses (a naive datetime).
                 raise StatementError(str(exc), self.sql, None, exc) from exc
