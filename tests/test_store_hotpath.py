@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
-from aggregator.store import SaveItems, Store, hotpath
+from aggregator.store import SaveCounts, SaveItems, Store, hotpath
 from aggregator.store.types import UTCDateTime
 from tests.support.items import make_item
 from tests.test_store_batch import T0, _rounds, _sources
@@ -159,3 +159,38 @@ def test_the_sqlite_driver_path_stores_the_bytes_the_core_path_stores(
     finally:
         for store in stores.values():
             store.close()
+
+
+@pytest.mark.parametrize("alone", [True, False])
+def test_a_refusal_on_the_driver_path_raises_what_the_core_path_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, alone: bool
+) -> None:
+    sources = _sources(3)
+    raised = {}
+    for name in ("core", "driver"):
+        store = Store.open(f"sqlite:///{tmp_path / name}.db")
+        try:
+            store.sync_sources(sources, now=T0)
+            with store.engine.begin() as conn:
+                conn.exec_driver_sql(
+                    "CREATE TRIGGER refuse_source BEFORE UPDATE ON sources WHEN NEW.id = 's1' "
+                    "BEGIN SELECT RAISE(ABORT, 'source refused'); END"
+                )
+            if name == "core":
+                monkeypatch.setattr("aggregator.store.writes.statements", hotpath.CoreStatements)
+            writes = [SaveItems(s.id, [make_item(s.id, 1)], T0, T0) for s in sources]
+            if alone:
+                with pytest.raises(sa.exc.DBAPIError) as caught:
+                    store.save_batch(writes[1:2])
+                error: BaseException = caught.value
+            else:
+                results = store.save_batch(writes)
+                assert isinstance(results[0], SaveCounts) and isinstance(results[2], SaveCounts)
+                assert isinstance(results[1], Exception)
+                error = results[1]
+            raised[name] = (type(error), str(getattr(error, "orig", error)), store.count_items())
+        finally:
+            monkeypatch.undo()
+            store.close()
+    assert raised["driver"] == raised["core"]
+    assert raised["driver"][0] is sa.exc.IntegrityError and "source refused" in raised["driver"][1]

@@ -182,7 +182,20 @@ class SqliteStatements(CoreStatements):
         try:
             return self._raw.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
+            raise self._wrapped(exc, sql, params, many=False) from exc
+
+    def _wrapped(self, exc: sqlite3.Error, sql: str, params: Any, *, many: bool) -> BaseException:
+        """The exception SQLAlchemy would raise for ``exc`` (type, disconnect flag, statement)."""
+        dialect = self.conn.dialect
+        return DBAPIError.instance(
+            sql,
+            params,
+            exc,
+            sqlite3.Error,
+            connection_invalidated=dialect.is_disconnect(exc, self.conn.connection, None),  # type: ignore[arg-type]
+            dialect=dialect,
+            ismulti=many,
+        )
 
     def known_guids(self, source_id: str, keys: Sequence[str]) -> Sequence[Sequence[Any]]:
         sql = (
@@ -259,7 +272,7 @@ class SqliteStatements(CoreStatements):
         try:
             self._raw.executemany(sql, params)
         except sqlite3.Error as exc:
-            raise DBAPIError.instance(sql, list(params), exc, sqlite3.Error) from exc
+            raise self._wrapped(exc, sql, list(params), many=True) from exc
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
