@@ -11,10 +11,11 @@ One commit per batch instead of one per source is most of what a warm pass
 (every source answers 304) costs, and a tenth of a cold one.
 
 The rest is fewer, cheaper statements per source: every lookup is one query
-per source (IN lists of at most :data:`~aggregator.store.base.CHUNK` keys),
-built once at import with expanding bind parameters so SQLAlchemy does not
-rebuild and re-key them per call; new rows go in one executemany; a batch's
-304s are one executemany UPDATE.
+per source (IN lists of at most :data:`~aggregator.store.base.CHUNK` keys);
+new rows go in one executemany; a batch's 304s are one executemany UPDATE.
+The statements of a source's save are :mod:`~aggregator.store.hotpath`'s:
+on SQLite they run through ``sqlite3`` under the SQLAlchemy connection,
+without SQLAlchemy's per-execution setup.
 """
 
 from __future__ import annotations
