@@ -12,6 +12,7 @@ entry) leave the same bytes in every column of both databases.
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,28 @@ def test_a_refusal_on_the_driver_path_raises_what_the_core_path_raises(
             store.close()
     assert raised["driver"] == raised["core"]
     assert raised["driver"][0] is sa.exc.IntegrityError and "source refused" in raised["driver"][1]
+
+
+@pytest.mark.parametrize(
+    "categories",
+    [(), ("Film",), ("영화", 'Festival "Busan"'), tuple(f"c{n}" for n in range(30)), ("",)],
+)
+def test_categories_are_stored_as_sqlalchemy_dumps_the_list(
+    tmp_path: Path, categories: tuple[str, ...]
+) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        store.sync_sources(_sources(1), now=T0)
+        # Several rows share the value (the insert converts each distinct one once).
+        items = [replace(make_item("s0", n), categories=categories) for n in range(3)]
+        store.save_batch([SaveItems("s0", items, T0, T0)])
+    finally:
+        store.close()
+    processor = sa.JSON().dialect_impl(_DIALECT).bind_processor(_DIALECT)
+    assert processor is not None
+    conn = sqlite3.connect(tmp_path / "c.db")
+    try:
+        stored = [r[0] for r in conn.execute("SELECT categories FROM items")]
+    finally:
+        conn.close()
+    assert stored == [processor(list(categories))] * 3

@@ -28,7 +28,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import JSON, Connection, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
@@ -711,10 +711,11 @@ class _ItemInsert:
         by_key = {c.key: c for c in columns}
         self._names = list(self._order or by_key)
         self._values = itemgetter(*self._names)
-        # (position, processor, whether its values repeat: the timestamps,
-        # first_seen_at on every row and updated_at mostly published_at).
+        # (position, processor, the memo of repeated values it shares, if any):
+        # the timestamps (first_seen_at is the same on every row, updated_at
+        # mostly published_at) and the categories (a few lists per feed).
         self._processors = [
-            (index, process, isinstance(by_key[name].type, UTCDateTime))
+            (index, process, _repeating(by_key[name].type))
             for index, name in enumerate(self._names)
             if (process := _bind_processor(by_key[name].type, dialect))
         ]
@@ -722,20 +723,21 @@ class _ItemInsert:
     def parameters(self, rows: Sequence[dict[str, Any]]) -> list[Any]:
         """``rows`` (every column key → value) as the driver's executemany parameters."""
         out: list[Any] = []
-        # Equal timestamps bind to equal values (the same instant, in UTC):
-        # each is converted once per call.
-        times: dict[Any, Any] = {}
+        # Equal values bind to equal parameters (a timestamp is the same
+        # instant in UTC whatever its zone; a tuple of categories dumps as
+        # the list would): each is converted once per call.
+        memos: dict[str, dict[Any, Any]] = {"time": {}, "json": {}}
         for row in rows:
             values = list(self._values(row))
             try:
                 for index, process, repeats in self._processors:
                     value = values[index]
-                    if not repeats:
+                    if repeats is None or (repeats == "json" and type(value) is not tuple):
                         values[index] = process(value)
-                    elif (known := times.get(value)) is not None:
+                    elif (known := memos[repeats].get(value)) is not None:
                         values[index] = known
                     else:
-                        values[index] = times[value] = process(value)
+                        values[index] = memos[repeats][value] = process(value)
             except (ValueError, TypeError) as exc:
                 # What SQLAlchemy raises for a value its type refuses (a naive datetime).
                 raise StatementError(str(exc), self.sql, None, exc) from exc
@@ -744,6 +746,15 @@ class _ItemInsert:
             else:
                 out.append(dict(zip(self._names, values, strict=True)))
         return out
+
+
+def _repeating(column_type: Any) -> str | None:
+    """Which memo of :meth:`_ItemInsert.parameters` a column's values share, if any."""
+    if isinstance(column_type, UTCDateTime):
+        return "time"
+    if isinstance(column_type, JSON):
+        return "json"
+    return None
 
 
 def _bind_processor(column_type: Any, dialect: Dialect) -> Any:
@@ -775,4 +786,7 @@ def _row(source_id: str, entry: _Entry, now: datetime, duplicate_of: int | None)
         "story_source_id": None,
         "story_guid": None,
         **_item_values(entry.item, entry.link_hash),
+        # The tuple itself: it dumps to the same JSON as the list, and can
+        # key the insert's memo of repeated values.
+        "categories": tuple(entry.item.categories),
     }
