@@ -32,7 +32,7 @@ from .dedupe import canonical_url, content_hash, fingerprint
 from .errors import EntryTooLarge, ParseError
 from .models import Item, RawEntry, SectionRule, Source
 from .sources.dates import is_plausible, parse_date
-from .sources.links import join_url
+from .sources.links import is_plain_absolute, join_url
 from .sources.markup import bound_markup
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,11 @@ def _clean_once(text: str) -> str:
     return " ".join(text.split())
 
 
+# Short texts are often clean already, and checking is cheaper than cleaning;
+# a long text is an article's, whose block tags left runs of spaces.
+_SHORT_CLEAN_CHARS = 300
+
+
 def clean_text(text: str | None) -> str:
     """Plain text for titles, authors and the like.
 
@@ -136,6 +141,19 @@ def clean_text(text: str | None) -> str:
     """
     if not text:
         return ""
+    if (
+        len(text) <= _SHORT_CLEAN_CHARS
+        and text.isascii()
+        and "&" not in text
+        and text.isprintable()
+        and "  " not in text
+        and not text.startswith(" ")
+        and not text.endswith(" ")
+    ):
+        # Clean already (ids, most titles and authors): printable ASCII has no
+        # control character and no whitespace but the space, which stands
+        # alone inside it; nothing to decode, and NFC leaves ASCII alone.
+        return text
     for _ in range(8):  # each changing round shortens the text; 8 is plenty
         cleaned = _clean_once(text)
         if cleaned == text:
@@ -491,7 +509,7 @@ _HANGUL_LETTERS = re.compile(
     )
     + "+"
 )
-_ASCII_LETTERS = re.compile("[A-Za-z]+")
+_ASCII_LETTER_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _OTHER_NON_ASCII = re.compile(f"[^\x00-\x7f{_HANGUL_RANGES.pattern[1:-1]}]")
 
 
@@ -511,7 +529,11 @@ def detect_language(text: str) -> str | None:
     # per letter: half the cost) and the length lost counts them; only the few
     # other non-ASCII characters (quotes, Hanja) are asked one by one.
     hangul = len(sample) - len(_HANGUL_LETTERS.sub("", sample))
-    letters = hangul + len(sample) - len(_ASCII_LETTERS.sub("", sample))
+    # ASCII letters are one byte each in UTF-8, and no other character has a
+    # byte below 0x80: deleting those bytes counts them (the regex's runs
+    # were stepped through Hangul one failed match at a time).
+    encoded = sample.encode("utf-8", "surrogatepass")
+    letters = hangul + len(encoded) - len(encoded.translate(None, _ASCII_LETTER_BYTES))
     letters += sum(map(str.isalpha, _OTHER_NON_ASCII.findall(sample)))
     if letters and hangul / letters >= _HANGUL_SHARE:
         return "ko"
@@ -702,7 +724,12 @@ def _http_url_cached(base: str, value: str) -> str | None:
 def _resolve_http_url(base: str, value: str | None) -> str | None:
     if not value or not value.strip():
         return None
-    url = join_url(base, value.strip()) if base else value.strip()
+    value = value.strip()
+    if is_plain_absolute(value):
+        # What join_url returns as it is, and an http(s) URL that splitting
+        # leaves alone: no urlsplit to ask its scheme (most entry links).
+        return value
+    url = join_url(base, value) if base else value
     return url if urlsplit(url).scheme.lower() in ("http", "https") else None
 
 

@@ -13,7 +13,11 @@ reference) on generated inputs built to hit the edges of that argument:
   feedparser's ``_urljoin``, including the ``ValueError`` cases;
 * ``_xml_encoding`` against feedparser's ``RE_XML_PI_ENCODING``;
 * the fingerprint's key text (one regex) against ``str.isalnum``, over every
-  code point, and ``content_hash`` against the ``json.dumps`` it was made from.
+  code point, and ``content_hash`` against the ``json.dumps`` it was made from;
+* link resolution without ``urlsplit`` for plain absolute links, and
+  ``canonical_url``'s own split, against ``urlsplit``; ``clean_text``'s
+  answer for clean short ASCII; ``detect_language``'s byte count of ASCII
+  letters against a per-character count; one UTF-8 check before the repairs.
 
 The whole-corpus check (every ``RawEntry`` and ``Item`` of the benchmark
 corpus unchanged) is ``python -m benchmarks.stages DIR --digest``, before
@@ -30,7 +34,7 @@ import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import feedparser.encodings
 import pytest
@@ -64,6 +68,7 @@ from aggregator.normalize import (
 )
 from aggregator.sources import fastfeed, feed
 from aggregator.sources.dates import parse_date
+from aggregator.sources.decode import damaged_utf8_as_utf8, is_utf8, korean_as_utf8
 from aggregator.sources.fastfeed import _join, _xml_encoding
 from aggregator.sources.links import join_url
 from aggregator.sources.markup import bound_markup
@@ -480,3 +485,132 @@ def test_long_values_are_resolved_alike_but_never_cached() -> None:
     assert [cache.cache_info().currsize for cache in caches] == before
     assert _join(BASE, "https://a.kr/short") == "https://a.kr/short"
     assert fastfeed._join_cached.cache_info().currsize == before[0] + 1
+
+
+# ------------------------------------------------ links, clean text, language
+
+
+def previous_resolve_http_url(base: str, value: str | None) -> str | None:
+    """``_resolve_http_url`` before plain absolute links skipped ``urlsplit`` (the reference)."""
+    if not value or not value.strip():
+        return None
+    url = join_url(base, value.strip()) if base else value.strip()
+    return url if urlsplit(url).scheme.lower() in ("http", "https") else None
+
+
+@CHECK
+@given(bases, url_parts)
+def test_resolve_http_url_as_before(base: str, url: str) -> None:
+    resolve = normalize_module._resolve_http_url
+    assert outcome(resolve, base, url) == outcome(previous_resolve_http_url, base, url)
+
+
+@pytest.mark.parametrize("base", ["http://news.example.kr/", BASE, ""])
+def test_resolve_http_url_on_edges(base: str) -> None:
+    urls = [
+        "https://a.kr/x", " http://a.kr/x?q=1 ", "https://a.kr?", "http://a.kr/x#", "https:a",
+        "HTTPS://a.kr/x", "https://[::1]/x", "https://[bad/x", "http:///x", "/x", "x", "",
+        "https://a.kr/기사", "https://a.kr/\tx", "mailto:a@b.kr", "https://a.kr/x;p",
+    ]  # fmt: skip
+    for url in urls:
+        resolve = normalize_module._resolve_http_url
+        assert outcome(resolve, base, url) == outcome(previous_resolve_http_url, base, url)
+
+
+@CHECK
+@given(url_parts)
+def test_split_http_is_urlsplit(url: str) -> None:
+    parts = dedupe._split_http(url)
+    if parts is not None:
+        split = urlsplit(url)
+        assert tuple(parts) == (split.scheme, split.netloc, split.path, split.query)
+
+
+@CHECK
+@given(
+    url_parts,
+    st.sampled_from([None, (), ("id",), ("q", "page")]),
+    st.sampled_from([(), ("q",), ("sid",)]),
+)
+def test_canonical_url_as_before(
+    url: str, keep: tuple[str, ...] | None, drop: tuple[str, ...]
+) -> None:
+    # url_parts rarely make a query worth canonicalizing: add one.
+    for candidate in (url, f"http://a.kr/{url}?utm_source=x&q=1&id=%2f&page=&sid=2#f"):
+        fast = outcome(lambda u: dedupe.canonical_url(u, keep=keep, drop=drop), candidate)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(dedupe, "_split_http", lambda _: None)
+            slow = outcome(lambda u: dedupe.canonical_url(u, keep=keep, drop=drop), candidate)
+        assert fast == slow
+
+
+short_text = st.lists(
+    st.one_of(
+        st.sampled_from(list("ab Z1;#&\t\n\x7f\x00\x1f\xa0가")),
+        st.sampled_from(["&amp;", "&lt;", "  ", " x", "x "]),
+        st.characters(max_codepoint=127),
+    ),
+    max_size=40,
+).map("".join)
+
+
+@CHECK
+@given(short_text)
+def test_clean_text_as_before_on_short_ascii(text: str) -> None:
+    assert clean_text(text) == previous_clean_text(text)
+
+
+def test_clean_text_over_every_ascii_character() -> None:
+    for code in range(128):
+        for text in (f"a{chr(code)}b", f"{chr(code)}ab", f"ab{chr(code)}", chr(code) * 2):
+            assert clean_text(text) == previous_clean_text(text)
+
+
+def previous_detect_language(text: str) -> str | None:
+    """``detect_language`` as a per-character count (the reference)."""
+    sample = text[: normalize_module._LANGUAGE_SAMPLE]
+    letters = sum(1 for ch in sample if ch.isalpha())
+    hangul = sum(1 for ch in sample if ch.isalpha() and normalize_module._is_hangul(ch))
+    if letters and hangul / letters >= normalize_module._HANGUL_SHARE:
+        return "ko"
+    return None
+
+
+language_text = st.lists(
+    st.one_of(
+        st.sampled_from(["한국", "영화", "CJ", "ENM", " ", ".", "ㄱ", "ᄀ", "é", "日本", "\ud800"]),
+        st.characters(),
+    ),
+    max_size=80,
+).map("".join)
+
+
+@CHECK
+@given(language_text)
+def test_detect_language_as_before(text: str) -> None:
+    assert normalize_module.detect_language(text) == previous_detect_language(text)
+
+
+@CHECK
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from([b"\xef\xbb\xbf", b"\xff\xfe", "한".encode(), b"\xb1\xe8", b"\x80"]),
+            st.binary(max_size=4),
+        ),
+        max_size=8,
+    ).map(b"".join)
+)
+def test_is_utf8_spares_both_repairs(content: bytes) -> None:
+    """Where ``is_utf8`` says yes, both repairs had nothing to do (and it says
+    yes exactly for valid UTF-8)."""
+    try:
+        content.decode("utf-8")
+        valid = True
+    except UnicodeDecodeError:
+        valid = False
+    assert is_utf8(content) == valid
+    if valid:
+        assert korean_as_utf8(content) is None
+        assert damaged_utf8_as_utf8(content, None) is None
+        assert damaged_utf8_as_utf8(content, "utf-8") is None

@@ -24,7 +24,7 @@ def join_url(base: str, url: str) -> str:
     """
     if not base or not url:
         return urljoin(base, url)
-    if _is_plain_absolute(url):
+    if is_plain_absolute(url):
         # Split and put back together it is itself, whichever scheme the base has.
         return url
     parts = urlsplit(url)
@@ -35,7 +35,7 @@ def join_url(base: str, url: str) -> str:
     return urljoin(base, url)
 
 
-def _is_plain_absolute(url: str) -> bool:
+def is_plain_absolute(url: str) -> bool:
     """Whether ``urlunsplit(urlsplit(url))`` is ``url`` for this http(s) URL, with no error.
 
     ``urlsplit`` removes spaces and control characters, lowercases the
