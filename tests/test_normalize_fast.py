@@ -13,7 +13,8 @@ reference) on generated inputs built to hit the edges of that argument:
   feedparser's ``_urljoin``, including the ``ValueError`` cases;
 * ``_xml_encoding`` against feedparser's ``RE_XML_PI_ENCODING``;
 * the fingerprint's key text (one regex) against ``str.isalnum``, over every
-  code point, and ``content_hash`` against the ``json.dumps`` it was made from;
+  code point, and ``content_hash`` and ``listing_hash`` against the
+  ``json.dumps`` they were made from;
 * link resolution without ``urlsplit`` for plain absolute links, and
   ``canonical_url``'s own split, against ``urlsplit``; ``clean_text``'s
   answer for clean short ASCII; ``detect_language``'s byte count of ASCII
@@ -32,7 +33,8 @@ import json
 import re
 import unicodedata
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -44,7 +46,7 @@ from hypothesis import strategies as st
 
 from aggregator import dedupe
 from aggregator import normalize as normalize_module
-from aggregator.models import Source
+from aggregator.models import RawEntry, Source
 from aggregator.normalize import (
     _CLOSERS,
     _CONTROL,
@@ -614,3 +616,58 @@ def test_is_utf8_spares_both_repairs(content: bytes) -> None:
         assert korean_as_utf8(content) is None
         assert damaged_utf8_as_utf8(content, None) is None
         assert damaged_utf8_as_utf8(content, "utf-8") is None
+
+
+def previous_listing_hash(entries: list[RawEntry]) -> str:
+    """``listing_hash`` as it was: json.dumps of one list per entry (the reference)."""
+    rows = [
+        [
+            e.guid,
+            e.link,
+            e.title,
+            e.summary_html,
+            e.content_html,
+            e.date_text,
+            e.published.isoformat() if e.published else None,
+            e.updated.isoformat() if e.updated else None,
+            e.image_url,
+        ]
+        for e in entries
+    ]
+    payload = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+optional_json_text = st.one_of(st.none(), json_text)
+dates = st.one_of(
+    st.none(),
+    st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=9))])),
+    st.datetimes(),  # naive, as a parser may leave a date without a zone
+)
+raw_entries = st.builds(
+    RawEntry,
+    guid=optional_json_text,
+    link=optional_json_text,
+    title=optional_json_text,
+    summary_html=optional_json_text,
+    content_html=st.one_of(optional_json_text, st.just("<p>same</p>")),
+    published=dates,
+    updated=dates,
+    date_text=optional_json_text,
+    image_url=optional_json_text,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(raw_entries, st.booleans()), max_size=3))
+def test_listing_hash_as_json_dumps_made_it(drawn: list[tuple[RawEntry, bool]]) -> None:
+    # An Atom entry's summary is its content: the case encoded once.
+    entries = [replace(e, summary_html=e.content_html) if same else e for e, same in drawn]
+
+    def made(function: Callable[[list[RawEntry]], str]) -> object:
+        try:
+            return function(entries)
+        except UnicodeEncodeError:  # a lone surrogate: both refuse it alike
+            return "UnicodeEncodeError"
+
+    assert made(dedupe.listing_hash) == made(previous_listing_hash)
