@@ -190,10 +190,12 @@ def _encoding_ok(content: bytes, content_type: str | None) -> bool:
 class _Reader:
     """One document's walk; mirrors feedparser's handlers for the whitelisted elements."""
 
-    def __init__(self, base: str, lang: str | None, atom: bool) -> None:
+    def __init__(self, base: str, lang: str | None, atom: bool, *, c1: bool = True) -> None:
         self.base = base
         self.lang = lang
         self.is_atom = atom
+        # False when the document cannot hold a C1 character (see ``parse_fast``).
+        self.c1 = c1
 
     def text(self, el: Any, *, uri: bool = False) -> str:
         """An element's text as feedparser's ``pop`` returns it."""
@@ -209,7 +211,7 @@ class _Reader:
             if _BEYOND_LATIN1.search(value) is None:
                 with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
                     value = value.encode("iso-8859-1").decode("utf-8")
-            if _C1.search(value):
+            if self.c1 and _C1.search(value):
                 value = value.translate(_cp1252)
         return value
 
@@ -595,16 +597,20 @@ def parse_fast(
                 k.endswith("}base") or k == "base" for k in el.attrib
             ):
                 return None
+    # In UTF-8 a C1 character (U+0080-U+009F) is 0xC2 and a second byte, and
+    # without a DTD the only other way to write one is a character reference:
+    # a document with neither spares every non-ASCII value its scan for them.
+    c1 = b"\xc2" in content or b"&#" in content
     try:
         if root.tag == "rss":
             if _XML_LANG in root.attrib or "lang" in root.attrib:
                 return None
-            return _Reader(base, None, atom=False).rss(root)
+            return _Reader(base, None, atom=False, c1=c1).rss(root)
         if root.tag == _ATOM + "feed":
             lang = root.attrib.get(_XML_LANG) or None
             if lang is not None and "_" in lang:
                 return None
-            return _Reader(base, lang, atom=True).atom(root)
+            return _Reader(base, lang, atom=True, c1=c1).atom(root)
     except _Refused:
         return None
     return None
