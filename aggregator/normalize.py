@@ -797,7 +797,8 @@ def normalized_values(
         )
     canonical = canonical_url(url, keep=source.identity_params, drop=source.drop_params)
     guid = clean_text(entry.guid) or canonical
-    _check_link_size(source, entry, fallback_base, url, canonical, guid)
+    if max(len(url), len(canonical), len(guid)) > MAX_LINK_CHARS:
+        _check_link_size(source, entry, fallback_base, url, canonical, guid)
 
     content_html = bounded_html(entry.content_html, base, MAX_CONTENT_CHARS)
     if entry.summary_html == entry.content_html and len(content_html) <= MAX_SUMMARY_CHARS:
