@@ -386,6 +386,13 @@ def test_key_text_regex_deletes_exactly_what_isalnum_rejects() -> None:
     every = "".join(map(chr, range(0x110000)))
     assert dedupe._NOT_ALNUM.sub("", every) == "".join(filter(str.isalnum, every))
     assert re.fullmatch(dedupe._NOT_ALNUM, "_") is not None
+    # _key_text splits at whitespace first: none of it may be alphanumeric.
+    assert not any(ch.isspace() and ch.isalnum() for ch in every)
+    assert dedupe._key_text(every) == "".join(filter(str.isalnum, previous_fold(every)))
+
+
+def previous_fold(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).casefold()
 
 
 def previous_content_hash(**fields: Any) -> str:
