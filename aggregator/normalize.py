@@ -510,6 +510,11 @@ _HANGUL_LETTERS = re.compile(
     + "+"
 )
 _ASCII_LETTER_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# Every byte but the UTF-8 lead bytes of U+A000-U+DFFF (0xEA-0xED).
+_NOT_A000_TO_DFFF_LEADS = bytes(code for code in range(256) if not 0xEA <= code <= 0xED)
+# Hangul letters that are not syllables (U+AC00-U+D7A3), and the rest of
+# U+A000-U+DFFF: where these occur, syllables are not counted by lead bytes.
+_HANGUL_BEYOND_SYLLABLES = re.compile("[\u1100-\u11ff\u3130-\u318f\ua000-\uabff\ud7a4-\udfff]")
 _OTHER_NON_ASCII = re.compile(f"[^\x00-\x7f{_HANGUL_RANGES.pattern[1:-1]}]")
 
 
@@ -524,15 +529,18 @@ def detect_language(text: str) -> str | None:
     if sample.isascii() or _HANGUL_RANGES.search(sample) is None:
         return None  # no Hangul at all (and the per-letter count was 40% of normalize)
     # The same counts as a per-character loop, done in C: letters are what
-    # str.isalpha accepts; Hangul is _is_hangul's ranges, letters only. Regex
-    # passes delete runs of ASCII and of Hangul letters (a run per word, not
-    # per letter: half the cost) and the length lost counts them; only the few
-    # other non-ASCII characters (quotes, Hanja) are asked one by one.
-    hangul = len(sample) - len(_HANGUL_LETTERS.sub("", sample))
-    # ASCII letters are one byte each in UTF-8, and no other character has a
-    # byte below 0x80: deleting those bytes counts them (the regex's runs
-    # were stepped through Hangul one failed match at a time).
+    # str.isalpha accepts; Hangul is _is_hangul's ranges, letters only. Both
+    # are counted in the UTF-8 bytes, where regex passes stepped through
+    # Hangul one failed match at a time: an ASCII letter is one byte, and no
+    # other character has a byte below 0x80; a character from U+A000 to
+    # U+DFFF has a lead byte 0xEA-0xED, which no other byte equals, so without
+    # the few of them that are not syllables (nor other Hangul letters, which
+    # the regex counts) those bytes count the syllables, all letters.
     encoded = sample.encode("utf-8", "surrogatepass")
+    if _HANGUL_BEYOND_SYLLABLES.search(sample) is None:
+        hangul = len(encoded.translate(None, _NOT_A000_TO_DFFF_LEADS))
+    else:
+        hangul = len(sample) - len(_HANGUL_LETTERS.sub("", sample))
     letters = hangul + len(encoded) - len(encoded.translate(None, _ASCII_LETTER_BYTES))
     letters += sum(map(str.isalpha, _OTHER_NON_ASCII.findall(sample)))
     if letters and hangul / letters >= _HANGUL_SHARE:

@@ -588,6 +588,9 @@ def previous_detect_language(text: str) -> str | None:
 language_text = st.lists(
     st.one_of(
         st.sampled_from(["한국", "영화", "CJ", "ENM", " ", ".", "ㄱ", "ᄀ", "é", "日本", "\ud800"]),
+        # Either side of each range the byte count relies on.
+        st.sampled_from(list("\u109f\u1100\u11ff\u1200\u312f\u3130\u318f\u3190\u9fff\ua000")),
+        st.sampled_from(list("\ua960\uabff\uac00\ud7a3\ud7a4\ud7b0\ud7ff\udfff\ue000\U0001f3ac")),
         st.characters(),
     ),
     max_size=80,
@@ -598,6 +601,15 @@ language_text = st.lists(
 @given(language_text)
 def test_detect_language_as_before(text: str) -> None:
     assert normalize_module.detect_language(text) == previous_detect_language(text)
+
+
+def test_detect_language_beside_every_character_of_the_byte_ranges() -> None:
+    """Each code point from U+A000 to U+DFFF (syllables, other Hangul letters,
+    Yi, surrogates...) and the other Hangul blocks, amid Korean and Latin text."""
+    blocks = [*range(0xA000, 0xE000), *range(0x1100, 0x1200), *range(0x3130, 0x3190)]
+    for code in blocks:
+        for text in (f"한국 {chr(code)} ab", f"{chr(code) * 3} abcd", f"{chr(code)}가 abc"):
+            assert normalize_module.detect_language(text) == previous_detect_language(text)
 
 
 @CHECK
