@@ -324,6 +324,8 @@ def outcome(function: object, *args: str) -> object:
         "mailto:a@b.kr", "//a.kr/x", "x", "", "ftp:////a", "https:////a.kr", " urn:x",
         "https://a.kr/x?#f", "https://a.kr/x#?", "https://a.kr?q#", "https://a.kr/x\x7f",
         "https://a.kr:99999/x", "http://a.kr/[x]", "https://u:p@a.kr/x?q=1&r=2#f",
+        "tag:a.kr,2025://x", "Tag:a.kr,2025:1", "t+a.g-1:x", "a b:x", "t\tag:x", "9tag:x",
+        "tag:[x", "tag://[bad/x", "urn:", "HTTP:", "http:x", "mailto:", "é:x", "tag:a\x7f",
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("base", ["http://news.example.kr/", BASE, ""])
