@@ -248,8 +248,10 @@ class _Reader:
         else:
             self.attrs(el, _NO_ATTRIBUTES)
             value = self.text(el)
-            # feedparser's guess for RSS titles, the same pure function.
-            content_type = "text/html" if _looks_like_html(value) else "text/plain"
+            # feedparser's guess for RSS titles, the same pure function; it
+            # needs an end tag or a reference, so "<" or "&", to say yes.
+            looks_like_html = ("<" in value or "&" in value) and _looks_like_html(value)
+            content_type = "text/html" if looks_like_html else "text/plain"
         ctx["title"] = value
         ctx["title_detail"] = self.detail(content_type, value)
 
