@@ -145,9 +145,11 @@ def worker(pairs: list[tuple[Source, FetchResult]], sections: object) -> dict[st
     from dataclasses import replace
 
     spent: dict[str, float] = {}
+    originals: list[tuple[object, str, object]] = []
 
     def wrap(module: object, name: str, label: str) -> None:
         function = getattr(module, name)
+        originals.append((module, name, function))
 
         def timed(*args: object, **kwargs: object) -> object:
             start = time.process_time()
@@ -158,10 +160,6 @@ def worker(pairs: list[tuple[Source, FetchResult]], sections: object) -> dict[st
 
         setattr(module, name, timed)
 
-    for module_name, name, label in WORKER_STEPS:
-        module = importlib.import_module(module_name)
-        if hasattr(module, name):
-            wrap(module, name, label)
     extract_packed = importlib.import_module("aggregator.extract").extract_packed
     zipped = [
         (
@@ -175,10 +173,18 @@ def worker(pairs: list[tuple[Source, FetchResult]], sections: object) -> dict[st
         )
         for source, result in pairs
     ]
-    start = time.process_time()
-    for source, result in zipped:
-        extract_packed(source, result, sections, NOW)
-    spent["total"] = time.process_time() - start
+    for module_name, name, label in WORKER_STEPS:
+        module = importlib.import_module(module_name)
+        if hasattr(module, name):
+            wrap(module, name, label)
+    try:
+        start = time.process_time()
+        for source, result in zipped:
+            extract_packed(source, result, sections, NOW)
+        spent["total"] = time.process_time() - start
+    finally:
+        for module, name, function in originals:
+            setattr(module, name, function)
     return spent
 
 
