@@ -20,9 +20,9 @@ import logging
 import marshal
 import pickle
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .decoding import decoded
 from .errors import AggregatorError, EntryTooLarge, ScrapeError
@@ -227,6 +227,8 @@ def _each_entry(
 _MARSHAL = b"M"
 _PICKLE = b"P"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Item's fields in order: what ``normalize.normalized_values`` returns.
+_ITEM_FIELDS = tuple(field.name for field in fields(Item))
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -252,30 +254,8 @@ def _excerpt_parts(text: str, excerpt: str) -> tuple[int, str]:
 
 
 def _row(item: Item, source_id: str) -> tuple[Any, ...]:
-    if item.source_id != source_id:
-        raise _Unpackable
-    shared, rest = _excerpt_parts(item.text, item.excerpt)
-    return (
-        item.guid,
-        item.url,
-        None if item.canonical_url == item.url else item.canonical_url,
-        item.title,
-        item.summary_html,
-        item.content_html,
-        item.text,
-        shared,
-        rest,
-        item.fingerprint,
-        item.content_hash,
-        _micros(item.published_at),
-        _micros(item.updated_at),
-        item.image_url,
-        item.author,
-        item.categories,
-        item.section,
-        item.language,
-        item.date_missing,
-    )
+    values = tuple(getattr(item, name) for name in _ITEM_FIELDS)
+    return _row_of_values(cast("ItemValues", values), source_id)
 
 
 def _row_of_values(values: ItemValues, source_id: str) -> tuple[Any, ...]:
