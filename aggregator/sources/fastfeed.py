@@ -85,6 +85,10 @@ _RSS_CHANNEL_INERT = frozenset(
 )
 _NO_ATTRIBUTES: frozenset[str] = frozenset()
 _ATOM_TEXT_TYPES = frozenset({"text", "html"})
+# Attribute whitelists of elements met in every entry, built once.
+_TYPE_ONLY = frozenset({"type"})
+_ATOM_LINK_ATTRIBUTES = frozenset({"rel", "href", "type", "title", "hreflang", "length"})
+_ATOM_CATEGORY_ATTRIBUTES = frozenset({"term", "scheme", "label"})
 _ATOM_FEED_INERT = frozenset({"subtitle", "generator", "icon", "logo", "rights"})
 # Entry elements that may appear at most once (feedparser keeps first or last
 # depending on the element; refusing repeats sidesteps both).
@@ -235,7 +239,7 @@ class _Reader:
             raise _Refused(f"text inside <{el.tag}>")
 
     def atom_text_type(self, el: Any) -> str:
-        found = self.attrs(el, frozenset({"type"}))
+        found = self.attrs(el, _TYPE_ONLY)
         declared = found.get("type", "text")
         if declared not in _ATOM_TEXT_TYPES:
             raise _Refused("Atom text construct that is neither text nor html")
@@ -258,7 +262,7 @@ class _Reader:
     def atom_link(self, ctx: dict[str, Any], el: Any) -> None:
         if len(el) or (el.text or "").strip():
             raise _Refused("content inside an Atom link")
-        found = self.attrs(el, frozenset({"rel", "href", "type", "title", "hreflang", "length"}))
+        found = self.attrs(el, _ATOM_LINK_ATTRIBUTES)
         for key in ("rel", "type"):
             if key in found:
                 found[key] = found[key].lower()
@@ -443,7 +447,7 @@ class _Reader:
             elif tag == "category":
                 if len(child) or (child.text or "").strip():
                     raise _Refused("Atom category with content")
-                found = self.attrs(child, frozenset({"term", "scheme", "label"}))
+                found = self.attrs(child, _ATOM_CATEGORY_ATTRIBUTES)
                 if not found.get("term"):
                     raise _Refused("Atom category without a term")
                 self.tag(ctx, found["term"], found.get("scheme"), found.get("label"))
