@@ -35,14 +35,6 @@ does not give us, and why:
   stood still that long on the first body. ``start`` does it in a thread
   and returns a future, so a caller can keep fetching (and start the pool
   early, when it knows bodies are coming) and submit once the workers run.
-* **Workers do not wait for the main process to read a result.** A parsed
-  feed comes back as one blob of ~170 KB (up to ~300 KB in the benchmark
-  corpus); through the default 64 KiB pipe a worker stayed blocked in its
-  write until the main process's result thread, which needs the GIL for
-  each chunk it reads, had taken most of it: 2–4 s of each worker's ~2.5 s
-  of CPU in a 500-feed pass on a busy machine. The pool's pipes are widened
-  to :data:`PIPE_BYTES` (Linux), so a worker writes its result and moves on
-  (0.3–0.6 s of waiting left).
 """
 
 from __future__ import annotations
@@ -51,7 +43,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import faulthandler
-import fcntl
 import logging
 import multiprocessing
 import os
@@ -68,7 +59,6 @@ from .logs import JsonFormatter, setup_logging
 
 __all__ = [
     "PARSE_CPU_BUDGET",
-    "PIPE_BYTES",
     "BrokenProcessPool",
     "CpuBudgetExceeded",
     "OverBudget",
@@ -93,11 +83,6 @@ WATCHDOG_GRACE = 30.0
 # How often a worker checks that the main process still exists.
 PARENT_CHECK_INTERVAL = 1.0
 _PR_SET_PDEATHSIG = 1
-# Kernel buffer of each of the pool's pipes (tasks out, results back): room
-# for several parsed feeds, so a worker's write of its result does not wait
-# for the main process to read. Linux lets an unprivileged process go up to
-# /proc/sys/fs/pipe-max-size (1 MiB by default); a refusal keeps the default.
-PIPE_BYTES = 1024 * 1024
 
 
 class CpuBudgetExceeded(BaseException):
@@ -286,17 +271,12 @@ class ParsePool(Executor):
             ]
         )
         level, json_logs = _parent_logging()
-        executor = ProcessPoolExecutor(
+        return ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=ctx,
             initializer=_init_worker,
             initargs=(os.getpid(), level, json_logs),
         )
-        # The executor's own queues (no public way to reach them): results
-        # back, tasks out. Without them the pool still works, only slower.
-        _widen_pipe(getattr(getattr(executor, "_result_queue", None), "_reader", None))
-        _widen_pipe(getattr(getattr(executor, "_call_queue", None), "_writer", None))
-        return executor
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Run ``fn(*args)`` in a worker under the CPU budget (no keyword arguments)."""
@@ -348,15 +328,6 @@ class ParsePool(Executor):
             self._shut_down = True
         if executor is not None:
             executor.shutdown(wait=wait, cancel_futures=cancel_futures)
-
-
-def _widen_pipe(end: Any) -> None:
-    """Give the pipe behind connection ``end`` a :data:`PIPE_BYTES` buffer, where the OS allows."""
-    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if end is None or set_size is None:
-        return
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        fcntl.fcntl(end.fileno(), set_size, PIPE_BYTES)
 
 
 def make_pool(workers: int | None = None, *, cpu_budget: float = PARSE_CPU_BUDGET) -> ParsePool:
