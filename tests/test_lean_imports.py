@@ -153,3 +153,22 @@ def test_an_isolated_migration_that_fails_raises_store_error_with_alembic_s_reas
     message = str(raised.value)
     assert message.startswith(f"cannot migrate database {url}: ")
     assert "9999" in message  # alembic's own words: no such revision
+
+
+@pytest.mark.postgres
+def test_an_isolated_migration_of_an_empty_postgres_database(pg_url: str) -> None:
+    """The URL (with its password, if any) reaches the child through stdin."""
+    import sqlalchemy as sa
+
+    from aggregator.store.engine import _head_from_files
+
+    engine = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn:  # back to an empty database, as a first start finds it
+        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+        conn.exec_driver_sql("CREATE SCHEMA public")
+    engine.dispose()
+
+    version, loaded = _python("-c", OPEN, pg_url)
+
+    assert version == str([(_head_from_files(),)])
+    assert loaded == "[]"
