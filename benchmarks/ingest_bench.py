@@ -159,6 +159,7 @@ def _forkserver_pid() -> list[int]:
 
 def run_ours(base: str, n: int, db: Path, profile: Path | None = None) -> dict[str, Any]:
     import asyncio
+    import inspect
 
     from aggregator.config import parse_config
     from aggregator.ingest import Ingestor, make_pool
@@ -170,8 +171,14 @@ def run_ours(base: str, n: int, db: Path, profile: Path | None = None) -> dict[s
         "sources:\n" + lines,
         path=db.parent / "feeds.yaml",
     )
-    # As the commands open it: a fresh database is migrated in a child process.
-    store = Store.open(config.database_url, isolated_migration=True)
+    # As the commands open it: a fresh database is migrated in a child process
+    # (same_store.py also runs this with code from before that option).
+    isolated = "isolated_migration" in inspect.signature(Store.open).parameters
+    store = (
+        Store.open(config.database_url, isolated_migration=True)
+        if isolated
+        else Store.open(config.database_url)
+    )
     started = time.perf_counter()
     cpu0, _ = _usage()
     main0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
