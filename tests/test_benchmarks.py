@@ -103,3 +103,19 @@ def test_repeated_runs_report_median_and_min() -> None:
     assert (summary["wall"], summary["cpu"]) == (2.0, 8.5)
     assert summary["min"] == {"wall": 1.0, "cpu": 7.0}
     assert summary["runs"] == runs
+
+
+def test_worker_stages_split_the_pools_job(tmp_path: Path) -> None:
+    from aggregator import extract as extract_module
+    from benchmarks.stages import load, worker
+
+    generate(tmp_path, 3)
+    pairs, config = load(tmp_path)
+    before = extract_module.pack_values
+
+    steps = worker(pairs, config.sections)  # type: ignore[attr-defined]
+
+    assert set(steps) == {"decode", "parse", "listing hash", "normalize", "pack", "total"}
+    assert all(seconds >= 0 for seconds in steps.values())
+    assert steps["total"] >= sum(v for k, v in steps.items() if k != "total") > 0
+    assert extract_module.pack_values is before  # the timers are gone again
