@@ -930,6 +930,19 @@ def _to_bounces(model: BouncesModel | None) -> BounceSettings | None:
     )
 
 
+def _own_copy(text: str) -> str:
+    """A new string equal to ``text``, for a value kept as long as the config.
+
+    The YAML parse allocates each scalar among its node tree, marks and
+    dicts, most of which are freed when parsing ends; a kept string that is
+    one of those scalars keeps its whole memory block (arena) from going
+    back to the system. Two short strings per source, kept as they came out
+    of the parse, held ~10 MB of freed parse memory at 10,000 sources
+    (``/proc/self/smaps_rollup``, PSS after ``parse_config``).
+    """
+    return text.encode().decode()
+
+
 def _to_config(model: ConfigModel, path: Path | None) -> Config:
     d = model.defaults
     site_model = model.site
@@ -953,8 +966,8 @@ def _to_config(model: ConfigModel, path: Path | None) -> Config:
     )
     sources = tuple(
         Source(
-            id=s.id,
-            url=s.url,
+            id=_own_copy(s.id),
+            url=_own_copy(s.url),
             type=s.type,
             title=s.title,
             interval=s.interval or d.interval,

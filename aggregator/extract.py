@@ -19,14 +19,19 @@ from __future__ import annotations
 import logging
 import marshal
 import pickle
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .decoding import decoded
 from .errors import AggregatorError, EntryTooLarge, ScrapeError
 from .models import FetchResult, Item, ParsedFeed, RawEntry, SectionRule, Source
+
+if TYPE_CHECKING:  # the parsers are imported where they run (see ``extract``)
+    from .normalize import ItemValues
+
+_T = TypeVar("_T")
 
 __all__ = [
     "Extracted",
@@ -34,7 +39,9 @@ __all__ = [
     "extract_packed",
     "newest_entries",
     "normalize_entries",
+    "normalize_entries_values",
     "pack",
+    "pack_values",
     "unpack",
 ]
 
@@ -66,10 +73,23 @@ def extract(
     text rather than exceptions so nothing unpicklable crosses the process
     boundary.
     """
+    return _extract(source, result, sections, now, as_values=False)[0]
+
+
+def _extract(
+    source: Source,
+    result: FetchResult,
+    sections: Sequence[SectionRule],
+    now: datetime,
+    *,
+    as_values: bool,
+) -> tuple[Extracted, list[ItemValues]]:
+    """:func:`extract`; with ``as_values`` its items come as ``normalized_values``
+    tuples beside an ``Extracted`` without items (for :func:`extract_packed`)."""
     try:
         result = decoded(result)
     except AggregatorError as exc:
-        return Extracted(error=str(exc))
+        return Extracted(error=str(exc)), []
     # Imported here, not at the top: the main process needs this module for
     # ``unpack`` but parses nothing itself when a pool does it, and the
     # parsers and sanitizers are ~10 MB. The pool's forkserver preloads them.
@@ -79,17 +99,18 @@ def extract(
     try:
         parsed: ParsedFeed = parse(source, result)
     except ScrapeError as exc:
-        return Extracted(error=str(exc), broken=True)
+        return Extracted(error=str(exc), broken=True), []
     except AggregatorError as exc:
-        return Extracted(error=str(exc))
+        return Extracted(error=str(exc)), []
     except (ValueError, LookupError, OverflowError, RecursionError, MemoryError) as exc:
         # A parser library crashing on hostile bytes is this source's problem: it
         # gets a message like any unreadable document, and the pass goes on.
         log.warning("%s: parser crashed on %s", source.id, result.url, exc_info=True)
-        return Extracted(
-            error=f"{source.id}: could not parse the document "
+        error = (
+            f"{source.id}: could not parse the document "
             f"({type(exc).__name__}: {exc}) ({result.url})"
         )
+        return Extracted(error=error), []
     notes: list[str] = []
     entries = newest_entries(parsed.entries, source.max_items)
     if len(entries) < len(parsed.entries):
@@ -99,16 +120,26 @@ def extract(
         )
         log.warning("%s: %s", source.id, notes[-1])
     refused: list[str] = []
-    items = normalize_entries(source, entries, sections, now, result.url, refused=refused)
+    items: tuple[Item, ...] = ()
+    values: list[ItemValues] = []
+    if as_values:
+        values = normalize_entries_values(
+            source, entries, sections, now, result.url, refused=refused
+        )
+    else:
+        items = tuple(
+            normalize_entries(source, entries, sections, now, result.url, refused=refused)
+        )
     if refused:
         notes.append(f"{len(refused)} entries refused: {refused[0]}")
-    return Extracted(
-        items=tuple(items),
+    extracted = Extracted(
+        items=items,
         listing_hash=listing_hash(parsed.entries),
         warning=parsed.warning,
         next_page_url=parsed.next_page_url,
         notes=tuple(notes),
     )
+    return extracted, values
 
 
 def newest_entries(entries: Sequence[RawEntry], limit: int) -> Sequence[RawEntry]:
@@ -149,12 +180,37 @@ def normalize_entries(
     """
     from .normalize import normalize  # see ``extract``
 
-    items = []
+    return _each_entry(normalize, source, entries, sections, now, base_url, refused)
+
+
+def normalize_entries_values(
+    source: Source,
+    entries: Sequence[RawEntry],
+    sections: Sequence[SectionRule],
+    now: datetime,
+    base_url: str,
+    *,
+    refused: list[str] | None = None,
+) -> list[ItemValues]:
+    """:func:`normalize_entries`, each item as its ``normalized_values`` tuple."""
+    from .normalize import normalized_values  # see ``extract``
+
+    return _each_entry(normalized_values, source, entries, sections, now, base_url, refused)
+
+
+def _each_entry(
+    make: Callable[..., _T],
+    source: Source,
+    entries: Sequence[RawEntry],
+    sections: Sequence[SectionRule],
+    now: datetime,
+    base_url: str,
+    refused: list[str] | None,
+) -> list[_T]:
+    made = []
     for entry in entries:
         try:
-            items.append(
-                normalize(source, entry, sections=sections, now=now, fallback_base=base_url)
-            )
+            made.append(make(source, entry, sections=sections, now=now, fallback_base=base_url))
         except EntryTooLarge as exc:
             if refused is not None:
                 refused.append(exc.reason)  # the warning is on the source already
@@ -162,7 +218,7 @@ def normalize_entries(
         except (ValueError, AggregatorError) as exc:
             where = (entry.link or entry.guid or "")[:200]
             log.warning("%s: skipped an entry (%s): %s", source.id, where, exc)
-    return items
+    return made
 
 
 # ------------------------------------------------------------- compact transfer
@@ -171,6 +227,8 @@ def normalize_entries(
 _MARSHAL = b"M"
 _PICKLE = b"P"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Item's fields in order: what ``normalize.normalized_values`` returns.
+_ITEM_FIELDS = tuple(field.name for field in fields(Item))
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -196,29 +254,56 @@ def _excerpt_parts(text: str, excerpt: str) -> tuple[int, str]:
 
 
 def _row(item: Item, source_id: str) -> tuple[Any, ...]:
-    if item.source_id != source_id:
+    values = tuple(getattr(item, name) for name in _ITEM_FIELDS)
+    return _row_of_values(cast("ItemValues", values), source_id)
+
+
+def _row_of_values(values: ItemValues, source_id: str) -> tuple[Any, ...]:
+    """:func:`_row` of ``Item(*values)``, without building the ``Item``."""
+    (
+        item_source_id,
+        guid,
+        url,
+        canonical_url,
+        title,
+        summary_html,
+        content_html,
+        text,
+        excerpt,
+        fingerprint,
+        content_hash,
+        published_at,
+        updated_at,
+        image_url,
+        author,
+        categories,
+        section,
+        language,
+        date_missing,
+    ) = values
+    if item_source_id != source_id:
         raise _Unpackable
-    shared, rest = _excerpt_parts(item.text, item.excerpt)
+    shared, rest = _excerpt_parts(text, excerpt)
     return (
-        item.guid,
-        item.url,
-        None if item.canonical_url == item.url else item.canonical_url,
-        item.title,
-        item.summary_html,
-        item.content_html,
-        item.text,
+        guid,
+        url,
+        None if canonical_url == url else canonical_url,
+        title,
+        summary_html,
+        content_html,
+        text,
         shared,
         rest,
-        item.fingerprint,
-        item.content_hash,
-        _micros(item.published_at),
-        _micros(item.updated_at),
-        item.image_url,
-        item.author,
-        item.categories,
-        item.section,
-        item.language,
-        item.date_missing,
+        fingerprint,
+        content_hash,
+        _micros(published_at),
+        _micros(updated_at),
+        image_url,
+        author,
+        categories,
+        section,
+        language,
+        date_missing,
     )
 
 
@@ -276,6 +361,27 @@ def pack(extracted: Extracted) -> bytes:
     source_id = extracted.items[0].source_id if extracted.items else ""
     try:
         rows = tuple(_row(item, source_id) for item in extracted.items)
+    except _Unpackable:
+        return _pickled(extracted)
+    return _packed(extracted, source_id, rows)
+
+
+def pack_values(extracted: Extracted, values: Sequence[ItemValues]) -> bytes:
+    """:func:`pack` of ``extracted`` with ``Item(*v)`` for each of ``values`` as its items."""
+    source_id = values[0][0] if values else ""
+    try:
+        rows = tuple(_row_of_values(v, source_id) for v in values)
+    except _Unpackable:
+        return _pickled(replace(extracted, items=tuple(Item(*v) for v in values)))
+    return _packed(extracted, source_id, rows)
+
+
+def _pickled(extracted: Extracted) -> bytes:
+    return _PICKLE + pickle.dumps(extracted, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _packed(extracted: Extracted, source_id: str, rows: tuple[tuple[Any, ...], ...]) -> bytes:
+    try:
         return _MARSHAL + marshal.dumps(
             (
                 source_id,
@@ -288,8 +394,9 @@ def pack(extracted: Extracted) -> bytes:
                 extracted.notes,
             )
         )
-    except (_Unpackable, ValueError):  # marshal refuses types it does not know
-        return _PICKLE + pickle.dumps(extracted, protocol=pickle.HIGHEST_PROTOCOL)
+    except ValueError:  # marshal refuses types it does not know
+        items = extracted.items or tuple(_item(source_id, row) for row in rows)
+        return _pickled(replace(extracted, items=items))
 
 
 def unpack(blob: bytes) -> Extracted:
@@ -316,4 +423,5 @@ def extract_packed(
     source: Source, result: FetchResult, sections: Sequence[SectionRule], now: datetime
 ) -> bytes:
     """:func:`extract`, packed for the trip back to the main process (what the pool runs)."""
-    return pack(extract(source, result, sections, now))
+    extracted, values = _extract(source, result, sections, now, as_values=True)
+    return pack_values(extracted, values)

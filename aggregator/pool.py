@@ -23,10 +23,18 @@ does not give us, and why:
 * **Logs like the main process.** Workers set up logging as the parent did
   (JSON lines when stderr is not a terminal).
 * **Started on first use, small.** No process (not even multiprocessing's
-  resource tracker) starts until the first document is submitted, so a pass
-  in which every source answers 304 never starts one. The forkserver
+  resource tracker) starts until ``start`` or the first ``submit``: the
+  ingest pass calls ``start`` when a body is sure to come (a source that
+  cannot answer 304) or has come, so a pass in which every source answers
+  304 never starts one. The forkserver
   preloads only :mod:`aggregator.extract` and the parsers it runs (no HTTP
   client, SQL or config code), so each worker forked from it is small too.
+* **Started without blocking.** Starting the forkserver and the first worker
+  takes a few tenths of a second (the forkserver imports the parsers), and
+  ``ProcessPoolExecutor.submit`` does it in the caller: the ingest event loop
+  stood still that long on the first body. ``start`` does it in a thread
+  and returns a future, so a caller can keep fetching (and start the pool
+  early, when it knows bodies are coming) and submit once the workers run.
 """
 
 from __future__ import annotations
@@ -198,12 +206,48 @@ class ParsePool(Executor):
         # resource tracker (a Python process) for its queues' semaphores.
         self._executor: ProcessPoolExecutor | None = None
         self._shut_down = False
+        # Its own lock: the start thread holds ``_lock`` while it makes the
+        # executor, and a caller asking whether the start is done must not wait.
+        self._start_lock = threading.Lock()
+        self._starting: Future[None] | None = None
 
     @property
     def started(self) -> bool:
         """Whether anything was ever submitted (so worker processes may exist)."""
         with self._lock:
             return self._executor is not None
+
+    def start(self) -> Future[None]:
+        """Start the worker processes from a background thread; done once they are spawned.
+
+        Idempotent: every call returns the same future. ``submit`` works
+        before it is done (it then waits, in the caller, for what is left of
+        the start); callers that must not block (an event loop) wait for this
+        future first. The future holds the error if the pool cannot start.
+        """
+        with self._start_lock:
+            if self._starting is not None:
+                return self._starting
+            starting = self._starting = Future()
+        threading.Thread(
+            target=self._spawn_workers, args=(starting,), name="parse-pool-start", daemon=True
+        ).start()
+        return starting
+
+    def _spawn_workers(self, starting: Future[None]) -> None:
+        try:
+            with self._lock:
+                executor = self._current()
+            # ProcessPoolExecutor spawns a worker per submit while none is
+            # idle and fewer than max_workers run: one trivial call each
+            # spawns them all now (if one finishes before the next submit,
+            # the last worker is spawned by a later submit instead).
+            for _ in range(self.workers):
+                executor.submit(os.getpid)
+        except BaseException as exc:
+            starting.set_exception(exc)
+        else:
+            starting.set_result(None)
 
     def _current(self) -> ProcessPoolExecutor:
         """The executor, made now if this is the first call (hold ``_lock``)."""

@@ -186,7 +186,7 @@ class Service:
         if role not in ("all", "web", "worker"):
             raise ConfigError(f'unknown role "{role}" (use all, web or worker)')
         self.config = config
-        self.store = store or Store.open(config.database_url)
+        self.store = store or Store.open(config.database_url, isolated_migration=True)
         self._own_store = store is None
         self.role = role
         self.host = host

@@ -8,6 +8,13 @@ what a change to those stages saves::
     python -m benchmarks.stages DIR --profile normalize --top 30        # where it goes
     python -m benchmarks.stages DIR --breakdown                         # CPU per callee
     python -m benchmarks.stages DIR --digest out.txt                    # fidelity
+    python -m benchmarks.stages DIR --worker                            # the pool's whole job
+
+``--worker`` runs what a parse worker runs per source (``extract_packed``)
+on gzip bodies, as the benchmark's nginx sends them (level 1), and splits its
+CPU by step: decode, parse, normalize, listing hash, pack. It only wraps the
+functions ``aggregator.extract`` calls, so it times any checkout (run this
+file with ``PYTHONPATH`` set to it) without depending on its internals.
 
 ``--digest`` writes one line per parsed entry and per item (the ``repr`` of
 the frozen dataclass, every field, hashed) and prints one hash over them all:
@@ -119,6 +126,68 @@ def _instrument() -> dict[str, float]:
     return spent
 
 
+# What extract_packed calls, by step; names missing from a checkout are skipped.
+WORKER_STEPS = (
+    ("aggregator.extract", "decoded", "decode"),
+    ("aggregator.sources", "parse", "parse"),
+    ("aggregator.dedupe", "listing_hash", "listing hash"),
+    ("aggregator.extract", "normalize_entries", "normalize"),
+    ("aggregator.extract", "normalize_entries_values", "normalize"),
+    ("aggregator.extract", "pack", "pack"),
+    ("aggregator.extract", "pack_values", "pack"),
+)
+
+
+def worker(pairs: list[tuple[Source, FetchResult]], sections: object) -> dict[str, float]:
+    """CPU seconds of ``extract_packed`` over ``pairs`` (gzip bodies), in total and per step."""
+    import gzip
+    import importlib
+    from dataclasses import replace
+
+    spent: dict[str, float] = {}
+    originals: list[tuple[object, str, object]] = []
+
+    def wrap(module: object, name: str, label: str) -> None:
+        function = getattr(module, name)
+        originals.append((module, name, function))
+
+        def timed(*args: object, **kwargs: object) -> object:
+            start = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.process_time() - start
+
+        setattr(module, name, timed)
+
+    extract_packed = importlib.import_module("aggregator.extract").extract_packed
+    zipped = [
+        (
+            source,
+            replace(
+                result,
+                content=gzip.compress(result.content or b"", 1),
+                content_encoding="gzip",
+                max_bytes=64 * 2**20,
+            ),
+        )
+        for source, result in pairs
+    ]
+    for module_name, name, label in WORKER_STEPS:
+        module = importlib.import_module(module_name)
+        if hasattr(module, name):
+            wrap(module, name, label)
+    try:
+        start = time.process_time()
+        for source, result in zipped:
+            extract_packed(source, result, sections, NOW)
+        spent["total"] = time.process_time() - start
+    finally:
+        for module, name, function in originals:
+            setattr(module, name, function)
+    return spent
+
+
 def main() -> None:
     """Time (or profile, or digest) parse and normalize over a corpus."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -129,11 +198,21 @@ def main() -> None:
     parser.add_argument(
         "--breakdown", action="store_true", help="CPU per function called by each stage"
     )
+    parser.add_argument(
+        "--worker", action="store_true", help="CPU of the pool's whole job per source, by step"
+    )
     args = parser.parse_args()
     spent = _instrument() if args.breakdown else {}
 
     pairs, config = load(args.corpus)
     sections = config.sections  # type: ignore[attr-defined]
+    if args.worker:
+        steps = worker(pairs, sections)
+        total = steps.pop("total")
+        parts = "  ".join(f"{label} {seconds:.3f}" for label, seconds in steps.items())
+        rest = total - sum(steps.values())
+        print(f"worker {total:.3f} s CPU: {parts}  rest {rest:.3f}")
+        return
     profile = cProfile.Profile()
 
     start = time.process_time()

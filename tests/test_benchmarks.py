@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import feedparser
@@ -70,6 +73,30 @@ def test_floor_and_memory_sampler(tmp_path: Path) -> None:
     assert memory.peak_pss_mb > 0
 
 
+def test_timeline_accounts_for_every_source_of_a_pass(tmp_path: Path) -> None:
+    # In a child process: the timeline wraps the ingest classes for its run.
+    feeds = tmp_path / "feeds"
+    generate(feeds, 12)
+    raw = tmp_path / "timeline.json"
+    with python_server(feeds) as base:
+        command = [sys.executable, "-m", "benchmarks.timeline", "--base", base, "--n", "12"]
+        command += ["--db", str(tmp_path / "t.db"), "--json", str(raw), "--bin", "0.1"]
+        shown = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        ).stdout
+    timeline = json.loads(raw.read_text())
+    assert timeline["result"]["errors"] == 0 and timeline["result"]["entries"] > 0
+    final = timeline["samples"][-1][1]["counts"]
+    assert (final["fetch_done"], final["parse_done"], final["write_done"]) == (12, 12, 12)
+    assert sum(batch[3] for batch in timeline["batches"]) == 12
+    assert any(key.startswith("p") for key in timeline["samples"][-1][1])  # the pool's processes
+    assert "blocked s" in shown and "store:" in shown
+
+
 def test_other_stages_output_is_understood() -> None:
     publish = _publish(
         "publish   100 of 100000 items (sqlite): median 28.6 ms written, 20.1 ms unchanged\n"
@@ -103,3 +130,19 @@ def test_repeated_runs_report_median_and_min() -> None:
     assert (summary["wall"], summary["cpu"]) == (2.0, 8.5)
     assert summary["min"] == {"wall": 1.0, "cpu": 7.0}
     assert summary["runs"] == runs
+
+
+def test_worker_stages_split_the_pools_job(tmp_path: Path) -> None:
+    from aggregator import extract as extract_module
+    from benchmarks.stages import load, worker
+
+    generate(tmp_path, 3)
+    pairs, config = load(tmp_path)
+    before = extract_module.pack_values
+
+    steps = worker(pairs, config.sections)  # type: ignore[attr-defined]
+
+    assert set(steps) == {"decode", "parse", "listing hash", "normalize", "pack", "total"}
+    assert all(seconds >= 0 for seconds in steps.values())
+    assert steps["total"] >= sum(v for k, v in steps.items() if k != "total") > 0
+    assert extract_module.pack_values is before  # the timers are gone again

@@ -162,3 +162,44 @@ def test_gate_refuses_what_it_does_not_replicate(
     path = tmp_path / "changed.xml"
     path.write_bytes(changed)
     assert_same(path, "application/xml", URLS[0])
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "\u0085",  # raw, two bytes in UTF-8
+        "&#x85;",
+        "&#150;",
+        "\u0080\u009f",
+        "caf\u00e9",  # 0xC3: Latin-1 but no C1
+        "\u00a0",  # 0xC2 without a C1 character
+        "한국 &#x2019;",
+    ],
+)
+@pytest.mark.parametrize("atom", [False, True])
+def test_c1_characters_mapped_as_feedparser_maps_them(
+    written: str, atom: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """feedparser reads C1 characters as windows-1252 in every value; the fast
+    path skips its scan for them only in documents that cannot hold one."""
+    text = f"a{written}b"
+    if atom:
+        document = (
+            '<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">'
+            f"<title>{text}</title><entry><id>https://a.example/1</id><title>{text}</title>"
+            '<link href="https://a.example/1"/><updated>2026-11-30T10:00:00Z</updated>'
+            f'<content type="html">&lt;p&gt;{text}&lt;/p&gt;</content></entry></feed>'
+        )
+    else:
+        document = (
+            '<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel>'
+            f"<title>{text}</title><link>https://a.example/</link><item><title>{text}</title>"
+            f"<link>https://a.example/1</link><description>{text}</description></item>"
+            "</channel></rss>"
+        )
+    spy = Spy(monkeypatch)
+    slow, fast = both(document.encode(), "application/xml", URLS[0])
+    assert spy.taken == 1
+    assert fast == slow
+    assert isinstance(fast, ParsedFeed)
+    assert not any("\x80" <= ch <= "\x9f" for ch in str(fast.entries[0].title))

@@ -18,7 +18,7 @@ import threading
 import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from aggregator.config import Config
-from aggregator.extract import Extracted, extract, pack, unpack
+from aggregator.extract import Extracted, extract, extract_packed, pack, pack_values, unpack
 from aggregator.ingest import MAX_IN_FLIGHT, Ingestor
 from aggregator.models import FetchResult, IngestOutcome, Item, Source
 from aggregator.pool import make_pool
@@ -115,6 +115,8 @@ def test_packed_items_come_back_identical(text: str, count: int) -> None:
 
     assert unpack(blob) == extracted
     assert blob[:1] == b"M"  # the compact form, not the pickle fallback
+    # What the worker packs: the same items as field tuples, never built.
+    assert pack_values(replace(extracted, items=()), [values_of(i) for i in items]) == blob
     if count > 1:
         assert len(blob) < len(pickle.dumps(extracted, protocol=pickle.HIGHEST_PROTOCOL))
 
@@ -133,11 +135,35 @@ def test_what_the_compact_form_cannot_carry_still_comes_back_identical(
     extracted = Extracted(items=(make_item(1, "plain text"), make_item(2, "more", **odd)))
 
     blob = pack(extracted)
+    from_values = pack_values(Extracted(), [values_of(i) for i in extracted.items])
 
-    assert blob[:1] == b"P"
-    back = unpack(blob)
-    assert back == extracted
-    assert back.items[1].published_at.utcoffset() == extracted.items[1].published_at.utcoffset()
+    for packed in (blob, from_values):
+        assert packed[:1] == b"P"
+        back = unpack(packed)
+        assert back == extracted
+        assert back.items[1].published_at.utcoffset() == extracted.items[1].published_at.utcoffset()
+
+
+def values_of(item: Item) -> tuple[Any, ...]:
+    return tuple(getattr(item, field.name) for field in fields(Item))
+
+
+@pytest.mark.parametrize("size", [0, 1, 40])
+def test_the_pool_packs_what_extract_makes(size: int) -> None:
+    """``extract_packed`` (field tuples packed as they come) sends what
+    ``pack(extract(...))`` would: entries with and without text, one without a
+    link (skipped), one whose guid is over the cap (refused, noted)."""
+    entries = [(f"g{i}", f"제목 {i}", "본문 word " * (size * i)) for i in range(6)]
+    document = rss(entries).replace("<link>https://news.example.kr/g2</link>", "")
+    document = document.replace(">g3</guid>", f">{'x' * 40_000}</guid>")
+    result = FetchResult(
+        "news", SOURCE.url, 200, document.encode(), content_type="application/rss+xml"
+    )
+
+    extracted = extract(SOURCE, result, (), NOW)
+
+    assert extract_packed(SOURCE, result, (), NOW) == pack(extracted)
+    assert len(extracted.items) == 4 and len(extracted.notes) == 1
 
 
 def test_errors_come_back_packed() -> None:

@@ -13,7 +13,12 @@ reference) on generated inputs built to hit the edges of that argument:
   feedparser's ``_urljoin``, including the ``ValueError`` cases;
 * ``_xml_encoding`` against feedparser's ``RE_XML_PI_ENCODING``;
 * the fingerprint's key text (one regex) against ``str.isalnum``, over every
-  code point, and ``content_hash`` against the ``json.dumps`` it was made from.
+  code point, and ``content_hash`` and ``listing_hash`` against the
+  ``json.dumps`` they were made from;
+* link resolution without ``urlsplit`` for plain absolute links, and
+  ``canonical_url``'s own split, against ``urlsplit``; ``clean_text``'s
+  answer for clean short ASCII; ``detect_language``'s byte count of ASCII
+  letters against a per-character count; one UTF-8 check before the repairs.
 
 The whole-corpus check (every ``RawEntry`` and ``Item`` of the benchmark
 corpus unchanged) is ``python -m benchmarks.stages DIR --digest``, before
@@ -28,9 +33,10 @@ import json
 import re
 import unicodedata
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import feedparser.encodings
 import pytest
@@ -40,7 +46,7 @@ from hypothesis import strategies as st
 
 from aggregator import dedupe
 from aggregator import normalize as normalize_module
-from aggregator.models import Source
+from aggregator.models import RawEntry, Source
 from aggregator.normalize import (
     _CLOSERS,
     _CONTROL,
@@ -64,6 +70,7 @@ from aggregator.normalize import (
 )
 from aggregator.sources import fastfeed, feed
 from aggregator.sources.dates import parse_date
+from aggregator.sources.decode import damaged_utf8_as_utf8, is_utf8, korean_as_utf8
 from aggregator.sources.fastfeed import _join, _xml_encoding
 from aggregator.sources.links import join_url
 from aggregator.sources.markup import bound_markup
@@ -317,6 +324,8 @@ def outcome(function: object, *args: str) -> object:
         "mailto:a@b.kr", "//a.kr/x", "x", "", "ftp:////a", "https:////a.kr", " urn:x",
         "https://a.kr/x?#f", "https://a.kr/x#?", "https://a.kr?q#", "https://a.kr/x\x7f",
         "https://a.kr:99999/x", "http://a.kr/[x]", "https://u:p@a.kr/x?q=1&r=2#f",
+        "tag:a.kr,2025://x", "Tag:a.kr,2025:1", "t+a.g-1:x", "a b:x", "t\tag:x", "9tag:x",
+        "tag:[x", "tag://[bad/x", "urn:", "HTTP:", "http:x", "mailto:", "é:x", "tag:a\x7f",
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("base", ["http://news.example.kr/", BASE, ""])
@@ -379,6 +388,13 @@ def test_key_text_regex_deletes_exactly_what_isalnum_rejects() -> None:
     every = "".join(map(chr, range(0x110000)))
     assert dedupe._NOT_ALNUM.sub("", every) == "".join(filter(str.isalnum, every))
     assert re.fullmatch(dedupe._NOT_ALNUM, "_") is not None
+    # _key_text splits at whitespace first: none of it may be alphanumeric.
+    assert not any(ch.isspace() and ch.isalnum() for ch in every)
+    assert dedupe._key_text(every) == "".join(filter(str.isalnum, previous_fold(every)))
+
+
+def previous_fold(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).casefold()
 
 
 def previous_content_hash(**fields: Any) -> str:
@@ -480,3 +496,199 @@ def test_long_values_are_resolved_alike_but_never_cached() -> None:
     assert [cache.cache_info().currsize for cache in caches] == before
     assert _join(BASE, "https://a.kr/short") == "https://a.kr/short"
     assert fastfeed._join_cached.cache_info().currsize == before[0] + 1
+
+
+# ------------------------------------------------ links, clean text, language
+
+
+def previous_resolve_http_url(base: str, value: str | None) -> str | None:
+    """``_resolve_http_url`` before plain absolute links skipped ``urlsplit`` (the reference)."""
+    if not value or not value.strip():
+        return None
+    url = join_url(base, value.strip()) if base else value.strip()
+    return url if urlsplit(url).scheme.lower() in ("http", "https") else None
+
+
+@CHECK
+@given(bases, url_parts)
+def test_resolve_http_url_as_before(base: str, url: str) -> None:
+    resolve = normalize_module._resolve_http_url
+    assert outcome(resolve, base, url) == outcome(previous_resolve_http_url, base, url)
+
+
+@pytest.mark.parametrize("base", ["http://news.example.kr/", BASE, ""])
+def test_resolve_http_url_on_edges(base: str) -> None:
+    urls = [
+        "https://a.kr/x", " http://a.kr/x?q=1 ", "https://a.kr?", "http://a.kr/x#", "https:a",
+        "HTTPS://a.kr/x", "https://[::1]/x", "https://[bad/x", "http:///x", "/x", "x", "",
+        "https://a.kr/기사", "https://a.kr/\tx", "mailto:a@b.kr", "https://a.kr/x;p",
+    ]  # fmt: skip
+    for url in urls:
+        resolve = normalize_module._resolve_http_url
+        assert outcome(resolve, base, url) == outcome(previous_resolve_http_url, base, url)
+
+
+@CHECK
+@given(url_parts)
+def test_split_http_is_urlsplit(url: str) -> None:
+    parts = dedupe._split_http(url)
+    if parts is not None:
+        split = urlsplit(url)
+        assert tuple(parts) == (split.scheme, split.netloc, split.path, split.query)
+
+
+@CHECK
+@given(
+    url_parts,
+    st.sampled_from([None, (), ("id",), ("q", "page")]),
+    st.sampled_from([(), ("q",), ("sid",)]),
+)
+def test_canonical_url_as_before(
+    url: str, keep: tuple[str, ...] | None, drop: tuple[str, ...]
+) -> None:
+    # url_parts rarely make a query worth canonicalizing: add one.
+    for candidate in (url, f"http://a.kr/{url}?utm_source=x&q=1&id=%2f&page=&sid=2#f"):
+        fast = outcome(lambda u: dedupe.canonical_url(u, keep=keep, drop=drop), candidate)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(dedupe, "_split_http", lambda _: None)
+            slow = outcome(lambda u: dedupe.canonical_url(u, keep=keep, drop=drop), candidate)
+        assert fast == slow
+
+
+short_text = st.lists(
+    st.one_of(
+        st.sampled_from(list("ab Z1;#&\t\n\x7f\x00\x1f\xa0가")),
+        st.sampled_from(["&amp;", "&lt;", "  ", " x", "x "]),
+        st.characters(max_codepoint=127),
+    ),
+    max_size=40,
+).map("".join)
+
+
+@CHECK
+@given(short_text)
+def test_clean_text_as_before_on_short_ascii(text: str) -> None:
+    assert clean_text(text) == previous_clean_text(text)
+
+
+def test_clean_text_over_every_ascii_character() -> None:
+    for code in range(128):
+        for text in (f"a{chr(code)}b", f"{chr(code)}ab", f"ab{chr(code)}", chr(code) * 2):
+            assert clean_text(text) == previous_clean_text(text)
+
+
+def previous_detect_language(text: str) -> str | None:
+    """``detect_language`` as a per-character count (the reference)."""
+    sample = text[: normalize_module._LANGUAGE_SAMPLE]
+    letters = sum(1 for ch in sample if ch.isalpha())
+    hangul = sum(1 for ch in sample if ch.isalpha() and normalize_module._is_hangul(ch))
+    if letters and hangul / letters >= normalize_module._HANGUL_SHARE:
+        return "ko"
+    return None
+
+
+language_text = st.lists(
+    st.one_of(
+        st.sampled_from(["한국", "영화", "CJ", "ENM", " ", ".", "ㄱ", "ᄀ", "é", "日本", "\ud800"]),
+        # Either side of each range the byte count relies on.
+        st.sampled_from(list("\u109f\u1100\u11ff\u1200\u312f\u3130\u318f\u3190\u9fff\ua000")),
+        st.sampled_from(list("\ua960\uabff\uac00\ud7a3\ud7a4\ud7b0\ud7ff\udfff\ue000\U0001f3ac")),
+        st.characters(),
+    ),
+    max_size=80,
+).map("".join)
+
+
+@CHECK
+@given(language_text)
+def test_detect_language_as_before(text: str) -> None:
+    assert normalize_module.detect_language(text) == previous_detect_language(text)
+
+
+def test_detect_language_beside_every_character_of_the_byte_ranges() -> None:
+    """Each code point from U+A000 to U+DFFF (syllables, other Hangul letters,
+    Yi, surrogates...) and the other Hangul blocks, amid Korean and Latin text."""
+    blocks = [*range(0xA000, 0xE000), *range(0x1100, 0x1200), *range(0x3130, 0x3190)]
+    for code in blocks:
+        for text in (f"한국 {chr(code)} ab", f"{chr(code) * 3} abcd", f"{chr(code)}가 abc"):
+            assert normalize_module.detect_language(text) == previous_detect_language(text)
+
+
+@CHECK
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from([b"\xef\xbb\xbf", b"\xff\xfe", "한".encode(), b"\xb1\xe8", b"\x80"]),
+            st.binary(max_size=4),
+        ),
+        max_size=8,
+    ).map(b"".join)
+)
+def test_is_utf8_spares_both_repairs(content: bytes) -> None:
+    """Where ``is_utf8`` says yes, both repairs had nothing to do (and it says
+    yes exactly for valid UTF-8)."""
+    try:
+        content.decode("utf-8")
+        valid = True
+    except UnicodeDecodeError:
+        valid = False
+    assert is_utf8(content) == valid
+    if valid:
+        assert korean_as_utf8(content) is None
+        assert damaged_utf8_as_utf8(content, None) is None
+        assert damaged_utf8_as_utf8(content, "utf-8") is None
+
+
+def previous_listing_hash(entries: list[RawEntry]) -> str:
+    """``listing_hash`` as it was: json.dumps of one list per entry (the reference)."""
+    rows = [
+        [
+            e.guid,
+            e.link,
+            e.title,
+            e.summary_html,
+            e.content_html,
+            e.date_text,
+            e.published.isoformat() if e.published else None,
+            e.updated.isoformat() if e.updated else None,
+            e.image_url,
+        ]
+        for e in entries
+    ]
+    payload = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+optional_json_text = st.one_of(st.none(), json_text)
+dates = st.one_of(
+    st.none(),
+    st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=9))])),
+    st.datetimes(),  # naive, as a parser may leave a date without a zone
+)
+raw_entries = st.builds(
+    RawEntry,
+    guid=optional_json_text,
+    link=optional_json_text,
+    title=optional_json_text,
+    summary_html=optional_json_text,
+    content_html=st.one_of(optional_json_text, st.just("<p>same</p>")),
+    published=dates,
+    updated=dates,
+    date_text=optional_json_text,
+    image_url=optional_json_text,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(raw_entries, st.booleans()), max_size=3))
+def test_listing_hash_as_json_dumps_made_it(drawn: list[tuple[RawEntry, bool]]) -> None:
+    # An Atom entry's summary is its content: the case encoded once.
+    entries = [replace(e, summary_html=e.content_html) if same else e for e, same in drawn]
+
+    def made(function: Callable[[list[RawEntry]], str]) -> object:
+        try:
+            return function(entries)
+        except UnicodeEncodeError:  # a lone surrogate: both refuse it alike
+            return "UnicodeEncodeError"
+
+    assert made(dedupe.listing_hash) == made(previous_listing_hash)

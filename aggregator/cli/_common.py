@@ -68,7 +68,7 @@ def load_config() -> Config:
 
 def open_store(config: Config) -> Store:
     """The store ``config`` names; the caller closes it."""
-    return Store.open(config.database_url)
+    return Store.open(config.database_url, isolated_migration=True)
 
 
 def ago(when: datetime | None, now: datetime) -> str:

@@ -76,6 +76,15 @@ def _strict(content: bytes, codec: str) -> str | None:
         return None
 
 
+def is_utf8(content: bytes) -> bool:
+    """Whether ``content`` is valid UTF-8 (ASCII included, a UTF-8 BOM allowed).
+
+    Then neither ``korean_as_utf8`` nor ``damaged_utf8_as_utf8`` has anything
+    to repair: a caller that asks first spares them a decode each.
+    """
+    return content.isascii() or _strict(content, "utf-8") is not None
+
+
 def _mostly_hangul(text: str) -> bool:
     non_ascii = [ch for ch in text if ord(ch) > 127]
     hangul = sum(1 for ch in non_ascii if "\uac00" <= ch <= "\ud7a3")

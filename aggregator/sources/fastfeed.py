@@ -85,6 +85,10 @@ _RSS_CHANNEL_INERT = frozenset(
 )
 _NO_ATTRIBUTES: frozenset[str] = frozenset()
 _ATOM_TEXT_TYPES = frozenset({"text", "html"})
+# Attribute whitelists of elements met in every entry, built once.
+_TYPE_ONLY = frozenset({"type"})
+_ATOM_LINK_ATTRIBUTES = frozenset({"rel", "href", "type", "title", "hreflang", "length"})
+_ATOM_CATEGORY_ATTRIBUTES = frozenset({"term", "scheme", "label"})
 _ATOM_FEED_INERT = frozenset({"subtitle", "generator", "icon", "logo", "rights"})
 # Entry elements that may appear at most once (feedparser keeps first or last
 # depending on the element; refusing repeats sidesteps both).
@@ -190,10 +194,12 @@ def _encoding_ok(content: bytes, content_type: str | None) -> bool:
 class _Reader:
     """One document's walk; mirrors feedparser's handlers for the whitelisted elements."""
 
-    def __init__(self, base: str, lang: str | None, atom: bool) -> None:
+    def __init__(self, base: str, lang: str | None, atom: bool, *, c1: bool = True) -> None:
         self.base = base
         self.lang = lang
         self.is_atom = atom
+        # False when the document cannot hold a C1 character (see ``parse_fast``).
+        self.c1 = c1
 
     def text(self, el: Any, *, uri: bool = False) -> str:
         """An element's text as feedparser's ``pop`` returns it."""
@@ -209,7 +215,7 @@ class _Reader:
             if _BEYOND_LATIN1.search(value) is None:
                 with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
                     value = value.encode("iso-8859-1").decode("utf-8")
-            if _C1.search(value):
+            if self.c1 and _C1.search(value):
                 value = value.translate(_cp1252)
         return value
 
@@ -233,7 +239,7 @@ class _Reader:
             raise _Refused(f"text inside <{el.tag}>")
 
     def atom_text_type(self, el: Any) -> str:
-        found = self.attrs(el, frozenset({"type"}))
+        found = self.attrs(el, _TYPE_ONLY)
         declared = found.get("type", "text")
         if declared not in _ATOM_TEXT_TYPES:
             raise _Refused("Atom text construct that is neither text nor html")
@@ -246,15 +252,17 @@ class _Reader:
         else:
             self.attrs(el, _NO_ATTRIBUTES)
             value = self.text(el)
-            # feedparser's guess for RSS titles, the same pure function.
-            content_type = "text/html" if _looks_like_html(value) else "text/plain"
+            # feedparser's guess for RSS titles, the same pure function; it
+            # needs an end tag or a reference, so "<" or "&", to say yes.
+            looks_like_html = ("<" in value or "&" in value) and _looks_like_html(value)
+            content_type = "text/html" if looks_like_html else "text/plain"
         ctx["title"] = value
         ctx["title_detail"] = self.detail(content_type, value)
 
     def atom_link(self, ctx: dict[str, Any], el: Any) -> None:
         if len(el) or (el.text or "").strip():
             raise _Refused("content inside an Atom link")
-        found = self.attrs(el, frozenset({"rel", "href", "type", "title", "hreflang", "length"}))
+        found = self.attrs(el, _ATOM_LINK_ATTRIBUTES)
         for key in ("rel", "type"):
             if key in found:
                 found[key] = found[key].lower()
@@ -439,7 +447,7 @@ class _Reader:
             elif tag == "category":
                 if len(child) or (child.text or "").strip():
                     raise _Refused("Atom category with content")
-                found = self.attrs(child, frozenset({"term", "scheme", "label"}))
+                found = self.attrs(child, _ATOM_CATEGORY_ATTRIBUTES)
                 if not found.get("term"):
                     raise _Refused("Atom category without a term")
                 self.tag(ctx, found["term"], found.get("scheme"), found.get("label"))
@@ -595,16 +603,20 @@ def parse_fast(
                 k.endswith("}base") or k == "base" for k in el.attrib
             ):
                 return None
+    # In UTF-8 a C1 character (U+0080-U+009F) is 0xC2 and a second byte, and
+    # without a DTD the only other way to write one is a character reference:
+    # a document with neither spares every non-ASCII value its scan for them.
+    c1 = b"\xc2" in content or b"&#" in content
     try:
         if root.tag == "rss":
             if _XML_LANG in root.attrib or "lang" in root.attrib:
                 return None
-            return _Reader(base, None, atom=False).rss(root)
+            return _Reader(base, None, atom=False, c1=c1).rss(root)
         if root.tag == _ATOM + "feed":
             lang = root.attrib.get(_XML_LANG) or None
             if lang is not None and "_" in lang:
                 return None
-            return _Reader(base, lang, atom=True).atom(root)
+            return _Reader(base, lang, atom=True, c1=c1).atom(root)
     except _Refused:
         return None
     return None

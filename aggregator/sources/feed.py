@@ -25,7 +25,7 @@ from selectolax.lexbor import LexborHTMLParser
 from ..errors import ParseError
 from ..models import FetchResult, ParsedFeed, RawEntry, Source
 from .dates import parse_date
-from .decode import damaged_utf8_as_utf8, korean_as_utf8
+from .decode import damaged_utf8_as_utf8, is_utf8, korean_as_utf8
 from .fastfeed import parse_fast
 from .markup import bound_markup, neutralize_char_ref_bytes
 
@@ -215,6 +215,8 @@ def parse_feed(source: Source, result: FetchResult, *, fast: bool = True) -> Par
     warnings: list[str] = []
     if source.encoding:
         headers["content-type"] = f"application/xml; charset={source.encoding}"
+    elif is_utf8(content):
+        pass  # neither repair below applies: one check instead of one in each
     elif (recoded := korean_as_utf8(content)) is not None:
         # EUC-KR bytes under a UTF-8 (or no) label: feedparser would fall back to
         # windows-1252 and store mojibake.

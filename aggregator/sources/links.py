@@ -24,9 +24,12 @@ def join_url(base: str, url: str) -> str:
     """
     if not base or not url:
         return urljoin(base, url)
-    if _is_plain_absolute(url):
+    if is_plain_absolute(url):
         # Split and put back together it is itself, whichever scheme the base has.
         return url
+    scheme = _scheme_without_host(url)
+    if scheme is not None and scheme != urlsplit(base).scheme:
+        return url  # an Atom id ("tag:...", "urn:..."): no split of a unique string
     parts = urlsplit(url)
     if parts.scheme and parts.scheme != urlsplit(base).scheme:
         return url
@@ -35,7 +38,7 @@ def join_url(base: str, url: str) -> str:
     return urljoin(base, url)
 
 
-def _is_plain_absolute(url: str) -> bool:
+def is_plain_absolute(url: str) -> bool:
     """Whether ``urlunsplit(urlsplit(url))`` is ``url`` for this http(s) URL, with no error.
 
     ``urlsplit`` removes spaces and control characters, lowercases the
@@ -60,3 +63,23 @@ def _is_plain_absolute(url: str) -> bool:
         and "?#" not in url
         and not url.endswith(("?", "#"))
     )
+
+
+_SCHEME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."
+
+
+def _scheme_without_host(url: str) -> str | None:
+    """``urlsplit(url).scheme`` when ``url`` has one and no "//" host after it, else None.
+
+    For printable ASCII, ``urlsplit`` removes nothing first; the scheme is
+    what precedes the first ":" when that starts with a letter and holds only
+    scheme characters. Without a host there is nothing for it to reject
+    (``ValueError``), so ``urljoin`` returns such a URL as it is whenever
+    its scheme is not the base's.
+    """
+    colon = url.find(":")
+    if colon <= 0 or not url[0].isalpha() or not (url.isascii() and url.isprintable()):
+        return None
+    if url.startswith("//", colon + 1) or url[:colon].strip(_SCHEME_CHARS):
+        return None
+    return url[:colon].lower()

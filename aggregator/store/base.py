@@ -34,8 +34,15 @@ class StoreBase:
         self.engine = engine
 
     @classmethod
-    def open(cls, url: str, *, migrate_schema: bool = True) -> Self:
-        """Open (and by default migrate) the database at ``url``."""
+    def open(
+        cls, url: str, *, migrate_schema: bool = True, isolated_migration: bool = False
+    ) -> Self:
+        """Open (and by default migrate) the database at ``url``.
+
+        ``isolated_migration``: a migration, if one is needed, runs in a child
+        process (see :func:`~aggregator.store.engine.migrate`), for long or
+        memory-measured processes: the commands, the scheduler.
+        """
         engine = make_engine(url)
         try:
             with engine.connect() as conn:
@@ -45,7 +52,7 @@ class StoreBase:
             first = str(exc).splitlines()[0]
             raise StoreError(f"cannot connect to database {safe_url(url)}: {first}") from None
         if migrate_schema:
-            migrate(engine)
+            migrate(engine, isolated=isolated_migration)
         return cls(engine)
 
     @property

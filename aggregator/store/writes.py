@@ -11,22 +11,24 @@ One commit per batch instead of one per source is most of what a warm pass
 (every source answers 304) costs, and a tenth of a cold one.
 
 The rest is fewer, cheaper statements per source: every lookup is one query
-per source (IN lists of at most :data:`~aggregator.store.base.CHUNK` keys),
-built once at import with expanding bind parameters so SQLAlchemy does not
-rebuild and re-key them per call; new rows go in one executemany; a batch's
-304s are one executemany UPDATE.
+per source (IN lists of at most :data:`~aggregator.store.base.CHUNK` keys);
+new rows go in one executemany; a batch's 304s are one executemany UPDATE.
+The statements of a source's save are :mod:`~aggregator.store.hotpath`'s:
+on SQLite they run through ``sqlite3`` under the SQLAlchemy connection,
+without SQLAlchemy's per-execution setup.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, or_, select, update
+from sqlalchemy import JSON, Connection, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
@@ -41,10 +43,8 @@ from .copies import (
     SourceRank,
     better_copies,
     inherited_values,
-    load_copies,
-    load_source_ranks,
-    take_over,
 )
+from .hotpath import CoreStatements, statements
 from .schema import text_key
 from .types import UTCDateTime
 
@@ -130,60 +130,27 @@ _sources = schema.sources
 
 # Statements built once: executing a prebuilt statement skips building the
 # expression and most of computing its cache key, which per call cost more
-# than SQLite's own work for these small queries.
-_KNOWN_GUIDS = select(_items.c.id, _items.c.guid_hash, _items.c.content_hash).where(
-    _items.c.source_id == bindparam("source"),
-    _items.c.guid_hash.in_(bindparam("keys", expanding=True)),
-)
-# Every stored item sharing a canonical link (any source, originals and
-# duplicates: the link match is also how a source's churning guids are
-# recognised) or a fingerprint (originals only) with the entries not known by
-# guid; oldest first, so "the first item having it" is the earliest.
-_BY_LINK_OR_PRINT = (
-    select(
-        _items.c.id,
-        _items.c.source_id,
-        _items.c.guid,
-        _items.c.canonical_url_hash,
-        _items.c.fingerprint,
-        _items.c.content_hash,
-        _items.c.duplicate_of,
-    )
-    .where(
-        or_(
-            _items.c.canonical_url_hash.in_(bindparam("links", expanding=True)),
-            _items.c.fingerprint.in_(bindparam("prints", expanding=True))
-            & _items.c.duplicate_of.is_(None),
-        )
-    )
-    .order_by(_items.c.id)
-)
-_STORED_NOW = select(
-    _items.c.id,
-    _items.c.guid_hash,
-    _items.c.canonical_url,
-    _items.c.fingerprint,
-    _items.c.duplicate_of,
-).where(
-    _items.c.source_id == bindparam("source"),
-    _items.c.guid_hash.in_(bindparam("keys", expanding=True)),
-)
+# than SQLite's own work for these small queries. Those every source's save
+# runs are in :mod:`.hotpath`, with a path for SQLite's own driver.
 # SET columns come from the parameter names (see _item_values).
 _UPDATE_ITEM = update(_items).where(_items.c.id == bindparam("item_id"))
-_UPDATE_SOURCE = update(_sources).where(_sources.c.id == bindparam("source"))
 # A 304 keeps the stored validators unless the response sent new ones.
-_NOT_MODIFIED = _UPDATE_SOURCE.values(
-    last_fetched_at=bindparam("fetched", type_=UTCDateTime()),
-    last_success_at=bindparam("fetched", type_=UTCDateTime()),
-    next_fetch_at=bindparam("next_at", type_=UTCDateTime()),
-    error_count=0,
-    last_error=None,
-    broken_reason=None,
-    etag=func.coalesce(bindparam("new_etag", type_=_sources.c.etag.type), _sources.c.etag),
-    last_modified=func.coalesce(
-        bindparam("new_last_modified", type_=_sources.c.last_modified.type),
-        _sources.c.last_modified,
-    ),
+_NOT_MODIFIED = (
+    update(_sources)
+    .where(_sources.c.id == bindparam("source"))
+    .values(
+        last_fetched_at=bindparam("fetched", type_=UTCDateTime()),
+        last_success_at=bindparam("fetched", type_=UTCDateTime()),
+        next_fetch_at=bindparam("next_at", type_=UTCDateTime()),
+        error_count=0,
+        last_error=None,
+        broken_reason=None,
+        etag=func.coalesce(bindparam("new_etag", type_=_sources.c.etag.type), _sources.c.etag),
+        last_modified=func.coalesce(
+            bindparam("new_last_modified", type_=_sources.c.last_modified.type),
+            _sources.c.last_modified,
+        ),
+    )
 )
 _ERROR_COUNT = select(_sources.c.error_count).where(_sources.c.id == bindparam("source"))
 
@@ -227,10 +194,10 @@ class _Ranks:
     def __init__(self) -> None:
         self._known: dict[str, SourceRank] = {}
 
-    def get(self, conn: Connection, source_ids: Sequence[str]) -> dict[str, SourceRank]:
+    def get(self, sql: CoreStatements, source_ids: Sequence[str]) -> dict[str, SourceRank]:
         missing = [s for s in source_ids if s not in self._known]
         if missing:
-            self._known.update(load_source_ranks(conn, missing))
+            self._known.update(sql.source_ranks(missing))
         return {s: self._known.get(s, UNKNOWN_SOURCE) for s in source_ids}
 
     def forget(self, source_id: str) -> None:
@@ -340,6 +307,7 @@ class WritesMixin(StoreBase):
         alone = len(writes) == 1
         with self.transaction() as conn:
             self._lock_for_writing(conn)
+            sql = statements(conn)
             index = 0
             while index < len(writes):
                 write = writes[index]
@@ -353,18 +321,14 @@ class WritesMixin(StoreBase):
                     index = end
                     continue
                 index += 1
-                savepoint = None if alone else conn.begin_nested()
                 try:
-                    result = self._write_one(conn, write, ranks)
+                    with nullcontext() if alone else sql.savepoint():
+                        result = self._write_one(sql, write, ranks)
                 except Exception as exc:
                     if alone or _fails_the_batch(exc):
                         raise
-                    assert savepoint is not None
-                    savepoint.rollback()
                     results.append(exc)
                     continue
-                if savepoint is not None:
-                    savepoint.commit()
                 results.append(result)
         return results
 
@@ -380,14 +344,14 @@ class WritesMixin(StoreBase):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     def _write_one(
-        self, conn: Connection, write: SaveItems | Failure, ranks: _Ranks
+        self, sql: CoreStatements, write: SaveItems | Failure, ranks: _Ranks
     ) -> WriteResult:
         if isinstance(write, SaveItems):
-            counts = self._save_items(conn, write, ranks)
+            counts = self._save_items(sql, write, ranks)
             if write.new_url:
                 ranks.forget(write.source_id)
             return counts
-        return self._record_failure(conn, write)
+        return self._record_failure(sql.conn, write)
 
     def _not_modified(
         self, conn: Connection, writes: Sequence[NotModified], *, alone: bool
@@ -440,7 +404,7 @@ class WritesMixin(StoreBase):
 
     # ------------------------------------------------------------ items
 
-    def _save_items(self, conn: Connection, write: SaveItems, ranks: _Ranks) -> SaveCounts:
+    def _save_items(self, sql: CoreStatements, write: SaveItems, ranks: _Ranks) -> SaveCounts:
         source_id = write.source_id
         batch: dict[str, _Entry] = {}
         for item in write.items:
@@ -450,15 +414,15 @@ class WritesMixin(StoreBase):
         existing: dict[str, tuple[int, str]] = {}
         guid_of = {e.guid_hash: g for g, e in batch.items()}
         for chunk in chunks(list(guid_of)):
-            for row in conn.execute(_KNOWN_GUIDS, {"source": source_id, "keys": chunk}):
-                existing[guid_of[row.guid_hash]] = (row.id, row.content_hash)
+            for item_id, guid_hash, item_hash in sql.known_guids(source_id, chunk):
+                existing[guid_of[guid_hash]] = (item_id, item_hash)
 
         churned = 0
         by_canon: dict[str, int] = {}
         by_print: dict[str, int] = {}
         unknown = [e for g, e in batch.items() if g not in existing]
         if unknown:
-            by_link = self._lookup_keys(conn, source_id, unknown, by_canon, by_print)
+            by_link = self._lookup_keys(sql, source_id, unknown, by_canon, by_print)
             # A feed that invents a new guid for the same article on every
             # fetch would flood the store: match such entries by their link.
             for entry in unknown:
@@ -483,9 +447,9 @@ class WritesMixin(StoreBase):
         refused: list[str] = []
         if new_entries:
             inserted, duplicates, takeovers = self._insert_new(
-                conn, source_id, new_entries, write.fetched_at, by_canon, by_print, ranks, refused
+                sql, source_id, new_entries, write.fetched_at, by_canon, by_print, ranks, refused
             )
-        updated = self._update_changed(conn, changed, existing, refused)
+        updated = self._update_changed(sql.conn, changed, existing, refused)
         if refused:
             for problem in refused:
                 log.warning("%s: entry not stored: %s", source_id, problem)
@@ -497,7 +461,6 @@ class WritesMixin(StoreBase):
             )
 
         state: dict[str, Any] = {
-            "source": source_id,
             "last_fetched_at": write.fetched_at,
             "last_success_at": write.fetched_at,
             "next_fetch_at": write.next_fetch_at,
@@ -511,7 +474,7 @@ class WritesMixin(StoreBase):
         }
         if write.new_url:
             state["url"] = write.new_url
-        conn.execute(_UPDATE_SOURCE, state)
+        sql.update_source(source_id, state)
         return SaveCounts(
             # A better copy of a known story is not a new story: the story's
             # shown copy changed, which is an update to readers.
@@ -525,7 +488,7 @@ class WritesMixin(StoreBase):
 
     @staticmethod
     def _lookup_keys(
-        conn: Connection,
+        sql: CoreStatements,
         source_id: str,
         unknown: Sequence[_Entry],
         by_canon: dict[str, int],
@@ -540,28 +503,28 @@ class WritesMixin(StoreBase):
         """
         links = sorted({e.link_hash for e in unknown})
         prints = sorted({e.item.fingerprint for e in unknown})
-        rows: dict[int, Any] = {}
+        rows: dict[int, Sequence[Any]] = {}
         for start in range(0, max(len(links), len(prints)), CHUNK):
-            part = {"links": links[start : start + CHUNK], "prints": prints[start : start + CHUNK]}
-            for row in conn.execute(_BY_LINK_OR_PRINT, part):
-                rows[row.id] = row
+            part = sql.by_link_or_print(links[start : start + CHUNK], prints[start : start + CHUNK])
+            for row in part:
+                rows[row[0]] = row
         wanted_links = set(links)
         wanted_prints = set(prints)
         by_link: dict[str, tuple[int, str, str]] = {}
         for item_id in sorted(rows):
-            row = rows[item_id]
-            if row.canonical_url_hash in wanted_links:
-                if row.source_id == source_id:
-                    by_link.setdefault(row.canonical_url_hash, (row.id, row.guid, row.content_hash))
-                if row.duplicate_of is None:
-                    by_canon.setdefault(row.canonical_url_hash, row.id)
-            if row.duplicate_of is None and row.fingerprint in wanted_prints:
-                by_print.setdefault(row.fingerprint, row.id)
+            _, owner, guid, link_hash, fingerprint, item_hash, duplicate_of = rows[item_id]
+            if link_hash in wanted_links:
+                if owner == source_id:
+                    by_link.setdefault(link_hash, (item_id, guid, item_hash))
+                if duplicate_of is None:
+                    by_canon.setdefault(link_hash, item_id)
+            if duplicate_of is None and fingerprint in wanted_prints:
+                by_print.setdefault(fingerprint, item_id)
         return by_link
 
     def _insert_new(
         self,
-        conn: Connection,
+        sql: CoreStatements,
         source_id: str,
         new_entries: Sequence[_Entry],
         now: datetime,
@@ -590,9 +553,9 @@ class WritesMixin(StoreBase):
         winners: dict[str, int] = {}
         replaced: dict[int, Copy] = {}
         if candidates:
-            copies = load_copies(conn, candidates)
+            copies = sql.copies(candidates)
             owners = sorted({c.source_id for c in copies.values()} | {source_id})
-            known = ranks.get(conn, owners)
+            known = ranks.get(sql, owners)
             winners = better_copies(copies, candidates, {source_id: known[source_id]}, known)
             replaced = {old: copies[old] for old in winners.values()}
 
@@ -619,7 +582,7 @@ class WritesMixin(StoreBase):
                 first_round.append(row)
                 continue
             first_round.append(_row(source_id, entry, now, original))
-        stored = self._insert_rows(conn, first_round, refused)
+        stored = self._insert_rows(sql, first_round, refused)
         inserted = len(stored)
         duplicates = sum(1 for r in stored if r["duplicate_of"] is not None)
         takeovers = 0
@@ -629,31 +592,31 @@ class WritesMixin(StoreBase):
         # The ids the database gave this round's rows.
         fresh: dict[str, Any] = {}
         for chunk in chunks([r["guid_hash"] for r in stored]):
-            for got in conn.execute(_STORED_NOW, {"source": source_id, "keys": chunk}):
-                fresh[got.guid_hash] = got
+            for got in sql.stored_now(source_id, chunk):
+                fresh[got[1]] = got
         for guid, old_id in winners.items():
             new_row = fresh.get(text_key(guid))
             if new_row is None:
                 continue  # refused
-            take_over(conn, old_id, new_row.id)
+            sql.take_over(old_id, new_row[0])
             takeovers += 1
             for mapping in (by_canon, by_print):
                 for key, value in mapping.items():
                     if value == old_id:
-                        mapping[key] = new_row.id
+                        mapping[key] = new_row[0]
         if later:
-            for got in fresh.values():
-                if got.duplicate_of is None:
-                    by_canon.setdefault(text_key(got.canonical_url), got.id)
-                    by_print.setdefault(got.fingerprint, got.id)
+            for item_id, _, canonical_url, fingerprint, duplicate_of in fresh.values():
+                if duplicate_of is None:
+                    by_canon.setdefault(text_key(canonical_url), item_id)
+                    by_print.setdefault(fingerprint, item_id)
             rows = [_row(source_id, e, now, original_of(e)) for e in later]
-            stored = self._insert_rows(conn, rows, refused)
+            stored = self._insert_rows(sql, rows, refused)
             inserted += len(stored)
             duplicates += sum(1 for r in stored if r["duplicate_of"] is not None)
         return inserted, duplicates, takeovers
 
     def _insert_rows(
-        self, conn: Connection, rows: list[dict[str, Any]], refused: list[str]
+        self, sql: CoreStatements, rows: list[dict[str, Any]], refused: list[str]
     ) -> list[dict[str, Any]]:
         """Insert ``rows``; returns those stored, appending the refused ones to ``refused``.
 
@@ -664,11 +627,11 @@ class WritesMixin(StoreBase):
         """
         if not rows:
             return []
-        insert = _item_insert(conn.dialect)
+        insert = _item_insert(sql.conn.dialect)
         params = insert.parameters(rows)
         try:
-            with conn.begin_nested():
-                conn.exec_driver_sql(insert.sql, params)
+            with sql.savepoint():
+                sql.insert_items(insert.sql, params)
             return rows
         except DBAPIError as exc:
             if exc.connection_invalidated:
@@ -676,8 +639,8 @@ class WritesMixin(StoreBase):
         stored = []
         for row, one in zip(rows, params, strict=True):
             try:
-                with conn.begin_nested():
-                    conn.exec_driver_sql(insert.sql, [one])
+                with sql.savepoint():
+                    sql.insert_items(insert.sql, [one])
                 stored.append(row)
             except DBAPIError as exc:
                 if exc.connection_invalidated:
@@ -748,20 +711,33 @@ class _ItemInsert:
         by_key = {c.key: c for c in columns}
         self._names = list(self._order or by_key)
         self._values = itemgetter(*self._names)
+        # (position, processor, the memo of repeated values it shares, if any):
+        # the timestamps (first_seen_at is the same on every row, updated_at
+        # mostly published_at) and the categories (a few lists per feed).
         self._processors = [
-            (index, process)
+            (index, process, _repeating(by_key[name].type))
             for index, name in enumerate(self._names)
-            if (process := by_key[name].type.dialect_impl(dialect).bind_processor(dialect))
+            if (process := _bind_processor(by_key[name].type, dialect))
         ]
 
     def parameters(self, rows: Sequence[dict[str, Any]]) -> list[Any]:
         """``rows`` (every column key → value) as the driver's executemany parameters."""
         out: list[Any] = []
+        # Equal values bind to equal parameters (a timestamp is the same
+        # instant in UTC whatever its zone; a tuple of categories dumps as
+        # the list would): each is converted once per call.
+        memos: dict[str, dict[Any, Any]] = {"time": {}, "json": {}}
         for row in rows:
             values = list(self._values(row))
             try:
-                for index, process in self._processors:
-                    values[index] = process(values[index])
+                for index, process, repeats in self._processors:
+                    value = values[index]
+                    if repeats is None or (repeats == "json" and type(value) is not tuple):
+                        values[index] = process(value)
+                    elif (known := memos[repeats].get(value)) is not None:
+                        values[index] = known
+                    else:
+                        values[index] = memos[repeats][value] = process(value)
             except (ValueError, TypeError) as exc:
                 # What SQLAlchemy raises for a value its type refuses (a naive datetime).
                 raise StatementError(str(exc), self.sql, None, exc) from exc
@@ -770,6 +746,22 @@ class _ItemInsert:
             else:
                 out.append(dict(zip(self._names, values, strict=True)))
         return out
+
+
+def _repeating(column_type: Any) -> str | None:
+    """Which memo of :meth:`_ItemInsert.parameters` a column's values share, if any."""
+    if isinstance(column_type, UTCDateTime):
+        return "time"
+    if isinstance(column_type, JSON):
+        return "json"
+    return None
+
+
+def _bind_processor(column_type: Any, dialect: Dialect) -> Any:
+    """The column's bind processor; for a timestamp on SQLite, the same text in one call."""
+    if isinstance(column_type, UTCDateTime) and dialect.name == "sqlite":
+        return UTCDateTime.sqlite_text
+    return column_type.dialect_impl(dialect).bind_processor(dialect)
 
 
 _ITEM_INSERTS: dict[str, _ItemInsert] = {}
@@ -794,4 +786,7 @@ def _row(source_id: str, entry: _Entry, now: datetime, duplicate_of: int | None)
         "story_source_id": None,
         "story_guid": None,
         **_item_values(entry.item, entry.link_hash),
+        # The tuple itself: it dumps to the same JSON as the list, and can
+        # key the insert's memo of repeated values.
+        "categories": tuple(entry.item.categories),
     }
