@@ -116,8 +116,12 @@ def depth_of(markup: str) -> int:
 # unknown element, and the optional-end ones that still nest outside their
 # parent (<rt> without <ruby>, <optgroup> without <select>).
 # The issue measured 4.3 s of CPU at 50,000 and 166 s at 200,000 nested divs;
-# after the caps each case here costs well under a second on this machine.
+# after the caps most cases here cost under a second on this machine, the
+# 200,000-deep XHTML feed about 2.5 s (idle). The ceilings sit well below the
+# uncapped costs and well above the capped ones, so a loaded machine does not
+# fail them and a lost cap still does.
 CPU_CEILING = 3.0
+NESTING_CEILING = {50_000: 3.0, 200_000: 10.0}
 NESTERS = ("div", "span", "b", "blockquote", "x-custom", "table", "font", "em", "rt", "optgroup")
 
 
@@ -235,7 +239,7 @@ def test_deep_nesting_costs_bounded_cpu(depth: int, how: str) -> None:
     assert extracted.error is None
     [item] = extracted.items
     assert item.text.startswith("top")  # stored, text kept (the summary cap may cut the rest)
-    assert cpu < CPU_CEILING, f"{how} at depth {depth}: {cpu:.2f} s of CPU"
+    assert cpu < NESTING_CEILING[depth], f"{how} at depth {depth}: {cpu:.2f} s of CPU"
 
 
 def burn(seconds: float) -> float:
