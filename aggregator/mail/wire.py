@@ -18,6 +18,7 @@ server without aiosmtplib's per-message rewriting.
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import contextlib
 import re
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiosmtplib
+from aiosmtplib.protocol import MAX_RESPONSE_LENGTH
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
@@ -168,6 +170,7 @@ def can_send_wire(client: aiosmtplib.SMTP, *addresses: str) -> bool:
         and hasattr(protocol, "_response_pending")
         and hasattr(protocol, "read_response")
         and hasattr(protocol, "_read_response_from_buffer")
+        and hasattr(protocol, "_buffer")
     )
 
 
@@ -197,17 +200,9 @@ async def send_wire(
             if client.supports_extension("pipelining"):
                 # RFC 2920: the three commands in one write, then their three
                 # replies: one round trip instead of three.
-                protocol._response_pending = True
-                protocol.write(b"".join(command for command, _ in steps))
-                answers = [await protocol.read_response(timeout=client.timeout)]
-                while len(answers) < len(steps):
-                    # aiosmtplib parses one reply per packet: the others of the
-                    # group may already be in its buffer.
-                    buffered = protocol._read_response_from_buffer()
-                    if buffered is None:
-                        protocol._response_pending = True
-                        buffered = await protocol.read_response(timeout=client.timeout)
-                    answers.append(buffered)
+                answers = await _pipelined(
+                    protocol, b"".join(command for command, _ in steps), len(steps), client.timeout
+                )
                 codes = [(answer.code, ok) for answer, (_, ok) in zip(answers, steps, strict=True)]
                 refusal = next((i for i, (code, ok) in enumerate(codes) if code not in ok), None)
                 if refusal is not None:
@@ -234,6 +229,60 @@ async def send_wire(
     except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
         await _reset(client)  # as sendmail does: the session stays usable
         raise
+
+
+async def _pipelined(
+    protocol: Any, commands: bytes, count: int, timeout: float | None
+) -> list[Any]:
+    """Write a group of commands at once and read their ``count`` replies.
+
+    aiosmtplib's protocol delivers one reply per wait and *drops* bytes that
+    arrive while a parsed reply waits to be picked up, or between two waits.
+    A relay that answers pipelined commands in separate packets (aiosmtpd
+    does, one write per reply) could have the second packet land in that
+    window on a busy machine: the reply was lost and the sender waited its
+    whole ``smtp.timeout`` for it, then counted the message as a lost
+    connection. While the group's replies come in, every byte goes to the
+    protocol's buffer here and the replies are parsed from it.
+    """
+    loop = asyncio.get_running_loop()
+    arrived = asyncio.Event()
+    lost = protocol._response_waiter  # fails when the connection drops
+
+    def receive(data: bytes) -> None:
+        protocol._buffer.extend(data)
+        arrived.set()
+
+    protocol.data_received = receive  # this instance only, for this group
+    try:
+        protocol.write(commands)
+        deadline = None if timeout is None else loop.time() + timeout
+        answers: list[Any] = []
+        while len(answers) < count:
+            if len(protocol._buffer) > MAX_RESPONSE_LENGTH:
+                raise aiosmtplib.SMTPResponseException(500, "Response too long")
+            reply = protocol._read_response_from_buffer()
+            if reply is not None:
+                answers.append(reply)
+                continue
+            arrived.clear()
+            waiting = asyncio.ensure_future(arrived.wait())
+            left = None if deadline is None else max(deadline - loop.time(), 0.0)
+            try:
+                await asyncio.wait(
+                    [waiting, lost] if lost is not None else [waiting],
+                    timeout=left,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                waiting.cancel()
+            if lost is None or lost.done() or protocol.transport is None:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            if not arrived.is_set():
+                raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response")
+        return answers
+    finally:
+        del protocol.data_received
 
 
 def _raise_refusal(command: bytes, answer: Any, sender: str, recipient: str) -> None:
