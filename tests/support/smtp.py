@@ -159,7 +159,7 @@ class RecordingHandler:
             time=time.monotonic(),
             peer=repr(session.peer),
             tls=tls,
-            login=_login_name(session.login_data),
+            login=_login_name(session.auth_data),
         )
         with self._lock:
             self.messages.append(received)
