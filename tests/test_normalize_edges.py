@@ -899,3 +899,34 @@ def test_markup_that_cannot_be_cut_to_fit_in_four_rounds_becomes_its_escaped_tex
     shown = bounded_html(UNFITTING, "https://e.org/", 121)
     assert shown == "word &amp;가나 ab cd &amp;wor"  # the start of its text, 121 // 6 chars
     assert len(shown) <= 121 and "<" not in shown
+
+
+# Nested markup whose fourth cut, sanitized, is exactly the limit long (found by
+# running the four rounds on generated markup): it fits, so it is kept as markup.
+FOURTH_CUT_FITS_EXACTLY = [
+    (
+        "<p><ul><i><p><b><ul><em><i><ul><i><b><em><ul><em><ul><li><ul><div><b><span><div>"
+        + "x" * 34
+        + "</div></span></b></div></ul></li></ul></em></ul></em></b></i></ul></i></em></ul>"
+        "</b></p></i></ul></p>",
+        157,
+    ),
+    (
+        '<b><span><b><li><em><div><a href="/x">' + "x" * 48 + "가나</a></div></em></li></b>"
+        "</span></b>",
+        138,
+    ),
+    (
+        "<li><blockquote><div><b><div><em><blockquote><li><ul><li><div>"
+        + "x" * 27
+        + "</div></li></ul></li></blockquote></em></div></b></div></blockquote></li>",
+        106,
+    ),
+]
+
+
+@pytest.mark.parametrize(("markup", "limit"), FOURTH_CUT_FITS_EXACTLY)
+def test_markup_whose_fourth_cut_is_exactly_the_limit_stays_markup(markup: str, limit: int) -> None:
+    shown = bounded_html(markup, "https://a.kr/", limit)
+    assert len(shown) == limit
+    assert shown.startswith("<") and "xxxx" in shown  # markup with its text, not escaped text

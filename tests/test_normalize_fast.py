@@ -537,6 +537,44 @@ def test_split_http_is_urlsplit(url: str) -> None:
         assert tuple(parts) == (split.scheme, split.netloc, split.path, split.query)
 
 
+# Plain http(s) links: the common case, which the shortcut must take (each
+# part placed where a misplaced "find" would cut it differently).
+PLAIN_HTTP = [
+    "https://a.kr/x", "http://a.kr/x", "http://a.kr", "https://a.kr?q=1", "https://a.kr#f",
+    "http://a.kr/x#a#b", "https://a.kr/x?q=1#f?g", "https://eXample.kr/X?X=1#X",
+    "https://u:p@a.kr:8080/x;p?q=1&r=2#f", "http://a.kr/#", "http://a.kr?#",
+]  # fmt: skip
+# Left to urlsplit: what it removes (tabs, newlines, controls), refuses
+# (unbalanced brackets in the host, a host that NFKC gives a "/") or checks
+# (any bracket: only a host may hold one), an upper-case scheme, non-ASCII,
+# and every other scheme.
+LEFT_TO_URLSPLIT = [
+    "http://a.kr/x\ty", "https://a.kr/\nx", "http://a.kr/x\x7f", "http://[a.kr/x",
+    "http://a]b.kr/x", "https://[::1]/x", "https://a\uff0fb.kr/x", "https://a.kr/기사",
+    "HTTPS://a.kr/x", "Http://a.kr/x", "ftp://a.kr/x", "//a.kr/x", "https:/a.kr", "",
+    "http://a.kr/x[1]",
+]  # fmt: skip
+
+
+def test_split_http_takes_plain_links_and_leaves_the_rest_to_urlsplit() -> None:
+    for url in PLAIN_HTTP:
+        split = urlsplit(url)
+        assert dedupe._split_http(url) == (split.scheme, split.netloc, split.path, split.query)
+    for url in LEFT_TO_URLSPLIT:
+        assert dedupe._split_http(url) is None, url
+    # And canonical_url answers on both as it did with urlsplit alone.
+    for url in PLAIN_HTTP + LEFT_TO_URLSPLIT:
+        fast = outcome(dedupe.canonical_url, url)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(dedupe, "_split_http", lambda _: None)
+            assert outcome(dedupe.canonical_url, url) == fast, url
+
+
+def test_listing_hash_of_no_entries_is_that_of_an_empty_json_array() -> None:
+    assert dedupe.listing_hash([]) == hashlib.sha256(b"[]").hexdigest()[:32]
+    assert dedupe.listing_hash([]) == previous_listing_hash([])
+
+
 @CHECK
 @given(
     url_parts,
