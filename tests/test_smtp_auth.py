@@ -45,6 +45,14 @@ def tls_settings(server: SmtpFixture, **overrides: object) -> SmtpSettings:
     return server.settings(**values)
 
 
+def trusted_with_login(server: SmtpFixture, monkeypatch: pytest.MonkeyPatch) -> SmtpFixture:
+    """Trust the relay's certificate and put the account in the variables feeds.yaml names."""
+    server.trust(monkeypatch)
+    monkeypatch.setenv(USER_ENV, SMTP_USER)
+    monkeypatch.setenv(PASSWORD_ENV, SMTP_PASSWORD)
+    return server
+
+
 @pytest.fixture
 def sqlite_store(sqlite_url: str) -> Iterator[Store]:
     store = Store.open(sqlite_url)
@@ -54,10 +62,7 @@ def sqlite_store(sqlite_url: str) -> Iterator[Store]:
 
 @pytest.fixture
 def relay(smtp_tls_server: SmtpFixture, monkeypatch: pytest.MonkeyPatch) -> SmtpFixture:
-    smtp_tls_server.trust(monkeypatch)
-    monkeypatch.setenv(USER_ENV, SMTP_USER)
-    monkeypatch.setenv(PASSWORD_ENV, SMTP_PASSWORD)
-    return smtp_tls_server
+    return trusted_with_login(smtp_tls_server, monkeypatch)
 
 
 @pytest.fixture
@@ -65,15 +70,9 @@ def login_only_relay(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[SmtpFixture]:
     """The same, offering AUTH LOGIN only (older relays)."""
-    server = SmtpFixture(
-        certificate=self_signed_certificate(tmp_path_factory.mktemp("login-only")),
-        credentials=Credentials(SMTP_USER, SMTP_PASSWORD),
-        mechanisms=("LOGIN",),
+    server = trusted_with_login(
+        _server(tmp_path_factory.mktemp("login-only"), mechanisms=("LOGIN",)), monkeypatch
     )
-    server.start()
-    server.trust(monkeypatch)
-    monkeypatch.setenv(USER_ENV, SMTP_USER)
-    monkeypatch.setenv(PASSWORD_ENV, SMTP_PASSWORD)
     try:
         yield server
     finally:
@@ -206,10 +205,9 @@ def implicit_tls_relay(
     aiosmtpd warns that AUTH does not require TLS: it counts only STARTTLS as
     TLS; these sessions are encrypted from their first byte (hence the
     ``filterwarnings`` marks on the tests that use it)."""
-    server = _server(tmp_path_factory.mktemp("implicit-tls"), implicit_tls=True)
-    server.trust(monkeypatch)
-    monkeypatch.setenv(USER_ENV, SMTP_USER)
-    monkeypatch.setenv(PASSWORD_ENV, SMTP_PASSWORD)
+    server = trusted_with_login(
+        _server(tmp_path_factory.mktemp("implicit-tls"), implicit_tls=True), monkeypatch
+    )
     try:
         yield server
     finally:
@@ -248,9 +246,7 @@ def test_a_trusted_certificate_for_another_host_is_refused(
     show) gets neither the password nor a message."""
     server = _server(tmp_path, certified, implicit_tls=mode == "ssl")
     try:
-        server.trust(monkeypatch)
-        monkeypatch.setenv(USER_ENV, SMTP_USER)
-        monkeypatch.setenv(PASSWORD_ENV, SMTP_PASSWORD)
+        trusted_with_login(server, monkeypatch)
         add_active(sqlite_store, 1)
         with pytest.raises(
             DeliveryError, match=rf"^cannot connect to SMTP server 127\.0\.0\.1:{server.port}: "
