@@ -46,6 +46,7 @@ from .store import Failure, NotModified, SaveItems, SourceWrite, Store
 __all__ = [
     "MAX_IN_FLIGHT",
     "MAX_IN_FLIGHT_BYTES",
+    "MAX_ITEMS_PER_BATCH",
     "Extracted",
     "Ingestor",
     "extract",
@@ -79,6 +80,17 @@ STORE_FAILURES_TO_GIVE_UP = 2
 # previous write ran). Bounds how long the write lock is held: ~64 cold
 # sources are a few tenths of a second.
 MAX_WRITES_PER_BATCH = 64
+# ...and items (the entries the sources' feeds brought) in it. Each new item
+# dirties ~6 SQLite pages (its row, one leaf in each of the random-key
+# indexes); a transaction dirtying more than the page cache holds
+# (``cache_size`` in store/engine.py: 4 MB, ~1,000 pages) spills pages to the
+# WAL before the commit and evicts the pages every insert needs (interior
+# pages, the hot leaves), read back moments later. Once the indexes outgrow
+# the cache that was most of the store's cost: at 10,000 feeds, batches of
+# ten 40-entry sources made ~13 reads and ~18 writes (system calls) per item,
+# batches of at most 160 items ~7 and ~15. Writes without items (304s,
+# errors) count nothing: a warm pass still shares one transaction per lot.
+MAX_ITEMS_PER_BATCH = 160
 
 T = TypeVar("T")
 
@@ -703,11 +715,26 @@ class Ingestor:
         self._waiting.append(_Waiting(record, fn, args, kwargs, done))
         async with self._write_lock:
             while not done.done():
-                batch = self._waiting[:MAX_WRITES_PER_BATCH]
-                del self._waiting[: len(batch)]
-                await self._write_batch(batch)
+                await self._write_batch(self._next_batch())
         result: T = await done
         return result
+
+    def _next_batch(self) -> list[_Waiting]:
+        """The waiting writes the next transaction takes, oldest first (at least one).
+
+        At most :data:`MAX_WRITES_PER_BATCH` writes and, unless the first
+        alone has more, :data:`MAX_ITEMS_PER_BATCH` items.
+        """
+        taken = items = 0
+        for waiting in self._waiting[:MAX_WRITES_PER_BATCH]:
+            size = len(waiting.record.items) if isinstance(waiting.record, SaveItems) else 0
+            if taken and items + size > MAX_ITEMS_PER_BATCH:
+                break
+            taken += 1
+            items += size
+        batch = self._waiting[:taken]
+        del self._waiting[:taken]
+        return batch
 
     async def _write_batch(self, batch: list[_Waiting]) -> None:
         """Run ``batch`` (one transaction), settling each waiter's future."""
