@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
+from .arena import share_one_arena
 from .config import Config
 from .errors import FetchError, StoreError
 from .extract import Extracted, extract, extract_packed, unpack
@@ -288,6 +289,9 @@ class Ingestor:
         on_done: Callable[[IngestStats], None] | None = None,
     ) -> list[IngestStats]:
         """Ingest the chosen (default: all enabled) sources concurrently."""
+        # Before the pass starts its threads: the store's threads then share
+        # the event loop's malloc arena (aggregator.arena: ~4 MB less at the peak).
+        share_one_arena()
         if source_ids:
             sources = [self.config.source(sid) for sid in source_ids]
         else:
