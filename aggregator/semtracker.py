@@ -52,7 +52,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 from multiprocessing import resource_tracker
 from typing import Any
@@ -97,7 +96,7 @@ fi
 """
 
 _IGNORED = {signal.SIGINT, signal.SIGTERM}
-_process: subprocess.Popen[bytes] | None = None
+_pid: int | None = None  # the shell this module started
 
 
 def _usable() -> bool:
@@ -119,28 +118,29 @@ def install() -> bool:
     is the one in use now; when it is not, the standard tracker starts as
     usual on first use.
     """
-    global _process
+    global _pid
     if not _usable():
         return False
     # Private attributes (checked by _usable), hence untyped.
     tracker: Any = resource_tracker._resource_tracker
     with tracker._lock:
         if tracker._fd is not None:  # already running: ours, or the standard one
-            return _process is not None and tracker._pid == _process.pid
+            return _pid is not None and tracker._pid == _pid
         read_end, write_end = os.pipe()
         try:
-            # Blocked in this thread while the shell starts; it inherits the
-            # mask, so a signal to the group cannot kill it before its trap.
-            signal.pthread_sigmask(signal.SIG_BLOCK, _IGNORED)
-            try:
-                process = subprocess.Popen(
-                    [SHELL, "-c", TRACKER_SCRIPT, "aggregator-tracker", SHM_DIR],
-                    stdin=read_end,
-                    stdout=subprocess.DEVNULL,
-                    close_fds=True,
-                )
-            finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _IGNORED)
+            # posix_spawn, not Popen: the shell outlives this process's
+            # interest in it (as the standard tracker does), and a Popen
+            # object would warn at exit that its child still runs. It starts
+            # with SIGINT and SIGTERM blocked, so a signal to the group cannot
+            # kill it before its trap ignores them; everything but the pipe
+            # (its stdin) and stdout/stderr is close-on-exec, as Python opens it.
+            pid = os.posix_spawn(
+                SHELL,
+                [SHELL, "-c", TRACKER_SCRIPT, "aggregator-tracker", SHM_DIR],
+                os.environ,
+                file_actions=[(os.POSIX_SPAWN_DUP2, read_end, 0)],
+                setsigmask=_IGNORED,
+            )
         except OSError as exc:
             os.close(write_end)
             log.debug("cannot start the shell resource tracker (%s); using the standard one", exc)
@@ -148,8 +148,7 @@ def install() -> bool:
         finally:
             os.close(read_end)
         tracker._fd = write_end
-        tracker._pid = process.pid
-        _process = process
+        tracker._pid = _pid = pid
     return True
 
 
