@@ -42,9 +42,10 @@ What is kept, and why it is safe:
   registration finds the pipe closed and multiprocessing starts its standard
   tracker, as it does for its own.
 
-Relies on two private attributes of ``multiprocessing.resource_tracker``
-(the tracker's pipe, ``_fd``, and its pid, ``_pid``), present from Python
-3.8 to 3.13; :func:`install` checks for them.
+Relies on three private attributes of multiprocessing's tracker object
+(its pipe ``_fd``, its pid ``_pid`` and its ``_lock``), present from Python
+3.8 to 3.13; :func:`install` checks for them and otherwise leaves the
+standard tracker to start.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ log = logging.getLogger(__name__)
 SHELL = "/bin/sh"
 SHM_DIR = "/dev/shm"
 
-# The tracker, in POSIX sh (dash, busybox and bash all run it). It reads
+# The tracker, in POSIX sh (tested with dash and bash; busybox too where installed). It reads
 # "CMD:NAME:KIND" lines on stdin; ``live`` holds " KIND:NAME " entries.
 TRACKER_SCRIPT = r"""
 trap '' INT TERM
