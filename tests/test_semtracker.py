@@ -58,23 +58,23 @@ pool.shutdown()
 @pytest.fixture
 def pool_process() -> Iterator[tuple[subprocess.Popen[str], dict[str, object]]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", POOL],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,
         text=True,
         start_new_session=True,  # its own process group, for the group's signals
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line, f"the pool process ended early (exit {proc.wait(timeout=30)})"
-        yield proc, json.loads(line)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line, f"the pool process ended early (exit {proc.wait(timeout=30)})"
+            yield proc, json.loads(line)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
 
 
 def pss_kb(pid: int) -> int:
