@@ -350,6 +350,19 @@ class _Body(httpx.AsyncByteStream):
                 raise _protocol_error(f"the server closed the connection inside a {what}")
         raise _protocol_error(f"{what} longer than {limit} bytes")
 
+    async def _chunk_end(self, conn: _Connection) -> None:
+        """The CRLF (or LF) that must follow a chunk's data."""
+        buffer = conn.buffer
+        while len(buffer) < 2 and buffer[:1] != b"\n":
+            if not await conn.more(self._read_timeout):
+                raise _protocol_error("the server closed the connection inside a chunk")
+        if buffer.startswith(b"\r\n"):
+            del buffer[:2]
+        elif buffer.startswith(b"\n"):
+            del buffer[:1]
+        else:
+            raise _protocol_error("a chunk is longer than its size line says")
+
     async def _chunks(self, conn: _Connection) -> AsyncIterator[bytes]:
         while True:
             line = await self._line(conn, MAX_CHUNK_LINE, "chunk-size line")
@@ -367,8 +380,7 @@ class _Body(httpx.AsyncByteStream):
                 piece = conn.take(left)
                 left -= len(piece)
                 yield piece
-            if await self._line(conn, 2, "chunk's end") != b"":
-                raise _protocol_error("a chunk is longer than its size line says")
+            await self._chunk_end(conn)
         trailer = 0
         while True:  # the trailer section: header lines up to an empty one, ignored
             line = await self._line(conn, MAX_HEAD_BYTES, "trailer section")
