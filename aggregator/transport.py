@@ -45,6 +45,7 @@ closed to make room.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import ssl
 from collections.abc import AsyncIterator
@@ -52,7 +53,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["HIGH_WATER", "MAX_HEAD_BYTES", "LeanTransport"]
+__all__ = ["HIGH_WATER", "MAX_CHUNK_LINE", "MAX_HEAD_BYTES", "LeanTransport", "default_tls_context"]
 
 # As h11 under httpcore: a response head (status line and headers) larger than this is refused.
 MAX_HEAD_BYTES = 100 * 1024
@@ -69,6 +70,31 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff
 _HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([\t\x20-\x7e\x80-\xff]*)")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _UNSAFE_IN_REQUEST = re.compile(rb"[\x00\r\n]")
+
+
+# Default TLS contexts by (trust_env, SSL_CERT_FILE, SSL_CERT_DIR): loading the CA
+# bundle is ~20 ms of CPU, once per process instead of once per Fetcher (per pass).
+_tls_contexts: dict[tuple[bool, str | None, str | None], ssl.SSLContext] = {}
+
+
+def default_tls_context(trust_env: bool) -> ssl.SSLContext:
+    """httpx's verifying TLS context (the same CA store and env settings), for HTTP/1.1.
+
+    Built on first use and shared: an ``SSLContext`` may serve many
+    connections, loops and threads at once, and its settings never change here.
+    """
+    env = os.environ
+    key = (
+        (True, env.get("SSL_CERT_FILE"), env.get("SSL_CERT_DIR"))
+        if trust_env
+        else (False, None, None)
+    )
+    context = _tls_contexts.get(key)
+    if context is None:
+        context = httpx.create_ssl_context(trust_env=trust_env)
+        context.set_alpn_protocols(["http/1.1"])
+        _tls_contexts[key] = context
+    return context
 
 
 def _protocol_error(message: str) -> httpx.RemoteProtocolError:
@@ -400,12 +426,14 @@ class _Pool:
 
     def __init__(
         self,
-        ssl_context: ssl.SSLContext,
+        ssl_context: ssl.SSLContext | None,
+        trust_env: bool,
         max_connections: int,
         max_keepalive: int,
         keepalive_expiry: float,
     ) -> None:
-        self.ssl_context = ssl_context
+        self.ssl_context = ssl_context  # None: the default one, made at the first https request
+        self.trust_env = trust_env
         self.max_connections = max_connections
         self.max_keepalive = max_keepalive
         self.keepalive_expiry = keepalive_expiry
@@ -431,7 +459,9 @@ class _Pool:
         loop = asyncio.get_running_loop()
         scheme, host, port = origin
         conn = _Connection(origin, loop)
-        tls = self.ssl_context if scheme == "https" else None
+        tls = None
+        if scheme == "https":
+            tls = self.ssl_context or default_tls_context(self.trust_env)
         try:
             async with asyncio.timeout(timeout):
                 await loop.create_connection(
@@ -504,11 +534,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
     ) -> None:
         limits = limits or httpx.Limits()
         max_connections = limits.max_connections or 100
-        if ssl_context is None:
-            ssl_context = httpx.create_ssl_context(trust_env=trust_env)
-            ssl_context.set_alpn_protocols(["http/1.1"])
         self._pool = _Pool(
             ssl_context,
+            trust_env,
             max_connections,
             limits.max_keepalive_connections or max_connections,
             limits.keepalive_expiry if limits.keepalive_expiry is not None else 5.0,
