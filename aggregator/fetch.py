@@ -201,6 +201,8 @@ async def _drain(response: httpx.Response) -> None:
     request to the host. Most polls of a feed end in a 304, so that is most
     connections. A body over 64 KiB is not worth it: the connection is closed.
     """
+    if getattr(response.stream, "complete", False):
+        return  # nothing left to read (a 304 on our transport): the connection is back already
     size = 0
     try:
         async for chunk in response.aiter_raw():
@@ -262,13 +264,16 @@ class Fetcher:
             if transport is not None
             else LeanTransport(limits=limits, trust_env=trust_env)
         )
-        # The headers every request carries, as httpx's client would send them.
-        self._headers: dict[str, str] = {
-            "User-Agent": user_agent,
-            "Accept": ACCEPT,
-            "Accept-Encoding": ACCEPT_ENCODING,
-            "Connection": "keep-alive",
-        }
+        # The headers every request carries, as httpx's client would send them;
+        # built (names and values checked and encoded) once, copied per request.
+        self._headers = httpx.Headers(
+            {
+                "User-Agent": user_agent,
+                "Accept": ACCEPT,
+                "Accept-Encoding": ACCEPT_ENCODING,
+                "Connection": "keep-alive",
+            }
+        )
         # Per-phase timeouts by total deadline: the request extension httpx reads.
         # Waiting for a free slot happens on our semaphores, outside the deadline.
         self._timeouts: dict[float, dict[str, Any]] = {}
@@ -377,7 +382,7 @@ class Fetcher:
             )
         headers = self._headers
         if etag or last_modified:
-            headers = dict(headers)
+            headers = headers.copy()
             if etag:
                 headers["If-None-Match"] = etag
             if last_modified:
@@ -470,7 +475,7 @@ class Fetcher:
         self,
         url: httpx.URL,
         where: str,
-        headers: dict[str, str],
+        headers: httpx.Headers,
         extensions: dict[str, Any],
         source_id: str,
         decode: bool = True,

@@ -306,8 +306,8 @@ class _Body(httpx.AsyncByteStream):
         self._conn: _Connection | None = conn
         self._head = head
         self._read_timeout = read_timeout
-        self._complete = head.length == 0
-        if self._complete:
+        self.complete = head.length == 0
+        if self.complete:
             self._finish()
 
     def _finish(self) -> None:
@@ -316,7 +316,7 @@ class _Body(httpx.AsyncByteStream):
             self._pool.release(conn, reusable=self._head.keep_alive)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        if self._complete:
+        if self.complete:
             return
         conn = self._conn
         if conn is None:
@@ -334,7 +334,7 @@ class _Body(httpx.AsyncByteStream):
         except BaseException:  # an error, or the reader stopped early (GeneratorExit)
             self._drop()
             raise
-        self._complete = True
+        self.complete = True
         self._finish()
 
     def _drop(self) -> None:
