@@ -51,6 +51,7 @@ class WireServer:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._open: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._thread = threading.Thread(target=self._accept, daemon=True)
@@ -61,16 +62,25 @@ class WireServer:
         return f"{scheme}://127.0.0.1:{self.port}{path}"
 
     def stop(self) -> None:
+        """Wake every thread, then let each close its own socket.
+
+        A socket closed from here while its thread is inside a call on it
+        frees the descriptor number for the next socket opened (the next
+        test's server, say), and the late call lands on that one: under TLS
+        it read another connection's records ("bad record mac").
+        """
         self._stop.set()
         with contextlib.suppress(OSError):  # wakes the thread blocked in accept()
             self._listener.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=5)
         self._listener.close()
         with self._lock:
             for conn in self._open:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-                conn.close()
-        self._thread.join(timeout=5)
+                with contextlib.suppress(OSError):  # the descriptor only: no TLS state touched
+                    socket.socket.shutdown(conn, socket.SHUT_RDWR)
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(timeout=5)
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -78,10 +88,12 @@ class WireServer:
                 conn, _ = self._listener.accept()
             except OSError:
                 return
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
             with self._lock:
                 self.connections += 1
                 self._open.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+                self._threads.append(thread)
+            thread.start()
 
     def _next(self) -> Answer:
         with self._lock:
@@ -92,7 +104,7 @@ class WireServer:
         conn = raw
         try:
             if self.tls is not None:
-                conn = self.tls.wrap_socket(raw, server_side=True)
+                conn = self.tls.wrap_socket(raw, server_side=True)  # detaches ``raw``
                 with self._lock:
                     self._open.append(conn)
             pending = b""
