@@ -270,6 +270,33 @@ def test_headers_then_silence_hits_the_read_timeout() -> None:
     assert isinstance(error, FetchTimeout) and time.monotonic() - started < 5
 
 
+@pytest.mark.parametrize(
+    "cut", [b"HTTP/1.1 200 OK\r\nContent-Le", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc"]
+)
+def test_a_request_stopped_by_its_deadline_leaves_the_next_one_a_fresh_connection(
+    cut: bytes,
+) -> None:
+    """The deadline cancels the request mid-answer; that connection is dropped, not pooled."""
+    script = [Answer(cut, hold=True), Answer(ok(b"next"))]
+    outcomes: list[FetchResult | FetchError] = []
+
+    async def go(server: WireServer) -> None:
+        async with Fetcher(trust_env=False) as fetcher:
+            for timeout in (0.3, 5.0):
+                try:
+                    outcomes.append(
+                        await fetcher.fetch_url(server.url(), source_id=SOURCE, timeout=timeout)
+                    )
+                except FetchError as exc:
+                    outcomes.append(exc)
+
+    with wire_server(script) as server:
+        asyncio.run(go(server))
+        assert server.connections == 2
+    assert isinstance(outcomes[0], FetchTimeout) and "deadline" in str(outcomes[0])
+    assert isinstance(outcomes[1], FetchResult) and outcomes[1].content == b"next"
+
+
 # ------------------------------------------------------------------ keep-alive
 
 
