@@ -328,7 +328,10 @@ class Ingestor:
         tenths of a second) then overlap the source sync and the first
         fetches instead of holding up the first parse. A pass in which every
         source can answer 304 still starts no process until a body arrives.
+        When the sync writes nothing (the config did not change: every warm
+        pass), the states read for that decision are the ones returned.
         """
+        before: dict[str, SourceState] | None = None
         if isinstance(pool, ParsePool) and not pool.started and len(sources) >= POOL_THRESHOLD:
             before = {s.id: s for s in self.store.source_states()}
             expected = [s for s in sources if not only_due or _due(before.get(s.id), now)]
@@ -336,7 +339,9 @@ class Ingestor:
                 _body_expected(before.get(s.id)) for s in expected
             ):
                 pool.start()
-        self.store.sync_sources(self.config.sources)
+        written = self.store.sync_sources(self.config.sources)
+        if before is not None and written == 0:
+            return before
         return {s.id: s for s in self.store.source_states()}
 
     async def _run_all(
