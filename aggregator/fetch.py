@@ -1,9 +1,9 @@
 """Download sources over HTTP, politely and within hard limits.
 
-One :class:`Fetcher` owns one httpx transport (``httpx.AsyncHTTPTransport``,
-whose keep-alive connections are reused across sources), hands it each
-request directly (no ``AsyncClient.send`` machinery, no cookie jar), and
-enforces, per request:
+One :class:`Fetcher` owns one httpx transport (our own HTTP/1.1
+:class:`~aggregator.transport.LeanTransport`, whose keep-alive connections are
+reused across sources), hands it each request directly (no
+``AsyncClient.send`` machinery, no cookie jar), and enforces, per request:
 
 * conditional GET: ``If-None-Match`` / ``If-Modified-Since`` from the stored
   state; a 304 comes back as a :class:`FetchResult` whose ``content`` is None;
@@ -35,11 +35,9 @@ import contextlib
 import ipaddress
 import logging
 import random
-import select
 import socket
-import ssl
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -53,8 +51,9 @@ from aggregator.models import FetchResult, Source, SourceState
 # Without httpx's command-line client and trio: ~7 MB less at the peak of the ingest's
 # main process (aggregator/lean.py says why that is safe).
 with hidden_modules(*OPTIONAL_FOR_HTTPX):
-    import httpcore
     import httpx
+
+from aggregator.transport import LeanTransport
 
 __all__ = [
     "DEFAULT_USER_AGENT",
@@ -172,118 +171,6 @@ async def redirect_allowed(source: httpx.URL | str, target: httpx.URL | str) -> 
     return await host_is_public(target.host) is not False
 
 
-# ----------------------------------------------------------- idle-connection check
-
-
-def _readable(sock: socket.socket) -> bool:
-    """Whether ``sock`` has something to read right now (one ``poll``, no waiting).
-
-    On an idle keep-alive connection that means the server closed it (or sent
-    bytes nobody asked for): either way it must not carry the next request.
-    """
-    try:
-        fd = sock.fileno()
-    except OSError:
-        return True
-    if fd < 0:
-        return True  # closed: the next read would return b""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
-
-
-class _Stream(httpcore.AsyncNetworkStream):
-    """httpcore's stream, with the idle check on a socket looked up once.
-
-    Before every request httpcore asks each idle pooled connection whether it
-    is readable. Through anyio that lookup builds the stream's whole attribute
-    table, a ``getpeername`` system call included, each time: about 7 calls
-    per request here, 0.5 s of the main process's CPU in a 500-feed pass. The
-    socket does not change while the connection lives, so it is asked for
-    once; everything else is passed through unchanged.
-    """
-
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self._socket: socket.socket | None = inner.get_extra_info("socket")
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._inner.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return _Stream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        if self._socket is not None:
-            if info == "is_readable":
-                return _readable(self._socket)
-            if info == "socket":
-                return self._socket
-        return self._inner.get_extra_info(info)
-
-
-class _Backend(httpcore.AsyncNetworkBackend):
-    """httpcore's default network backend, handing out ``_Stream`` wrappers."""
-
-    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
-        self._inner = inner
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_tcp(
-            host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
-        )
-        return _Stream(stream)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_unix_socket(
-            path, timeout=timeout, socket_options=socket_options
-        )
-        return _Stream(stream)
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-def _transport(limits: httpx.Limits, trust_env: bool) -> httpx.AsyncHTTPTransport:
-    """httpx's own transport (same TLS verification, limits and env settings) over ``_Backend``.
-
-    httpx does not take a network backend as an argument, so it is set on the
-    connection pool it made; if a future httpx stores it elsewhere, the
-    transport is used as it is (only slower).
-    """
-    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=trust_env)
-    pool = getattr(transport, "_pool", None)
-    inner = getattr(pool, "_network_backend", None)
-    if isinstance(pool, httpcore.AsyncConnectionPool) and isinstance(
-        inner, httpcore.AsyncNetworkBackend
-    ):
-        pool._network_backend = _Backend(inner)
-    return transport
-
-
 # -------------------------------------------------------------------- Fetcher
 
 
@@ -314,6 +201,8 @@ async def _drain(response: httpx.Response) -> None:
     request to the host. Most polls of a feed end in a 304, so that is most
     connections. A body over 64 KiB is not worth it: the connection is closed.
     """
+    if getattr(response.stream, "complete", False):
+        return  # nothing left to read (a 304 on our transport): the connection is back already
     size = 0
     try:
         async for chunk in response.aiter_raw():
@@ -325,7 +214,7 @@ async def _drain(response: httpx.Response) -> None:
 
 
 class Fetcher:
-    """Fetch sources over one shared httpx transport; use as ``async with Fetcher() as f``.
+    """Fetch sources over one shared transport; use as ``async with Fetcher() as f``.
 
     ``timeout`` is the default total deadline of one request (redirects and body
     included); :meth:`fetch` uses the source's own ``timeout`` instead.
@@ -361,7 +250,8 @@ class Fetcher:
             max_keepalive_connections=max_connections,
             keepalive_expiry=30.0,
         )
-        # Requests go straight to httpx's transport (its connection pool), not
+        # Requests go straight to a transport (aggregator.transport, our own
+        # HTTP/1.1 pool: httpcore's anyio machinery was most of a 304's CPU), not
         # through ``AsyncClient.send``: that machinery (cookie jar, auth flow,
         # redirect preparation, event hooks, elapsed-time stream wrapper) was
         # ~30% of the main process's CPU per conditional GET, and none
@@ -370,15 +260,20 @@ class Fetcher:
         # from poll to poll. Proxies from the environment were never used
         # either (httpx ignores them when it is handed a transport).
         self._transport: httpx.AsyncBaseTransport = (
-            transport if transport is not None else _transport(limits, trust_env)
+            transport
+            if transport is not None
+            else LeanTransport(limits=limits, trust_env=trust_env)
         )
-        # The headers every request carries, as httpx's client would send them.
-        self._headers: dict[str, str] = {
-            "User-Agent": user_agent,
-            "Accept": ACCEPT,
-            "Accept-Encoding": ACCEPT_ENCODING,
-            "Connection": "keep-alive",
-        }
+        # The headers every request carries, as httpx's client would send them;
+        # built (names and values checked and encoded) once, copied per request.
+        self._headers = httpx.Headers(
+            {
+                "User-Agent": user_agent,
+                "Accept": ACCEPT,
+                "Accept-Encoding": ACCEPT_ENCODING,
+                "Connection": "keep-alive",
+            }
+        )
         # Per-phase timeouts by total deadline: the request extension httpx reads.
         # Waiting for a free slot happens on our semaphores, outside the deadline.
         self._timeouts: dict[float, dict[str, Any]] = {}
@@ -487,7 +382,7 @@ class Fetcher:
             )
         headers = self._headers
         if etag or last_modified:
-            headers = dict(headers)
+            headers = headers.copy()
             if etag:
                 headers["If-None-Match"] = etag
             if last_modified:
@@ -580,7 +475,7 @@ class Fetcher:
         self,
         url: httpx.URL,
         where: str,
-        headers: dict[str, str],
+        headers: httpx.Headers,
         extensions: dict[str, Any],
         source_id: str,
         decode: bool = True,

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
+from .arena import share_one_arena
 from .config import Config
 from .errors import FetchError, StoreError
 from .extract import Extracted, extract, extract_packed, unpack
@@ -300,6 +301,9 @@ class Ingestor:
         on_done: Callable[[IngestStats], None] | None = None,
     ) -> list[IngestStats]:
         """Ingest the chosen (default: all enabled) sources concurrently."""
+        # Before the pass starts its threads: the store's threads then share
+        # the event loop's malloc arena (aggregator.arena: ~4 MB less at the peak).
+        share_one_arena()
         if source_ids:
             sources = [self.config.source(sid) for sid in source_ids]
         else:
@@ -336,7 +340,10 @@ class Ingestor:
         tenths of a second) then overlap the source sync and the first
         fetches instead of holding up the first parse. A pass in which every
         source can answer 304 still starts no process until a body arrives.
+        When the sync writes nothing (the config did not change: every warm
+        pass), the states read for that decision are the ones returned.
         """
+        before: dict[str, SourceState] | None = None
         if isinstance(pool, ParsePool) and not pool.started and len(sources) >= POOL_THRESHOLD:
             before = {s.id: s for s in self.store.source_states()}
             expected = [s for s in sources if not only_due or _due(before.get(s.id), now)]
@@ -344,7 +351,9 @@ class Ingestor:
                 _body_expected(before.get(s.id)) for s in expected
             ):
                 pool.start()
-        self.store.sync_sources(self.config.sources)
+        written = self.store.sync_sources(self.config.sources)
+        if before is not None and written == 0:
+            return before
         return {s.id: s for s in self.store.source_states()}
 
     async def _run_all(

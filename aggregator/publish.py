@@ -32,7 +32,6 @@ import logging
 import os
 import re
 import tempfile
-import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -503,7 +502,11 @@ def write_if_changed(path: Path, data: bytes) -> bool:
                 written = os.write(fd, view)
                 view = view[written:]
             os.fchmod(fd, mode)
-            if previous_second is not None and int(time.time()) <= previous_second:
+            # The file's own mtime, not time.time(): the file system stamps
+            # with a coarse clock that can lag the wall clock by a few ms, and
+            # the write may have happened just before a second boundary the
+            # wall clock has already crossed.
+            if previous_second is not None and int(os.fstat(fd).st_mtime) <= previous_second:
                 later = previous_second + 1
                 os.utime(fd, (later, later))
             os.fsync(fd)

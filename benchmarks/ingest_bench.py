@@ -46,7 +46,11 @@ def _own_cpu(pid: int) -> float:
 
 
 def _tracker_pid() -> list[int]:
-    """multiprocessing's resource tracker, a child of this process, when one was started."""
+    """multiprocessing's resource tracker, a child of this process, when one was started.
+
+    The parse pool's own small one (a ``/bin/sh`` loop, aggregator/semtracker.py)
+    where the code under test has it, else the standard Python one: the same role.
+    """
     from multiprocessing import resource_tracker
 
     pid = getattr(resource_tracker._resource_tracker, "_pid", None)

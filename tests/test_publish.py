@@ -6,7 +6,9 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import os
 import re
+import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -475,3 +477,21 @@ def test_a_rewrite_within_the_same_second_still_moves_last_modified(
     save(store, "kofic", [make_item("kofic", 9)])
     assert run_publish(store, site).changed
     assert int(first.atom_path.stat().st_mtime) > second_before
+
+
+def test_last_modified_moves_even_when_the_wall_clock_reads_ahead_of_the_file_system(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file system stamps files with a coarse clock a few ms behind
+    ``time.time()``: a rewrite just after a second boundary could be stamped in
+    the previous second. The new file's own mtime decides the bump (a reader
+    sending If-Modified-Since, like newsboat, missed such a publish)."""
+    fill(store, count=1)
+    site = site_for(tmp_path / "public")
+    first = run_publish(store, site)
+    ahead = int(time.time()) + 60
+    os.utime(first.atom_path, (ahead - 1, ahead - 1))  # the old file: one second behind "now"
+    monkeypatch.setattr(time, "time", lambda: float(ahead))
+    save(store, "kofic", [make_item("kofic", 9)])
+    assert run_publish(store, site).changed
+    assert int(first.atom_path.stat().st_mtime) == ahead

@@ -212,3 +212,66 @@ def test_one_sites_cookies_are_not_sent_back_on_later_polls(http_server: Fixture
     requests = [*http_server.requests_for("/a.xml"), *http_server.requests_for("/b.xml")]
     assert len(requests) == 3
     assert all(r.headers.get("Cookie") is None for r in requests)
+
+
+# ------------------------------------------------------- before the first request
+
+
+def count_calls(store: Store, name: str) -> list[int]:
+    """Count calls of ``store.<name>`` (the real method still runs)."""
+    calls: list[int] = []
+    real = getattr(store, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    setattr(store, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("count", [8, 40])
+def test_a_warm_pass_reads_the_source_states_once(
+    http_server: FixtureServer, db_url: str, count: int
+) -> None:
+    """The states read to decide on the parse pool serve the pass when the sync wrote nothing."""
+    ids = [f"s{n:03d}" for n in range(count)]
+    for n, source_id in enumerate(ids):
+        http_server.add(f"/{source_id}.xml", rss(source_id, 1), etag=f'"v{n}"')
+    store = Store.open(db_url)
+    try:
+        asyncio.run(Ingestor(config_for(db_url, http_server, ids), store).run())
+        reads = count_calls(store, "source_states")
+
+        warm = asyncio.run(Ingestor(config_for(db_url, http_server, ids), store).run())
+
+        assert len(reads) == 1
+        assert {s.outcome for s in warm} == {IngestOutcome.NOT_MODIFIED}
+        # A config that adds a source is synced, then the states are read again:
+        # the new source is fetched as new, the others still answer 304.
+        http_server.add("/extra.xml", rss("extra", 3), etag='"x"')
+        reads.clear()
+        mixed = by_id(
+            asyncio.run(Ingestor(config_for(db_url, http_server, [*ids, "extra"]), store).run())
+        )
+        assert len(reads) == 2
+        assert (mixed["extra"].outcome, mixed["extra"].new) == (IngestOutcome.OK, 3)
+        assert {mixed[i].outcome for i in ids} == {IngestOutcome.NOT_MODIFIED}
+    finally:
+        store.close()
+
+
+def test_sync_sources_says_how_many_rows_it_wrote(store: Store) -> None:
+    def sources(yaml: str) -> Sequence[Source]:
+        return parse_config("sources:\n" + yaml, path=Path("feeds.yaml")).sources
+
+    three = "".join(f"  - {{id: s{n}, url: 'http://127.0.0.1/{n}.xml'}}\n" for n in range(3))
+    assert store.sync_sources(sources(three)) == 3
+    assert store.sync_sources(sources(three)) == 0
+    moved = three.replace("/1.xml", "/1-new.xml")
+    assert store.sync_sources(sources(moved)) == 1
+    titled = moved.replace("{id: s2,", "{id: s2, title: Two,")
+    assert (
+        store.sync_sources(sources(titled + "  - {id: s3, url: 'http://127.0.0.1/3.xml'}\n")) == 2
+    )
+    assert store.sync_sources(sources(titled)) == 0  # a source left out is kept, not written

@@ -122,15 +122,17 @@ class Store(
 
     # ------------------------------------------------------------------ sources
 
-    def sync_sources(self, sources: Sequence[Source], *, now: datetime | None = None) -> None:
-        """Make the ``sources`` table know every configured source.
+    def sync_sources(self, sources: Sequence[Source], *, now: datetime | None = None) -> int:
+        """Make the ``sources`` table know every configured source; returns the rows written.
 
         A source whose configured URL changed starts over from the new URL
         (validators dropped); one whose URL was moved by a permanent redirect
         keeps the redirected URL. Sources removed from the config keep their
-        rows and items: nothing stored is deleted by a config edit.
+        rows and items: nothing stored is deleted by a config edit. A return
+        of 0 means the stored source states are as they were before the call.
         """
         now = now or utcnow()
+        written = 0
         with self.transaction() as conn:
             known = {
                 row.id: row
@@ -182,6 +184,10 @@ class Store(
                         .where(schema.sources.c.id == source.id)
                         .values(title=source.title or source.id, priority=source.priority)
                     )
+                else:
+                    continue
+                written += 1
+        return written
 
     def source_state(self, source_id: str) -> SourceState | None:
         with self.engine.connect() as conn:

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import Any, Self
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from ..errors import StoreError
@@ -15,6 +15,20 @@ from .engine import make_engine, migrate, safe_url
 
 # Parameters per IN (...) list; SQLite's default limit is 32766, PostgreSQL's 65535.
 CHUNK = 500
+
+
+def insert_for(dialect_name: str) -> Any:
+    """The dialect's INSERT construct, the one with ``on_conflict_do_*``.
+
+    SQLAlchemy's PostgreSQL dialect is imported here, on first use, not with
+    the store: its package imports a module per PostgreSQL driver, ~2 MB of
+    PSS in every SQLite process (an ingest's main process among them).
+    """
+    if dialect_name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert
+    return sqlite.insert
 
 
 def chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
@@ -83,6 +97,4 @@ class StoreBase:
 
     def _insert(self, table: Any) -> Any:
         """A dialect-specific INSERT that supports ``on_conflict_do_*``."""
-        if self.dialect == "postgresql":
-            return postgresql.insert(table)
-        return sqlite.insert(table)
+        return insert_for(self.dialect)(table)

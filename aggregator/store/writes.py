@@ -29,14 +29,13 @@ from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import JSON, Connection, bindparam, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
 
 from ..errors import StoreError
 from ..models import Item
 from . import schema
-from .base import CHUNK, StoreBase, chunks
+from .base import CHUNK, StoreBase, chunks, insert_for
 from .copies import (
     UNKNOWN_SOURCE,
     Copy,
@@ -699,8 +698,7 @@ class _ItemInsert:
     def __init__(self, dialect: Dialect) -> None:
         # ON CONFLICT DO NOTHING: a second writer (another worker) that stored
         # the same guid first wins; ours is then simply not new.
-        dialect_insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
-        stmt = dialect_insert(_items).on_conflict_do_nothing(
+        stmt = insert_for(dialect.name)(_items).on_conflict_do_nothing(
             index_elements=["source_id", "guid_hash"]
         )
         columns = [c for c in _items.columns if c.key != "id"]
