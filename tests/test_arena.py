@@ -8,17 +8,14 @@ and reads glibc's own account of its arenas (``malloc_info``).
 from __future__ import annotations
 
 import ctypes
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.child import INGEST_PASS, run_python
 from tests.support.http import FixtureServer
 from tests.test_ingest import rss
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _glibc() -> bool:
@@ -31,21 +28,10 @@ def _glibc() -> bool:
 
 pytestmark = pytest.mark.skipif(not _glibc(), reason="malloc arenas are glibc's")
 
-PASS = """
-import asyncio, ctypes, re, sys, threading
-from pathlib import Path
-from aggregator.config import parse_config
-from aggregator.ingest import Ingestor
-from aggregator.store import Store
-
-tmp, yaml = Path(sys.argv[1]), sys.argv[2]
-config = parse_config(
-    f"storage: {{url: 'sqlite:///{tmp}/db.sqlite'}}\\n"
-    "defaults: {interval: 1h, timeout: 30s}\\nsources:\\n" + yaml,
-    path=tmp / "feeds.yaml",
-)
-store = Store.open(config.database_url, isolated_migration=True)
-stats = asyncio.run(Ingestor(config, store).run())
+PASS = (
+    INGEST_PASS
+    + """
+import ctypes, re
 libc = ctypes.CDLL(None)
 libc.fopen.restype = ctypes.c_void_p
 out = libc.fopen(str(tmp / "malloc.xml").encode(), b"w")
@@ -55,6 +41,7 @@ info = (tmp / "malloc.xml").read_text()
 print(sorted(s.outcome.value for s in stats))
 print(len(re.findall(r'<heap nr="', info)))
 """
+)
 
 
 @pytest.mark.parametrize("sources", [3, 12])
@@ -66,16 +53,8 @@ def test_an_ingest_pass_s_threads_share_the_main_arena(
         entries = [(f"a{n}-{i}", f"기사 {n}/{i}", "본문 " * (50 + 40 * i)) for i in range(20)]
         http_server.add(f"/arena{n}.xml", rss(entries))
         yaml += f"  - {{id: s{n}, url: '{http_server.url(f'/arena{n}.xml')}'}}\n"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
-    out = subprocess.run(
-        [sys.executable, "-c", PASS, str(tmp_path), yaml],
-        check=True,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout.splitlines()
+    out = run_python("-c", PASS, str(tmp_path), yaml)
 
     # Every source stored (3 parse in threads, 12 in the pool), by threads
     # that allocated from the one arena the process started with.

@@ -22,23 +22,8 @@ from aggregator.config import parse_config
 from aggregator.ingest import MAX_ITEMS_PER_BATCH, Ingestor
 from aggregator.models import IngestOutcome
 from aggregator.store import SaveItems, SourceWrite, Store
+from tests.support.feeds import simple_rss
 from tests.support.http import FixtureServer
-
-
-def rss(source_id: str, count: int) -> str:
-    """A feed of ``count`` distinct entries (own links, so none is a duplicate)."""
-    entries = "".join(
-        f"<item><guid>{source_id}-{n}</guid><title>{source_id} story {n}</title>"
-        f"<link>https://{source_id}.example.kr/{n}</link>"
-        f"<pubDate>Mon, 30 Nov 2026 {n % 24:02d}:00:00 +0900</pubDate>"
-        f"<description>Story {n} of {source_id}.</description></item>"
-        for n in range(count)
-    )
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel><title>t</title>'
-        f"<link>https://{source_id}.example.kr/</link><description>d</description>"
-        f"{entries}</channel></rss>"
-    )
 
 
 def _slow_batches(store: Store, pause: float) -> list[list[int]]:
@@ -68,7 +53,7 @@ def test_a_transaction_takes_the_waiting_writes_up_to_the_item_limit(
 ) -> None:
     ids = [f"s{n:03d}" for n in range(sources)]
     for source_id in ids:
-        http_server.add(f"/{source_id}.xml", rss(source_id, entries))
+        http_server.add(f"/{source_id}.xml", simple_rss(source_id, entries))
     config = parse_config(
         f"storage: {{url: '{sqlite_url}'}}\ndefaults: {{interval: 1h, timeout: 10s}}\n"
         "sources:\n"

@@ -10,17 +10,16 @@ much more.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.child import INGEST_PASS, run_python
 from tests.support.http import FixtureServer
 from tests.test_ingest import rss
 
-ROOT = Path(__file__).resolve().parent.parent
 # What an asyncio ingest never runs: httpx's CLI and what only it imports, trio;
 # httpcore and what it runs on (the fetcher has its own transport); what a
 # migration ran before the pass began; and, on SQLite, SQLAlchemy's
@@ -31,33 +30,13 @@ NOT_NEEDED = (
     "sqlalchemy.dialects.postgresql",
 )
 
-PASS = """
-import asyncio, sys
-from pathlib import Path
-from aggregator.config import parse_config
-from aggregator.ingest import Ingestor
-from aggregator.store import Store
-
-tmp, yaml = Path(sys.argv[1]), sys.argv[2]
-config = parse_config(
-    f"storage: {{url: 'sqlite:///{tmp}/db.sqlite'}}\\n"
-    "defaults: {interval: 1h, timeout: 30s}\\nsources:\\n" + yaml,
-    path=tmp / "feeds.yaml",
-)
-store = Store.open(config.database_url, isolated_migration=True)  # as the commands do
-store.sync_sources(config.sources)
-stats = asyncio.run(Ingestor(config, store).run())
+PASS = (
+    INGEST_PASS
+    + """
 print(sorted((s.source_id, s.outcome.value, s.new) for s in stats))
 print(sorted(name for name in sys.argv[3:] if name in sys.modules))
 """
-
-
-def _python(*args: str) -> list[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run(
-        [sys.executable, *args], check=True, env=env, capture_output=True, text=True, timeout=120
-    )
-    return out.stdout.strip().splitlines()
+)
 
 
 def _installed(name: str) -> bool:
@@ -80,7 +59,7 @@ def test_a_cold_ingest_pass_imports_neither_httpx_cli_nor_trio_nor_alembic(
         http_server.add(f"/lean{n}.xml", rss([(f"g{n}", f"title {n}", "본문 text")]))
         yaml += f"  - {{id: s{n}, url: '{http_server.url(f'/lean{n}.xml')}'}}\n"
 
-    stats, loaded = _python("-c", PASS, str(tmp_path), yaml, *NOT_NEEDED)
+    stats, loaded = run_python("-c", PASS, str(tmp_path), yaml, *NOT_NEEDED)
 
     # The pass migrated a fresh database, fetched and stored, without those modules.
     assert stats == str(sorted((f"s{n}", "ok", 1) for n in range(sources)))
@@ -102,7 +81,7 @@ def test_hidden_modules_only_hides_for_the_block() -> None:
         "import csv\n"
         "print('csv after', csv.QUOTE_ALL)\n"
     )
-    assert _python("-c", script) == ["csv hidden", "json 1", "csv after 1"]
+    assert run_python("-c", script) == ["csv hidden", "json 1", "csv after 1"]
 
 
 OPEN = """
@@ -133,7 +112,7 @@ def test_an_isolated_migration_brings_the_schema_to_head_without_importing_alemb
             command.upgrade(cfg, "0001")
         engine.dispose()
 
-    version, loaded = _python("-c", OPEN, url)
+    version, loaded = run_python("-c", OPEN, url)
 
     assert version == str([(_head_from_files(),)])
     assert loaded == "[]"
@@ -174,7 +153,7 @@ def test_an_isolated_migration_of_an_empty_postgres_database(pg_url: str) -> Non
         conn.exec_driver_sql("CREATE SCHEMA public")
     engine.dispose()
 
-    version, loaded = _python("-c", OPEN, pg_url)
+    version, loaded = run_python("-c", OPEN, pg_url)
 
     assert version == str([(_head_from_files(),)])
     assert loaded == "[]"
