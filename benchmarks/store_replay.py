@@ -12,7 +12,9 @@ for the store). No fetch, no parse: what is left is the store alone, so a
 change of its settings shows in seconds instead of a full ingest.
 
 For every ``--slice`` sources it prints the store's CPU seconds (the
-thread's own, user + system) and, per item, the read and write system calls
+thread's own, user + system), the wall seconds it spent saving (the
+difference is waiting: for the disk, mostly the checkpoints' fsync, or for
+the GIL) and, per item, the read and write system calls
 and bytes of that thread (``/proc/self/task/<tid>/io``: a thread apart reads
 ``SRC.db``, so they are the store's alone). Counts of system calls do not
 depend on the load of the machine; CPU seconds do, a little. ``--pragma``
@@ -142,15 +144,18 @@ def main() -> None:
     mine = f"/proc/self/task/{threading.get_native_id()}/io"
     slices: list[dict[str, Any]] = []
     done = items = 0
-    cpu = total = 0.0
+    cpu = total = wall = total_wall = 0.0
     before = _io(mine)
     while (got := writes.get()) is not None:
         batch, held = got
-        started = time.thread_time()
+        started, clock = time.thread_time(), time.perf_counter()
         store.save_batch(batch)
         spent = time.thread_time() - started
+        waited = time.perf_counter() - clock
         cpu += spent
         total += spent
+        wall += waited
+        total_wall += waited
         items += held
         done += len(batch)
         if done // args.slice != (done - len(batch)) // args.slice or done == len(order):
@@ -158,16 +163,21 @@ def main() -> None:
             line = {
                 "sources": done,
                 "cpu_s": round(cpu, 2),
+                "wall_s": round(wall, 2),
                 **{k: round((after[k] - before[k]) / max(items, 1), 1) for k in _COUNTERS},
             }
             print(json.dumps(line), flush=True)
             slices.append(line)
-            before, cpu, items = after, 0.0, 0
+            before, cpu, wall, items = after, 0.0, 0.0, 0
     store.close()
     if not args.keep:
         for path in args.dst.parent.glob(args.dst.name + "*"):
             path.unlink()
-    print(json.dumps({"store_cpu_s": round(total, 2), "sources": done}))
+    print(
+        json.dumps(
+            {"store_cpu_s": round(total, 2), "store_wall_s": round(total_wall, 2), "sources": done}
+        )
+    )
 
 
 if __name__ == "__main__":
