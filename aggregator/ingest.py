@@ -17,6 +17,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextvars import ContextVar
@@ -179,14 +180,23 @@ class _ByteBudget:
     holds ``estimate`` (the mean a source has held so far), so a burst of new
     fetches cannot all pass ``room`` before any body is counted. A single
     body over the limit still goes through when it is alone. ``peak`` is for
-    tests and benchmarks.
+    tests and benchmarks; ``wakeups`` counts the times a waiter was resumed.
+
+    Waiters are let through one at a time, first come first served: a
+    release wakes the first in line only, and each waiter that gets through
+    wakes the next once its own source has taken its estimate (one loop turn
+    later), if there is still room. Waking every waiter on each release made
+    them all run just to queue again: with the store behind (10,000 feeds)
+    that was 31 resumptions per source instead of ~3, ~0.8 ms of the event
+    loop's CPU per source.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
         self.peak = 0
-        self._waiters: list[asyncio.Future[None]] = []
+        self.wakeups = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._released_bytes = 0
         self._released_sources = 0
 
@@ -198,15 +208,39 @@ class _ByteBudget:
         return self._released_bytes // self._released_sources
 
     async def room(self) -> None:
-        """Return once the bytes held are under the limit."""
-        while self.held >= self.limit:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
+        """Return once the bytes held are under the limit and no earlier caller is waiting."""
+        if self.held < self.limit and not self._waiters:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            while True:
                 await waiter
-            finally:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+                self.wakeups += 1
+                if self.held < self.limit:
+                    break
+                # Taken meanwhile by a source already under way: back to the
+                # head of the line (its place), for the next release.
+                self._waiters.remove(waiter)
+                waiter = loop.create_future()
+                self._waiters.appendleft(waiter)
+        except BaseException:
+            # Cancelled, perhaps after being woken: the wake must not be lost
+            # with it, or the next in line would wait for a release that may
+            # never come.
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            self._wake_next()
+            raise
+        self._waiters.remove(waiter)
+        # The next in line, once this source has taken its share (the caller
+        # does so without yielding to the loop).
+        loop.call_soon(self._wake_next)
+
+    def _wake_next(self) -> None:
+        if self.held < self.limit and self._waiters and not self._waiters[0].done():
+            self._waiters[0].set_result(None)
 
     def take(self, size: int) -> None:
         self.held += size
@@ -217,11 +251,7 @@ class _ByteBudget:
         if finished:
             self._released_bytes += size
             self._released_sources += 1
-        if self.held < self.limit:
-            waiters, self._waiters = self._waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+        self._wake_next()
 
 
 class _Held:
