@@ -514,9 +514,11 @@ def print_table(
             )
             mid = statistics.median(ratios)
             met = None if limit is None else mid <= limit
-            result_row(label, f"{mid:.2f}x", target, met)
+            # Three decimals where two would print the limit itself ("1.20x NOT met").
+            places = 3 if limit is not None and round(mid, 2) == limit else 2
+            result_row(label, f"{mid:.{places}f}x", target, met)
             if len(ratios) > 1:
-                each = ", ".join(f"{r:.2f}x" for r in ratios)
+                each = ", ".join(f"{r:.{places}f}x" for r in ratios)
                 print(f"{'':<4}(median of {len(ratios)}, each against its own neighbours: {each})")
 
         ratio_row(f"time per feed (wall) {at:,} / {small} feeds", "wall", "<= 1.2x", 1.2)
