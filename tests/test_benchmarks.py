@@ -195,3 +195,14 @@ def test_scale_row_compares_the_big_run_with_the_runs_around_it(
     assert "1.10x" in peak and "NOT" not in peak
     assert "1.10x, 1.10x, 1.25x" in lines[lines.index(peak) + 1]
     assert sum("ours, cold ingest (10,000 feeds), run" in line for line in lines) == 3
+    assert "parse workers' CPU" not in out  # not measured in these runs
+
+    # With each process's CPU: the workers' CPU per feed, big run against its
+    # neighbours, is listed (the same work at any size: the machine's speed).
+    for m, workers in zip(
+        [*scaled["smalls"], *scaled["bigs"]], [4, 4, 4, 4, 80, 96, 88], strict=True
+    ):
+        m["split_cpu"] = {"workers": float(workers)}
+    print_table(results, scaled, [])
+    speed = next(x for x in capsys.readouterr().out.splitlines() if "parse workers' CPU" in x)
+    assert "1.00x, 1.10x, 1.20x" in speed
