@@ -496,47 +496,46 @@ def print_table(
     else:
         at, small = scaled["n"], scaled["small"]
         bigs, smalls = scaled["bigs"], scaled["smalls"]
-        # Each big run against the mean of the small runs just before and after it.
-        refs = [
-            {k: (before[k] + after[k]) / 2 for k in ("wall", "cpu", "peak_mb")}
-            for before, after in itertools.pairwise(smalls)
-        ]
         run_row(f"  ours, {small} feeds, before the first", smalls[0])
         for i, (big, after) in enumerate(zip(bigs, smalls[1:], strict=True), 1):
             run_row(f"ours, cold ingest ({at:,} feeds), run {i}", big)
             run_row(f"  ours, {small} feeds, after it", after)
 
-        def ratio_row(label: str, key: str, target: str = "", limit: float | None = None) -> None:
-            ratios = sorted(
-                (big[key] / (at if key != "peak_mb" else 1))
-                / (ref[key] / (small if key != "peak_mb" else 1))
-                for big, ref in zip(bigs, refs, strict=True)
+        def ratios(value: Callable[[dict[str, Any]], float], per_feed: bool = True) -> list[float]:
+            """Each big run's ``value`` over the mean of the small runs just before
+            and after it (per feed: divided by the feed counts' ratio), sorted."""
+            scale = at / small if per_feed else 1.0
+            return sorted(
+                value(big) / ((value(before) + value(after)) / 2) / scale
+                for big, (before, after) in zip(bigs, itertools.pairwise(smalls), strict=True)
             )
-            mid = statistics.median(ratios)
+
+        def ratio_row(label: str, each: list[float], limit: float | None = None) -> None:
+            mid = statistics.median(each)
             met = None if limit is None else mid <= limit
             # Three decimals where two would print the limit itself ("1.20x NOT met").
             places = 3 if limit is not None and round(mid, 2) == limit else 2
-            result_row(label, f"{mid:.{places}f}x", target, met)
-            if len(ratios) > 1:
-                each = ", ".join(f"{r:.{places}f}x" for r in ratios)
-                print(f"{'':<4}(median of {len(ratios)}, each against its own neighbours: {each})")
+            result_row(label, f"{mid:.{places}f}x", "" if limit is None else f"<= {limit}x", met)
+            if len(each) > 1:
+                listed = ", ".join(f"{r:.{places}f}x" for r in each)
+                print(f"{'':<4}(median of {len(each)}, each against its own neighbours: {listed})")
 
-        ratio_row(f"time per feed (wall) {at:,} / {small} feeds", "wall", "<= 1.2x", 1.2)
-        ratio_row(f"CPU per feed {at:,} / {small} feeds", "cpu")
+        ratio_row(f"time per feed (wall) {at:,} / {small} feeds", ratios(lambda m: m["wall"]), 1.2)
+        ratio_row(f"CPU per feed {at:,} / {small} feeds", ratios(lambda m: m["cpu"]))
         if all("split_cpu" in m for m in (*bigs, *smalls)):
             # The parse workers do the same work per feed at any size: their
             # CPU per feed moving between runs is the machine's speed moving
             # (it rose 80 -> 88 -> 94 s over three 10,000-feed runs in a row).
-            speed = sorted(
-                (big["split_cpu"]["workers"] / at)
-                / ((before["split_cpu"]["workers"] + after["split_cpu"]["workers"]) / 2 / small)
-                for big, before, after in zip(bigs, smalls, smalls[1:], strict=False)
-            )
-            each = ", ".join(f"{r:.2f}x" for r in speed)
-            result_row(f"  parse workers' CPU per feed {at:,} / {small}", each, "", None)
+            speed = ratios(lambda m: m["split_cpu"]["workers"])
+            listed = ", ".join(f"{r:.2f}x" for r in speed)
+            result_row(f"  parse workers' CPU per feed {at:,} / {small}", listed, "", None)
         vs_median = (statistics.median(b["wall"] for b in bigs) / at) / (ours["wall"] / n)
         result_row(f"  wall per feed vs the {n}-feed median above", f"{vs_median:.2f}x", "", None)
-        ratio_row(f"peak memory (PSS) {at:,} / {small} feeds", "peak_mb", "<= 1.2x", 1.2)
+        ratio_row(
+            f"peak memory (PSS) {at:,} / {small} feeds",
+            ratios(lambda m: m["peak_mb"], per_feed=False),
+            1.2,
+        )
     if same is None:
         result_row("same stored content as REF", "--same-store REF", "same", None)
     else:
