@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.config import parse_config
+from aggregator.ingest import MAX_ITEMS_PER_BATCH, MAX_WRITES_PER_BATCH
 from aggregator.models import Item
 from aggregator.store import SaveItems, Store
 from aggregator.store.types import UTCDateTime
@@ -103,8 +104,12 @@ def main() -> None:
     parser.add_argument("src", type=Path)
     parser.add_argument("dst", type=Path)
     parser.add_argument("--n", type=int, default=10_000, help="sources replayed")
-    parser.add_argument("--batch", type=int, default=64, help="sources per transaction")
-    parser.add_argument("--max-items", type=int, default=160, help="items per transaction")
+    parser.add_argument(
+        "--batch", type=int, default=MAX_WRITES_PER_BATCH, help="sources per transaction"
+    )
+    parser.add_argument(
+        "--max-items", type=int, default=MAX_ITEMS_PER_BATCH, help="items per transaction"
+    )
     parser.add_argument("--slice", type=int, default=1000, help="sources per printed line")
     parser.add_argument("--pragma", action="append", default=[], help="e.g. cache_size=-8192")
     parser.add_argument("--keep", action="store_true", help="keep DST.db")
@@ -142,7 +147,6 @@ def main() -> None:
     )
     reader.start()
     mine = f"/proc/self/task/{threading.get_native_id()}/io"
-    slices: list[dict[str, Any]] = []
     done = items = 0
     cpu = total = wall = total_wall = 0.0
     before = _io(mine)
@@ -167,7 +171,6 @@ def main() -> None:
                 **{k: round((after[k] - before[k]) / max(items, 1), 1) for k in _COUNTERS},
             }
             print(json.dumps(line), flush=True)
-            slices.append(line)
             before, cpu, wall, items = after, 0.0, 0.0, 0
     store.close()
     if not args.keep:
