@@ -10,7 +10,10 @@ then compared by (source, guid), every column except the row id and
 ``first_seen_at``; which copy is an item's story (``story_*``) or the original
 of its duplicates (``duplicate_of``) depends on which feed answered first, so
 those are compared as groups (each named by its smallest (source, guid));
-sources by id without their fetch times. Exit status 1 and the first
+sources by id without their fetch times. Both databases are first brought to
+the ``--after`` checkout's schema by its own migrations (as an upgrade
+would: migration 0012 rewrites the stored link keys), so what is compared is
+what an installation holds after the change. Exit status 1 and the first
 differences when they differ.
 """
 
@@ -44,6 +47,13 @@ def _ingest(code: Path, base: str, n: int, db: Path) -> None:
              "--n", str(n), "--db", str(db)],
             check=True, env=env, cwd=runner, stdout=subprocess.DEVNULL,
         )  # fmt: skip
+
+
+def _upgrade(code: Path, db: Path) -> None:
+    """Run ``code``'s migrations on ``db``: a database as that code would leave it."""
+    script = "import sys; from aggregator.store import Store; Store.open(sys.argv[1]).close()"
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    subprocess.run([sys.executable, "-c", script, f"sqlite:///{db}"], check=True, env=env)
 
 
 def _snapshot(db: Path) -> dict[str, Any]:
@@ -89,6 +99,7 @@ def compare(before: Path, after: Path, feeds: Path, n: int) -> tuple[list[str], 
         for name, code in (("before", before), ("after", after)):
             db = Path(tmp) / f"{name}.db"
             _ingest(code.resolve(), base, n, db)
+            _upgrade(after.resolve(), db)
             snapshots.append(_snapshot(db))
     old_snapshot, new_snapshot = snapshots
     problems = []

@@ -45,7 +45,7 @@ from aggregator.normalize import (
 from aggregator.publish import publish_from_store
 from aggregator.store import Store
 from aggregator.store.engine import _alembic_config
-from aggregator.store.schema import metadata, text_key
+from aggregator.store.schema import HOST_KEY_CHARS, link_key, metadata, text_key
 from tests.support.db import _pg_admin_url
 from tests.support.http import FixtureServer
 from tests.support.items import make_item
@@ -347,7 +347,8 @@ def test_migration_0003_hashes_the_keys_of_rows_stored_at_0002(empty_db_url: str
             ).all()
             linked = conn.execute(sa.text("SELECT item_id FROM digest_items")).scalars().all()
         assert [r.guid_hash for r in rows] == [text_key(g) for g in guids]
-        assert [r.canonical_url_hash for r in rows] == [text_key(u) for u in links]
+        # 0003 wrote text_key(link); 0012 then put the host's digest first.
+        assert [r.canonical_url_hash for r in rows] == [link_key(u) for u in links]
         assert [r.duplicate_of for r in rows] == [None, None, 1]
         assert linked == [2]
         inspector = sa.inspect(store.engine)
@@ -369,6 +370,80 @@ def test_migration_0003_hashes_the_keys_of_rows_stored_at_0002(empty_db_url: str
         again = [replace(make_item("old", 1), guid=guids[1], url=links[1], canonical_url=links[1])]
         counts = store.save_items("old", again, fetched_at=NOW, next_fetch_at=NOW)
         assert counts.new == 0 and store.count_items() == 3
+    finally:
+        store.close()
+
+
+# ------------------------------------------------------------ migration 0012
+
+
+def test_link_key_is_the_link_digest_behind_its_host_digest() -> None:
+    rng = random.Random(12)
+    links = [
+        "https://kofic.example.kr/news/1",
+        "https://kofic.example.kr/news/2?page=3#top",
+        "https://kofic.example.kr:8443/news/1",
+        "https://other.example/news/1",
+        "https://kofic.example.kr/" + noise(rng, 8 * KB),
+        "urn:uuid:5f2b",
+        "",
+    ]
+    keys = [link_key(u) for u in links]
+    assert all(len(k) == 64 and re.fullmatch("[0-9a-f]+", k) for k in keys)
+    assert len(set(keys)) == len(links)
+    for link, key in zip(links, keys, strict=True):
+        assert key[HOST_KEY_CHARS:] == text_key(link)[HOST_KEY_CHARS:]
+    host = {k[:HOST_KEY_CHARS] for k in keys}
+    # One site's links share the prefix; another port or host is another site.
+    assert keys[0][:HOST_KEY_CHARS] == keys[1][:HOST_KEY_CHARS] == keys[4][:HOST_KEY_CHARS]
+    assert len(host) == 4  # kofic, kofic:8443, other, and the one for "no host"
+    assert keys[5][:HOST_KEY_CHARS] == keys[6][:HOST_KEY_CHARS] == text_key("")[:HOST_KEY_CHARS]
+
+
+def test_migration_0012_rewrites_stored_link_keys_both_ways(empty_db_url: str) -> None:
+    rng = random.Random(13)
+    store = Store.open(empty_db_url)
+    cfg = _alembic_config()
+    try:
+        store.sync_sources(
+            [Source(id="a", url="https://a.example/f"), Source(id="b", url="https://b.example/f")]
+        )
+        links = [
+            "https://kofic.example.kr/news/1",
+            "https://kofic.example.kr/" + noise(rng, 8 * KB),
+            "https://other.example/column/한국영화",
+        ]
+        items = [
+            replace(make_item("a", n), url=link, canonical_url=link) for n, link in enumerate(links)
+        ]
+        assert store.save_items("a", items, fetched_at=NOW, next_fetch_at=NOW).new == 3
+
+        def stored() -> list[tuple[str, str]]:
+            with store.engine.connect() as conn:
+                rows = conn.execute(
+                    sa.text("SELECT canonical_url, canonical_url_hash FROM items ORDER BY id")
+                ).all()
+            return [(r[0], r[1]) for r in rows]
+
+        assert [key for _, key in stored()] == [link_key(u) for u in links]
+        with store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0011")
+        assert [key for _, key in stored()] == [text_key(u) for u in links]
+        with store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        assert [key for _, key in stored()] == [link_key(u) for u in links]
+        with store.engine.connect() as conn:  # index rebuilt, schema.py agrees
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+        indexes = {i["name"] for i in sa.inspect(store.engine).get_indexes("items")}
+        assert "ix_items_canonical_url_hash" in indexes
+
+        # The same story from another source is found by its rewritten key.
+        copy = replace(make_item("b", 0), url=links[1], canonical_url=links[1])
+        counts = store.save_items("b", [copy], fetched_at=NOW, next_fetch_at=NOW)
+        assert (counts.new, counts.duplicates) == (0, 1)
+        assert [i.source_id for i in store.find_items(canonical_url=links[1])] == ["a", "b"]
     finally:
         store.close()
 

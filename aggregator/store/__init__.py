@@ -23,7 +23,7 @@ from .bounces import BouncesMixin
 from .deliveries import DeliveriesMixin
 from .digests import DigestsMixin
 from .installation import InstallationMixin
-from .schema import text_key
+from .schema import link_key, text_key
 from .subscribers import SubscribersMixin
 from .types import UTCDateTime
 from .writes import Failure, NotModified, SaveCounts, SaveItems, SourceWrite, WritesMixin
@@ -281,7 +281,7 @@ class Store(
         """Items matching a canonical link or an exact title (for admins and tests)."""
         conds = []
         if canonical_url is not None:
-            conds.append(schema.items.c.canonical_url_hash == text_key(canonical_url))
+            conds.append(schema.items.c.canonical_url_hash == link_key(canonical_url))
         if title is not None:
             conds.append(schema.items.c.title == title)
         if not conds:

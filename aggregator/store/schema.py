@@ -8,6 +8,8 @@ of truth for existing databases; this module must describe the same schema.
 from __future__ import annotations
 
 import hashlib
+import re
+from functools import lru_cache
 
 from sqlalchemy import (
     JSON,
@@ -40,6 +42,36 @@ def text_key(value: str) -> str:
     digest (collisions are not a practical concern at 256 bits).
     """
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# Hex digits of a link key taken from its host (see link_key).
+HOST_KEY_CHARS = 8
+
+# The authority of an absolute URL: what follows "scheme://" up to the path.
+_AUTHORITY = re.compile(r"[^:/?#]*://([^/?#]*)")
+
+
+@lru_cache(maxsize=4096)
+def _host_key(authority: str) -> str:
+    return text_key(authority)[:HOST_KEY_CHARS]
+
+
+def link_key(canonical_url: str) -> str:
+    """The index key of a canonical link: its host's digest, then the link's own.
+
+    Same length as a ``text_key`` and as unique for a given link (the last 56
+    hex digits are the link's sha256), but the first 8 come from the link's
+    host (its authority, as written), so an index on these keys keeps each
+    site's links side by side. A source's items nearly always share a host,
+    so a transaction's new entries land on a few leaf pages of
+    ``ix_items_canonical_url_hash`` instead of one random page each: at
+    10,000 feeds (400,000 items) that random page per item was read back,
+    written to the WAL and copied by the checkpoint (``benchmarks/
+    store_replay``: 36.8 → 28.6 KB written per item at source 4,000).
+    Links that are not absolute URLs share one empty-host prefix.
+    """
+    found = _AUTHORITY.match(canonical_url)
+    return _host_key(found.group(1) if found else "") + text_key(canonical_url)[HOST_KEY_CHARS:]
 
 
 NAMING = {
@@ -84,7 +116,7 @@ items = Table(
     Column("guid_hash", String(KEY_HASH_CHARS), nullable=False),  # text_key(guid)
     Column("url", Text, nullable=False),
     Column("canonical_url", Text, nullable=False),
-    Column("canonical_url_hash", String(KEY_HASH_CHARS), nullable=False),
+    Column("canonical_url_hash", String(KEY_HASH_CHARS), nullable=False),  # link_key(canonical_url)
     Column("fingerprint", String(64), nullable=False),
     Column("content_hash", String(64), nullable=False),
     Column("title", Text, nullable=False),

@@ -44,7 +44,7 @@ from .copies import (
     inherited_values,
 )
 from .hotpath import CoreStatements, statements
-from .schema import text_key
+from .schema import link_key, text_key
 from .types import UTCDateTime
 
 log = logging.getLogger(__name__)
@@ -408,7 +408,7 @@ class WritesMixin(StoreBase):
         batch: dict[str, _Entry] = {}
         for item in write.items:
             # The last occurrence in a feed wins.
-            batch[item.guid] = _Entry(item, text_key(item.guid), text_key(item.canonical_url))
+            batch[item.guid] = _Entry(item, text_key(item.guid), link_key(item.canonical_url))
 
         existing: dict[str, tuple[int, str]] = {}
         guid_of = {e.guid_hash: g for g, e in batch.items()}
@@ -606,7 +606,7 @@ class WritesMixin(StoreBase):
         if later:
             for item_id, _, canonical_url, fingerprint, duplicate_of in fresh.values():
                 if duplicate_of is None:
-                    by_canon.setdefault(text_key(canonical_url), item_id)
+                    by_canon.setdefault(link_key(canonical_url), item_id)
                     by_print.setdefault(fingerprint, item_id)
             rows = [_row(source_id, e, now, original_of(e)) for e in later]
             stored = self._insert_rows(sql, rows, refused)
