@@ -293,6 +293,24 @@ def _due(state: SourceState | None, now: datetime) -> bool:
     return state is None or state.next_fetch_at is None or state.next_fetch_at <= now
 
 
+def _telling(sources: Sequence[Source], states: dict[str, SourceState]) -> dict[str, SourceState]:
+    """The states of the pass's sources that say more than their configuration.
+
+    A source never fetched has a state of nothing but its id and configured
+    URL, and the pass treats it exactly as no state at all (no validators, no
+    stored hash, no errors, due now; the fetch goes to ``source.url``). On a
+    first pass over 10,000 sources those states were ~3 MB of the main
+    process's peak (``tracemalloc``: the objects and the strings of their
+    rows), held until the pass ended.
+    """
+    kept: dict[str, SourceState] = {}
+    for source in sources:
+        state = states.get(source.id)
+        if state is not None and state != SourceState(source.id, source.url):
+            kept[source.id] = state
+    return kept
+
+
 def _body_expected(state: SourceState | None) -> bool:
     """Whether a fetch of this source will surely bring a body to parse (no 304 possible)."""
     return state is None or not (state.etag or state.last_modified)
@@ -382,9 +400,9 @@ class Ingestor:
             ):
                 pool.start()
         written = self.store.sync_sources(self.config.sources)
-        if before is not None and written == 0:
-            return before
-        return {s.id: s for s in self.store.source_states()}
+        if before is None or written != 0:
+            before = {s.id: s for s in self.store.source_states()}
+        return _telling(sources, before)
 
     async def _run_all(
         self,
