@@ -552,6 +552,35 @@ def test_overall_limit_spans_hosts(http_server: FixtureServer) -> None:
     assert http_server.max_concurrency() == 1
 
 
+def test_host_slots_are_kept_only_while_a_host_is_being_fetched(
+    http_server: FixtureServer,
+) -> None:
+    # One semaphore kept per host ever fetched grew with feeds.yaml's hosts
+    # for as long as the scheduler ran.
+    http_server.add("/slow.xml", RSS, delay=0.1)
+    http_server.add("/gone.xml", "", status=404)
+    by_ip = http_server.url("/slow.xml")
+    by_name = f"http://localhost:{http_server.port}/slow.xml"
+    during: list[int] = []
+
+    async def go() -> None:
+        async with Fetcher(trust_env=False, max_per_host=1) as fetcher:
+
+            async def watch() -> None:
+                await asyncio.sleep(0.05)
+                during.append(len(fetcher._host_slots))
+
+            await asyncio.gather(_gather_fetches(fetcher, [by_ip, by_name] * 2), watch())
+            assert fetcher._host_slots == {}
+            with pytest.raises(FetchError):  # an error frees the slot too
+                await fetcher.fetch_url(http_server.url("/gone.xml"), source_id="gone")
+            assert fetcher._host_slots == {}
+
+    run(go())
+    assert during == [2]
+    assert http_server.max_concurrency() == 2  # still one per host
+
+
 def test_connections_are_reused(http_server: FixtureServer) -> None:
     http_server.add("/feed.xml", RSS)
 
