@@ -16,6 +16,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from aggregator.store.migrations.rewrite import rewrite_rows
 from aggregator.store.schema import KEY_HASH_CHARS, text_key
 
 revision = "0003"
@@ -37,34 +38,15 @@ _items = sa.table(
 
 
 def _backfill() -> None:
-    conn = op.get_bind()
-    last_id = 0
-    while True:
-        rows = conn.execute(
-            sa.select(_items.c.id, _items.c.guid, _items.c.canonical_url)
-            .where(_items.c.id > last_id)
-            .order_by(_items.c.id)
-            .limit(_BACKFILL_BATCH)
-        ).all()
-        if not rows:
-            return
-        conn.execute(
-            sa.update(_items)
-            .where(_items.c.id == sa.bindparam("row_id"))
-            .values(
-                guid_hash=sa.bindparam("new_guid_hash"),
-                canonical_url_hash=sa.bindparam("new_url_hash"),
-            ),
-            [
-                {
-                    "row_id": row.id,
-                    "new_guid_hash": text_key(row.guid),
-                    "new_url_hash": text_key(row.canonical_url),
-                }
-                for row in rows
-            ],
-        )
-        last_id = rows[-1].id
+    rewrite_rows(
+        _items,
+        ("guid", "canonical_url"),
+        {
+            "guid_hash": lambda row: text_key(row.guid),
+            "canonical_url_hash": lambda row: text_key(row.canonical_url),
+        },
+        batch=_BACKFILL_BATCH,
+    )
 
 
 def upgrade() -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from alembic import op
 
+from aggregator.store.migrations.rewrite import rewrite_rows
 from aggregator.store.schema import link_key, text_key
 
 revision = "0012"
@@ -38,30 +39,14 @@ _items = sa.table(
 )
 
 
-def _rekey(key: Callable[[str], str]) -> None:
-    conn = op.get_bind()
-    last_id = 0
-    while True:
-        rows = conn.execute(
-            sa.select(_items.c.id, _items.c.canonical_url)
-            .where(_items.c.id > last_id)
-            .order_by(_items.c.id)
-            .limit(_BATCH)
-        ).all()
-        if not rows:
-            return
-        conn.execute(
-            sa.update(_items)
-            .where(_items.c.id == sa.bindparam("row_id"))
-            .values(canonical_url_hash=sa.bindparam("new_key")),
-            [{"row_id": row.id, "new_key": key(row.canonical_url)} for row in rows],
-        )
-        last_id = rows[-1].id
-
-
 def _rebuild(key: Callable[[str], str]) -> None:
     op.drop_index("ix_items_canonical_url_hash", table_name="items")
-    _rekey(key)
+    rewrite_rows(
+        _items,
+        ("canonical_url",),
+        {"canonical_url_hash": lambda row: key(row.canonical_url)},
+        batch=_BATCH,
+    )
     op.create_index("ix_items_canonical_url_hash", "items", ["canonical_url_hash"])
 
 
