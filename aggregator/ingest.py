@@ -400,9 +400,11 @@ class Ingestor:
             ):
                 pool.start()
         written = self.store.sync_sources(self.config.sources)
-        if before is None or written != 0:
-            before = {s.id: s for s in self.store.source_states()}
-        return _telling(sources, before)
+        if before is not None and written == 0:
+            states = before
+        else:
+            states = {s.id: s for s in self.store.source_states()}
+        return _telling(sources, states)
 
     async def _run_all(
         self,
