@@ -60,11 +60,13 @@ import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from . import semtracker
@@ -192,6 +194,26 @@ def _budgeted(budget: float, fn: Callable[..., T], *args: Any) -> T:
         raise OverBudget(budget) from None
 
 
+# Long enough for a loaded machine to fork and initialize every worker; a
+# warm-up call that waits this long gives up and lets its worker go, so start
+# still finishes (later submits then spawn whatever did not come up).
+_MEET_TIMEOUT = 20.0
+
+
+def _meet(meeting: str, count: int, timeout: float) -> int:
+    """Warm-up call: sign in at ``meeting`` and wait until ``count`` workers have.
+
+    Holding the worker until then keeps every other warm-up call from
+    reusing it, so each one gets a worker of its own (see ``ParsePool.start``).
+    """
+    pid = os.getpid()
+    Path(meeting, str(pid)).touch()
+    deadline = time.monotonic() + timeout
+    while len(os.listdir(meeting)) < count and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return pid
+
+
 def _parent_logging() -> tuple[int, bool]:
     """The root logger's level and whether it writes JSON, to copy into workers."""
     root = logging.getLogger()
@@ -231,7 +253,7 @@ class ParsePool(Executor):
             return self._executor is not None
 
     def start(self) -> Future[None]:
-        """Start the worker processes from a background thread; done once they are spawned.
+        """Start the worker processes from a background thread; done once every worker runs.
 
         Idempotent: every call returns the same future. ``submit`` works
         before it is done (it then waits, in the caller, for what is left of
@@ -252,11 +274,21 @@ class ParsePool(Executor):
             with self._lock:
                 executor = self._current()
             # ProcessPoolExecutor spawns a worker per submit while none is
-            # idle and fewer than max_workers run: one trivial call each
-            # spawns them all now (if one finishes before the next submit,
-            # the last worker is spawned by a later submit instead).
-            for _ in range(self.workers):
-                executor.submit(os.getpid)
+            # idle and fewer than max_workers run. A trivial call per worker
+            # is not enough: if the first returns before the last submit, that
+            # submit finds an idle worker and spawns nothing, and the missing
+            # worker is spawned later by a submit from the event loop. Each
+            # warm-up call therefore holds its worker until all are running.
+            with tempfile.TemporaryDirectory(prefix="aggregator-pool-") as meeting:
+                calls = [
+                    executor.submit(_meet, meeting, self.workers, _MEET_TIMEOUT)
+                    for _ in range(self.workers)
+                ]
+                for call in calls:
+                    # A worker that dies here breaks the executor; the first
+                    # real submit reports that and renews it, as for any task.
+                    with contextlib.suppress(Exception):
+                        call.result()
         except BaseException as exc:
             starting.set_exception(exc)
         else:

@@ -11,6 +11,7 @@ import asyncio
 import os
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -151,11 +152,29 @@ def test_start_spawns_the_workers_once(workers: int) -> None:
         starting = pool.start()
         assert pool.start() is starting
         starting.result(60)
-        deadline = time.monotonic() + 30
-        while len(_grandchildren(os.getpid())) < workers and time.monotonic() < deadline:
-            time.sleep(0.05)
         assert len(_grandchildren(os.getpid())) == workers  # forked by the forkserver
         assert pool.submit(len, "abc").result(60) == 3
+    finally:
+        pool.shutdown()
+
+
+def test_start_has_spawned_every_worker_when_it_is_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ProcessPoolExecutor spawns a worker on submit only while none is idle.
+    # A warm-up call that returned before the next submit left an idle
+    # worker, so that submit spawned none and the last worker came later,
+    # with a submit from the event loop (CI once saw 2 of 3 workers). Slow
+    # spawns, as on a loaded machine, make that race certain.
+    spawn = ProcessPoolExecutor._spawn_process  # type: ignore[attr-defined]
+
+    def slow_spawn(executor: ProcessPoolExecutor) -> None:
+        spawn(executor)
+        time.sleep(0.5)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "_spawn_process", slow_spawn)
+    pool = make_pool(3)
+    try:
+        pool.start().result(60)
+        assert len(_grandchildren(os.getpid())) == 3
     finally:
         pool.shutdown()
 
