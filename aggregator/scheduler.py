@@ -85,7 +85,7 @@ async def weekly_digest_job() -> None:
         log.warning("weekly digest fired with no running service; ignored")
         return
     service = _current
-    await service._track(service.digest_now())
+    await service._run_job(service.digest_now())
 
 
 def pid_file(config: Config) -> Path:
@@ -415,7 +415,7 @@ class Service:
         await self._sync_source_jobs()
         self._sync_digest_job()
         self.scheduler.add_job(
-            self.expire_pending_now,
+            self._expire_job,
             IntervalTrigger(seconds=int(EXPIRE_EVERY.total_seconds())),
             id=EXPIRE_JOB,
             name="expire unconfirmed subscribers",
@@ -532,7 +532,7 @@ class Service:
     async def _bounce_job(self) -> None:
         if self._stopping.is_set():
             return
-        await self._track(self.process_bounces())
+        await self._run_job(self.process_bounces())
 
     async def process_bounces(self) -> None:
         """One pass over the bounce mailbox; a mailbox that cannot be read is logged, not fatal."""
@@ -568,6 +568,11 @@ class Service:
 
     # ------------------------------------------------------------------ jobs
 
+    async def _expire_job(self) -> None:
+        if self._stopping.is_set():
+            return
+        await self._run_job(self.expire_pending_now())
+
     async def expire_pending_now(self) -> list[str]:
         """Remove pending subscribers past ``subscribers.expire_pending_after`` (no consent)."""
         cutoff = utcnow() - self.config.pending_expiry
@@ -580,25 +585,47 @@ class Service:
             log.info("removed %d pending subscribers who never confirmed", len(gone))
         return gone
 
-    def _track(self, coro: Awaitable[Any]) -> Awaitable[Any]:
+    def _track(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coro)
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
         return task
 
+    async def _run_job(self, work: Awaitable[Any]) -> Any:
+        """Run a scheduled job's work as a tracked task; what every job entry point calls.
+
+        Tracked, so shutdown gives it the grace period instead of leaving it
+        running: work in a thread (a store call) would otherwise go on after
+        the store is closed. The scheduler's own shutdown then cancels the
+        job's task, even one whose work has just ended; APScheduler logs
+        that as a job that "raised an exception", with a traceback. While
+        stopping, that cancellation ends the job quietly instead.
+        """
+        try:
+            return await self._track(work)
+        except asyncio.CancelledError:
+            if not self._stopping.is_set():
+                raise
+            return None
+
     async def _ingest_job(self, source_id: str) -> None:
         if self._stopping.is_set() or self._ingestor is None or self._fetcher is None:
             return
+        fetch = self._track(self.ingest_source(source_id))
         try:
-            await self._track(self.ingest_source(source_id))
+            await fetch
         except StoreError as exc:
             # Not this source's fault and not fatal: the next interval retries.
             log.error("%s: not ingested, %s; retrying at the next interval", source_id, exc)
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            # As in _run_job: only shutdown cancels a fetch (after the grace
+            # period), or this job's task once the fetch is over.
+            if not self._stopping.is_set():
                 raise
-            log.warning("%s: fetch cancelled by shutdown; it runs again after restart", source_id)
+            if fetch.cancelled():
+                log.warning(
+                    "%s: fetch cancelled by shutdown; it runs again after restart", source_id
+                )
 
     async def ingest_source(self, source_id: str) -> IngestStats | None:
         """One ingest of one source, honouring its backoff; publishes when it stored something."""
@@ -631,7 +658,7 @@ class Service:
         )
 
     async def _publish_job(self) -> None:
-        await self._track(self.publish_now())
+        await self._run_job(self.publish_now())
 
     async def publish_now(self) -> bool:
         """Write the feeds if they changed, then ping the hub; never raises."""
@@ -707,7 +734,7 @@ class Service:
             )
 
     async def _digest_retry_job(self) -> None:
-        await self._track(self.digest_now())
+        await self._run_job(self.digest_now())
 
     # ------------------------------------------------------------------ web
 

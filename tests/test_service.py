@@ -493,3 +493,48 @@ def test_started_service_reports_its_addresses_and_next_digest_in_the_site_zone(
     assert info.next_digest is not None
     local = info.next_digest.astimezone(ZoneInfo(zone))
     assert f"{local:%a %H:%M}".lower() == schedule
+
+
+def test_stopping_waits_for_a_running_store_job_and_logs_no_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The start-up job that removes unconfirmed subscribers runs its store
+    # call in a thread. Stopped while it ran, the service closed the store
+    # under it, and APScheduler logged the cancelled job with a traceback
+    # (CI saw it after Ctrl-C). Now the job gets the grace period like any.
+    port = free_port()
+    path = write_config(tmp_path, "  - {id: a, url: 'http://127.0.0.1:1/'}\n", port=port)
+    entered, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    async def scenario() -> None:
+        service = Service(load_config(path), port=port, secret=SECRET, watch=False)
+        expire, close = service.store.expire_pending, service.store.close
+
+        def slow_expire(**kwargs: Any) -> list[str]:
+            entered.set()
+            release.wait(20)
+            gone = expire(**kwargs)
+            order.append("expired")
+            return gone
+
+        def close_store() -> None:
+            order.append("closed")
+            close()
+
+        monkeypatch.setattr(service.store, "expire_pending", slow_expire)
+        monkeypatch.setattr(service.store, "close", close_store)
+        task = await running(service)
+        assert await asyncio.to_thread(entered.wait, 20), "the expiry job never ran"
+        service.stop()
+        await asyncio.sleep(0.5)  # shutdown is under way, the job still running
+        assert not task.done()
+        release.set()
+        await asyncio.wait_for(task, 20)
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(scenario())
+    assert order == ["expired", "closed"]
+    tracebacks = [r.getMessage() for r in caplog.records if r.exc_info]
+    assert tracebacks == []
+    assert "waiting up to 10s for" in caplog.text
