@@ -815,7 +815,9 @@ class Service:
             stopper.cancel()
             if self._reload_requested.is_set() and not self._stopping.is_set():
                 self._reload_requested.clear()
-                await self.reload()
+                # Tracked like a job: its store calls run in threads, and
+                # shutdown must not close the store under them.
+                await self._track(self.reload())
 
     async def reload(self) -> bool:
         """Re-read feeds.yaml; apply it if valid, else log the errors and keep running."""
