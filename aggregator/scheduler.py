@@ -591,41 +591,36 @@ class Service:
         task.add_done_callback(self._in_flight.discard)
         return task
 
-    async def _run_job(self, work: Awaitable[Any]) -> Any:
+    async def _run_job(self, work: Awaitable[Any], *, what: str | None = None) -> Any:
         """Run a scheduled job's work as a tracked task; what every job entry point calls.
 
         Tracked, so shutdown gives it the grace period instead of leaving it
         running: work in a thread (a store call) would otherwise go on after
-        the store is closed. The scheduler's own shutdown then cancels the
-        job's task, even one whose work has just ended; APScheduler logs
-        that as a job that "raised an exception", with a traceback. While
-        stopping, that cancellation ends the job quietly instead.
+        the store is closed. Only shutdown cancels the work (after the grace
+        period; logged as ``what`` when given), and the scheduler's own
+        shutdown then cancels the job's task, even one whose work has just
+        ended; APScheduler logs that as a job that "raised an exception",
+        with a traceback. While stopping, either cancellation ends the job
+        quietly instead.
         """
+        job = self._track(work)
         try:
-            return await self._track(work)
+            return await job
         except asyncio.CancelledError:
             if not self._stopping.is_set():
                 raise
+            if what is not None and job.cancelled():
+                log.warning("%s cancelled by shutdown; it runs again after restart", what)
             return None
 
     async def _ingest_job(self, source_id: str) -> None:
         if self._stopping.is_set() or self._ingestor is None or self._fetcher is None:
             return
-        fetch = self._track(self.ingest_source(source_id))
         try:
-            await fetch
+            await self._run_job(self.ingest_source(source_id), what=f"{source_id}: fetch")
         except StoreError as exc:
             # Not this source's fault and not fatal: the next interval retries.
             log.error("%s: not ingested, %s; retrying at the next interval", source_id, exc)
-        except asyncio.CancelledError:
-            # As in _run_job: only shutdown cancels a fetch (after the grace
-            # period), or this job's task once the fetch is over.
-            if not self._stopping.is_set():
-                raise
-            if fetch.cancelled():
-                log.warning(
-                    "%s: fetch cancelled by shutdown; it runs again after restart", source_id
-                )
 
     async def ingest_source(self, source_id: str) -> IngestStats | None:
         """One ingest of one source, honouring its backoff; publishes when it stored something."""

@@ -276,6 +276,7 @@ def test_sigterm_during_fetch_shuts_down_cleanly(
     # The trickling fetch needs a minute, so the stop takes the whole grace and
     # little more (closing the web server and the store).
     assert "waiting up to 10s for 1 running jobs" in output, output
+    assert "slow: fetch cancelled by shutdown; it runs again after restart" in output, output
     assert 10.0 <= took < 15.0, took
     db = sqlite3.connect(tmp_path / "service.db")
     try:
